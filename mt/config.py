@@ -1,0 +1,305 @@
+"""Typed configuration: the schema every Hydra YAML file is checked against.
+
+Hydra composes YAML into these dataclasses (structured configs), so an unknown or misspelt key, or
+a value of the wrong type, is an error at the entry point. ``__post_init__`` checks the values that
+types cannot (``d_model`` divisible by heads, a positive beam). Below the entry points only these
+plain objects travel, never a ``DictConfig``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A configuration value that is well-typed but impossible."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class SplitNames:
+    """Names of the three splits in the corpus source (file stems or hub split names)."""
+
+    train: str = "train"
+    valid: str = "valid"
+    test: str = "test"
+
+
+@dataclass
+class DataConfig:
+    """Where a parallel corpus comes from, how it is cleaned and batched.
+
+    A corpus comes from local files when ``path`` is set (``{split}.{lang}[.gz]`` text pairs, or one
+    ``{split}.tsv`` / ``{split}.jsonl`` per split), else from the Hugging Face hub ``hub_name``.
+    """
+
+    name: str = MISSING
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    # Local files.
+    path: str | None = None
+    format: str = "text"  # text | tsv | jsonl
+    splits: SplitNames = field(default_factory=SplitNames)
+    # Hugging Face hub (used when path is null).
+    hub_name: str | None = None
+    hub_config: str | None = None
+    hub_splits: SplitNames = field(default_factory=lambda: SplitNames(train="train", valid="validation", test="test"))
+    # Cleaning of the training split, in subword tokens (EOS excluded).
+    min_len: int = 1
+    max_len: int = 128
+    max_len_ratio: float = 3.0
+    # Batching.
+    max_tokens: int = 4096
+    num_workers: int = 0
+    cache_dir: str | None = None  # encoded-corpus cache; default: <run dir>/data
+
+    def __post_init__(self) -> None:
+        _require(self.format in ("text", "tsv", "jsonl"), f"data.format={self.format!r}: expected text, tsv or jsonl")
+        _require(self.src_lang != self.tgt_lang, f"data.src_lang and data.tgt_lang are both {self.src_lang!r}")
+        _require(
+            1 <= self.min_len <= self.max_len,
+            f"data.min_len={self.min_len} / max_len={self.max_len}: expected 1 <= min_len <= max_len",
+        )
+        _require(self.max_len_ratio >= 1.0, f"data.max_len_ratio={self.max_len_ratio}: expected >= 1")
+        # A batch must hold at least one sentence of the longest allowed length (+ BOS/EOS).
+        _require(
+            self.max_tokens >= self.max_len + 2,
+            f"data.max_tokens={self.max_tokens} is below the longest allowed sentence "
+            f"(data.max_len={self.max_len} + 2): no batch could hold it",
+        )
+
+
+@dataclass
+class TokenizerConfig:
+    """SentencePiece: trained on the training split on first use, then stored with the run."""
+
+    model_type: str = "unigram"  # unigram | bpe
+    vocab_size: int = 8000
+    joint: bool = True  # one vocabulary for source and target
+    character_coverage: float = 1.0
+    input_sentence_size: int = 2_000_000  # sentences sampled for training SentencePiece
+
+    def __post_init__(self) -> None:
+        _require(
+            self.model_type in ("unigram", "bpe"), f"tokenizer.model_type={self.model_type!r}: expected unigram or bpe"
+        )
+        _require(self.vocab_size >= 16, f"tokenizer.vocab_size={self.vocab_size}: expected >= 16")
+
+
+@dataclass
+class ModelConfig:
+    """Transformer sizes (Vaswani et al. 2017); see conf/model/*.yaml."""
+
+    d_model: int = 256
+    n_heads: int = 4
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation: str = "relu"  # relu | gelu
+    pre_norm: bool = True
+    share_all_embeddings: bool = True  # source, target and output; needs a joint vocabulary
+    share_decoder_input_output: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.d_model > 0 and self.n_heads > 0, "model.d_model and model.n_heads must be positive")
+        _require(
+            self.d_model % self.n_heads == 0,
+            f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}",
+        )
+        _require(
+            self.encoder_layers >= 1 and self.decoder_layers >= 1,
+            "model.encoder_layers and decoder_layers must be >= 1",
+        )
+        _require(self.activation in ("relu", "gelu"), f"model.activation={self.activation!r}: expected relu or gelu")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(self, name)
+            _require(0.0 <= value < 1.0, f"model.{name}={value}: expected 0 <= value < 1")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with inverse-square-root warmup, label smoothing and gradient clipping."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    warmup_steps: int = 4000
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0  # 0 disables clipping
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, f"optim.lr={self.lr}: expected > 0")
+        _require(self.warmup_steps >= 1, f"optim.warmup_steps={self.warmup_steps}: expected >= 1")
+        _require(
+            0.0 <= self.label_smoothing < 1.0, f"optim.label_smoothing={self.label_smoothing}: expected 0 <= value < 1"
+        )
+
+
+@dataclass
+class SearchConfig:
+    """Decoding: beam size, length penalty, maximum output length ``a * |src| + b``."""
+
+    beam: int = 5
+    length_penalty: float = 1.0  # alpha
+    length_penalty_type: str = "gnmt"  # gnmt: ((5+len)/6)^alpha | average: len^alpha | none
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    nbest: int = 1
+    max_tokens: int = 8000  # source tokens per decoding batch
+
+    def __post_init__(self) -> None:
+        _require(self.beam >= 1, f"beam={self.beam}: expected >= 1")
+        _require(1 <= self.nbest <= self.beam, f"nbest={self.nbest}: expected 1 <= nbest <= beam={self.beam}")
+        _require(
+            self.length_penalty_type in ("gnmt", "average", "none"),
+            f"length_penalty_type={self.length_penalty_type!r}: expected gnmt, average or none",
+        )
+        _require(self.max_len_a >= 0 and self.max_len_b >= 1, "max_len_a must be >= 0 and max_len_b >= 1")
+        _require(self.max_tokens >= 1, f"search.max_tokens={self.max_tokens}: expected >= 1")
+
+
+@dataclass
+class ValidationConfig:
+    """What validation does besides the loss: decode the validation set and score it."""
+
+    decode: str = "greedy"  # greedy | beam | none
+    beam: int = 4
+    max_sentences: int | None = None  # decode only the first N validation sentences
+
+    def __post_init__(self) -> None:
+        _require(
+            self.decode in ("greedy", "beam", "none"),
+            f"validation.decode={self.decode!r}: expected greedy, beam or none",
+        )
+
+
+@dataclass
+class TrainerConfig:
+    """Options passed to ``lightning.Trainer`` plus checkpointing and early stopping."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = -1
+    max_epochs: int | None = None
+    max_time: str | None = None  # DD:HH:MM:SS
+    val_check_interval: Any | None = None  # steps (int) or fraction of an epoch (float)
+    check_val_every_n_epoch: int | None = 1
+    limit_val_batches: Any | None = None
+    log_every_n_steps: int = 50
+    accumulate_grad_batches: int = 1
+    num_sanity_val_steps: int = 0
+    fast_dev_run: bool = False
+    early_stopping_patience: int | None = None  # validations without a better BLEU
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_time is not None:
+            parts = str(self.max_time).split(":")
+            _require(
+                len(parts) == 4 and all(p.isdigit() for p in parts),
+                f"trainer.max_time={self.max_time!r}: expected DD:HH:MM:SS",
+            )
+
+
+@dataclass
+class TrainConfig:
+    """The root of ``conf/train.yaml``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 1
+    resume: str | None = None  # null | auto | path to a checkpoint
+    test_after_training: bool = True  # decode the test split with the best checkpoint and print scores
+    threads: int | None = None  # torch intra-op threads on CPU; null = torch's default
+
+    def __post_init__(self) -> None:
+        if self.model.share_all_embeddings:
+            _require(
+                self.tokenizer.joint,
+                "model.share_all_embeddings=true needs tokenizer.joint=true (one vocabulary for both sides)",
+            )
+
+
+@dataclass
+class EvaluateConfig:
+    """The root of ``conf/evaluate.yaml``: score a checkpoint on its test split or on given files."""
+
+    checkpoint: str = MISSING
+    source: str | None = None
+    reference: str | None = None
+    split: str = "test"  # used when source is not given: train | valid | test of the checkpoint's data
+    output: str | None = None
+    overwrite: bool = False
+    beam: int | None = None  # overrides search.beam
+    search: SearchConfig = field(default_factory=SearchConfig)
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.split in ("train", "valid", "test"), f"split={self.split!r}: expected train, valid or test")
+        _require(self.beam is None or self.beam >= 1, f"beam={self.beam}: expected >= 1")
+        if self.reference is not None:
+            _require(self.source is not None, "reference= needs source= (the file it translates)")
+
+
+@dataclass
+class TranslateConfig:
+    """The root of ``conf/translate.yaml``: translate stdin (or ``input=``) to stdout."""
+
+    checkpoint: str = MISSING
+    input: str | None = None
+    beam: int | None = None
+    search: SearchConfig = field(default_factory=SearchConfig)
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.beam is None or self.beam >= 1, f"beam={self.beam}: expected >= 1")
+
+
+def with_beam(search: SearchConfig, beam: int | None) -> SearchConfig:
+    """``search`` with its beam replaced by the top-level ``beam=`` shortcut, when given."""
+    if beam is None:
+        return search
+    return dataclasses.replace(search, beam=beam, nbest=min(search.nbest, beam))
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore, so YAML files are validated against them."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    store.store(name="evaluate_schema", node=EvaluateConfig)
+    store.store(name="translate_schema", node=TranslateConfig)
+
+
+def from_dict(cls: type, values: dict) -> Any:
+    """A config dataclass from a plain dict (e.g. checkpoint hyperparameters), validated like YAML."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
+
+
+def to_dict(config: Any) -> dict:
+    """A config dataclass as plain Python containers (for hyperparameters and YAML)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,325 @@
+"""Parallel corpora: loading (local files or the Hugging Face hub), cleaning, encoding, caching.
+
+Local corpora are aligned text pairs ``{split}.{lang}`` (optionally ``.gz``), or one
+``{split}.tsv`` (source TAB target) or ``{split}.jsonl`` per split, whose lines are either
+``{"translation": {"de": ..., "en": ...}}`` (the hub's shape) or ``{"de": ..., "en": ...}``.
+Hub corpora are read through ``datasets.load_dataset`` with the same two record shapes.
+
+Encoded splits are stored as flat token arrays with offsets (``EncodedCorpus``), cached on disk
+under a key of the data and tokenizer, so later runs and other ranks reuse them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mt.config import DataConfig
+from mt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+class DataError(ValueError):
+    """A corpus that cannot be read as configured; the message names the file or field."""
+
+
+@dataclass
+class ParallelText:
+    """Aligned raw sentences of one split."""
+
+    src: list[str]
+    tgt: list[str]
+    origin: str  # where it came from, for messages
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Lines of a UTF-8 text file (``.gz`` transparently), without line endings (``\\n``, ``\\r\\n``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: invalid UTF-8 ({error.reason} at byte {error.start})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _find_file(directory: Path, stem: str) -> Path:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{directory / stem}[.gz]: no such file")
+
+
+def _pick(record: dict, lang: str, origin: str) -> str:
+    fields = record.get("translation", record)
+    if not isinstance(fields, dict) or lang not in fields:
+        keys = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
+        raise DataError(f"{origin}: no language key {lang!r} (found {keys})")
+    value = fields[lang]
+    return "" if value is None else str(value)
+
+
+def load_local(cfg: DataConfig, split: str) -> ParallelText:
+    """One split from ``cfg.path`` in ``cfg.format``."""
+    directory = Path(cfg.path).expanduser()
+    if not directory.is_dir():
+        raise DataError(f"data.path={directory}: no such directory")
+    stem = getattr(cfg.splits, split)
+    if cfg.format == "text":
+        src_path = _find_file(directory, f"{stem}.{cfg.src_lang}")
+        tgt_path = _find_file(directory, f"{stem}.{cfg.tgt_lang}")
+        src, tgt = read_lines(src_path), read_lines(tgt_path)
+        if len(src) != len(tgt):
+            raise DataError(f"misaligned corpus: {src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
+        return ParallelText(src, tgt, origin=f"{src_path} + {tgt_path}")
+    path = _find_file(directory, f"{stem}.{cfg.format}")
+    src, tgt = [], []
+    for number, line in enumerate(read_lines(path), start=1):
+        if cfg.format == "tsv":
+            columns = line.split("\t")
+            if len(columns) != 2:
+                raise DataError(f"{path}:{number}: expected 2 tab-separated columns, found {len(columns)}")
+            src.append(columns[0])
+            tgt.append(columns[1])
+        else:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+            src.append(_pick(record, cfg.src_lang, f"{path}:{number}"))
+            tgt.append(_pick(record, cfg.tgt_lang, f"{path}:{number}"))
+    return ParallelText(src, tgt, origin=str(path))
+
+
+def load_hub(cfg: DataConfig, split: str) -> ParallelText:
+    """One split of a Hugging Face dataset (``cfg.hub_name``, a hub id or a local dataset folder)."""
+    import datasets
+
+    split_name = getattr(cfg.hub_splits, split)
+    origin = f"{cfg.hub_name}" + (f" ({cfg.hub_config})" if cfg.hub_config else "") + f" split {split_name!r}"
+    try:
+        dataset = datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=split_name)
+    except (ConnectionError, OSError) as error:
+        raise DataError(
+            f"{origin}: cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            f"without network, set data.path (or MT_DATA_DIR) to local files"
+        ) from None
+    except ValueError as error:  # unknown split
+        raise DataError(f"{origin}: {str(error).splitlines()[0]}") from None
+    columns = dataset.column_names
+    if "translation" in columns:
+        pairs = dataset["translation"]
+        first = pairs[0] if len(pairs) else {}
+        for lang in (cfg.src_lang, cfg.tgt_lang):
+            if len(pairs) and lang not in first:
+                raise DataError(f"{origin}: no language key {lang!r} (found {sorted(first)})")
+        return ParallelText([p[cfg.src_lang] or "" for p in pairs], [p[cfg.tgt_lang] or "" for p in pairs], origin)
+    for lang in (cfg.src_lang, cfg.tgt_lang):
+        if lang not in columns:
+            raise DataError(f"{origin}: no language key {lang!r} (found {sorted(columns)})")
+    return ParallelText([s or "" for s in dataset[cfg.src_lang]], [t or "" for t in dataset[cfg.tgt_lang]], origin)
+
+
+def load_split(cfg: DataConfig, split: str) -> ParallelText:
+    """Raw sentence pairs of ``split`` (train, valid or test), from local files or the hub."""
+    if split not in SPLITS:
+        raise DataError(f"split {split!r}: expected one of {SPLITS}")
+    if cfg.path:
+        return load_local(cfg, split)
+    if cfg.hub_name:
+        return load_hub(cfg, split)
+    raise DataError(
+        f"data {cfg.name!r}: neither data.path nor data.hub_name is set "
+        f"(for Multi30k, set MT_DATA_DIR to its directory)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding and cleaning
+
+
+@dataclass
+class EncodedCorpus:
+    """Token ids of a split as flat arrays: pair ``i`` is ``src_tokens[src_offsets[i]:src_offsets[i+1]]``.
+
+    ``index`` maps each pair to its line in the raw split (cleaning drops some lines).
+    """
+
+    src_tokens: np.ndarray  # (total_src_tokens,) int32
+    src_offsets: np.ndarray  # (n + 1,) int64
+    tgt_tokens: np.ndarray
+    tgt_offsets: np.ndarray
+    index: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def src_lengths(self) -> np.ndarray:
+        return np.diff(self.src_offsets)
+
+    @property
+    def tgt_lengths(self) -> np.ndarray:
+        return np.diff(self.tgt_offsets)
+
+    def src(self, i: int) -> np.ndarray:
+        return self.src_tokens[self.src_offsets[i] : self.src_offsets[i + 1]]
+
+    def tgt(self, i: int) -> np.ndarray:
+        return self.tgt_tokens[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
+
+    @classmethod
+    def from_lists(cls, src: list[list[int]], tgt: list[list[int]], index: np.ndarray | None = None) -> EncodedCorpus:
+        def flat(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+            offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+            np.cumsum([len(s) for s in seqs], out=offsets[1:])
+            tokens = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
+            return tokens, offsets
+
+        src_tokens, src_offsets = flat(src)
+        tgt_tokens, tgt_offsets = flat(tgt)
+        if index is None:
+            index = np.arange(len(src), dtype=np.int64)
+        return cls(src_tokens, src_offsets, tgt_tokens, tgt_offsets, np.asarray(index, dtype=np.int64))
+
+    def select(self, keep: np.ndarray) -> EncodedCorpus:
+        """The pairs at positions ``keep``."""
+        src = [self.src(i).tolist() for i in keep]
+        tgt = [self.tgt(i).tolist() for i in keep]
+        return EncodedCorpus.from_lists(src, tgt, self.index[keep])
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **asdict(self))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> EncodedCorpus:
+        with np.load(path) as arrays:
+            return cls(**{name: arrays[name] for name in arrays.files})
+
+
+@dataclass
+class CleaningReport:
+    total: int
+    empty: int
+    too_short: int
+    too_long: int
+    bad_ratio: int
+
+    @property
+    def kept(self) -> int:
+        return self.total - self.empty - self.too_short - self.too_long - self.bad_ratio
+
+    def __str__(self) -> str:
+        return (
+            f"kept {self.kept:,} of {self.total:,} pairs; dropped {self.empty:,} empty, "
+            f"{self.too_short:,} too short, {self.too_long:,} too long, {self.bad_ratio:,} over the length ratio"
+        )
+
+
+def cleaning_mask(
+    src_lengths: np.ndarray, tgt_lengths: np.ndarray, *, min_len: int, max_len: int, max_ratio: float
+) -> tuple[np.ndarray, CleaningReport]:
+    """Which pairs to keep, by subword lengths; each dropped pair is counted under its first reason."""
+    src_lengths = np.asarray(src_lengths)
+    tgt_lengths = np.asarray(tgt_lengths)
+    empty = (src_lengths == 0) | (tgt_lengths == 0)
+    short = ~empty & ((src_lengths < min_len) | (tgt_lengths < min_len))
+    long = ~empty & ~short & ((src_lengths > max_len) | (tgt_lengths > max_len))
+    ratio = np.maximum(src_lengths, tgt_lengths) / np.maximum(np.minimum(src_lengths, tgt_lengths), 1)
+    bad_ratio = ~empty & ~short & ~long & (ratio > max_ratio)
+    keep = ~(empty | short | long | bad_ratio)
+    report = CleaningReport(len(keep), int(empty.sum()), int(short.sum()), int(long.sum()), int(bad_ratio.sum()))
+    return keep, report
+
+
+def encode(text: ParallelText, tokenizer: Tokenizer, *, chunk: int = 10_000, desc: str = "encode") -> EncodedCorpus:
+    """Subword ids of every pair (no BOS/EOS), in order, with a progress bar."""
+    src: list[list[int]] = []
+    tgt: list[list[int]] = []
+    for start in tqdm(
+        range(0, len(text), chunk), desc=desc, unit_scale=chunk, leave=False, disable=len(text) < 5 * chunk
+    ):
+        src.extend(tokenizer.encode_src(text.src[start : start + chunk]))
+        tgt.extend(tokenizer.encode_tgt(text.tgt[start : start + chunk]))
+    return EncodedCorpus.from_lists(src, tgt)
+
+
+def cache_key(cfg: DataConfig, split: str, tokenizer: Tokenizer) -> str:
+    """A key that changes whenever the data source, its cleaning or the tokenizer changes."""
+    relevant = {k: v for k, v in asdict(cfg).items() if k not in ("max_tokens", "num_workers", "cache_dir")}
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
+    digest.update(split.encode())
+    digest.update(tokenizer.src_model)
+    digest.update(tokenizer.tgt_model)
+    return digest.hexdigest()[:16]
+
+
+def prepare_split(
+    cfg: DataConfig,
+    split: str,
+    tokenizer: Tokenizer,
+    *,
+    cache_dir: Path | None = None,
+    text: ParallelText | None = None,
+) -> EncodedCorpus:
+    """Encode one split (cleaning the training split), reusing a cached copy when one exists."""
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = (
+            Path(cache_dir) / f"{cfg.name}.{split}.{cfg.src_lang}-{cfg.tgt_lang}.{cache_key(cfg, split, tokenizer)}.npz"
+        )
+        if cache_path.exists():
+            return EncodedCorpus.load(cache_path)
+    text = text if text is not None else load_split(cfg, split)
+    if len(text) == 0:
+        raise DataError(f"{text.origin}: the {split} split is empty")
+    corpus = encode(text, tokenizer, desc=f"encode {split}")
+    if split == "train":
+        keep, report = cleaning_mask(
+            corpus.src_lengths,
+            corpus.tgt_lengths,
+            min_len=cfg.min_len,
+            max_len=cfg.max_len,
+            max_ratio=cfg.max_len_ratio,
+        )
+        log.info("cleaning %s: %s", text.origin, report)
+        if report.kept == 0:
+            raise DataError(
+                f"{text.origin}: no pair is left after cleaning ({report}); check data.min_len, "
+                f"data.max_len and data.max_len_ratio"
+            )
+        if report.kept < report.total:
+            corpus = corpus.select(np.flatnonzero(keep))
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        corpus.save(cache_path)
+    return corpus

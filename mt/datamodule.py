@@ -1,0 +1,126 @@
+"""LightningDataModule: tokenizer on first use, encoded splits, token-bucket dataloaders."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from mt.batching import Batch, PairDataset, TokenBatchSampler
+from mt.config import DataConfig, TokenizerConfig
+from mt.data import EncodedCorpus, ParallelText, load_split, prepare_split
+from mt.tokenizer import Tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class TranslationDataModule(L.LightningDataModule):
+    """Training and validation data of one corpus direction.
+
+    Args:
+        data: where the corpus is and how it is batched.
+        tokenizer: how to train SentencePiece when ``run_dir/tokenizer`` holds no model yet.
+        run_dir: the run directory; the tokenizer and the encoded-data cache live under it.
+        seed: seeds the batch shuffling (with the epoch).
+    """
+
+    def __init__(self, data: DataConfig, tokenizer: TokenizerConfig, *, run_dir: str | Path, seed: int) -> None:
+        super().__init__()
+        self.data_cfg = data
+        self.tokenizer_cfg = tokenizer
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.tokenizer: Tokenizer | None = None
+        self.train_corpus: EncodedCorpus | None = None
+        self.valid_corpus: EncodedCorpus | None = None
+        self.valid_references: list[str] = []
+        self._train_text: ParallelText | None = None
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.data_cfg.cache_dir) if self.data_cfg.cache_dir else self.run_dir / "data"
+
+    def prepare_tokenizer(self) -> Tokenizer:
+        """The run's tokenizer: loaded from ``run_dir/tokenizer``, or trained on the training split and saved there."""
+        directory = self.run_dir / "tokenizer"
+        tokenizer = Tokenizer.load(directory)
+        if tokenizer is None:
+            self._train_text = load_split(self.data_cfg, "train")
+            cfg = self.tokenizer_cfg
+            log.info(
+                "training SentencePiece (%s, %d, %s) on %s",
+                cfg.model_type,
+                cfg.vocab_size,
+                "joint" if cfg.joint else "separate",
+                self._train_text.origin,
+            )
+            tokenizer = train_tokenizer(
+                self._train_text.src,
+                self._train_text.tgt,
+                vocab_size=cfg.vocab_size,
+                joint=cfg.joint,
+                model_type=cfg.model_type,
+                character_coverage=cfg.character_coverage,
+                input_sentence_size=cfg.input_sentence_size,
+                seed=self.seed,
+            )
+            tokenizer.save(directory)
+        self.tokenizer = tokenizer
+        return tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.prepare_tokenizer()
+        if self.train_corpus is None and stage in (None, "fit"):
+            self.train_corpus = prepare_split(
+                self.data_cfg, "train", self.tokenizer, cache_dir=self.cache_dir, text=self._train_text
+            )
+            self._train_text = None
+        if self.valid_corpus is None and stage in (None, "fit", "validate"):
+            valid_text = load_split(self.data_cfg, "valid")
+            self.valid_corpus = prepare_split(
+                self.data_cfg, "valid", self.tokenizer, cache_dir=self.cache_dir, text=valid_text
+            )
+            self.valid_references = valid_text.tgt
+
+    def _sampler(self, corpus: EncodedCorpus, *, shuffle: bool) -> TokenBatchSampler:
+        trainer = self.trainer
+        return TokenBatchSampler(
+            corpus.src_lengths,
+            corpus.tgt_lengths,
+            self.data_cfg.max_tokens,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+
+    def _loader(self, corpus: EncodedCorpus, *, shuffle: bool) -> DataLoader:
+        sampler = self._sampler(corpus, shuffle=shuffle)
+        return DataLoader(
+            PairDataset(corpus),
+            batch_sampler=sampler,
+            collate_fn=PairDataset.collate,
+            num_workers=self.data_cfg.num_workers,
+            persistent_workers=self.data_cfg.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        loader = self._loader(self.train_corpus, shuffle=True)
+        sampler = loader.batch_sampler
+        log.info(
+            "train: %d pairs, %d batches per epoch per rank, padding %.1f%% of positions",
+            len(self.train_corpus),
+            len(sampler),
+            100 * sampler.padding_share(),
+        )
+        return loader
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.valid_corpus, shuffle=False)
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        return batch.to(device)

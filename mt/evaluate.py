@@ -1,0 +1,106 @@
+"""``python -m mt.evaluate checkpoint=PATH [source=F reference=F] [beam=N] [output=F]``.
+
+Decodes the checkpoint's test split (or ``source``) with beam search and prints one JSON line:
+BLEU and chrF with their sacreBLEU signatures and the sentence count. With ``output=`` the
+hypotheses are written there, and the scores beside them in ``<output>.scores.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mt.cli import RunError, best_device, quiet_library_logs, reports_errors, set_threads, to_typed
+from mt.config import DataConfig, EvaluateConfig, SearchConfig, from_dict, register_configs, with_beam
+from mt.data import DataError, load_split, read_lines
+from mt.inference import load_checkpoint, translate
+from mt.metrics import bleu, chrf
+
+register_configs()
+
+
+def score_checkpoint(
+    checkpoint: str | Path,
+    *,
+    search: SearchConfig,
+    split: str = "test",
+    source: str | None = None,
+    reference: str | None = None,
+    output: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Translate ``source`` (default: ``split`` of the checkpoint's data) and score it."""
+    outputs = [] if output is None else [Path(output), Path(f"{output}.scores.json")]
+    for path in outputs:  # refuse before spending time decoding
+        if path.exists() and not overwrite:
+            raise RunError(f"{path} exists; pass overwrite=true to replace it")
+    module = load_checkpoint(checkpoint)
+    device = best_device()
+    if source is not None:
+        sources = read_lines(source)
+        references = None if reference is None else read_lines(reference)
+        if references is not None and len(references) != len(sources):
+            raise DataError(f"reference {reference} has {len(references)} lines but source {source} has {len(sources)}")
+        origin = source
+    else:
+        data = from_dict(DataConfig, module.hparams["data"])
+        text = load_split(data, split)
+        sources, references, origin = text.src, text.tgt, f"{data.name} {split} ({data.src_lang}-{data.tgt_lang})"
+    hypotheses = [
+        nbest[0][0]
+        for nbest in translate(
+            module.model.to(device), module.tokenizer, sources, search, device=device, progress=progress
+        )
+    ]
+    result: dict = {
+        "checkpoint": str(checkpoint),
+        "data": origin,
+        "sentences": len(sources),
+        "beam": search.beam,
+        "length_penalty": search.length_penalty,
+    }
+    if references is not None:
+        bleu_score, chrf_score = bleu(hypotheses, references), chrf(hypotheses, references)
+        result.update(
+            bleu=round(bleu_score.score, 2),
+            chrf=round(chrf_score.score, 2),
+            bleu_signature=bleu_score.signature,
+            chrf_signature=chrf_score.signature,
+        )
+    if output is not None:
+        _write_atomic(Path(output), "".join(h + "\n" for h in hypotheses))
+        _write_atomic(Path(f"{output}.scores.json"), json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@reports_errors
+def main(cfg: DictConfig) -> None:
+    config = to_typed(cfg, EvaluateConfig)
+    set_threads(config.threads)
+    quiet_library_logs()
+    result = score_checkpoint(
+        config.checkpoint,
+        search=with_beam(config.search, config.beam),
+        split=config.split,
+        source=config.source,
+        reference=config.reference,
+        output=config.output,
+        overwrite=config.overwrite,
+    )
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

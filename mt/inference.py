@@ -1,0 +1,109 @@
+"""Translating many sentences with a trained model: length-sorted batches, search, detokenization.
+
+Shared by validation, ``mt.evaluate`` and ``mt.translate``; ``load_checkpoint`` is the one way a
+``.ckpt`` file becomes a model (with its tokenizer) outside training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mt.batching import collate, token_batches
+from mt.config import SearchConfig
+from mt.search import Decoder, Hypothesis, beam_search, greedy_search
+from mt.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from mt.module import TranslationModule
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing or cannot be loaded."""
+
+
+def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> TranslationModule:
+    """The ``TranslationModule`` (model and tokenizer) stored in ``path``, in eval mode."""
+    from mt.module import TranslationModule
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        module = TranslationModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # torch raises many kinds for truncated or foreign files
+        first_line = (str(error).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {path}: cannot be loaded ({type(error).__name__}: {first_line})") from None
+    if module.tokenizer is None:
+        raise CheckpointError(f"checkpoint {path}: holds no tokenizer")
+    return module.eval()
+
+
+def search_batch(
+    model: Decoder, src_ids: torch.Tensor, src_pad_mask: torch.Tensor, search: SearchConfig
+) -> list[list[Hypothesis]]:
+    """n-best hypotheses of one batch; greedy search when beam and n-best are 1."""
+    options = dict(
+        max_len_a=search.max_len_a,
+        max_len_b=search.max_len_b,
+        length_penalty_alpha=search.length_penalty,
+        length_penalty_type=search.length_penalty_type,
+    )
+    if search.beam == 1 and search.nbest == 1:
+        return [[hyp] for hyp in greedy_search(model, src_ids, src_pad_mask, **options)]
+    return beam_search(model, src_ids, src_pad_mask, beam=search.beam, nbest=search.nbest, **options)
+
+
+def decode_ids(
+    model: Decoder,
+    src: Sequence[Sequence[int]],
+    search: SearchConfig,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "decode",
+) -> list[list[Hypothesis]]:
+    """n-best hypotheses for every source (subword ids without EOS), in input order.
+
+    Sources are sorted by length and cut into batches of at most ``search.max_tokens`` padded
+    source tokens, so similar lengths decode together.
+    """
+    lengths = np.fromiter((len(s) + 1 for s in src), dtype=np.int64, count=len(src))
+    order = np.argsort(lengths, kind="stable")
+    budget = max(search.max_tokens, int(lengths.max(initial=1)))
+    results: list[list[Hypothesis]] = [[] for _ in src]
+    with tqdm(total=len(src), desc=desc, unit="sent", disable=not progress, leave=False) as bar:
+        for batch_ids in token_batches(order, lengths, budget):
+            batch = collate([src[i] for i in batch_ids], None, batch_ids).to(device)
+            for i, hyps in zip(batch_ids.tolist(), search_batch(model, batch.src_ids, batch.src_pad_mask, search)):
+                results[i] = hyps
+            bar.update(len(batch_ids))
+    return results
+
+
+def translate(
+    model: Decoder,
+    tokenizer: Tokenizer,
+    sentences: Sequence[str],
+    search: SearchConfig,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> list[list[tuple[str, float]]]:
+    """Detokenized n-best translations with scores, one list per sentence, in input order.
+
+    Empty (or whitespace-only) sentences are not decoded: their translation is the empty string.
+    """
+    nonempty = [i for i, s in enumerate(sentences) if s.strip()]
+    src = tokenizer.encode_src([sentences[i] for i in nonempty])
+    hyps = decode_ids(model, src, search, device=device, progress=progress, desc="translate")
+    out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in sentences]
+    for i, nbest in zip(nonempty, hyps):
+        texts = tokenizer.decode_tgt([h.tokens for h in nbest])
+        out[i] = [(text, h.score) for text, h in zip(texts, nbest)]
+    return out

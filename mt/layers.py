@@ -1,0 +1,184 @@
+"""Transformer building blocks: attention with a key/value cache, feed-forward, embeddings, masks.
+
+Shapes: B batch rows, S source length, T target length, D model width, H heads, Dh = D / H.
+Masks passed between modules mean ``True`` = padding; ``attention_mask`` converts them to the
+convention of ``F.scaled_dot_product_attention`` (``True`` = may attend) in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def attention_mask(key_pad_mask: Tensor | None) -> Tensor | None:
+    """(B, S) pad mask (``True`` = padding) -> (B, 1, 1, S) SDPA mask (``True`` = attend)."""
+    if key_pad_mask is None:
+        return None
+    return ~key_pad_mask[:, None, None, :]
+
+
+def causal_mask(query_len: int, key_len: int, device: torch.device) -> Tensor:
+    """(T_q, T_k) SDPA mask for queries at the last ``query_len`` of ``key_len`` positions."""
+    offset = key_len - query_len
+    return torch.ones(query_len, key_len, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+def split_heads(x: Tensor, n_heads: int) -> Tensor:
+    """(B, T, D) -> (B, H, T, Dh)."""
+    batch, length, width = x.shape
+    return x.view(batch, length, n_heads, width // n_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, H, T, Dh) -> (B, T, D)."""
+    batch, heads, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+@dataclass
+class LayerCache:
+    """One decoder layer's cache: self-attention keys/values so far, cross-attention keys/values.
+
+    ``self_k``/``self_v``: (B_rows, H, T_past, Dh), one row per hypothesis. ``cross_k``/``cross_v``:
+    (B_src, H, S, Dh), one row per *source*, computed once and shared by that source's rows.
+    """
+
+    cross_k: Tensor
+    cross_v: Tensor
+    self_k: Tensor | None = None
+    self_v: Tensor | None = None
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection and an optional incremental cache."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(
+        self, x: Tensor, *, key_pad_mask: Tensor | None = None, causal: bool = False, cache: LayerCache | None = None
+    ) -> Tensor:
+        """x: (B, T, D) -> (B, T, D). With ``cache``, x holds only the new positions."""
+        q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
+        if cache is not None:
+            if cache.self_k is not None:
+                k = torch.cat([cache.self_k, k], dim=2)
+                v = torch.cat([cache.self_v, v], dim=2)
+            cache.self_k, cache.self_v = k, v
+        mask = attention_mask(key_pad_mask)
+        is_causal = False
+        if causal:
+            query_len, key_len = q.size(2), k.size(2)
+            if query_len == key_len and mask is None:
+                is_causal = True  # lets SDPA pick its fused causal kernel
+            elif query_len > 1:
+                causal_part = causal_mask(query_len, key_len, x.device)
+                mask = causal_part if mask is None else mask & causal_part
+        dropout = self.dropout if self.training else 0.0
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+        return self.out(merge_heads(context))
+
+
+class CrossAttention(nn.Module):
+    """Decoder queries over encoder keys/values.
+
+    The keys/values are projected once per source (``project_memory``). The query rows may be a
+    multiple G of the sources (e.g. several hypotheses per source): rows ``s*G .. s*G+G-1`` attend
+    over source ``s``, with no copy of its keys/values.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """memory (B_src, S, D) -> keys, values (B_src, H, S, Dh)."""
+        k, v = self.kv(memory).chunk(2, dim=-1)
+        return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, src_pad_mask: Tensor) -> Tensor:
+        """x (B_src*G, T, D), k/v (B_src, H, S, Dh), src_pad_mask (B_src, S) -> (B_src*G, T, D)."""
+        rows, length, width = x.shape
+        sources = k.size(0)
+        # Fold the G rows of each source into its query axis: (B_src, G*T, D).
+        q = split_heads(self.q(x).reshape(sources, (rows // sources) * length, width), self.n_heads)
+        dropout = self.dropout if self.training else 0.0
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(src_pad_mask), dropout_p=dropout)
+        return self.out(merge_heads(context).reshape(rows, length, width))
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: Linear -> activation -> dropout -> Linear."""
+
+    def __init__(self, d_model: int, d_ff: int, *, activation: str = "relu", dropout: float = 0.0) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, d_ff)
+        self.down = nn.Linear(d_ff, d_model)
+        self.activation = nn.ReLU() if activation == "relu" else nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.dropout(self.activation(self.up(x))))
+
+
+class Residual(nn.Module):
+    """``x + dropout(f(norm(x)))`` (pre-norm) or ``norm(x + dropout(f(x)))`` (post-norm)."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: Tensor, sublayer) -> Tensor:
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+def sinusoidal_positions(length: int, d_model: int, *, offset: int = 0, device: torch.device | None = None) -> Tensor:
+    """(length, D) sinusoidal encodings of positions ``offset .. offset+length-1`` (Vaswani et al.)."""
+    position = torch.arange(offset, offset + length, dtype=torch.float32, device=device)[:, None]
+    frequency = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / d_model)
+    )
+    table = torch.zeros(length, d_model, device=device)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: d_model // 2])
+    return table
+
+
+class Embedding(nn.Module):
+    """Token embedding scaled by sqrt(D), plus sinusoidal positions, then dropout."""
+
+    def __init__(
+        self, vocab_size: int, d_model: int, *, pad_id: int, dropout: float = 0.0, tokens: nn.Embedding | None = None
+    ) -> None:
+        super().__init__()
+        self.tokens = tokens if tokens is not None else nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.scale = math.sqrt(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.d_model = d_model
+        self.register_buffer("positions", sinusoidal_positions(256, d_model), persistent=False)
+
+    def forward(self, ids: Tensor, *, offset: int = 0) -> Tensor:
+        """ids (B, T) at positions ``offset..`` -> (B, T, D)."""
+        end = offset + ids.size(1)
+        if end > self.positions.size(0):  # grow the table for unusually long inputs
+            self.positions = sinusoidal_positions(
+                max(end, 2 * self.positions.size(0)), self.d_model, device=ids.device
+            ).to(self.positions.dtype)
+        return self.dropout(self.tokens(ids) * self.scale + self.positions[offset:end])

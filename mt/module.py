@@ -1,0 +1,207 @@
+"""The LightningModule: loss, optimizer and schedule, logging, validation decoding and BLEU.
+
+The module builds its own network from plain config values saved as hyperparameters, and stores
+the tokenizer's models in every checkpoint, so ``load_from_checkpoint`` rebuilds a working
+translator from the ``.ckpt`` file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mt.batching import Batch
+from mt.config import ModelConfig, OptimConfig, SearchConfig, ValidationConfig, from_dict
+from mt.inference import decode_ids
+from mt.metrics import bleu
+from mt.model import Transformer
+from mt.tokenizer import PAD_ID, Tokenizer
+
+
+def label_smoothed_nll(
+    logits: Tensor, target: Tensor, epsilon: float, *, pad_id: int = PAD_ID
+) -> tuple[Tensor, Tensor]:
+    """Summed label-smoothed loss and summed NLL over non-pad target tokens.
+
+    The smoothed target puts ``1 - epsilon`` on the reference token and spreads ``epsilon``
+    uniformly over the vocabulary (as ``F.cross_entropy(label_smoothing=epsilon)`` does).
+
+    Args:
+        logits: (B, T, V). target: (B, T) with ``pad_id`` at padding.
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    not_pad = target != pad_id
+    nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    nll_sum = nll.masked_fill(~not_pad, 0.0).sum()
+    if epsilon == 0.0:
+        return nll_sum, nll_sum
+    uniform = -log_probs.mean(dim=-1)  # expected NLL under a uniform target
+    smooth_sum = uniform.masked_fill(~not_pad, 0.0).sum()
+    return (1.0 - epsilon) * nll_sum + epsilon * smooth_sum, nll_sum
+
+
+def inverse_sqrt_schedule(warmup_steps: int):
+    """Multiplier of the peak lr: linear warmup to 1, then ``sqrt(warmup / step)``."""
+
+    def factor(step: int) -> float:
+        step = max(step, 1)
+        return min(step / warmup_steps, math.sqrt(warmup_steps / step))
+
+    return factor
+
+
+class TranslationModule(L.LightningModule):
+    """Trains and validates a ``Transformer``; hyperparameters are plain dicts of the typed configs.
+
+    Args:
+        model, optim, search, validation: ``dataclasses.asdict`` of the configs.
+        src_vocab_size, tgt_vocab_size: from the tokenizer.
+        data: the data config as a dict, so ``mt.evaluate`` finds the checkpoint's test split.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        search: dict,
+        validation: dict,
+        *,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        data: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = from_dict(ModelConfig, model)
+        self.optim_cfg = from_dict(OptimConfig, optim)
+        self.search_cfg = from_dict(SearchConfig, search)
+        self.validation_cfg = from_dict(ValidationConfig, validation)
+        self.model = Transformer(self.model_cfg, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size)
+        self.tokenizer: Tokenizer | None = None  # set before training; restored from checkpoints
+        self._throughput = _Throughput()
+        self._val_sums: list[Tensor] = []
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _loss(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        logits = self.model(batch.src_ids, batch.src_pad_mask, batch.tgt_in)
+        loss_sum, nll_sum = label_smoothed_nll(logits, batch.tgt_out, self.optim_cfg.label_smoothing)
+        return loss_sum, nll_sum, batch.num_tgt_tokens
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss_sum, nll_sum, num_tokens = self._loss(batch)
+        loss = loss_sum / num_tokens
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ppl", torch.exp(nll_sum.detach() / num_tokens))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
+        tokens_per_s = self._throughput.update(batch.tgt_token_count)
+        if tokens_per_s is not None:
+            self.log("train/tgt_tokens_per_s", tokens_per_s)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+        cfg = self.optim_cfg
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=tuple(cfg.betas),
+            eps=cfg.eps,
+            fused=self.device.type == "cuda" or None,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        self._throughput.reset()
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        loss_sum, nll_sum, num_tokens = self._loss(batch)
+        self._val_sums.append(torch.stack([loss_sum, nll_sum, num_tokens.float()]))
+
+    def on_validation_epoch_end(self) -> None:
+        sums = torch.stack(self._val_sums).sum(0) if self._val_sums else torch.zeros(3)
+        self._val_sums.clear()
+        sums = self.all_gather(sums).reshape(-1, 3).sum(0) if self.trainer.world_size > 1 else sums
+        num_tokens = sums[2].clamp(min=1)
+        self.log("val/loss", sums[0] / num_tokens, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(sums[1] / num_tokens), sync_dist=False)
+        self.log("time/train_hours", self._throughput.elapsed_hours())
+        if self.validation_cfg.decode != "none" and not self.trainer.sanity_checking:
+            self.log("val/bleu", self.validation_bleu(), prog_bar=True)
+
+    def validation_bleu(self) -> float:
+        """sacreBLEU of decoding the validation sources (greedy or beam, per ``validation``)."""
+        datamodule = self.trainer.datamodule
+        corpus, references = datamodule.valid_corpus, datamodule.valid_references
+        count = (
+            len(corpus)
+            if self.validation_cfg.max_sentences is None
+            else min(len(corpus), self.validation_cfg.max_sentences)
+        )
+        beam = 1 if self.validation_cfg.decode == "greedy" else self.validation_cfg.beam
+        search = dataclasses.replace(self.search_cfg, beam=beam, nbest=1)
+        hyps = decode_ids(
+            self.model,
+            [corpus.src(i) for i in range(count)],
+            search,
+            device=self.device,
+            progress=False,
+            desc="validate",
+        )
+        texts = self.tokenizer.decode_tgt([nbest[0].tokens for nbest in hyps])
+        return bleu(texts, [references[int(corpus.index[i])] for i in range(count)]).score
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.tokenizer is not None:
+            checkpoint["tokenizer"] = self.tokenizer.to_state()
+        checkpoint["train_seconds"] = self._throughput.elapsed_seconds()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "tokenizer" in checkpoint:
+            self.tokenizer = Tokenizer.from_state(checkpoint["tokenizer"])
+        self._throughput.previous_seconds = float(checkpoint.get("train_seconds", 0.0))
+
+
+class _Throughput:
+    """Target tokens per second between log points, and training wall time (across resumes)."""
+
+    def __init__(self, every: int = 50) -> None:
+        self.every = every
+        self.previous_seconds = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.start = time.perf_counter()
+        self.window_start = self.start
+        self.window_tokens = 0
+        self.window_steps = 0
+
+    def update(self, tokens: int) -> float | None:
+        self.window_tokens += tokens
+        self.window_steps += 1
+        if self.window_steps < self.every:
+            return None
+        now = time.perf_counter()
+        rate = self.window_tokens / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_tokens, self.window_steps = now, 0, 0
+        return rate
+
+    def elapsed_seconds(self) -> float:
+        return self.previous_seconds + time.perf_counter() - self.start
+
+    def elapsed_hours(self) -> float:
+        return self.elapsed_seconds() / 3600.0

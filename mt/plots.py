@@ -1,0 +1,46 @@
+"""The learning curve: validation BLEU and loss against training time, from the CSV log."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+def read_validation_rows(metrics_csv: Path) -> list[dict[str, float]]:
+    """Rows of the CSV log that hold validation metrics, as floats."""
+    rows = []
+    with open(metrics_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("val/loss"):
+                rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return rows
+
+
+def plot_learning_curve(metrics_csv: Path, output: Path) -> bool:
+    """Write a PNG of val BLEU and val loss against training minutes; ``False`` if nothing to plot."""
+    if not metrics_csv.is_file():
+        return False
+    rows = read_validation_rows(metrics_csv)
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [r.get("time/train_hours", 0.0) * 60 for r in rows]
+    fig, loss_axis = plt.subplots(figsize=(7, 4), dpi=110)
+    loss_axis.plot(minutes, [r["val/loss"] for r in rows], color="tab:red", marker="o", label="val loss")
+    loss_axis.set_xlabel("training time (minutes)")
+    loss_axis.set_ylabel("validation loss (label-smoothed)", color="tab:red")
+    if any("val/bleu" in r for r in rows):
+        bleu_axis = loss_axis.twinx()
+        points = [(m, r["val/bleu"]) for m, r in zip(minutes, rows) if "val/bleu" in r]
+        bleu_axis.plot(*zip(*points), color="tab:blue", marker="s", label="val BLEU")
+        bleu_axis.set_ylabel("validation sacreBLEU", color="tab:blue")
+    loss_axis.grid(alpha=0.3)
+    fig.suptitle("learning curve")
+    fig.tight_layout()
+    fig.savefig(output)
+    plt.close(fig)
+    return True

@@ -1,0 +1,234 @@
+"""Greedy and batched beam search over any model with ``encode`` / ``decode_step``.
+
+The search knows nothing of layers: it sees a ``Decoder`` (encode, decode_step) and a cache with
+``reorder(row_idx)`` and ``select_sources(src_idx, row_idx)``. Hypotheses of one source sit in
+adjacent rows (source-major), so a source with K beams owns rows ``s*K .. s*K+K-1``.
+
+Beam search follows fairseq's rule: each step takes the top 2K candidates of a source; EOS
+candidates ranked within the top K are finished, the best K others continue; a source is done when
+it has K finished hypotheses or reaches its maximum length ``a * |src| + b`` (where EOS is forced).
+Finished sources leave the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+@dataclass
+class Hypothesis:
+    """One output: ``tokens`` without BOS/EOS; ``log_prob`` sums every token's (EOS included);
+    ``score`` is ``log_prob`` divided by the length penalty of ``len(tokens) + 1``."""
+
+    tokens: list[int]
+    score: float
+    log_prob: float
+
+
+class Decoder(Protocol):
+    def encode(self, src_ids: Tensor, src_pad_mask: Tensor) -> Tensor: ...
+
+    def decode_step(self, tgt_ids: Tensor, memory: Tensor, src_pad_mask: Tensor, cache: Any) -> tuple[Tensor, Any]: ...
+
+
+def length_penalty(length: Tensor | int, alpha: float, kind: str) -> Tensor | float:
+    """Divisor of a hypothesis' log-probability: GNMT ``((5+len)/6)^alpha``, ``len^alpha``, or 1."""
+    if kind == "none" or alpha == 0:
+        return 1.0
+    if kind == "gnmt":
+        return ((5.0 + length) / 6.0) ** alpha
+    if kind == "average":
+        return length**alpha
+    raise ValueError(f"length_penalty_type={kind!r}: expected gnmt, average or none")
+
+
+def max_output_lengths(src_pad_mask: Tensor, a: float, b: int) -> Tensor:
+    """(B,) most tokens (EOS included) each output may have: ``floor(a * |src| + b)``."""
+    src_lengths = (~src_pad_mask).sum(dim=1)
+    return (a * src_lengths.float() + b).floor().long().clamp(min=1)
+
+
+def _mask_step(log_probs: Tensor, at_max: Tensor) -> Tensor:
+    """Forbid PAD and BOS everywhere, and everything but EOS in rows ``at_max`` (B_rows,)."""
+    log_probs[:, PAD_ID] = -torch.inf
+    log_probs[:, BOS_ID] = -torch.inf
+    if at_max.any():
+        eos_column = log_probs[:, EOS_ID].clone()
+        log_probs[at_max] = -torch.inf
+        log_probs[:, EOS_ID] = eos_column
+    return log_probs
+
+
+@torch.inference_mode()
+def greedy_search(
+    model: Decoder,
+    src_ids: Tensor,
+    src_pad_mask: Tensor,
+    *,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    length_penalty_alpha: float = 0.0,
+    length_penalty_type: str = "none",
+) -> list[Hypothesis]:
+    """The most probable token at each step; one ``Hypothesis`` per source."""
+    batch = src_ids.size(0)
+    device = src_ids.device
+    memory = model.encode(src_ids, src_pad_mask)
+    max_lengths = max_output_lengths(src_pad_mask, max_len_a, max_len_b)
+    tokens = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
+    log_prob_sums = torch.zeros(batch, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)  # 0 while unfinished
+    cache = None
+    for step in range(int(max_lengths.max())):
+        log_probs, cache = model.decode_step(tokens, memory, src_pad_mask, cache)
+        log_probs = _mask_step(log_probs, max_lengths == step + 1)
+        best_log_probs, next_tokens = log_probs.max(dim=-1)
+        unfinished = lengths == 0
+        next_tokens = torch.where(unfinished, next_tokens, PAD_ID)
+        log_prob_sums += torch.where(unfinished, best_log_probs, 0.0)
+        lengths = torch.where(unfinished & (next_tokens == EOS_ID), step + 1, lengths)
+        tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
+        if bool((lengths > 0).all()):
+            break
+    hypotheses = []
+    for row in range(batch):
+        length = int(lengths[row])
+        log_prob = float(log_prob_sums[row])
+        hypotheses.append(
+            Hypothesis(
+                tokens[row, 1:length].tolist(),
+                log_prob / length_penalty(length, length_penalty_alpha, length_penalty_type),
+                log_prob,
+            )
+        )
+    return hypotheses
+
+
+@dataclass
+class _BeamState:
+    """The live part of a batched beam search. Rows are source-major: (B_live * K, ...)."""
+
+    tokens: Tensor  # (B_live*K, t) prefixes starting with BOS
+    scores: Tensor  # (B_live, K) cumulative log-probabilities
+    sources: Tensor  # (B_live,) each live source's index in the input batch
+    memory: Tensor  # (B_live, S, D)
+    src_pad_mask: Tensor  # (B_live, S)
+    max_lengths: Tensor  # (B_live,)
+    cache: Any = None
+
+
+def _expand(state: _BeamState, log_probs: Tensor, beam: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top 2K continuations of each live source: scores, beam index and token, each (B_live, 2K)."""
+    vocab = log_probs.size(-1)
+    candidates = (state.scores.reshape(-1, 1) + log_probs).view(-1, beam * vocab)
+    cand_scores, flat = candidates.topk(min(2 * beam, beam * vocab), dim=-1)
+    return cand_scores, flat // vocab, flat % vocab
+
+
+def _finalize(
+    state: _BeamState,
+    cand_scores: Tensor,
+    cand_beams: Tensor,
+    cand_tokens: Tensor,
+    beam: int,
+    finished: list[list[Hypothesis]],
+    *,
+    alpha: float,
+    kind: str,
+) -> Tensor:
+    """Record EOS candidates ranked within the top K; return which live sources are now done (B_live,)."""
+    length = state.tokens.size(1)  # tokens without BOS, plus EOS
+    is_eos = (cand_tokens[:, :beam] == EOS_ID) & torch.isfinite(cand_scores[:, :beam])
+    at_max = state.max_lengths <= length
+    done = at_max.clone()
+    penalty = length_penalty(length, alpha, kind)
+    for live, rank in is_eos.nonzero().tolist():
+        source = int(state.sources[live])
+        if len(finished[source]) >= beam:
+            continue
+        row = live * beam + int(cand_beams[live, rank])
+        log_prob = float(cand_scores[live, rank])
+        finished[source].append(Hypothesis(state.tokens[row, 1:].tolist(), log_prob / penalty, log_prob))
+    for live in range(len(done)):
+        if len(finished[int(state.sources[live])]) >= beam:
+            done[live] = True
+    return done
+
+
+def _select(state: _BeamState, cand_scores: Tensor, cand_beams: Tensor, cand_tokens: Tensor, beam: int) -> None:
+    """Continue each source with its K best non-EOS candidates; reorder the cache to match."""
+    live_scores = cand_scores.masked_fill(cand_tokens == EOS_ID, -torch.inf)
+    state.scores, picked = live_scores.topk(beam, dim=-1)  # (B_live, K)
+    offsets = torch.arange(state.scores.size(0), device=picked.device)[:, None] * beam
+    rows = (offsets + cand_beams.gather(1, picked)).view(-1)
+    state.tokens = torch.cat([state.tokens.index_select(0, rows), cand_tokens.gather(1, picked).view(-1, 1)], dim=1)
+    state.cache.reorder(rows)
+
+
+def _drop_done(state: _BeamState, done: Tensor, beam: int) -> None:
+    """Remove finished sources (and their rows) from the live state."""
+    keep = (~done).nonzero().view(-1)
+    rows = (keep[:, None] * beam + torch.arange(beam, device=keep.device)).view(-1)
+    state.cache.select_sources(keep, rows)
+    state.tokens = state.tokens.index_select(0, rows)
+    state.scores = state.scores.index_select(0, keep)
+    state.sources = state.sources.index_select(0, keep)
+    state.memory = state.memory.index_select(0, keep)
+    state.src_pad_mask = state.src_pad_mask.index_select(0, keep)
+    state.max_lengths = state.max_lengths.index_select(0, keep)
+
+
+@torch.inference_mode()
+def beam_search(
+    model: Decoder,
+    src_ids: Tensor,
+    src_pad_mask: Tensor,
+    *,
+    beam: int = 5,
+    nbest: int = 1,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    length_penalty_alpha: float = 1.0,
+    length_penalty_type: str = "gnmt",
+) -> list[list[Hypothesis]]:
+    """Batched beam search; returns each source's ``nbest`` hypotheses, best first."""
+    if not 1 <= nbest <= beam:
+        raise ValueError(f"nbest={nbest}: expected 1 <= nbest <= beam={beam}")
+    batch = src_ids.size(0)
+    device = src_ids.device
+    scores = torch.full((batch, beam), -torch.inf, device=device)
+    scores[:, 0] = 0.0  # all beams start as the same BOS prefix: expand only the first
+    state = _BeamState(
+        tokens=torch.full((batch * beam, 1), BOS_ID, dtype=torch.long, device=device),
+        scores=scores,
+        sources=torch.arange(batch, device=device),
+        memory=model.encode(src_ids, src_pad_mask),
+        src_pad_mask=src_pad_mask,
+        max_lengths=max_output_lengths(src_pad_mask, max_len_a, max_len_b),
+    )
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    while state.sources.numel():
+        log_probs, state.cache = model.decode_step(state.tokens, state.memory, state.src_pad_mask, state.cache)
+        at_max = (state.max_lengths <= state.tokens.size(1)).repeat_interleave(beam)
+        log_probs = _mask_step(log_probs, at_max)
+        cand_scores, cand_beams, cand_tokens = _expand(state, log_probs, beam)
+        done = _finalize(
+            state,
+            cand_scores,
+            cand_beams,
+            cand_tokens,
+            beam,
+            finished,
+            alpha=length_penalty_alpha,
+            kind=length_penalty_type,
+        )
+        _select(state, cand_scores, cand_beams, cand_tokens, beam)
+        if bool(done.any()):
+            _drop_done(state, done, beam)
+    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in finished]

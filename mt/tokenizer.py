@@ -1,0 +1,200 @@
+"""SentencePiece subwords: training, loading, encoding, decoding; the only home of special ids.
+
+A ``Tokenizer`` holds one SentencePiece model per side (the same one twice for a joint
+vocabulary). Its models serialise to bytes, so a checkpoint carries them and a ``.ckpt`` file
+alone is enough to translate.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+log = logging.getLogger(__name__)
+
+# Special ids, fixed for every model this package trains.
+PAD_ID = 0
+UNK_ID = 1
+BOS_ID = 2
+EOS_ID = 3
+
+
+class TokenizerError(ValueError):
+    """A tokenizer model that cannot be used."""
+
+
+def _processor(model_proto: bytes, origin: str) -> spm.SentencePieceProcessor:
+    processor = spm.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(model_proto)
+    except Exception as error:  # sentencepiece raises RuntimeError/OSError with C++ text
+        raise TokenizerError(f"{origin}: not a SentencePiece model ({error})") from None
+    ids = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
+    if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+        raise TokenizerError(
+            f"{origin}: special ids (pad, unk, bos, eos) are {ids}, expected {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}"
+        )
+    return processor
+
+
+class Tokenizer:
+    """Source and target SentencePiece models with shared special ids.
+
+    Args:
+        src_model: serialised SentencePiece model for the source side.
+        tgt_model: serialised model for the target side; ``None`` or the same bytes for a joint
+            vocabulary.
+    """
+
+    pad_id = PAD_ID
+    unk_id = UNK_ID
+    bos_id = BOS_ID
+    eos_id = EOS_ID
+
+    def __init__(self, src_model: bytes, tgt_model: bytes | None = None, *, origin: str = "tokenizer") -> None:
+        self.src_model = src_model
+        self.tgt_model = src_model if tgt_model is None else tgt_model
+        self.src = _processor(self.src_model, origin)
+        self.tgt = self.src if self.joint else _processor(self.tgt_model, origin)
+
+    @property
+    def joint(self) -> bool:
+        return self.src_model == self.tgt_model
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.src.get_piece_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.tgt.get_piece_size()
+
+    def encode_src(self, sentences: Sequence[str]) -> list[list[int]]:
+        """Subword ids without BOS/EOS (the batcher adds them)."""
+        return self.src.encode(list(sentences))
+
+    def encode_tgt(self, sentences: Sequence[str]) -> list[list[int]]:
+        return self.tgt.encode(list(sentences))
+
+    def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Detokenized text; special ids are dropped."""
+        return self.tgt.decode([[i for i in seq if i > EOS_ID] for seq in ids])
+
+    def to_state(self) -> dict[str, bytes]:
+        """What a checkpoint stores: the serialised models."""
+        return {"src_model": self.src_model, "tgt_model": self.tgt_model}
+
+    @classmethod
+    def from_state(cls, state: dict[str, bytes], *, origin: str = "checkpoint") -> Tokenizer:
+        if not isinstance(state, dict) or "src_model" not in state:
+            raise TokenizerError(f"{origin}: holds no tokenizer (expected keys src_model, tgt_model)")
+        return cls(state["src_model"], state.get("tgt_model"), origin=origin)
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``spm.model`` (joint) or ``spm.src.model`` and ``spm.tgt.model``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.joint:
+            _write_atomic(directory / "spm.model", self.src_model)
+        else:
+            _write_atomic(directory / "spm.src.model", self.src_model)
+            _write_atomic(directory / "spm.tgt.model", self.tgt_model)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Tokenizer | None:
+        """The tokenizer saved in ``directory``, or ``None`` if there is none."""
+        directory = Path(directory)
+        if (directory / "spm.model").exists():
+            path = directory / "spm.model"
+            return cls(path.read_bytes(), origin=str(path))
+        if (directory / "spm.src.model").exists():
+            return cls(
+                (directory / "spm.src.model").read_bytes(),
+                (directory / "spm.tgt.model").read_bytes(),
+                origin=str(directory),
+            )
+        return None
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(payload)
+    tmp.replace(path)
+
+
+def train_sentencepiece(
+    sentences: Iterable[str],
+    *,
+    vocab_size: int,
+    model_type: str = "unigram",
+    character_coverage: float = 1.0,
+    input_sentence_size: int = 2_000_000,
+    seed: int = 1,
+) -> bytes:
+    """Train one SentencePiece model on ``sentences`` and return it serialised.
+
+    Sentences beyond ``input_sentence_size`` are subsampled (reservoir sampling, seeded), so a
+    corpus of millions of pairs trains on a bounded sample.
+    """
+    sample = _reservoir_sample(sentences, input_sentence_size, seed)
+    if not sample:
+        raise TokenizerError("cannot train SentencePiece on an empty corpus")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sample),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        hard_vocab_limit=False,  # small corpora may not support the full size
+        num_threads=2,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def _reservoir_sample(sentences: Iterable[str], size: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    sample: list[str] = []
+    for index, sentence in enumerate(sentences):
+        if index < size:
+            sample.append(sentence)
+        else:
+            slot = rng.randint(0, index)
+            if slot < size:
+                sample[slot] = sentence
+    return sample
+
+
+def train_tokenizer(
+    src_sentences: Sequence[str],
+    tgt_sentences: Sequence[str],
+    *,
+    vocab_size: int,
+    joint: bool = True,
+    model_type: str = "unigram",
+    character_coverage: float = 1.0,
+    input_sentence_size: int = 2_000_000,
+    seed: int = 1,
+) -> Tokenizer:
+    """Train a joint or a per-side SentencePiece tokenizer on the training split."""
+    options = dict(
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        input_sentence_size=input_sentence_size,
+        seed=seed,
+    )
+    if joint:
+        both = (s for pair in zip(src_sentences, tgt_sentences) for s in pair)
+        return Tokenizer(train_sentencepiece(both, **{**options, "input_sentence_size": 2 * input_sentence_size}))
+    return Tokenizer(train_sentencepiece(src_sentences, **options), train_sentencepiece(tgt_sentences, **options))

@@ -1,0 +1,143 @@
+"""``python -m mt.train [overrides]``: train a Transformer, keep the best and last checkpoints,
+plot the learning curve, and score the best checkpoint on the test split.
+
+The run directory (``hydra.run.dir``) receives ``config.yaml`` (the resolved config),
+``tokenizer/``, ``checkpoints/{best,last}.ckpt``, ``csv/`` and ``tb/`` logs, ``curve.png`` and
+``test_scores.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from mt.cli import RunError, reports_errors, set_threads, to_typed
+from mt.config import TrainConfig, register_configs, to_dict
+from mt.datamodule import TranslationDataModule
+from mt.module import TranslationModule
+from mt.plots import plot_learning_curve
+
+log = logging.getLogger(__name__)
+
+register_configs()
+
+
+def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
+    """The checkpoint to resume from, refusing to train over an existing run by accident."""
+    existing = sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
+    if resume is None:
+        if existing:
+            raise RunError(
+                f"{checkpoint_dir} already holds checkpoints ({existing[0].name}, ...): "
+                f"pass resume=auto to continue that run, or choose another hydra.run.dir"
+            )
+        return None
+    if resume == "auto":
+        last = checkpoint_dir / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise RunError(f"resume={resume}: no such checkpoint file")
+    return resume
+
+
+def build_trainer(config: TrainConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+    cfg = config.trainer
+    decoding = config.validation.decode != "none"
+    monitor, mode = ("val/bleu", "max") if decoding else ("val/loss", "min")
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    callbacks: list[L.Callback] = [checkpoint]
+    if cfg.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
+    loggers = [CSVLogger(run_dir, name="csv", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        max_steps=cfg.max_steps,
+        max_epochs=cfg.max_epochs,
+        max_time=cfg.max_time,
+        val_check_interval=cfg.val_check_interval,
+        check_val_every_n_epoch=cfg.check_val_every_n_epoch,
+        limit_val_batches=cfg.limit_val_batches,
+        log_every_n_steps=cfg.log_every_n_steps,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=config.optim.clip_norm or None,
+        num_sanity_val_steps=cfg.num_sanity_val_steps,
+        fast_dev_run=cfg.fast_dev_run,
+        enable_progress_bar=cfg.enable_progress_bar,
+        deterministic=cfg.deterministic,
+        default_root_dir=run_dir,
+        callbacks=callbacks,
+        logger=loggers,
+        use_distributed_sampler=False,  # TokenBatchSampler shards batches itself
+    )
+    return trainer, checkpoint
+
+
+def train(config: TrainConfig, run_dir: Path) -> dict | None:
+    """Train as configured in ``run_dir``; return the test scores of the best checkpoint (rank 0)."""
+    set_threads(config.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))))
+    L.seed_everything(config.seed, workers=True)
+
+    datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)
+    tokenizer = datamodule.prepare_tokenizer()
+    module = TranslationModule(
+        to_dict(config.model),
+        to_dict(config.optim),
+        to_dict(config.search),
+        to_dict(config.validation),
+        src_vocab_size=tokenizer.src_vocab_size,
+        tgt_vocab_size=tokenizer.tgt_vocab_size,
+        data=to_dict(config.data),
+    )
+    module.tokenizer = tokenizer
+    trainer, checkpoint = build_trainer(config, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    if not trainer.is_global_zero:
+        return None
+    plot_learning_curve(run_dir / "csv" / "metrics.csv", run_dir / "curve.png")
+    if not config.test_after_training or config.trainer.fast_dev_run:
+        return None
+    from mt.evaluate import score_checkpoint
+
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    scores = score_checkpoint(best, split="test", search=config.search, progress=config.trainer.enable_progress_bar)
+    (run_dir / "test_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    print(json.dumps(scores), flush=True)
+    return scores
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@reports_errors
+def main(cfg: DictConfig) -> float | None:
+    config = to_typed(cfg, TrainConfig)
+    scores = train(config, Path(HydraConfig.get().runtime.output_dir))
+    return None if scores is None else scores["bleu"]  # the value Hydra sweepers optimise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""``python -m mt.translate checkpoint=PATH [beam=N] [input=F] < in > out``.
+
+Reads one sentence a line from stdin (or ``input=``), writes one translation a line to stdout, in
+order, with a progress bar on stderr. Input is read in chunks, so long streams start flowing early.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+
+import hydra
+from omegaconf import DictConfig
+
+from mt.cli import best_device, quiet_library_logs, reports_errors, set_threads, to_typed
+from mt.config import TranslateConfig, register_configs, with_beam
+from mt.data import read_lines
+from mt.inference import load_checkpoint, translate
+
+register_configs()
+
+CHUNK_LINES = 5000
+
+
+def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line.rstrip("\r\n"))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="translate")
+@reports_errors
+def main(cfg: DictConfig) -> None:
+    config = to_typed(cfg, TranslateConfig)
+    set_threads(config.threads)
+    quiet_library_logs()
+    search = with_beam(config.search, config.beam)
+    module = load_checkpoint(config.checkpoint)
+    device = best_device()
+    model = module.model.to(device)
+    lines = read_lines(config.input) if config.input else sys.stdin
+    for chunk in chunks(lines, CHUNK_LINES):
+        for nbest in translate(model, module.tokenizer, chunk, search, device=device, progress=True):
+            sys.stdout.write(nbest[0][0] + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
