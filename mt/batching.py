@@ -197,7 +197,7 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         batches = self.all_batches()
         if self.num_replicas > 1 and batches:
             remainder = -len(batches) % self.num_replicas
-            batches = batches + batches[:remainder]
+            batches = batches + [batches[i % len(batches)] for i in range(remainder)]
         return batches[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:

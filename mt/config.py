@@ -183,6 +183,11 @@ class ValidationConfig:
             self.decode in ("greedy", "beam", "none"),
             f"validation.decode={self.decode!r}: expected greedy, beam or none",
         )
+        _require(self.beam >= 1, f"validation.beam={self.beam}: expected >= 1")
+        _require(
+            self.max_sentences is None or self.max_sentences >= 1,
+            f"validation.max_sentences={self.max_sentences}: expected >= 1 or null",
+        )
 
 
 @dataclass

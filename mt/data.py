@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -216,7 +217,7 @@ class EncodedCorpus:
         return EncodedCorpus.from_lists(src, tgt, self.index[keep])
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # unique per process: ranks may race
         np.savez(tmp, **asdict(self))
         tmp.replace(path)
 

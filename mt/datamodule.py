@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from mt.batching import Batch, PairDataset, TokenBatchSampler
 from mt.config import DataConfig, TokenizerConfig
-from mt.data import EncodedCorpus, ParallelText, load_split, prepare_split
+from mt.data import DataError, EncodedCorpus, ParallelText, load_split, prepare_split
 from mt.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,14 @@ class TranslationDataModule(L.LightningDataModule):
             )
             self.valid_references = valid_text.tgt
 
-    def _sampler(self, corpus: EncodedCorpus, *, shuffle: bool) -> TokenBatchSampler:
+    def _sampler(self, corpus: EncodedCorpus, split: str, *, shuffle: bool) -> TokenBatchSampler:
         trainer = self.trainer
+        try:
+            return self._make_sampler(corpus, trainer, shuffle)
+        except ValueError as error:
+            raise DataError(f"data {self.data_cfg.name!r} {split} split: {error}; raise data.max_tokens") from None
+
+    def _make_sampler(self, corpus: EncodedCorpus, trainer, shuffle: bool) -> TokenBatchSampler:
         return TokenBatchSampler(
             corpus.src_lengths,
             corpus.tgt_lengths,
@@ -98,8 +104,8 @@ class TranslationDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
         )
 
-    def _loader(self, corpus: EncodedCorpus, *, shuffle: bool) -> DataLoader:
-        sampler = self._sampler(corpus, shuffle=shuffle)
+    def _loader(self, corpus: EncodedCorpus, split: str, *, shuffle: bool) -> DataLoader:
+        sampler = self._sampler(corpus, split, shuffle=shuffle)
         return DataLoader(
             PairDataset(corpus),
             batch_sampler=sampler,
@@ -109,7 +115,7 @@ class TranslationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._loader(self.train_corpus, shuffle=True)
+        loader = self._loader(self.train_corpus, "train", shuffle=True)
         sampler = loader.batch_sampler
         log.info(
             "train: %d pairs, %d batches per epoch per rank, padding %.1f%% of positions",
@@ -120,7 +126,7 @@ class TranslationDataModule(L.LightningDataModule):
         return loader
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.valid_corpus, shuffle=False)
+        return self._loader(self.valid_corpus, "valid", shuffle=False)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         return batch.to(device)

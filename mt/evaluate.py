@@ -48,6 +48,8 @@ def score_checkpoint(
             raise DataError(f"reference {reference} has {len(references)} lines but source {source} has {len(sources)}")
         origin = source
     else:
+        if not module.hparams.get("data"):
+            raise RunError(f"checkpoint {checkpoint} records no data config: pass source= (and reference=)")
         data = from_dict(DataConfig, module.hparams["data"])
         text = load_split(data, split)
         sources, references, origin = text.src, text.tgt, f"{data.name} {split} ({data.src_lang}-{data.tgt_lang})"

@@ -116,13 +116,26 @@ class TranslationModule(L.LightningModule):
             lr=cfg.lr,
             betas=tuple(cfg.betas),
             eps=cfg.eps,
-            fused=self.device.type == "cuda" or None,
+            fused=self._use_fused_adamw() or None,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _use_fused_adamw(self) -> bool:
+        """Fused AdamW on GPUs, except where Lightning's mixed precision must clip its gradients."""
+        if self.device.type != "cuda":
+            return False
+        mixed = "mixed" in str(self.trainer.precision) if self._trainer is not None else False
+        return not (mixed and self.optim_cfg.clip_norm > 0)
+
     def on_train_start(self) -> None:
         self._throughput.reset()
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning sets the epoch on samplers, not on batch samplers: reshuffle ours here.
+        batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(self.current_epoch)
 
     # -- validation ----------------------------------------------------------------------------
 

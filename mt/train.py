@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -42,7 +43,11 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
         return None
     if resume == "auto":
         last = checkpoint_dir / "last.ckpt"
-        return str(last) if last.is_file() else None
+        if last.is_file():
+            return str(last)
+        if existing:
+            raise RunError(f"resume=auto: {checkpoint_dir} has checkpoints but no last.ckpt; pass resume=PATH")
+        return None
     if not Path(resume).is_file():
         raise RunError(f"resume={resume}: no such checkpoint file")
     return resume
@@ -95,6 +100,8 @@ def build_trainer(config: TrainConfig, run_dir: Path) -> tuple[L.Trainer, ModelC
 def train(config: TrainConfig, run_dir: Path) -> dict | None:
     """Train as configured in ``run_dir``; return the test scores of the best checkpoint (rank 0)."""
     set_threads(config.threads)
+    if config.data.path:  # checkpoints record where their data is: make it valid from any directory
+        config.data.path = str(Path(config.data.path).expanduser().resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
     config_path = run_dir / "config.yaml"
@@ -114,8 +121,11 @@ def train(config: TrainConfig, run_dir: Path) -> dict | None:
         data=to_dict(config.data),
     )
     module.tokenizer = tokenizer
-    trainer, checkpoint = build_trainer(config, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer, checkpoint = build_trainer(config, run_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except MisconfigurationException as error:  # e.g. trainer=gpu on a machine without one
+        raise RunError(f"trainer: {str(error).splitlines()[0]}") from None
 
     if not trainer.is_global_zero:
         return None

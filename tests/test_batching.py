@@ -1,0 +1,83 @@
+"""Token-bucket batches: budget, coverage, determinism, sharding, collation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mt.batching import TokenBatchSampler, collate
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+def lengths(n: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    src = rng.integers(1, 60, n)
+    return src, np.clip(src + rng.integers(-5, 6, n), 1, None)
+
+
+def test_batches_respect_max_tokens_and_cover_every_pair_once():
+    src, tgt = lengths()
+    sampler = TokenBatchSampler(src, tgt, 400, shuffle=True, seed=3)
+    batches = list(sampler)
+    for batch in batches:
+        assert len(batch) * (max(max(src[batch]), max(tgt[batch])) + 1) <= 400
+    assert sorted(i for batch in batches for i in batch) == list(range(len(src)))
+
+
+def test_batches_are_deterministic_per_seed_and_epoch():
+    src, tgt = lengths()
+    a = TokenBatchSampler(src, tgt, 400, shuffle=True, seed=3)
+    b = TokenBatchSampler(src, tgt, 400, shuffle=True, seed=3)
+    assert list(a) == list(b)
+    first_epoch = list(a)
+    a.set_epoch(1)
+    assert list(a) != first_epoch
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    assert list(TokenBatchSampler(src, tgt, 400, shuffle=True, seed=4)) != first_epoch
+
+
+def test_unshuffled_batches_are_sorted_and_fixed():
+    src, tgt = lengths()
+    sampler = TokenBatchSampler(src, tgt, 400, shuffle=False)
+    batches = list(sampler)
+    sampler.set_epoch(5)
+    assert list(sampler) == batches
+    maxima = [max(tgt[b]) for b in batches]
+    assert maxima == sorted(maxima)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharding_is_disjoint_complete_and_even(world):
+    src, tgt = lengths(301)
+    shards = [
+        list(TokenBatchSampler(src, tgt, 300, shuffle=True, seed=1, num_replicas=world, rank=r)) for r in range(world)
+    ]
+    assert len({len(shard) for shard in shards}) == 1  # no rank waits for another at a collective
+    all_batches = TokenBatchSampler(src, tgt, 300, shuffle=True, seed=1).all_batches()
+    dealt = [tuple(b) for shard in shards for b in shard]
+    assert set(dealt) == {tuple(b.tolist()) for b in all_batches}  # complete
+    assert len(dealt) - len(all_batches) < world  # only the wrap-around padding repeats
+
+
+def test_max_tokens_below_the_longest_pair_is_an_error():
+    with pytest.raises(ValueError, match="max_tokens=10 is below the longest pair"):
+        TokenBatchSampler(np.array([3, 20]), np.array([3, 4]), 10, shuffle=False)
+
+
+def test_padding_share_is_small_with_length_buckets():
+    src, tgt = lengths(2000)
+    bucketed = TokenBatchSampler(src, tgt, 2000, shuffle=True, seed=0).padding_share()
+    assert 0.0 <= bucketed < 0.15
+
+
+def test_collate_adds_bos_eos_and_pads():
+    batch = collate([[5, 6], [7]], [[8], [9, 10, 11]], [4, 2])
+    assert batch.src_ids.tolist() == [[5, 6, EOS_ID], [7, EOS_ID, PAD_ID]]
+    assert batch.src_pad_mask.tolist() == [[False, False, False], [False, False, True]]
+    assert batch.tgt_in.tolist() == [[BOS_ID, 8, PAD_ID, PAD_ID], [BOS_ID, 9, 10, 11]]
+    assert batch.tgt_out.tolist() == [[8, EOS_ID, PAD_ID, PAD_ID], [9, 10, 11, EOS_ID]]
+    assert batch.ids.tolist() == [4, 2]
+    assert batch.tgt_token_count == int(batch.num_tgt_tokens) == 6
+    assert batch.to("cpu").src_ids.dtype == torch.long

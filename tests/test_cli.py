@@ -1,0 +1,180 @@
+"""The command lines as users run them: train, evaluate and translate on a slice of Multi30k."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def head_gz(source: Path, target: Path, lines: int) -> None:
+    with gzip.open(source, "rt", encoding="utf-8") as handle:
+        text = "".join(line for _, line in zip(range(lines), handle))
+    with gzip.open(target, "wt", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+@pytest.fixture(scope="module")
+def multi30k_slice(tmp_path_factory) -> Path:
+    source = Path(os.environ.get("MT_DATA_DIR", "/nonexistent"))
+    if not (source / "train.de.gz").is_file():
+        pytest.skip("MT_DATA_DIR does not point at Multi30k")
+    target = tmp_path_factory.mktemp("m30k")
+    for split, lines in (("train", 3000), ("val", 64), ("test_2016_flickr", 100)):
+        for lang in ("de", "en"):
+            head_gz(source / f"{split}.{lang}.gz", target / f"{split}.{lang}.gz", lines)
+    return target
+
+
+@pytest.fixture(scope="module")
+def trained_run(multi30k_slice, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    run_dir = tmp_path_factory.mktemp("run") / "r"
+    result = run(
+        "mt.train",
+        "model=tiny",
+        "trainer.max_steps=40",
+        "trainer.max_time=null",
+        "trainer.val_check_interval=20",
+        "trainer.check_val_every_n_epoch=null",
+        "trainer.enable_progress_bar=false",
+        "tokenizer.vocab_size=1000",
+        "search.beam=2",
+        "validation.max_sentences=32",
+        f"hydra.run.dir={run_dir}",
+        env={"MT_DATA_DIR": str(multi30k_slice)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_train_writes_the_run_directory_and_prints_test_scores(trained_run):
+    run_dir, result = trained_run
+    for name in (
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "config.yaml",
+        "tokenizer/spm.model",
+        "csv/metrics.csv",
+        "curve.png",
+        "test_scores.json",
+    ):
+        assert (run_dir / name).is_file(), name
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert scores["sentences"] == 100 and 0 <= scores["bleu"] <= 100
+    assert scores["bleu_signature"].startswith("nrefs:1|case:mixed")
+
+
+def test_evaluate_files_writes_hypotheses_and_refuses_to_overwrite(trained_run, multi30k_slice, tmp_path):
+    run_dir, _ = trained_run
+    output = tmp_path / "hyp.en"
+    args = (
+        "mt.evaluate",
+        f"checkpoint={run_dir}/checkpoints/best.ckpt",
+        f"source={multi30k_slice}/test_2016_flickr.de.gz",
+        f"reference={multi30k_slice}/test_2016_flickr.en.gz",
+        "beam=2",
+        f"output={output}",
+    )
+    result = run(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(scores) >= {"bleu", "chrf", "bleu_signature", "chrf_signature", "sentences"}
+    assert scores["sentences"] == 100 and scores["beam"] == 2
+    assert len(output.read_text().splitlines()) == 100
+    assert json.loads(Path(f"{output}.scores.json").read_text())["bleu"] == scores["bleu"]
+    before = output.read_text()
+    again = run(*args)
+    assert again.returncode == 2 and "exists" in again.stderr and "overwrite=true" in again.stderr
+    assert output.read_text() == before
+
+
+def test_evaluate_defaults_to_the_checkpoints_test_split(trained_run, multi30k_slice):
+    run_dir, _ = trained_run
+    result = run(
+        "mt.evaluate", f"checkpoint={run_dir}/checkpoints/last.ckpt", "beam=1", env={"MT_DATA_DIR": str(multi30k_slice)}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["sentences"] == 100
+
+
+def test_translate_reads_stdin_and_keeps_line_alignment(trained_run):
+    run_dir, _ = trained_run
+    lines = "Ein Mann fährt Fahrrad.\n\nZwei Hunde spielen im Schnee.\r\n"
+    result = run("mt.translate", f"checkpoint={run_dir}/checkpoints/best.ckpt", "beam=3", stdin=lines)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout.split("\n")
+    assert len(out) == 4 and out[1] == "" and out[3] == ""  # three lines, the empty one kept empty
+    assert out[0] and out[2]
+
+
+def test_bad_inputs_get_one_line_errors(trained_run, multi30k_slice, tmp_path):
+    run_dir, _ = trained_run
+    checkpoint = f"checkpoint={run_dir}/checkpoints/best.ckpt"
+    (tmp_path / "short.en").write_text("one line\n")
+    (tmp_path / "junk.ckpt").write_bytes(os.urandom(4096))
+    cases = [
+        (("mt.evaluate", "checkpoint=/nonexistent/x.ckpt"), "no such file"),
+        (("mt.evaluate", f"checkpoint={tmp_path}/junk.ckpt"), "cannot be loaded"),
+        (
+            (
+                "mt.evaluate",
+                checkpoint,
+                f"source={multi30k_slice}/test_2016_flickr.de.gz",
+                f"reference={tmp_path}/short.en",
+            ),
+            "has 1 lines but source",
+        ),
+        (("mt.evaluate", checkpoint, "source=/nonexistent/test.de"), "no such file"),
+        (("mt.translate", checkpoint, "beam=0"), "beam=0"),
+        (("mt.train", "model=tiny", f"hydra.run.dir={run_dir}"), "resume=auto"),
+    ]
+    ckpt_bytes = (run_dir / "checkpoints/last.ckpt").read_bytes()
+    for args, message in cases:
+        result = run(*args, env={"MT_DATA_DIR": str(multi30k_slice)})
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert message in result.stderr, (args, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
+    assert (run_dir / "checkpoints/last.ckpt").read_bytes() == ckpt_bytes
+
+
+def test_misspelt_key_fails_before_training(tmp_path):
+    result = run("mt.train", "model.d_modle=3", f"hydra.run.dir={tmp_path}/r")
+    assert result.returncode != 0 and "d_modle" in result.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_fast_dev_run_and_multirun_sweep(toy_corpus_dir, tmp_path):
+    result = run(
+        "mt.train",
+        "-m",
+        "data=local",
+        f"data.path={toy_corpus_dir}",
+        "model=tiny",
+        "debug=fast",
+        "tokenizer.vocab_size=64",
+        "seed=1,2",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):
+        assert (tmp_path / "sweep" / job / "tokenizer/spm.model").is_file()

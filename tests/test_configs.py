@@ -1,0 +1,91 @@
+"""Every config composes into its typed schema; impossible values are refused with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mt.cli import to_typed
+from mt.config import ConfigError, EvaluateConfig, TrainConfig, TranslateConfig, register_configs
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+register_configs()
+
+
+def compose_config(name: str, overrides: list[str]):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("data", options("data"))
+@pytest.mark.parametrize("model", options("model"))
+def test_every_data_and_model_composes(data, model):
+    config = to_typed(compose_config("train", [f"data={data}", f"model={model}", "data.path=/tmp/corpus"]), TrainConfig)
+    assert config.data.name and config.model.d_model % config.model.n_heads == 0
+
+
+@pytest.mark.parametrize("group", ["trainer", "search", "debug"])
+def test_every_trainer_search_and_debug_option_composes(group):
+    for option in options(group):
+        config = to_typed(compose_config("train", [f"{group}={option}"]), TrainConfig)
+        assert isinstance(config, TrainConfig)
+
+
+def test_defaults_and_fixed_override_order():
+    config = to_typed(compose_config("train", []), TrainConfig)
+    assert (config.data.name, config.data.src_lang, config.data.tgt_lang) == ("multi30k", "de", "en")
+    assert config.model.d_model == 256 and config.trainer.accelerator == "cpu"
+    assert config.search.beam == 5
+    # debug comes last: its model override wins over the group default, and a command-line value wins over it.
+    smoke = to_typed(compose_config("train", ["debug=smoke", "trainer.max_steps=7"]), TrainConfig)
+    assert smoke.model.d_model == 64 and smoke.trainer.max_steps == 7
+
+
+def test_multi30k_reads_mt_data_dir(monkeypatch):
+    monkeypatch.setenv("MT_DATA_DIR", "/data/m30k")
+    assert to_typed(compose_config("train", []), TrainConfig).data.path == "/data/m30k"
+    monkeypatch.delenv("MT_DATA_DIR")
+    config = to_typed(compose_config("train", []), TrainConfig)
+    assert config.data.path is None and config.data.hub_name == "bentrevett/multi30k"
+
+
+def test_evaluate_and_translate_compose_with_shortcuts():
+    evaluate = to_typed(
+        compose_config("evaluate", ["checkpoint=x.ckpt", "source=a.de", "reference=a.en", "beam=3", "output=h.en"]),
+        EvaluateConfig,
+    )
+    assert (evaluate.beam, evaluate.search.beam, evaluate.output) == (3, 5, "h.en")
+    translate = to_typed(compose_config("translate", ["checkpoint=x.ckpt", "beam=2"]), TranslateConfig)
+    assert translate.beam == 2
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.d_model=100", "model.n_heads=3"], "not divisible"),
+        (["search.beam=0"], "beam=0"),
+        (["data.max_tokens=50", "data.max_len=100"], "below the longest allowed sentence"),
+        (["trainer.max_time=30min"], "DD:HH:MM:SS"),
+        (["tokenizer.joint=false"], "share_all_embeddings"),
+        (["data.format=xml"], "expected text, tsv or jsonl"),
+        (["model.dropout=1.5"], "model.dropout"),
+    ],
+)
+def test_impossible_values_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        to_typed(compose_config("train", overrides), TrainConfig)
+
+
+def test_wrong_types_and_unknown_keys_are_refused():
+    with pytest.raises(Exception, match="d_modle"):
+        compose_config("train", ["model.d_modle=3"])
+    with pytest.raises(Exception, match="d_model"):
+        compose_config("train", ["model.d_model=wide"])
+    with pytest.raises(ConfigError, match="checkpoint"):
+        to_typed(compose_config("evaluate", []), EvaluateConfig)

@@ -1,0 +1,143 @@
+"""Corpus reading (text, TSV, JSONL, hub format), cleaning, encoding and caching."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from mt.config import DataConfig, from_dict
+from mt.data import DataError, EncodedCorpus, cleaning_mask, load_split, prepare_split, read_lines
+from mt.tokenizer import train_tokenizer
+from tests.conftest import toy_pairs, write_text_corpus
+
+
+def data_config(path, **values) -> DataConfig:
+    return from_dict(DataConfig, {"name": "t", "path": str(path), "splits": {"valid": "valid"}, **values})
+
+
+def test_read_lines_handles_gzip_and_windows_line_endings(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"eins\r\nzwei\r\n\r\ndrei")
+    with gzip.open(tmp_path / "a.txt.gz", "wb") as handle:
+        handle.write(b"eins\r\nzwei\r\n\r\ndrei\n")
+    assert read_lines(tmp_path / "a.txt") == ["eins", "zwei", "", "drei"]
+    assert read_lines(tmp_path / "a.txt.gz") == ["eins", "zwei", "", "drei"]
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    (tmp_path / "bad.de").write_bytes(b"gut\nauch gut\nschlecht \xff\n")
+    with pytest.raises(DataError, match=r"bad.de:3: invalid UTF-8"):
+        read_lines(tmp_path / "bad.de")
+
+
+def test_text_pairs_plain_and_gzip(tmp_path):
+    pairs = toy_pairs(5)
+    write_text_corpus(tmp_path / "gz", {"train": pairs})
+    write_text_corpus(tmp_path / "plain", {"train": pairs}, gz=False)
+    for directory in ("gz", "plain"):
+        text = load_split(data_config(tmp_path / directory), "train")
+        assert list(zip(text.src, text.tgt)) == pairs
+
+
+def test_misaligned_files_name_both_files_and_counts(tmp_path):
+    (tmp_path / "train.de").write_text("a\nb\nc\n")
+    (tmp_path / "train.en").write_text("a\nb\n")
+    with pytest.raises(DataError, match=r"train.de has 3 lines but .*train.en has 2"):
+        load_split(data_config(tmp_path), "train")
+
+
+def test_missing_split_file_is_named(tmp_path):
+    write_text_corpus(tmp_path, {"train": toy_pairs(3)})
+    with pytest.raises(DataError, match=r"valid.de\[.gz\]: no such file"):
+        load_split(data_config(tmp_path), "valid")
+
+
+def test_tsv_and_jsonl_in_both_record_shapes(tmp_path):
+    pairs = toy_pairs(4)
+    (tmp_path / "train.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs))
+    tsv = load_split(data_config(tmp_path, format="tsv"), "train")
+    assert list(zip(tsv.src, tsv.tgt)) == pairs
+    nested = "".join(json.dumps({"translation": {"de": s, "en": t}}) + "\n" for s, t in pairs)
+    flat = "".join(json.dumps({"de": s, "en": t, "id": 1}) + "\n" for s, t in pairs)
+    for content in (nested, flat):
+        (tmp_path / "train.jsonl").write_text(content)
+        text = load_split(data_config(tmp_path, format="jsonl"), "train")
+        assert list(zip(text.src, text.tgt)) == pairs
+
+
+def test_unknown_language_key_is_named(tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"translation": {"de": "a", "en": "b"}}) + "\n")
+    with pytest.raises(DataError, match=r"no language key 'fr' \(found \['de', 'en'\]\)"):
+        load_split(data_config(tmp_path, format="jsonl", tgt_lang="fr"), "train")
+
+
+def test_hub_loader_on_a_local_dataset_in_the_hubs_format(tmp_path):
+    """The hub path, through ``datasets.load_dataset``, on files laid out like a hub dataset."""
+    pairs = {"train": toy_pairs(6, seed=1), "validation": toy_pairs(3, seed=2), "test": toy_pairs(2, seed=3)}
+    for split, split_pairs in pairs.items():
+        (tmp_path / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"translation": {"de": s, "en": t}}) + "\n" for s, t in split_pairs)
+        )
+    cfg = from_dict(DataConfig, {"name": "hubtest", "hub_name": str(tmp_path)})
+    for split, hub_split in (("train", "train"), ("valid", "validation"), ("test", "test")):
+        text = load_split(cfg, split)
+        assert list(zip(text.src, text.tgt)) == pairs[hub_split]
+
+
+def test_hub_loader_with_flat_columns_and_unknown_key(tmp_path):
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"de": s, "en": t}) + "\n" for s, t in toy_pairs(3)))
+    cfg = from_dict(DataConfig, {"name": "flat", "hub_name": str(tmp_path)})
+    assert load_split(cfg, "train").src == [s for s, _ in toy_pairs(3)]
+    cfg = from_dict(DataConfig, {"name": "flat", "hub_name": str(tmp_path), "src_lang": "cs"})
+    with pytest.raises(DataError, match="no language key 'cs'"):
+        load_split(cfg, "train")
+
+
+def test_unreachable_hub_dataset_says_to_use_local_files(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    cfg = from_dict(DataConfig, {"name": "x", "hub_name": "no-such-user/no-such-dataset-mt"})
+    with pytest.raises(DataError, match="set data.path"):
+        load_split(cfg, "train")
+
+
+def test_cleaning_counts_each_reason():
+    src = np.array([0, 3, 200, 4, 10, 5])
+    tgt = np.array([4, 3, 5, 20, 11, 0])
+    keep, report = cleaning_mask(src, tgt, min_len=1, max_len=100, max_ratio=3.0)
+    assert keep.tolist() == [False, True, False, False, True, False]
+    assert (report.empty, report.too_short, report.too_long, report.bad_ratio, report.kept) == (2, 0, 1, 1, 2)
+
+
+def test_empty_corpus_after_cleaning_is_an_error(tmp_path):
+    write_text_corpus(tmp_path, {"train": toy_pairs(20)})
+    cfg = data_config(tmp_path, min_len=1, max_len=2)
+    text = load_split(cfg, "train")
+    tokenizer = train_tokenizer(text.src, text.tgt, vocab_size=60)
+    with pytest.raises(DataError, match="no pair is left after cleaning"):
+        prepare_split(cfg, "train", tokenizer)
+
+
+def test_encoded_corpus_is_cached_and_reused(tmp_path):
+    write_text_corpus(tmp_path / "data", {"train": toy_pairs(50)})
+    cfg = data_config(tmp_path / "data")
+    text = load_split(cfg, "train")
+    tokenizer = train_tokenizer(text.src, text.tgt, vocab_size=60)
+    first = prepare_split(cfg, "train", tokenizer, cache_dir=tmp_path / "cache")
+    (cached_file,) = (tmp_path / "cache").glob("*.npz")
+    second = prepare_split(cfg, "train", tokenizer, cache_dir=tmp_path / "cache")
+    for name in ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets", "index"):
+        assert np.array_equal(getattr(first, name), getattr(second, name))
+    assert first.src(3).tolist() == tokenizer.encode_src([text.src[3]])[0]
+    # A different cleaning setting is a different cache entry.
+    prepare_split(data_config(tmp_path / "data", max_len=50), "train", tokenizer, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 and cached_file.exists()
+
+
+def test_encoded_corpus_select_keeps_original_line_numbers():
+    corpus = EncodedCorpus.from_lists([[5], [6, 7], [8]], [[9], [10], [11, 12]])
+    chosen = corpus.select(np.array([0, 2]))
+    assert chosen.index.tolist() == [0, 2]
+    assert chosen.tgt(1).tolist() == [11, 12] and chosen.src_lengths.tolist() == [1, 1]

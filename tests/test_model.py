@@ -1,0 +1,100 @@
+"""The Transformer against its own teacher-forced forward: cache, padding, masking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from mt.layers import sinusoidal_positions
+from mt.tokenizer import BOS_ID
+from tests.conftest import random_batch, random_model
+
+
+def teacher_forced_log_probs(model, src_ids, src_pad_mask, tgt_in):
+    return torch.log_softmax(model(src_ids, src_pad_mask, tgt_in).float(), dim=-1)
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+@pytest.mark.parametrize("lengths", [[5], [3, 7, 1], [6, 6]])
+def test_cached_decoding_equals_full_decoding_at_every_step(pre_norm, lengths):
+    model = random_model(1, pre_norm=pre_norm, layers=3)
+    src_ids, src_pad_mask = random_batch(2, lengths)
+    torch.manual_seed(3)
+    tgt_in = torch.cat([torch.full((len(lengths), 1), BOS_ID), torch.randint(4, 40, (len(lengths), 8))], dim=1)
+    full = teacher_forced_log_probs(model, src_ids, src_pad_mask, tgt_in)
+    memory = model.encode(src_ids, src_pad_mask)
+    cache = None
+    for t in range(1, tgt_in.size(1) + 1):
+        step_log_probs, cache = model.decode_step(tgt_in[:, :t], memory, src_pad_mask, cache)
+        assert cache.length == t
+        assert_close(step_log_probs, full[:, t - 1], rtol=1e-5, atol=1e-5)
+
+
+def test_decode_step_without_cache_equals_cached():
+    model = random_model(4)
+    src_ids, src_pad_mask = random_batch(5, [4, 9])
+    tgt = torch.tensor([[BOS_ID, 5, 6, 7], [BOS_ID, 8, 9, 10]])
+    memory = model.encode(src_ids, src_pad_mask)
+    uncached, _ = model.decode_step(tgt, memory, src_pad_mask, None)
+    cache = None
+    for t in range(1, 5):
+        cached, cache = model.decode_step(tgt[:, :t], memory, src_pad_mask, cache)
+    assert_close(uncached, cached, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_grouped_per_source_equal_expanded_memory():
+    """G hypothesis rows per source share its cross-attention keys/values without copies."""
+    model = random_model(6)
+    src_ids, src_pad_mask = random_batch(7, [3, 8])
+    group = 3
+    torch.manual_seed(8)
+    tgt = torch.cat([torch.full((2 * group, 1), BOS_ID), torch.randint(4, 40, (2 * group, 5))], dim=1)
+    memory = model.encode(src_ids, src_pad_mask)
+    grouped, _ = model.decode_step(tgt, memory, src_pad_mask, None)
+    expanded, _ = model.decode_step(
+        tgt, memory.repeat_interleave(group, 0), src_pad_mask.repeat_interleave(group, 0), None
+    )
+    assert_close(grouped, expanded, rtol=1e-5, atol=1e-5)
+
+
+def test_padded_batch_equals_sentences_one_by_one():
+    model = random_model(9)
+    lengths = [2, 9, 5]
+    src_ids, src_pad_mask = random_batch(10, lengths)
+    tgt_in = torch.tensor([[BOS_ID, 4, 5, 6]] * 3)
+    batched = teacher_forced_log_probs(model, src_ids, src_pad_mask, tgt_in)
+    for row, length in enumerate(lengths):
+        alone = src_ids[row : row + 1, : length + 1]
+        single = teacher_forced_log_probs(model, alone, alone == 0, tgt_in[row : row + 1])
+        assert_close(batched[row : row + 1], single, rtol=1e-5, atol=1e-5)
+
+
+def test_source_padding_content_changes_nothing():
+    model = random_model(11)
+    src_ids, src_pad_mask = random_batch(12, [2, 6])
+    tgt_in = torch.tensor([[BOS_ID, 4, 5], [BOS_ID, 6, 7]])
+    before = teacher_forced_log_probs(model, src_ids, src_pad_mask, tgt_in)
+    scribbled = src_ids.masked_fill(src_pad_mask, 17)  # garbage under the pad mask
+    after = teacher_forced_log_probs(model, scribbled, src_pad_mask, tgt_in)
+    assert_close(before, after)
+
+
+def test_future_target_tokens_do_not_change_earlier_positions():
+    model = random_model(13)
+    src_ids, src_pad_mask = random_batch(14, [5])
+    tgt_a = torch.tensor([[BOS_ID, 4, 5, 6, 7]])
+    tgt_b = torch.tensor([[BOS_ID, 4, 5, 30, 31]])
+    out_a = teacher_forced_log_probs(model, src_ids, src_pad_mask, tgt_a)
+    out_b = teacher_forced_log_probs(model, src_ids, src_pad_mask, tgt_b)
+    assert_close(out_a[:, :3], out_b[:, :3])
+    assert not torch.allclose(out_a[:, 3:], out_b[:, 3:])
+
+
+def test_embeddings_are_tied_and_positions_grow_for_long_inputs():
+    model = random_model(15)
+    assert model.output.weight is model.tgt_embed.tokens.weight is model.src_embed.tokens.weight
+    src_ids, src_pad_mask = random_batch(16, [400])  # longer than the precomputed position table
+    memory = model.encode(src_ids, src_pad_mask)
+    assert memory.shape == (1, 401, 32) and torch.isfinite(memory).all()
+    assert_close(model.src_embed.positions[:256], sinusoidal_positions(256, 32))

@@ -1,0 +1,111 @@
+"""Training end to end in-process: overfitting, checkpoints that translate alone, run-directory safety."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from mt.cli import RunError
+from mt.config import SearchConfig
+from mt.datamodule import TranslationDataModule
+from mt.evaluate import score_checkpoint
+from mt.inference import CheckpointError, load_checkpoint, translate
+from mt.module import TranslationModule
+from mt.train import train
+from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
+
+
+def test_tiny_model_overfits_64_pairs(tmp_path):
+    pairs = toy_pairs(64, seed=5)
+    data_dir = write_text_corpus(tmp_path / "data", {"train": pairs, "valid": pairs[:16], "test": pairs})
+    config = tiny_train_config(
+        data_dir,
+        **{
+            "model.d_model": 64,
+            "model.d_ff": 128,
+            "model.encoder_layers": 2,
+            "model.decoder_layers": 2,
+            "optim.lr": 3e-3,
+            "optim.warmup_steps": 40,
+            "optim.label_smoothing": 0.0,
+            "data.max_tokens": 2048,
+            "trainer.max_steps": 300,
+            "trainer.check_val_every_n_epoch": 100,
+            "validation.decode": "none",
+            "test_after_training": False,
+        },
+    )
+    train(config, tmp_path / "run")
+    scores = score_checkpoint(
+        tmp_path / "run/checkpoints/last.ckpt", split="train", progress=False, search=SearchConfig(beam=4)
+    )
+    assert scores["sentences"] == 64
+    assert scores["bleu"] > 90, scores
+
+
+def fit_tiny(data_dir, run_dir, **trainer_options) -> tuple[TranslationModule, L.Trainer]:
+    """A tiny module trained briefly with a plain Lightning Trainer on ``data_dir``."""
+    config = tiny_train_config(data_dir)
+    datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=1)
+    tokenizer = datamodule.prepare_tokenizer()
+    module = TranslationModule(
+        {"d_model": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 64},
+        {"lr": 1e-2, "warmup_steps": 5},
+        {},
+        {"decode": "none"},
+        src_vocab_size=tokenizer.src_vocab_size,
+        tgt_vocab_size=tokenizer.tgt_vocab_size,
+    )
+    module.tokenizer = tokenizer
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        limit_val_batches=0, use_distributed_sampler=False, **trainer_options)
+    trainer.fit(module, datamodule=datamodule)
+    return module, trainer
+
+
+def test_batches_are_reshuffled_every_epoch_under_the_trainer(toy_corpus_dir, tmp_path):
+    class Recorder(L.Callback):
+        def __init__(self) -> None:
+            self.epochs: dict[int, list[list[int]]] = {}
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.epochs.setdefault(trainer.current_epoch, []).append(batch.ids.tolist())
+
+    recorder = Recorder()
+    fit_tiny(toy_corpus_dir, tmp_path, max_epochs=2, callbacks=[recorder])
+    first, second = recorder.epochs[0], recorder.epochs[1]
+    assert first != second
+    assert sorted(i for b in first for i in b) == sorted(i for b in second for i in b) == list(range(400))
+
+
+def test_checkpoint_alone_translates_like_the_trained_module(toy_corpus_dir, tmp_path):
+    module, trainer = fit_tiny(toy_corpus_dir, tmp_path, max_steps=15)
+    tokenizer = module.tokenizer
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+
+    loaded = load_checkpoint(tmp_path / "model.ckpt")
+    for name, tensor in module.model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], tensor, rtol=0, atol=0)
+    sentences = ["Der hund sieht der ball.", "Die frau hat der baum rot.", ""]
+    search = SearchConfig(beam=3, nbest=2)
+    assert translate(loaded.model, loaded.tokenizer, sentences, search) == translate(
+        module.eval().model, tokenizer, sentences, search
+    )
+    assert translate(loaded.model, loaded.tokenizer, sentences, search)[2] == [("", 0.0)]
+
+
+def test_training_refuses_a_run_directory_with_checkpoints(toy_corpus_dir, tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints/last.ckpt").write_bytes(b"precious")
+    with pytest.raises(RunError, match="resume=auto"):
+        train(tiny_train_config(toy_corpus_dir), tmp_path)
+    assert (tmp_path / "checkpoints/last.ckpt").read_bytes() == b"precious"
+
+
+def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tmp_path / "absent.ckpt")
+    (tmp_path / "random.ckpt").write_bytes(torch.randint(0, 255, (1000,), dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        load_checkpoint(tmp_path / "random.ckpt")

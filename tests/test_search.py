@@ -1,0 +1,160 @@
+"""Search against references: a scripted decoder with hand-computed beams, greedy, teacher forcing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from mt.search import beam_search, greedy_search, length_penalty
+from mt.tokenizer import BOS_ID, EOS_ID
+from tests.conftest import random_batch, random_model
+
+A, B = 4, 5  # the scripted vocabulary: PAD UNK BOS EOS A B
+VOCAB = 6
+
+# Next-token probabilities given the prefix (tokens after BOS); unlisted tokens get probability 0.
+SCRIPT = {
+    (): {A: 0.6, B: 0.3, EOS_ID: 0.1},
+    (A,): {EOS_ID: 0.2, A: 0.1, B: 0.7},
+    (B,): {EOS_ID: 0.9, A: 0.05, B: 0.05},
+    (A, B): {EOS_ID: 1.0},
+    (A, A): {EOS_ID: 0.5, A: 0.5},
+}
+
+
+class ScriptedCache:
+    def __init__(self) -> None:
+        self.reorders: list[list[int]] = []
+
+    def reorder(self, row_idx):
+        self.reorders.append(row_idx.tolist())
+
+    def select_sources(self, src_idx, row_idx):
+        self.reorder(row_idx)
+
+
+class ScriptedDecoder:
+    """log p(next | prefix) from SCRIPT, ignoring the source; unknown prefixes always end."""
+
+    def encode(self, src_ids, src_pad_mask):
+        return torch.zeros(src_ids.size(0), 1, 1)
+
+    def decode_step(self, tgt_ids, memory, src_pad_mask, cache):
+        cache = cache or ScriptedCache()
+        log_probs = torch.full((tgt_ids.size(0), VOCAB), -math.inf)
+        for row, prefix in enumerate(tgt_ids[:, 1:].tolist()):
+            for token, p in SCRIPT.get(tuple(prefix), {EOS_ID: 1.0}).items():
+                log_probs[row, token] = math.log(p)
+        return log_probs, cache
+
+
+def scripted_source(count: int = 1):
+    src_ids = torch.full((count, 4), 7)
+    return src_ids, torch.zeros_like(src_ids, dtype=torch.bool)
+
+
+def test_scripted_beam_gives_hand_computed_nbest():
+    hyps = beam_search(
+        ScriptedDecoder(), *scripted_source(), beam=2, nbest=2, length_penalty_type="none", max_len_b=10
+    )[0]
+    assert [h.tokens for h in hyps] == [[A, B], [B]]
+    assert [h.log_prob for h in hyps] == pytest.approx([math.log(0.6 * 0.7 * 1.0), math.log(0.3 * 0.9)])
+    assert [h.score for h in hyps] == pytest.approx([h.log_prob for h in hyps])
+
+
+def test_scripted_beam_with_average_length_penalty():
+    hyps = beam_search(
+        ScriptedDecoder(), *scripted_source(), beam=2, nbest=2, length_penalty_alpha=1.0, length_penalty_type="average"
+    )[0]
+    # (A, B, EOS) has 3 tokens, (B, EOS) 2: scores are log-probabilities divided by those lengths.
+    assert [h.tokens for h in hyps] == [[A, B], [B]]
+    assert [h.score for h in hyps] == pytest.approx([math.log(0.42) / 3, math.log(0.27) / 2])
+
+
+def test_scripted_beam_forces_eos_at_max_length():
+    # At most 2 tokens including EOS: the second step may only end the hypotheses.
+    hyps = beam_search(
+        ScriptedDecoder(), *scripted_source(), beam=2, nbest=2, length_penalty_type="none", max_len_a=0.0, max_len_b=2
+    )[0]
+    assert [h.tokens for h in hyps] == [[B], [A]]
+    assert [h.log_prob for h in hyps] == pytest.approx([math.log(0.3 * 0.9), math.log(0.6 * 0.2)])
+
+
+def test_scripted_greedy_follows_the_argmax():
+    (hyp,) = greedy_search(ScriptedDecoder(), *scripted_source())
+    assert hyp.tokens == [A, B]
+    assert hyp.log_prob == pytest.approx(math.log(0.42))
+
+
+def test_scripted_batch_of_sources_each_gets_its_nbest():
+    results = beam_search(ScriptedDecoder(), *scripted_source(3), beam=2, nbest=2, length_penalty_type="none")
+    assert all([h.tokens for h in hyps] == [[A, B], [B]] for hyps in results)
+
+
+@pytest.mark.parametrize("alpha,kind", [(0.0, "none"), (1.0, "gnmt"), (0.6, "average")])
+def test_beam_one_equals_greedy_in_tokens_and_scores(alpha, kind):
+    model = random_model(21, vocab=30)
+    src_ids, src_pad_mask = random_batch(22, [3, 8, 5, 1], vocab=30)
+    options = dict(max_len_a=1.5, max_len_b=4, length_penalty_alpha=alpha, length_penalty_type=kind)
+    greedy = greedy_search(model, src_ids, src_pad_mask, **options)
+    beam = beam_search(model, src_ids, src_pad_mask, beam=1, **options)
+    assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
+    assert [h.score for h in greedy] == pytest.approx([b[0].score for b in beam], abs=1e-5)
+    assert [h.log_prob for h in greedy] == pytest.approx([b[0].log_prob for b in beam], abs=1e-5)
+
+
+@pytest.mark.parametrize("alpha,kind", [(0.0, "none"), (1.0, "gnmt")])
+def test_beam_scores_equal_teacher_forced_log_probabilities(alpha, kind):
+    model = random_model(23, vocab=30)
+    src_ids, src_pad_mask = random_batch(24, [4, 7], vocab=30)
+    results = beam_search(
+        model,
+        src_ids,
+        src_pad_mask,
+        beam=4,
+        nbest=4,
+        length_penalty_alpha=alpha,
+        length_penalty_type=kind,
+        max_len_a=1.0,
+        max_len_b=5,
+    )
+    for row, nbest in enumerate(results):
+        assert len(nbest) == 4
+        assert [h.score for h in nbest] == sorted((h.score for h in nbest), reverse=True)
+        for hyp in nbest:
+            tgt = torch.tensor([[BOS_ID, *hyp.tokens, EOS_ID]])
+            log_probs = torch.log_softmax(model(src_ids[row : row + 1], src_pad_mask[row : row + 1], tgt[:, :-1]), -1)
+            forced = log_probs[0].gather(-1, tgt[0, 1:, None]).sum().item()
+            assert hyp.log_prob == pytest.approx(forced, abs=1e-4)
+            assert hyp.score == pytest.approx(forced / length_penalty(len(hyp.tokens) + 1, alpha, kind), abs=1e-4)
+
+
+def test_padded_batch_decodes_like_each_sentence_alone():
+    model = random_model(25, vocab=30)
+    lengths = [6, 2, 9]
+    src_ids, src_pad_mask = random_batch(26, lengths, vocab=30)
+    batched = beam_search(model, src_ids, src_pad_mask, beam=3, nbest=3)
+    for row, length in enumerate(lengths):
+        alone = src_ids[row : row + 1, : length + 1]
+        (single,) = beam_search(model, alone, alone == 0, beam=3, nbest=3)
+        assert [h.tokens for h in single] == [h.tokens for h in batched[row]]
+        assert_close(torch.tensor([h.score for h in single]), torch.tensor([h.score for h in batched[row]]))
+
+
+def test_outputs_respect_max_length():
+    model = random_model(27, vocab=30)
+    src_ids, src_pad_mask = random_batch(28, [2, 5], vocab=30)
+    results = beam_search(model, src_ids, src_pad_mask, beam=3, nbest=3, max_len_a=1.0, max_len_b=1)
+    for nbest, length in zip(results, [4, 7]):  # |src| counts EOS
+        for hyp in nbest:
+            assert len(hyp.tokens) + 1 <= length
+    for hyp, length in zip(greedy_search(model, src_ids, src_pad_mask, max_len_a=0.0, max_len_b=2), [2, 2]):
+        assert len(hyp.tokens) + 1 <= length
+
+
+def test_nbest_larger_than_beam_is_refused():
+    with pytest.raises(ValueError, match="nbest"):
+        beam_search(ScriptedDecoder(), *scripted_source(), beam=2, nbest=3)
