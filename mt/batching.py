@@ -169,28 +169,47 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self.position = 0  # batches of this epoch handed out (counted by ResumableLoader)
+        self._resume_at = 0  # batches of this epoch to skip at the next iteration (after a resume)
+        self._batches = self._make_batches()
         self._cache: tuple[int, list[np.ndarray]] | None = None
 
+    def _make_batches(self) -> list[np.ndarray]:
+        """The batches, in length order: fixed for the run, so every epoch has the same number."""
+        n = len(self.src_lengths)
+        order = np.random.default_rng(self.seed).permutation(n) if self.shuffle else np.arange(n)
+        # Sort by target length then source length; the stable sort keeps the shuffled tie order.
+        order = order[np.lexsort((self.src_lengths[order], self.tgt_lengths[order]))]
+        return token_batches(order, self.cost_lengths, self.max_tokens, self.max_sentences)
+
+    @property
+    def sampler(self) -> _EpochSetter:
+        # Lightning calls ``batch_sampler.sampler.set_epoch(epoch)`` at each epoch start, resumed ones included.
+        return _EpochSetter(self)
+
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._resume_at = 0  # a resume position belongs to the epoch it was saved in
         self.epoch = epoch
 
     def all_batches(self) -> list[np.ndarray]:
-        """Every rank's batches of this epoch, before sharding (cached per epoch)."""
-        if self._cache is not None and self._cache[0] == self.epoch:
-            return self._cache[1]
-        n = len(self.src_lengths)
-        if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            order = rng.permutation(n)
-        else:
-            order = np.arange(n)
-        # Sort by target length then source length; the stable sort keeps the shuffled tie order.
-        order = order[np.lexsort((self.src_lengths[order], self.tgt_lengths[order]))]
-        batches = token_batches(order, self.cost_lengths, self.max_tokens, self.max_sentences)
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        self._cache = (self.epoch, batches)
-        return batches
+        """Every rank's batches of this epoch, before sharding: the fixed batches in a per-epoch order."""
+        if not self.shuffle:
+            return self._batches
+        if self._cache is None or self._cache[0] != self.epoch:
+            permutation = np.random.default_rng([self.seed, self.epoch]).permutation(len(self._batches))
+            self._cache = (self.epoch, [self._batches[i] for i in permutation])
+        return self._cache[1]
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands: the epoch and the batches of it already consumed."""
+        if self.position >= len(self):
+            return {"epoch": self.epoch + 1, "position": 0, "seed": self.seed}
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.position = self._resume_at = int(state["position"])
 
     def shard(self) -> list[np.ndarray]:
         """This rank's batches: every ``num_replicas``-th, the list first padded by wrapping around."""
@@ -201,7 +220,8 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         return batches[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.shard():
+        start, self._resume_at = self._resume_at, 0
+        for batch in self.shard()[start:]:
             yield batch.tolist()
 
     def __len__(self) -> int:
@@ -215,3 +235,36 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
             real += int(self.src_lengths[batch].sum() + self.tgt_lengths[batch].sum()) + 2 * n
             padded += n * (int(self.src_lengths[batch].max()) + int(self.tgt_lengths[batch].max()) + 2)
         return 1.0 - real / max(padded, 1)
+
+
+class _EpochSetter:
+    """What Lightning sees as the batch sampler's ``sampler``: forwards ``set_epoch``."""
+
+    def __init__(self, batch_sampler: TokenBatchSampler) -> None:
+        self.batch_sampler = batch_sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """A DataLoader over a ``TokenBatchSampler`` whose place in the epoch survives a checkpoint.
+
+    Lightning stores the ``state_dict`` of such loaders in checkpoints and restores it before the
+    data iterator is created, so a resumed run continues with the next unseen batch of the same
+    epoch order, without replaying or loading the batches already trained on. Batches are counted
+    as they leave the loader, so worker prefetching does not shift the position.
+    """
+
+    def __iter__(self) -> Iterator[Batch]:
+        sampler = self.batch_sampler
+        sampler.position = sampler._resume_at
+        for batch in super().__iter__():
+            sampler.position += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)

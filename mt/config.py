@@ -209,6 +209,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     num_sanity_val_steps: int = 0
     fast_dev_run: bool = False
+    checkpoint_every_n_steps: int | None = None  # also refresh last.ckpt every N steps (for resuming)
     early_stopping_patience: int | None = None  # validations without a better BLEU
     enable_progress_bar: bool = True
     deterministic: bool = False

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from mt.batching import Batch, PairDataset, TokenBatchSampler
+from mt.batching import Batch, PairDataset, ResumableLoader, TokenBatchSampler
 from mt.config import DataConfig, TokenizerConfig
 from mt.data import DataError, EncodedCorpus, ParallelText, load_split, prepare_split
 from mt.tokenizer import Tokenizer, train_tokenizer
@@ -106,12 +106,16 @@ class TranslationDataModule(L.LightningDataModule):
 
     def _loader(self, corpus: EncodedCorpus, split: str, *, shuffle: bool) -> DataLoader:
         sampler = self._sampler(corpus, split, shuffle=shuffle)
-        return DataLoader(
+        # The training loader checkpoints its position; its own generator keeps the creation of an
+        # iterator from drawing on the global RNG (which dropout uses), so resumed runs stay exact.
+        loader_class = ResumableLoader if split == "train" else DataLoader
+        return loader_class(
             PairDataset(corpus),
             batch_sampler=sampler,
             collate_fn=PairDataset.collate,
             num_workers=self.data_cfg.num_workers,
             persistent_workers=self.data_cfg.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -87,6 +89,7 @@ class TranslationModule(L.LightningModule):
         self.tokenizer: Tokenizer | None = None  # set before training; restored from checkpoints
         self._throughput = _Throughput()
         self._val_sums: list[Tensor] = []
+        self._rng_state_to_restore: dict[str, Any] | None = None
 
     # -- training ------------------------------------------------------------------------------
 
@@ -130,12 +133,9 @@ class TranslationModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._throughput.reset()
-
-    def on_train_epoch_start(self) -> None:
-        # Lightning sets the epoch on samplers, not on batch samplers: reshuffle ours here.
-        batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
-        if hasattr(batch_sampler, "set_epoch"):
-            batch_sampler.set_epoch(self.current_epoch)
+        if self._rng_state_to_restore is not None:  # continue the random stream (dropout) exactly
+            _set_rng_state(self._rng_state_to_restore)
+            self._rng_state_to_restore = None
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -182,11 +182,32 @@ class TranslationModule(L.LightningModule):
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_state()
         checkpoint["train_seconds"] = self._throughput.elapsed_seconds()
+        checkpoint["rng_state"] = _get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "tokenizer" in checkpoint:
             self.tokenizer = Tokenizer.from_state(checkpoint["tokenizer"])
         self._throughput.previous_seconds = float(checkpoint.get("train_seconds", 0.0))
+        self._rng_state_to_restore = checkpoint.get("rng_state")
+
+
+def _get_rng_state() -> dict[str, Any]:
+    # Plain types only, so that ``torch.load(weights_only=True)`` (Lightning's resume) accepts them.
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = [kind, keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _Throughput:

@@ -16,11 +16,18 @@ def read_validation_rows(metrics_csv: Path) -> list[dict[str, float]]:
     return rows
 
 
-def plot_learning_curve(metrics_csv: Path, output: Path) -> bool:
-    """Write a PNG of val BLEU and val loss against training minutes; ``False`` if nothing to plot."""
-    if not metrics_csv.is_file():
-        return False
-    rows = read_validation_rows(metrics_csv)
+def plot_learning_curve(csv_dir: Path, output: Path) -> bool:
+    """Write a PNG of val BLEU and val loss against training minutes; ``False`` if nothing to plot.
+
+    Reads ``csv_dir/metrics.csv`` and, for resumed runs, ``csv_dir/resume_K/metrics.csv``.
+    """
+    files = [csv_dir / "metrics.csv"] + sorted(
+        csv_dir.glob("resume_*/metrics.csv"), key=lambda p: int(p.parent.name[7:])
+    )
+    rows = sorted(
+        (row for f in files if f.is_file() for row in read_validation_rows(f)),
+        key=lambda r: r.get("time/train_hours", 0.0),
+    )
     if not rows:
         return False
     import matplotlib

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from mt.checkpoint_io import AtomicCheckpointIO
 from mt.cli import RunError, reports_errors, set_threads, to_typed
 from mt.config import TrainConfig, register_configs, to_dict
 from mt.datamodule import TranslationDataModule
@@ -53,7 +54,20 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
     return resume
 
 
-def build_trainer(config: TrainConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+def log_version(run_dir: Path, resuming: bool) -> str:
+    """The CSV log folder of this process: ``csv/`` for a fresh run, ``csv/resume_K`` for the K-th resume.
+
+    Lightning's CSV logger empties an existing folder, so each resume logs into a new one.
+    """
+    if not resuming:
+        return ""
+    k = 1
+    while (run_dir / "csv" / f"resume_{k}").exists():
+        k += 1
+    return f"resume_{k}"
+
+
+def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool = False) -> tuple[L.Trainer, ModelCheckpoint]:
     cfg = config.trainer
     decoding = config.validation.decode != "none"
     monitor, mode = ("val/bleu", "max") if decoding else ("val/loss", "min")
@@ -67,9 +81,19 @@ def build_trainer(config: TrainConfig, run_dir: Path) -> tuple[L.Trainer, ModelC
         auto_insert_metric_name=False,
     )
     callbacks: list[L.Callback] = [checkpoint]
+    if cfg.checkpoint_every_n_steps:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=cfg.checkpoint_every_n_steps,
+            )
+        )
     if cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
-    loggers = [CSVLogger(run_dir, name="csv", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
+    version = log_version(run_dir, resuming)
+    loggers = [CSVLogger(run_dir, name="csv", version=version), TensorBoardLogger(run_dir, name="tb", version=version)]
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -93,6 +117,7 @@ def build_trainer(config: TrainConfig, run_dir: Path) -> tuple[L.Trainer, ModelC
         callbacks=callbacks,
         logger=loggers,
         use_distributed_sampler=False,  # TokenBatchSampler shards batches itself
+        plugins=[AtomicCheckpointIO()],
     )
     return trainer, checkpoint
 
@@ -122,14 +147,14 @@ def train(config: TrainConfig, run_dir: Path) -> dict | None:
     )
     module.tokenizer = tokenizer
     try:
-        trainer, checkpoint = build_trainer(config, run_dir)
+        trainer, checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except MisconfigurationException as error:  # e.g. trainer=gpu on a machine without one
         raise RunError(f"trainer: {str(error).splitlines()[0]}") from None
 
     if not trainer.is_global_zero:
         return None
-    plot_learning_curve(run_dir / "csv" / "metrics.csv", run_dir / "curve.png")
+    plot_learning_curve(run_dir / "csv", run_dir / "curve.png")
     if not config.test_after_training or config.trainer.fast_dev_run:
         return None
     from mt.evaluate import score_checkpoint

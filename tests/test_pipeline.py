@@ -58,8 +58,15 @@ def fit_tiny(data_dir, run_dir, **trainer_options) -> tuple[TranslationModule, L
         tgt_vocab_size=tokenizer.tgt_vocab_size,
     )
     module.tokenizer = tokenizer
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=0, use_distributed_sampler=False, **trainer_options)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        **trainer_options,
+    )
     trainer.fit(module, datamodule=datamodule)
     return module, trainer
 
