@@ -188,8 +188,8 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         return _EpochSetter(self)
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self._resume_at = 0  # a resume position belongs to the epoch it was saved in
+        if epoch != self.epoch:  # a position belongs to the epoch it was counted in
+            self.position = self._resume_at = 0
         self.epoch = epoch
 
     def all_batches(self) -> list[np.ndarray]:
@@ -203,11 +203,18 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def state_dict(self) -> dict[str, int]:
         """Where training stands: the epoch and the batches of it already consumed."""
+        common = {"seed": self.seed, "batches": len(self)}
         if self.position >= len(self):
-            return {"epoch": self.epoch + 1, "position": 0, "seed": self.seed}
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+            return {"epoch": self.epoch + 1, "position": 0, **common}
+        return {"epoch": self.epoch, "position": self.position, **common}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        saved = (state.get("seed", self.seed), state.get("batches", len(self)))
+        if saved != (self.seed, len(self)):
+            raise ValueError(
+                f"the checkpoint's data order (seed {saved[0]}, {saved[1]} batches per epoch) differs from "
+                f"this run's (seed {self.seed}, {len(self)}): resume with the same seed, data and max_tokens"
+            )
         self.epoch = int(state["epoch"])
         self.position = self._resume_at = int(state["position"])
 

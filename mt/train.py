@@ -71,25 +71,24 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool = False)
     cfg = config.trainer
     decoding = config.validation.decode != "none"
     monitor, mode = ("val/bleu", "max") if decoding else ("val/loss", "min")
-    checkpoint = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
         auto_insert_metric_name=False,
+        enable_version_counter=False,  # one best.ckpt, never best-v1
     )
-    callbacks: list[L.Callback] = [checkpoint]
-    if cfg.checkpoint_every_n_steps:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                save_top_k=0,
-                save_last=True,
-                every_n_train_steps=cfg.checkpoint_every_n_steps,
-            )
-        )
+    # One writer owns last.ckpt: after every validation, or every N steps when asked (for resuming).
+    last = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=cfg.checkpoint_every_n_steps,
+        enable_version_counter=False,
+    )
+    callbacks: list[L.Callback] = [best, last]
     if cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
     version = log_version(run_dir, resuming)
@@ -119,7 +118,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool = False)
         use_distributed_sampler=False,  # TokenBatchSampler shards batches itself
         plugins=[AtomicCheckpointIO()],
     )
-    return trainer, checkpoint
+    return trainer, best
 
 
 def train(config: TrainConfig, run_dir: Path) -> dict | None:
@@ -147,7 +146,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict | None:
     )
     module.tokenizer = tokenizer
     try:
-        trainer, checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None)
+        trainer, best_checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except MisconfigurationException as error:  # e.g. trainer=gpu on a machine without one
         raise RunError(f"trainer: {str(error).splitlines()[0]}") from None
@@ -159,7 +158,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict | None:
         return None
     from mt.evaluate import score_checkpoint
 
-    best = checkpoint.best_model_path or checkpoint.last_model_path
+    best = best_checkpoint.best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
     scores = score_checkpoint(best, split="test", search=config.search, progress=config.trainer.enable_progress_bar)
     (run_dir / "test_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     print(json.dumps(scores), flush=True)

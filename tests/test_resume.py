@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 
 from mt.train import train
@@ -16,13 +17,13 @@ def losses(csv_file: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
 
 
-def run(data_dir: Path, run_dir: Path, max_steps: int, resume: str | None = None) -> None:
+def run(data_dir: Path, run_dir: Path, max_steps: int, resume: str | None = None, every: int = 1) -> None:
     config = tiny_train_config(
         data_dir,
         **{
             "trainer.max_steps": max_steps,
             "trainer.log_every_n_steps": 1,
-            "trainer.checkpoint_every_n_steps": 1,
+            "trainer.checkpoint_every_n_steps": every,
             "model.dropout": 0.2,
             "data.max_tokens": 300,
             "validation.decode": "none",
@@ -33,11 +34,18 @@ def run(data_dir: Path, run_dir: Path, max_steps: int, resume: str | None = None
     train(config, run_dir)
 
 
-def test_resume_mid_epoch_equals_uninterrupted_run(toy_corpus_dir, tmp_path):
+# The toy corpus makes 25 batches an epoch at max_tokens=300.
+@pytest.mark.parametrize(
+    "stop,every",
+    [(23, 1), (25, 5)],
+    ids=["mid-epoch", "last batch of an epoch"],
+)
+def test_resume_equals_uninterrupted_run(toy_corpus_dir, tmp_path, stop, every):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(toy_corpus_dir, straight, 40)
-    run(toy_corpus_dir, resumed, 23)  # stops inside the first epoch (25 batches); 40 crosses into the second
-    run(toy_corpus_dir, resumed, 40, resume="auto")
+    run(toy_corpus_dir, straight, 40, every=every)
+    run(toy_corpus_dir, resumed, stop, every=every)
+    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == stop
+    run(toy_corpus_dir, resumed, 40, resume="auto", every=every)
 
     expected = losses(straight / "csv/metrics.csv")
     got = {**losses(resumed / "csv/metrics.csv"), **losses(resumed / "csv/resume_1/metrics.csv")}
