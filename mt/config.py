@@ -159,6 +159,13 @@ class SearchConfig:
     nbest: int = 1
     max_tokens: int = 8000  # source tokens per decoding batch
 
+    # Sampling instead of search: draw each token from the filtered, temperature-scaled distribution.
+    sampling: bool = False
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0
+    temperature: float = 1.0
+    seed: int = 0
+
     def __post_init__(self) -> None:
         _require(self.beam >= 1, f"beam={self.beam}: expected >= 1")
         _require(1 <= self.nbest <= self.beam, f"nbest={self.nbest}: expected 1 <= nbest <= beam={self.beam}")
@@ -168,6 +175,9 @@ class SearchConfig:
         )
         _require(self.max_len_a >= 0 and self.max_len_b >= 1, "max_len_a must be >= 0 and max_len_b >= 1")
         _require(self.max_tokens >= 1, f"search.max_tokens={self.max_tokens}: expected >= 1")
+        _require(self.top_k >= 0, f"top_k={self.top_k}: expected >= 0")
+        _require(0.0 < self.top_p <= 1.0, f"top_p={self.top_p}: expected 0 < top_p <= 1")
+        _require(self.temperature > 0, f"temperature={self.temperature}: expected > 0")
 
 
 @dataclass
@@ -210,6 +220,7 @@ class TrainerConfig:
     num_sanity_val_steps: int = 0
     fast_dev_run: bool = False
     checkpoint_every_n_steps: int | None = None  # also refresh last.ckpt every N steps (for resuming)
+    keep_checkpoints: int = 0  # also keep the last N validation checkpoints as step*.ckpt (for mt.average)
     early_stopping_patience: int | None = None  # validations without a better BLEU
     enable_progress_bar: bool = True
     deterministic: bool = False
@@ -275,11 +286,33 @@ class TranslateConfig:
     checkpoint: str = MISSING
     input: str | None = None
     beam: int | None = None
+    nbest: int | None = None  # K > 1 writes TSV lines: sentence index, score, hypothesis (K per sentence)
     search: SearchConfig = field(default_factory=SearchConfig)
     threads: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.beam is None or self.beam >= 1, f"beam={self.beam}: expected >= 1")
+        _require(self.nbest is None or self.nbest >= 1, f"nbest={self.nbest}: expected >= 1")
+
+
+@dataclass
+class AverageConfig:
+    """The root of ``conf/average.yaml``: average the parameters of several checkpoints."""
+
+    checkpoints: list[str] = field(default_factory=list)
+    run: str | None = None  # with last=N: the N newest step checkpoints of this run directory
+    last: int | None = None
+    output: str = MISSING
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _require(
+            bool(self.checkpoints) != (self.run is not None), "give either checkpoints=[a,b,...] or run=DIR last=N"
+        )
+        _require(
+            self.run is None or (self.last is not None and self.last >= 1),
+            f"run= needs last=N with N >= 1 (got last={self.last})",
+        )
 
 
 def with_beam(search: SearchConfig, beam: int | None) -> SearchConfig:
@@ -287,6 +320,13 @@ def with_beam(search: SearchConfig, beam: int | None) -> SearchConfig:
     if beam is None:
         return search
     return dataclasses.replace(search, beam=beam, nbest=min(search.nbest, beam))
+
+
+def with_nbest(search: SearchConfig, nbest: int | None) -> SearchConfig:
+    """``search`` returning ``nbest`` hypotheses (the beam widened to at least that many)."""
+    if nbest is None:
+        return search
+    return dataclasses.replace(search, nbest=nbest, beam=max(search.beam, nbest))
 
 
 def register_configs() -> None:
@@ -297,6 +337,7 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(name="translate_schema", node=TranslateConfig)
+    store.store(name="average_schema", node=AverageConfig)
 
 
 def from_dict(cls: type, values: dict) -> Any:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from mt.batching import collate, token_batches
 from mt.config import SearchConfig
-from mt.search import Decoder, Hypothesis, beam_search, greedy_search
+from mt.search import Decoder, Hypothesis, beam_search, greedy_search, sample
 from mt.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -47,13 +47,27 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> Translati
 def search_batch(
     model: Decoder, src_ids: torch.Tensor, src_pad_mask: torch.Tensor, search: SearchConfig
 ) -> list[list[Hypothesis]]:
-    """n-best hypotheses of one batch; greedy search when beam and n-best are 1."""
+    """n-best hypotheses of one batch: sampling (one each) if asked, else greedy when beam and n-best
+    are 1, else beam search."""
     options = dict(
         max_len_a=search.max_len_a,
         max_len_b=search.max_len_b,
         length_penalty_alpha=search.length_penalty,
         length_penalty_type=search.length_penalty_type,
     )
+    if search.sampling:
+        generator = torch.Generator(device=src_ids.device).manual_seed(search.seed)
+        hyps = sample(
+            model,
+            src_ids,
+            src_pad_mask,
+            top_k=search.top_k,
+            top_p=search.top_p,
+            temperature=search.temperature,
+            generator=generator,
+            **options,
+        )
+        return [[hyp] for hyp in hyps]
     if search.beam == 1 and search.nbest == 1:
         return [[hyp] for hyp in greedy_search(model, src_ids, src_pad_mask, **options)]
     return beam_search(model, src_ids, src_pad_mask, beam=search.beam, nbest=search.nbest, **options)

@@ -65,6 +65,54 @@ def _mask_step(log_probs: Tensor, at_max: Tensor) -> Tensor:
     return log_probs
 
 
+def _argmax(log_probs: Tensor) -> Tensor:
+    return log_probs.argmax(dim=-1)
+
+
+def _single_path(
+    model: Decoder,
+    src_ids: Tensor,
+    src_pad_mask: Tensor,
+    choose,
+    *,
+    max_len_a: float,
+    max_len_b: int,
+    length_penalty_alpha: float,
+    length_penalty_type: str,
+) -> list[Hypothesis]:
+    """One hypothesis per source, extended by ``choose(log_probs (B, V)) -> tokens (B,)`` at each step.
+
+    Scores are the model's log-probabilities of the chosen tokens, whatever rule chose them.
+    """
+    batch = src_ids.size(0)
+    device = src_ids.device
+    memory = model.encode(src_ids, src_pad_mask)
+    max_lengths = max_output_lengths(src_pad_mask, max_len_a, max_len_b)
+    tokens = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
+    log_prob_sums = torch.zeros(batch, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)  # 0 while unfinished
+    cache = None
+    for step in range(int(max_lengths.max())):
+        log_probs, cache = model.decode_step(tokens, memory, src_pad_mask, cache)
+        log_probs = _mask_step(log_probs, max_lengths == step + 1)
+        next_tokens = choose(log_probs)
+        unfinished = lengths == 0
+        chosen_log_probs = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
+        next_tokens = torch.where(unfinished, next_tokens, PAD_ID)
+        log_prob_sums += torch.where(unfinished, chosen_log_probs, 0.0)
+        lengths = torch.where(unfinished & (next_tokens == EOS_ID), step + 1, lengths)
+        tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
+        if bool((lengths > 0).all()):
+            break
+    hypotheses = []
+    for row in range(batch):
+        length = int(lengths[row])
+        log_prob = float(log_prob_sums[row])
+        penalty = length_penalty(length, length_penalty_alpha, length_penalty_type)
+        hypotheses.append(Hypothesis(tokens[row, 1:length].tolist(), log_prob / penalty, log_prob))
+    return hypotheses
+
+
 @torch.inference_mode()
 def greedy_search(
     model: Decoder,
@@ -77,37 +125,68 @@ def greedy_search(
     length_penalty_type: str = "none",
 ) -> list[Hypothesis]:
     """The most probable token at each step; one ``Hypothesis`` per source."""
-    batch = src_ids.size(0)
-    device = src_ids.device
-    memory = model.encode(src_ids, src_pad_mask)
-    max_lengths = max_output_lengths(src_pad_mask, max_len_a, max_len_b)
-    tokens = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
-    log_prob_sums = torch.zeros(batch, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)  # 0 while unfinished
-    cache = None
-    for step in range(int(max_lengths.max())):
-        log_probs, cache = model.decode_step(tokens, memory, src_pad_mask, cache)
-        log_probs = _mask_step(log_probs, max_lengths == step + 1)
-        best_log_probs, next_tokens = log_probs.max(dim=-1)
-        unfinished = lengths == 0
-        next_tokens = torch.where(unfinished, next_tokens, PAD_ID)
-        log_prob_sums += torch.where(unfinished, best_log_probs, 0.0)
-        lengths = torch.where(unfinished & (next_tokens == EOS_ID), step + 1, lengths)
-        tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
-        if bool((lengths > 0).all()):
-            break
-    hypotheses = []
-    for row in range(batch):
-        length = int(lengths[row])
-        log_prob = float(log_prob_sums[row])
-        hypotheses.append(
-            Hypothesis(
-                tokens[row, 1:length].tolist(),
-                log_prob / length_penalty(length, length_penalty_alpha, length_penalty_type),
-                log_prob,
-            )
-        )
-    return hypotheses
+    return _single_path(
+        model,
+        src_ids,
+        src_pad_mask,
+        _argmax,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        length_penalty_alpha=length_penalty_alpha,
+        length_penalty_type=length_penalty_type,
+    )
+
+
+def filter_logits(log_probs: Tensor, *, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Keep the ``top_k`` most probable tokens and the smallest set reaching probability ``top_p``.
+
+    The most probable token always survives, so ``top_k=1`` or a tiny ``top_p`` is greedy.
+    """
+    if top_k > 0:
+        kth = log_probs.topk(min(top_k, log_probs.size(-1)), dim=-1).values[:, -1:]
+        log_probs = log_probs.masked_fill(log_probs < kth, -torch.inf)
+    if top_p < 1.0:
+        sorted_log_probs, order = log_probs.sort(dim=-1, descending=True)
+        mass_before = sorted_log_probs.softmax(dim=-1).cumsum(dim=-1) - sorted_log_probs.softmax(dim=-1)
+        drop_sorted = mass_before >= top_p  # tokens reached only after the nucleus is full
+        drop_sorted[:, 0] = False
+        log_probs = log_probs.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted), -torch.inf)
+    return log_probs
+
+
+@torch.inference_mode()
+def sample(
+    model: Decoder,
+    src_ids: Tensor,
+    src_pad_mask: Tensor,
+    *,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    length_penalty_alpha: float = 0.0,
+    length_penalty_type: str = "none",
+) -> list[Hypothesis]:
+    """Ancestral sampling from the (temperature-scaled, top-k / top-p filtered) distribution."""
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature}: expected > 0")
+
+    def choose(log_probs: Tensor) -> Tensor:
+        filtered = filter_logits(log_probs / temperature, top_k=top_k, top_p=top_p)
+        return torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+    return _single_path(
+        model,
+        src_ids,
+        src_pad_mask,
+        choose,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        length_penalty_alpha=length_penalty_alpha,
+        length_penalty_type=length_penalty_type,
+    )
 
 
 @dataclass

@@ -89,6 +89,17 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool = False)
         enable_version_counter=False,
     )
     callbacks: list[L.Callback] = [best, last]
+    if cfg.keep_checkpoints:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="step{step:07d}",
+                monitor="step",
+                mode="max",
+                save_top_k=cfg.keep_checkpoints,
+                auto_insert_metric_name=False,
+            )
+        )
     if cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
     version = log_version(run_dir, resuming)

@@ -1,7 +1,9 @@
 """``python -m mt.translate checkpoint=PATH [beam=N] [input=F] < in > out``.
 
 Reads one sentence a line from stdin (or ``input=``), writes one translation a line to stdout, in
-order, with a progress bar on stderr. Input is read in chunks, so long streams start flowing early.
+order, with a progress bar on stderr. With ``nbest=K`` it writes K tab-separated lines per sentence
+instead: sentence index (from 0), score (length-normalised log-probability), hypothesis, best first.
+Input is read in chunks, so long streams start flowing early.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mt.cli import best_device, quiet_library_logs, reports_errors, set_threads, to_typed
-from mt.config import TranslateConfig, register_configs, with_beam
+from mt.config import TranslateConfig, register_configs, with_beam, with_nbest
 from mt.data import read_lines
 from mt.inference import load_checkpoint, translate
 
@@ -39,14 +41,19 @@ def main(cfg: DictConfig) -> None:
     config = to_typed(cfg, TranslateConfig)
     set_threads(config.threads)
     quiet_library_logs()
-    search = with_beam(config.search, config.beam)
+    search = with_nbest(with_beam(config.search, config.beam), config.nbest)
     module = load_checkpoint(config.checkpoint)
     device = best_device()
     model = module.model.to(device)
     lines = read_lines(config.input) if config.input else sys.stdin
+    offset = 0
     for chunk in chunks(lines, CHUNK_LINES):
-        for nbest in translate(model, module.tokenizer, chunk, search, device=device, progress=True):
-            sys.stdout.write(nbest[0][0] + "\n")
+        for index, nbest in enumerate(translate(model, module.tokenizer, chunk, search, device=device, progress=True)):
+            if config.nbest is None:
+                sys.stdout.write(nbest[0][0] + "\n")
+            else:
+                sys.stdout.writelines(f"{offset + index}\t{score:.4f}\t{text}\n" for text, score in nbest)
+        offset += len(chunk)
         sys.stdout.flush()
 
 

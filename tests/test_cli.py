@@ -59,6 +59,7 @@ def trained_run(multi30k_slice, tmp_path_factory) -> tuple[Path, subprocess.Comp
         "tokenizer.vocab_size=1000",
         "search.beam=2",
         "validation.max_sentences=32",
+        "trainer.keep_checkpoints=2",
         f"hydra.run.dir={run_dir}",
         env={"MT_DATA_DIR": str(multi30k_slice)},
     )
@@ -178,3 +179,33 @@ def test_fast_dev_run_and_multirun_sweep(toy_corpus_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
     for job in ("0", "1"):
         assert (tmp_path / "sweep" / job / "tokenizer/spm.model").is_file()
+
+
+def test_translate_nbest_writes_sorted_tsv(trained_run):
+    run_dir, _ = trained_run
+    result = run(
+        "mt.translate",
+        f"checkpoint={run_dir}/checkpoints/best.ckpt",
+        "nbest=3",
+        stdin="Ein Hund rennt.\nZwei Männer.\n",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1]
+    for sentence in (rows[:3], rows[3:]):
+        scores = [float(r[1]) for r in sentence]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_average_last_checkpoints_of_a_run_then_evaluate(trained_run, multi30k_slice, tmp_path):
+    run_dir, _ = trained_run
+    assert len(list((run_dir / "checkpoints").glob("step*.ckpt"))) == 2
+    output = tmp_path / "avg.ckpt"
+    result = run("mt.average", f"run={run_dir}", "last=2", f"output={output}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(json.loads(result.stdout)["averaged"]) == 2
+    again = run("mt.average", f"run={run_dir}", "last=2", f"output={output}")
+    assert again.returncode == 2 and "overwrite=true" in again.stderr
+    scores = run("mt.evaluate", f"checkpoint={output}", "beam=2", env={"MT_DATA_DIR": str(multi30k_slice)})
+    assert scores.returncode == 0, scores.stderr[-3000:]
+    assert json.loads(scores.stdout.splitlines()[-1])["sentences"] == 100

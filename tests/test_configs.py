@@ -89,3 +89,14 @@ def test_wrong_types_and_unknown_keys_are_refused():
         compose_config("train", ["model.d_model=wide"])
     with pytest.raises(ConfigError, match="checkpoint"):
         to_typed(compose_config("evaluate", []), EvaluateConfig)
+
+
+def test_average_config_needs_either_a_list_or_a_run():
+    from mt.config import AverageConfig
+
+    listed = to_typed(compose_config("average", ["checkpoints=[a.ckpt,b.ckpt]", "output=avg.ckpt"]), AverageConfig)
+    assert listed.checkpoints == ["a.ckpt", "b.ckpt"]
+    with pytest.raises(ConfigError, match="either checkpoints"):
+        to_typed(compose_config("average", ["output=avg.ckpt"]), AverageConfig)
+    with pytest.raises(ConfigError, match="last=N"):
+        to_typed(compose_config("average", ["run=outputs/x", "output=avg.ckpt"]), AverageConfig)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from mt.search import beam_search, greedy_search, length_penalty
+from mt.search import beam_search, filter_logits, greedy_search, length_penalty, sample
 from mt.tokenizer import BOS_ID, EOS_ID
 from tests.conftest import random_batch, random_model
 
@@ -158,3 +158,35 @@ def test_outputs_respect_max_length():
 def test_nbest_larger_than_beam_is_refused():
     with pytest.raises(ValueError, match="nbest"):
         beam_search(ScriptedDecoder(), *scripted_source(), beam=2, nbest=3)
+
+
+def test_sampling_with_top_k_one_or_a_tiny_nucleus_equals_greedy():
+    model = random_model(29, vocab=30)
+    src_ids, src_pad_mask = random_batch(30, [3, 6, 2], vocab=30)
+    greedy = greedy_search(model, src_ids, src_pad_mask)
+    for options in ({"top_k": 1}, {"top_p": 1e-6}):
+        sampled = sample(model, src_ids, src_pad_mask, generator=torch.Generator().manual_seed(0), **options)
+        assert [h.tokens for h in sampled] == [h.tokens for h in greedy]
+        assert [h.log_prob for h in sampled] == pytest.approx([h.log_prob for h in greedy], abs=1e-5)
+
+
+def test_sampling_is_reproducible_from_its_seed():
+    model = random_model(31, vocab=30)
+    src_ids, src_pad_mask = random_batch(32, [5, 5, 5, 5], vocab=30)
+
+    def draw(seed):
+        hyps = sample(model, src_ids, src_pad_mask, temperature=2.0, generator=torch.Generator().manual_seed(seed))
+        return [h.tokens for h in hyps]
+
+    assert draw(1) == draw(1)
+    assert draw(1) != draw(2)
+
+
+def test_filter_logits_keeps_top_k_and_the_nucleus():
+    log_probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    assert torch.isfinite(filter_logits(log_probs, top_k=2)).tolist() == [[True, True, False, False]]
+    # 0.5 + 0.3 reaches 0.8: the nucleus for top_p=0.8 is the first two tokens, for 0.81 the first three.
+    assert torch.isfinite(filter_logits(log_probs, top_p=0.8)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(log_probs, top_p=0.81)).tolist() == [[True, True, True, False]]
+    shuffled = log_probs[:, [2, 0, 3, 1]]
+    assert torch.isfinite(filter_logits(shuffled, top_p=0.8)).tolist() == [[False, True, False, True]]

@@ -1,0 +1,90 @@
+"""``python -m mt.average checkpoints=[a,b,c] output=avg.ckpt`` or ``run=DIR last=N output=...``.
+
+Averages the parameters of checkpoints of one model (e.g. the last N of a run, kept with
+``trainer.keep_checkpoints=N``). The result is a checkpoint like any other: it evaluates and
+translates with ``mt.evaluate`` / ``mt.translate``. It carries the first checkpoint's
+hyperparameters and tokenizer, and no optimizer state (it is for decoding, not for resuming).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from mt.cli import RunError, reports_errors, to_typed
+from mt.config import AverageConfig, register_configs
+from mt.inference import CheckpointError
+
+register_configs()
+
+KEPT_KEYS = ("state_dict", "hyper_parameters", "tokenizer", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def newest_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
+    """The ``count`` step checkpoints of ``run_dir`` with the highest steps, oldest first."""
+    found = sorted(Path(run_dir, "checkpoints").glob("step*.ckpt"))
+    if len(found) < count:
+        raise RunError(
+            f"{run_dir}/checkpoints holds {len(found)} step*.ckpt files, fewer than last={count} "
+            f"(train with trainer.keep_checkpoints=N to keep them)"
+        )
+    return found[-count:]
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {path}: cannot be loaded ({type(error).__name__})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path}: holds no state_dict")
+    return checkpoint
+
+
+def average_checkpoints(paths: list[Path]) -> dict:
+    """A checkpoint whose floating-point parameters are the mean of those in ``paths``."""
+    first = _load(paths[0])
+    sums = {
+        name: tensor.double() if tensor.is_floating_point() else tensor for name, tensor in first["state_dict"].items()
+    }
+    for path in paths[1:]:
+        state = _load(path)["state_dict"]
+        if state.keys() != sums.keys() or any(state[k].shape != sums[k].shape for k in sums):
+            raise CheckpointError(f"checkpoint {path}: its parameters differ in names or shapes from {paths[0]}")
+        for name, tensor in state.items():
+            if tensor.is_floating_point():
+                sums[name] += tensor.double()
+    averaged = {
+        name: (total / len(paths)).to(first["state_dict"][name].dtype) if total.is_floating_point() else total
+        for name, total in sums.items()
+    }
+    out = {key: first[key] for key in KEPT_KEYS if key in first}
+    out["state_dict"] = averaged
+    out["averaged_from"] = [str(p) for p in paths]
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="average")
+@reports_errors
+def main(cfg: DictConfig) -> None:
+    config = to_typed(cfg, AverageConfig)
+    output = Path(config.output)
+    if output.exists() and not config.overwrite:
+        raise RunError(f"{output} exists; pass overwrite=true to replace it")
+    paths = [Path(p) for p in config.checkpoints] or newest_checkpoints(config.run, config.last)
+    checkpoint = average_checkpoints(paths)
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    torch.save(checkpoint, tmp)
+    tmp.replace(output)
+    print(json.dumps({"output": str(output), "averaged": [str(p) for p in paths]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Checkpoint averaging: the mean of the parameters, a checkpoint that decodes like any other."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mt.average import average_checkpoints, newest_checkpoints
+from mt.cli import RunError
+from mt.config import SearchConfig
+from mt.inference import CheckpointError, load_checkpoint, translate
+from tests.test_pipeline import fit_tiny
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(toy_corpus_dir, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("avg")
+    for name, steps in (("a", 5), ("b", 10)):  # the same model and tokenizer, trained for different steps
+        _, trainer = fit_tiny(toy_corpus_dir, directory / name, max_steps=steps)
+        trainer.save_checkpoint(directory / f"{name}.ckpt")
+    return directory / "a.ckpt", directory / "b.ckpt"
+
+
+def test_average_is_the_mean_and_translates(two_checkpoints, tmp_path):
+    a, b = two_checkpoints
+    averaged = average_checkpoints([a, b])
+    state_a = torch.load(a, weights_only=False)["state_dict"]
+    state_b = torch.load(b, weights_only=False)["state_dict"]
+    assert any(not torch.equal(state_a[k], state_b[k]) for k in state_a)
+    for name, tensor in averaged["state_dict"].items():
+        torch.testing.assert_close(tensor, (state_a[name] + state_b[name]) / 2)
+    assert "optimizer_states" not in averaged
+    torch.save(averaged, tmp_path / "avg.ckpt")
+    module = load_checkpoint(tmp_path / "avg.ckpt")
+    (nbest,) = translate(module.model, module.tokenizer, ["Der hund sieht der ball."], SearchConfig(beam=2))
+    assert isinstance(nbest[0][0], str)
+
+
+def test_average_of_one_checkpoint_is_that_checkpoint(two_checkpoints):
+    a, _ = two_checkpoints
+    averaged = average_checkpoints([a, a, a])
+    for name, tensor in torch.load(a, weights_only=False)["state_dict"].items():
+        torch.testing.assert_close(averaged["state_dict"][name], tensor)
+
+
+def test_averaging_refuses_other_models_and_missing_files(two_checkpoints, tmp_path):
+    a, _ = two_checkpoints
+    other = torch.load(a, weights_only=False)
+    other["state_dict"] = {k: v[..., :1] if v.ndim else v for k, v in other["state_dict"].items()}
+    torch.save(other, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="differ in names or shapes"):
+        average_checkpoints([a, tmp_path / "other.ckpt"])
+    with pytest.raises(CheckpointError, match="no such file"):
+        average_checkpoints([a, tmp_path / "absent.ckpt"])
+    with pytest.raises(RunError, match="keep_checkpoints"):
+        newest_checkpoints(tmp_path, 2)
