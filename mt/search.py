@@ -224,20 +224,17 @@ def _finalize(
     """Record EOS candidates ranked within the top K; return which live sources are now done (B_live,)."""
     length = state.tokens.size(1)  # tokens without BOS, plus EOS
     is_eos = (cand_tokens[:, :beam] == EOS_ID) & torch.isfinite(cand_scores[:, :beam])
-    at_max = state.max_lengths <= length
-    done = at_max.clone()
     penalty = length_penalty(length, alpha, kind)
-    for live, rank in is_eos.nonzero().tolist():
-        source = int(state.sources[live])
+    sources = state.sources.tolist()
+    for live, rank in is_eos.nonzero().tolist():  # few per step: the loop is over finished hypotheses only
+        source = sources[live]
         if len(finished[source]) >= beam:
             continue
         row = live * beam + int(cand_beams[live, rank])
         log_prob = float(cand_scores[live, rank])
         finished[source].append(Hypothesis(state.tokens[row, 1:].tolist(), log_prob / penalty, log_prob))
-    for live in range(len(done)):
-        if len(finished[int(state.sources[live])]) >= beam:
-            done[live] = True
-    return done
+    complete = torch.tensor([len(finished[source]) >= beam for source in sources], device=state.sources.device)
+    return complete | (state.max_lengths <= length)
 
 
 def _select(state: _BeamState, cand_scores: Tensor, cand_beams: Tensor, cand_tokens: Tensor, beam: int) -> None:
