@@ -1,0 +1,63 @@
+"""Property tests: the readers and the translate path never crash and always keep the line count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mt.config import ModelConfig, SearchConfig
+from mt.data import DataError, read_lines
+from mt.inference import translate
+from mt.model import Transformer
+from mt.tokenizer import train_tokenizer
+from mt.translate import chunks
+from tests.conftest import toy_pairs
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def translator():
+    pairs = toy_pairs(200)
+    tokenizer = train_tokenizer([s for s, _ in pairs], [t for _, t in pairs], vocab_size=64)
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=16, n_heads=2, encoder_layers=1, decoder_layers=1, d_ff=32, dropout=0.0)
+    model = Transformer(cfg, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size)
+    return model.eval(), tokenizer
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_read_lines_never_crashes_on_bytes(tmp_path, payload):
+    path = tmp_path / "input.txt"
+    path.write_bytes(payload)
+    try:
+        lines = read_lines(path)
+    except DataError as error:
+        assert "invalid UTF-8" in str(error) and str(path) in str(error)
+        return
+    text = payload.decode("utf-8")
+    assert len(lines) == text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+
+
+@FUZZ
+@given(st.lists(st.text(max_size=40), max_size=8))
+def test_translate_keeps_one_output_per_input_line(translator, sentences):
+    model, tokenizer = translator
+    lines = [s.replace("\n", " ") for s in sentences]
+    outputs = translate(model, tokenizer, lines, SearchConfig(beam=2, max_len_a=0.5, max_len_b=3))
+    assert len(outputs) == len(lines)
+    for line, nbest in zip(lines, outputs):
+        assert all("\n" not in text for text, _ in nbest)
+        if not line.strip():
+            assert nbest == [("", 0.0)]
+
+
+@FUZZ
+@given(
+    st.lists(st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=10), max_size=30), st.integers(1, 7)
+)
+def test_translate_chunks_keep_every_line_in_order(lines, size):
+    assert [line for chunk in chunks((f"{x}\n" for x in lines), size) for line in chunk] == lines
