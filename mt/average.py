@@ -9,13 +9,13 @@ hyperparameters and tokenizer, and no optimizer state (it is for decoding, not f
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
+from mt.atomic import atomic_write
 from mt.cli import RunError, reports_errors, to_typed
 from mt.config import AverageConfig, register_configs
 from mt.inference import CheckpointError
@@ -80,9 +80,8 @@ def main(cfg: DictConfig) -> None:
         raise RunError(f"{output} exists; pass overwrite=true to replace it")
     paths = [Path(p) for p in config.checkpoints] or newest_checkpoints(config.run, config.last)
     checkpoint = average_checkpoints(paths)
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    torch.save(checkpoint, tmp)
-    tmp.replace(output)
+    with atomic_write(output) as handle:
+        torch.save(checkpoint, handle)
     print(json.dumps({"output": str(output), "averaged": [str(p) for p in paths]}))
 
 

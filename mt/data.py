@@ -15,13 +15,13 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from mt.atomic import atomic_write
 from mt.config import DataConfig
 from mt.tokenizer import Tokenizer
 
@@ -217,9 +217,8 @@ class EncodedCorpus:
         return EncodedCorpus.from_lists(src, tgt, self.index[keep])
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # unique per process: ranks may race
-        np.savez(tmp, **asdict(self))
-        tmp.replace(path)
+        with atomic_write(path) as handle:
+            np.savez(handle, **asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> EncodedCorpus:

@@ -8,12 +8,12 @@ hypotheses are written there, and the scores beside them in ``<output>.scores.js
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from mt.atomic import atomic_write
 from mt.cli import RunError, best_device, quiet_library_logs, reports_errors, set_threads, to_typed
 from mt.config import DataConfig, EvaluateConfig, SearchConfig, from_dict, register_configs, with_beam
 from mt.data import DataError, load_split, read_lines
@@ -75,15 +75,11 @@ def score_checkpoint(
             chrf_signature=chrf_score.signature,
         )
     if output is not None:
-        _write_atomic(Path(output), "".join(h + "\n" for h in hypotheses))
-        _write_atomic(Path(f"{output}.scores.json"), json.dumps(result, indent=2) + "\n")
+        with atomic_write(output) as handle:
+            handle.write("".join(h + "\n" for h in hypotheses).encode("utf-8"))
+        with atomic_write(f"{output}.scores.json") as handle:
+            handle.write((json.dumps(result, indent=2) + "\n").encode("utf-8"))
     return result
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from mt.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 # Special ids, fixed for every model this package trains.
@@ -99,11 +101,14 @@ class Tokenizer:
         """Write ``spm.model`` (joint) or ``spm.src.model`` and ``spm.tgt.model``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if self.joint:
-            _write_atomic(directory / "spm.model", self.src_model)
-        else:
-            _write_atomic(directory / "spm.src.model", self.src_model)
-            _write_atomic(directory / "spm.tgt.model", self.tgt_model)
+        files = (
+            {"spm.model": self.src_model}
+            if self.joint
+            else {"spm.src.model": self.src_model, "spm.tgt.model": self.tgt_model}
+        )
+        for name, payload in files.items():
+            with atomic_write(directory / name) as handle:
+                handle.write(payload)
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer | None:
@@ -119,12 +124,6 @@ class Tokenizer:
                 origin=str(directory),
             )
         return None
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(payload)
-    tmp.replace(path)
 
 
 def train_sentencepiece(
