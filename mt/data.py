@@ -211,10 +211,19 @@ class EncodedCorpus:
         return cls(src_tokens, src_offsets, tgt_tokens, tgt_offsets, np.asarray(index, dtype=np.int64))
 
     def select(self, keep: np.ndarray) -> EncodedCorpus:
-        """The pairs at positions ``keep``."""
-        src = [self.src(i).tolist() for i in keep]
-        tgt = [self.tgt(i).tolist() for i in keep]
-        return EncodedCorpus.from_lists(src, tgt, self.index[keep])
+        """The pairs at positions ``keep`` (sorted, unique), without a Python loop over pairs."""
+        chosen = np.zeros(len(self), dtype=bool)
+        chosen[keep] = True
+
+        def pick(tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            lengths = np.diff(offsets)
+            new_offsets = np.zeros(int(chosen.sum()) + 1, dtype=np.int64)
+            np.cumsum(lengths[chosen], out=new_offsets[1:])
+            return tokens[np.repeat(chosen, lengths)], new_offsets
+
+        src_tokens, src_offsets = pick(self.src_tokens, self.src_offsets)
+        tgt_tokens, tgt_offsets = pick(self.tgt_tokens, self.tgt_offsets)
+        return EncodedCorpus(src_tokens, src_offsets, tgt_tokens, tgt_offsets, self.index[chosen])
 
     def save(self, path: Path) -> None:
         with atomic_write(path) as handle:

@@ -89,20 +89,17 @@ class TranslationDataModule(L.LightningDataModule):
     def _sampler(self, corpus: EncodedCorpus, split: str, *, shuffle: bool) -> TokenBatchSampler:
         trainer = self.trainer
         try:
-            return self._make_sampler(corpus, trainer, shuffle)
+            return TokenBatchSampler(
+                corpus.src_lengths,
+                corpus.tgt_lengths,
+                self.data_cfg.max_tokens,
+                shuffle=shuffle,
+                seed=self.seed,
+                num_replicas=trainer.world_size if trainer else 1,
+                rank=trainer.global_rank if trainer else 0,
+            )
         except ValueError as error:
             raise DataError(f"data {self.data_cfg.name!r} {split} split: {error}; raise data.max_tokens") from None
-
-    def _make_sampler(self, corpus: EncodedCorpus, trainer, shuffle: bool) -> TokenBatchSampler:
-        return TokenBatchSampler(
-            corpus.src_lengths,
-            corpus.tgt_lengths,
-            self.data_cfg.max_tokens,
-            shuffle=shuffle,
-            seed=self.seed,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
-        )
 
     def _loader(self, corpus: EncodedCorpus, split: str, *, shuffle: bool) -> DataLoader:
         sampler = self._sampler(corpus, split, shuffle=shuffle)
