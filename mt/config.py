@@ -138,12 +138,18 @@ class OptimConfig:
     warmup_steps: int = 4000
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # 0 disables clipping
+    # A step whose loss is NaN/inf is skipped (no update); this many in a row stop the run.
+    max_consecutive_nonfinite: int = 10
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, f"optim.lr={self.lr}: expected > 0")
         _require(self.warmup_steps >= 1, f"optim.warmup_steps={self.warmup_steps}: expected >= 1")
         _require(
             0.0 <= self.label_smoothing < 1.0, f"optim.label_smoothing={self.label_smoothing}: expected 0 <= value < 1"
+        )
+        _require(
+            self.max_consecutive_nonfinite >= 1,
+            f"optim.max_consecutive_nonfinite={self.max_consecutive_nonfinite}: expected >= 1",
         )
 
 
@@ -216,7 +222,7 @@ class TrainerConfig:
     check_val_every_n_epoch: int | None = 1
     limit_val_batches: Any | None = None
     log_every_n_steps: int = 50
-    accumulate_grad_batches: int = 1
+    accumulate_grad_batches: int = 1  # effective batch: data.max_tokens x devices x num_nodes x this
     num_sanity_val_steps: int = 0
     fast_dev_run: bool = False
     checkpoint_every_n_steps: int | None = None  # also refresh last.ckpt every N steps (for resuming)
@@ -224,8 +230,27 @@ class TrainerConfig:
     early_stopping_patience: int | None = None  # validations without a better BLEU
     enable_progress_bar: bool = True
     deterministic: bool = False
+    # Distributed runs: a collective that waits longer than this (a dead or stuck rank) fails the run.
+    collective_timeout_s: int = 1800
+    # On SIGUSR1/SIGUSR2 (SLURM's warning before a time limit) save last.ckpt and requeue the job;
+    # on SIGTERM save and exit. false leaves the signals to their defaults.
+    handle_signals: bool = True
 
     def __post_init__(self) -> None:
+        _require(
+            self.accumulate_grad_batches >= 1,
+            f"trainer.accumulate_grad_batches={self.accumulate_grad_batches}: expected >= 1",
+        )
+        _require(
+            self.collective_timeout_s >= 1, f"trainer.collective_timeout_s={self.collective_timeout_s}: expected >= 1"
+        )
+        if isinstance(self.val_check_interval, int) and not isinstance(self.val_check_interval, bool):
+            # Validation saves last.ckpt: it must fall after an update, not inside an accumulation window.
+            _require(
+                self.val_check_interval % self.accumulate_grad_batches == 0,
+                f"trainer.val_check_interval={self.val_check_interval} (batches) is not a multiple of "
+                f"trainer.accumulate_grad_batches={self.accumulate_grad_batches}",
+            )
         if self.max_time is not None:
             parts = str(self.max_time).split(":")
             _require(

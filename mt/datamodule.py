@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from mt.batching import Batch, PairDataset, ResumableLoader, TokenBatchSampler
 from mt.config import DataConfig, TokenizerConfig
 from mt.data import DataError, EncodedCorpus, ParallelText, load_split, prepare_split
+from mt.distributed import exclusive
 from mt.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ class TranslationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
             self.prepare_tokenizer()
+        # Ranks start together: the first one encodes and caches a split, the others wait and load it.
+        with exclusive(self.cache_dir / ".lock"):
+            self._prepare_splits(stage)
+
+    def _prepare_splits(self, stage: str | None) -> None:
         if self.train_corpus is None and stage in (None, "fit"):
             self.train_corpus = prepare_split(
                 self.data_cfg, "train", self.tokenizer, cache_dir=self.cache_dir, text=self._train_text
@@ -97,6 +103,7 @@ class TranslationDataModule(L.LightningDataModule):
                 seed=self.seed,
                 num_replicas=trainer.world_size if trainer else 1,
                 rank=trainer.global_rank if trainer else 0,
+                even=shuffle,  # training batches are dealt evenly; validation counts each batch once
             )
         except ValueError as error:
             raise DataError(f"data {self.data_cfg.name!r} {split} split: {error}; raise data.max_tokens") from None

@@ -8,9 +8,12 @@ translator from the ``.ckpt`` file alone.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 import time
+import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,11 +23,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mt.batching import Batch
+from mt.cli import RunError
 from mt.config import ModelConfig, OptimConfig, SearchConfig, ValidationConfig, from_dict
+from mt.distributed import gather_strided, same_on_all_ranks
 from mt.inference import decode_ids
 from mt.metrics import bleu
 from mt.model import Transformer
 from mt.tokenizer import PAD_ID, Tokenizer
+
+log = logging.getLogger(__name__)
+# Values logged under DDP are already reduced by hand (all-reduce of sums, gathered hypotheses).
+warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
+
+
+class NonFiniteLossError(RunError):
+    """Too many consecutive steps with a NaN or infinite loss."""
 
 
 def label_smoothed_nll(
@@ -90,6 +103,19 @@ class TranslationModule(L.LightningModule):
         self._throughput = _Throughput()
         self._val_sums: list[Tensor] = []
         self._rng_state_to_restore: dict[str, Any] | None = None
+        self._nonfinite_in_window = torch.zeros(())
+        self._nonfinite_run = 0  # consecutive skipped updates
+        self._nonfinite_total = 0
+
+    def setup(self, stage: str) -> None:
+        self._nonfinite_in_window = torch.zeros((), device=self.device)
+        if self.trainer.world_size > 1:  # e.g. torchrun ranks that each made their own timestamped run dir
+            run_dirs = same_on_all_ranks(str(Path(self.trainer.default_root_dir).resolve()))
+            if len(set(run_dirs)) > 1:
+                raise RunError(
+                    f"the ranks disagree on the run directory ({', '.join(sorted(set(run_dirs)))}): "
+                    f"pass the same hydra.run.dir=... to every process"
+                )
 
     # -- training ------------------------------------------------------------------------------
 
@@ -100,14 +126,54 @@ class TranslationModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss_sum, nll_sum, num_tokens = self._loss(batch)
-        loss = loss_sum / num_tokens
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/ppl", torch.exp(nll_sum.detach() / num_tokens))
+        # Sums over every rank's batch (one small all-reduce, no host sync): the loss is normalised by
+        # the global token count, so W ranks x B equals one rank x W*B (DDP averages the gradients).
+        stats = torch.stack([loss_sum.detach(), nll_sum.detach(), num_tokens.float(), (~loss_sum.isfinite()).float()])
+        world_size = self.trainer.world_size
+        if world_size > 1:
+            torch.distributed.all_reduce(stats)
+        total_loss, total_nll, total_tokens, nonfinite = stats.unbind()
+        self._nonfinite_in_window = self._nonfinite_in_window + nonfinite
+        loss = loss_sum * (world_size / total_tokens)
+        self.log("train/loss", total_loss / total_tokens, prog_bar=True)
+        self.log("train/ppl", torch.exp(total_nll / total_tokens))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         tokens_per_s = self._throughput.update(batch.tgt_token_count)
         if tokens_per_s is not None:
             self.log("train/tgt_tokens_per_s", tokens_per_s)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the update when a loss in the accumulation window was not finite (on any rank)."""
+        nonfinite = bool(self._nonfinite_in_window.item())  # the step's one host sync, after backward
+        self._nonfinite_in_window = torch.zeros((), device=self.device)
+        if not nonfinite:
+            self._nonfinite_run = 0
+            return
+        self._nonfinite_run += 1
+        self._nonfinite_total += 1
+        step = self.trainer.global_step
+        if "16-mixed" != str(self.trainer.precision):  # (with fp16 the grad scaler skips the step itself)
+            optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without gradients untouched
+        self.log("train/nonfinite_steps", float(self._nonfinite_total))
+        limit = self.optim_cfg.max_consecutive_nonfinite
+        log.warning(
+            "step %d: the loss is not finite; update skipped (%d in a row, limit %d)", step, self._nonfinite_run, limit
+        )
+        if self._nonfinite_run >= limit:
+            raise NonFiniteLossError(
+                f"the loss was not finite for {self._nonfinite_run} steps in a row (steps "
+                f"{step - self._nonfinite_run + 1}-{step}); the last good checkpoint is {self._last_checkpoint()}: "
+                f"lower optim.lr, raise optim.warmup_steps or use trainer.precision=bf16-mixed/32-true"
+            )
+
+    def _last_checkpoint(self) -> str:
+        for callback in self.trainer.checkpoint_callbacks:
+            path = getattr(callback, "last_model_path", "")
+            if path and Path(path).is_file():
+                step = torch.load(path, map_location="cpu", weights_only=False).get("global_step")
+                return f"{path} (step {step})"
+        return "none (no checkpoint was saved yet)"
 
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = [], []
@@ -155,7 +221,11 @@ class TranslationModule(L.LightningModule):
             self.log("val/bleu", self.validation_bleu(), prog_bar=True)
 
     def validation_bleu(self) -> float:
-        """sacreBLEU of decoding the validation sources (greedy or beam, per ``validation``)."""
+        """sacreBLEU of decoding the validation sources (greedy or beam, per ``validation``).
+
+        Under DDP each rank decodes every W-th sentence and the hypotheses are gathered back in
+        order, so the score equals a single process's on the same weights.
+        """
         datamodule = self.trainer.datamodule
         corpus, references = datamodule.valid_corpus, datamodule.valid_references
         count = (
@@ -165,15 +235,17 @@ class TranslationModule(L.LightningModule):
         )
         beam = 1 if self.validation_cfg.decode == "greedy" else self.validation_cfg.beam
         search = dataclasses.replace(self.search_cfg, beam=beam, nbest=1)
+        rank, world_size = self.trainer.global_rank, self.trainer.world_size
         hyps = decode_ids(
             self.model,
-            [corpus.src(i) for i in range(count)],
+            [corpus.src(i) for i in range(rank, count, world_size)],
             search,
             device=self.device,
             progress=False,
             desc="validate",
         )
-        texts = self.tokenizer.decode_tgt([nbest[0].tokens for nbest in hyps])
+        tokens = gather_strided([nbest[0].tokens for nbest in hyps], count)
+        texts = self.tokenizer.decode_tgt(tokens)
         return bleu(texts, [references[int(corpus.index[i])] for i in range(count)]).score
 
     # -- checkpoints ---------------------------------------------------------------------------

@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from mt.checkpoint_io import AtomicCheckpointIO
 from mt.cli import RunError, reports_errors, set_threads, to_typed
-from mt.config import TrainConfig, register_configs, to_dict
+from mt.config import TrainConfig, TrainerConfig, register_configs, to_dict
 from mt.datamodule import TranslationDataModule
+from mt.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
 from mt.module import TranslationModule
 from mt.plots import plot_learning_curve
+from mt.preemption import Preempted, PreemptionCallback
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +87,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool = False)
         enable_version_counter=False,  # one best.ckpt, never best-v1
     )
     # One writer owns last.ckpt: after every validation, or every N steps when asked (for resuming).
-    last = ModelCheckpoint(
+    last = LastCheckpoint(
         dirpath=run_dir / "checkpoints",
         save_top_k=0,
         save_last=True,
@@ -89,6 +95,8 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool = False)
         enable_version_counter=False,
     )
     callbacks: list[L.Callback] = [best, last]
+    if cfg.handle_signals:
+        callbacks.append(PreemptionCallback(run_dir / "checkpoints" / "last.ckpt"))
     if cfg.keep_checkpoints:
         callbacks.append(
             ModelCheckpoint(
@@ -104,11 +112,14 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool = False)
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
     version = log_version(run_dir, resuming)
     loggers = [CSVLogger(run_dir, name="csv", version=version), TensorBoardLogger(run_dir, name="tb", version=version)]
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # our PreemptionCallback saves and requeues, not Lightning's handler
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        strategy=build_strategy(cfg),
         precision=cfg.precision,
         max_steps=cfg.max_steps,
         max_epochs=cfg.max_epochs,
@@ -127,9 +138,34 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool = False)
         callbacks=callbacks,
         logger=loggers,
         use_distributed_sampler=False,  # TokenBatchSampler shards batches itself
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
     )
     return trainer, best
+
+
+def build_strategy(cfg: TrainerConfig) -> str | Strategy:
+    """``trainer.strategy``, with DDP configured: a collective timeout (a dead rank fails the run
+    instead of hanging it) and no per-forward buffer broadcast (the buffers are constants, and
+    validation may give ranks different numbers of batches)."""
+    if cfg.strategy != "ddp":
+        return cfg.strategy
+    return DDPStrategy(
+        timeout=timedelta(seconds=cfg.collective_timeout_s),
+        broadcast_buffers=False,
+        gradient_as_bucket_view=True,
+    )
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """The ``last.ckpt`` writer; after a resume it does not save again until the next update.
+
+    Lightning forgets the step it last saved at, so the first batch after a resume, inside an
+    accumulation window, would save a checkpoint whose data position is ahead of its weights.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_global_step_saved = trainer.global_step
 
 
 def train(config: TrainConfig, run_dir: Path) -> dict | None:
@@ -138,6 +174,16 @@ def train(config: TrainConfig, run_dir: Path) -> dict | None:
     if config.data.path:  # checkpoints record where their data is: make it valid from any directory
         config.data.path = str(Path(config.data.path).expanduser().resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunDirectoryLock(run_dir)
+    if is_global_zero_from_env():  # one job per run directory; its other ranks share it
+        lock.acquire()
+    try:
+        return _train(config, run_dir)
+    finally:
+        lock.release()
+
+
+def _train(config: TrainConfig, run_dir: Path) -> dict | None:
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
@@ -145,7 +191,8 @@ def train(config: TrainConfig, run_dir: Path) -> dict | None:
     L.seed_everything(config.seed, workers=True)
 
     datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)
-    tokenizer = datamodule.prepare_tokenizer()
+    with exclusive(run_dir / ".prepare.lock"):  # ranks started together: one trains, the others load
+        tokenizer = datamodule.prepare_tokenizer()
     module = TranslationModule(
         to_dict(config.model),
         to_dict(config.optim),
@@ -161,6 +208,10 @@ def train(config: TrainConfig, run_dir: Path) -> dict | None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except MisconfigurationException as error:  # e.g. trainer=gpu on a machine without one
         raise RunError(f"trainer: {str(error).splitlines()[0]}") from None
+    except Preempted as stop:
+        if trainer.is_global_zero:
+            print(f"preempted: {stop}", file=sys.stderr, flush=True)
+        return None
 
     if not trainer.is_global_zero:
         return None

@@ -61,6 +61,17 @@ def test_sharding_is_disjoint_complete_and_even(world):
     assert len(dealt) - len(all_batches) < world  # only the wrap-around padding repeats
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_validation_sharding_counts_every_batch_exactly_once(world):
+    src, tgt = lengths(301)
+    shards = [
+        list(TokenBatchSampler(src, tgt, 300, shuffle=False, num_replicas=world, rank=r, even=False))
+        for r in range(world)
+    ]
+    dealt = sorted(i for shard in shards for batch in shard for i in batch)
+    assert dealt == list(range(301))  # disjoint and complete, no repeats
+
+
 def test_max_tokens_below_the_longest_pair_is_an_error():
     with pytest.raises(ValueError, match="max_tokens=10 is below the longest pair"):
         TokenBatchSampler(np.array([3, 20]), np.array([3, 4]), 10, shuffle=False)

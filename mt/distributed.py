@@ -1,0 +1,123 @@
+"""What several training processes share: who is rank 0, locks on the run directory, gathering results.
+
+Training runs as one process per device, started by Lightning (``trainer.devices=N``), torchrun or
+SLURM's srun. These helpers work before the process group exists (locks, the rank from the
+environment) and after it (gathering validation hypotheses in order).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch.distributed as dist
+
+from mt.cli import RunError
+
+T = TypeVar("T")
+
+
+class RunDirectoryBusy(RunError):
+    """Another live training process holds the run directory."""
+
+
+def is_global_zero_from_env() -> bool:
+    """Whether this process will be global rank 0, judged from the launchers' environment variables.
+
+    torchrun sets ``RANK``; srun sets ``SLURM_PROCID`` (with ``SLURM_NTASKS``); Lightning's own
+    launcher sets ``NODE_RANK`` and ``LOCAL_RANK`` for the processes it starts.
+    """
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"]) == 0
+    return int(os.environ.get("NODE_RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+class RunDirectoryLock:
+    """An exclusive lock on ``run_dir/.lock`` held by a training job's rank 0 while it lives.
+
+    The kernel drops the lock when the process exits or is killed, so a crashed run can be resumed
+    at once, while a second job started in a live run's directory is refused.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._handle = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunDirectoryBusy(
+                f"{self.path.parent} is in use by a running training job ({holder}); "
+                f"wait for it to end or choose another hydra.run.dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Block until this process alone holds ``path`` (a lock file): ranks that start together on a
+    shared run directory take turns, so one trains the tokenizer or builds a cache and the others
+    then load it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_strided(items: list[T], count: int) -> list[T]:
+    """Reassemble a list split across ranks by stride (rank ``r`` holds positions ``r, r+W, ...``).
+
+    Every rank returns the whole list of ``count`` items, in the original order.
+    """
+    rank, size = world()
+    if size == 1:
+        return items
+    parts: list[Any] = [None] * size
+    dist.all_gather_object(parts, items)
+    merged: list[T] = [None] * count  # type: ignore[list-item]
+    for r, part in enumerate(parts):
+        merged[r::size] = part
+    return merged
+
+
+def same_on_all_ranks(value: str) -> list[str]:
+    """The ``value`` of every rank (all of them equal unless the launch is misconfigured)."""
+    _, size = world()
+    if size == 1:
+        return [value]
+    values: list[Any] = [None] * size
+    dist.all_gather_object(values, value)
+    return values

@@ -1,0 +1,104 @@
+"""Preemption: save a resumable checkpoint when the cluster says the job must stop, then stop.
+
+SLURM sends a warning signal before a time limit (``#SBATCH --signal=USR1@120``; submitit uses
+SIGUSR2) and SIGTERM when it cancels or preempts a job. The signal handler only sets a flag; the
+callback acts at the next optimizer-step boundary, agreed by all ranks, so the checkpoint holds a
+consistent state (no half-accumulated gradients) and the data position of that step. On a warning
+signal under SLURM the job is requeued (``scontrol requeue``) and, started again with
+``resume=auto`` in the same run directory, continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
+
+REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # SLURM's warning before the time limit
+STOP_SIGNALS = (signal.SIGTERM,)  # cancellation or preemption: save and exit, no requeue
+
+
+class Preempted(Exception):
+    """Raised on every rank to stop training at once (skipping validation) after the save."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path, requeued: bool) -> None:
+        self.signum, self.step, self.checkpoint, self.requeued = signum, step, checkpoint, requeued
+        name = signal.Signals(signum).name
+        then = "the job was requeued" if requeued else "resume with resume=auto"
+        super().__init__(f"{name} received: stopped after step {step}, saved {checkpoint}; {then}")
+
+
+class PreemptionCallback(L.Callback):
+    """Turns SIGUSR1/SIGUSR2/SIGTERM into a checkpoint at the next step boundary and a clean stop.
+
+    Args:
+        checkpoint_path: where to save (the run's ``last.ckpt``, which ``resume=auto`` picks up).
+    """
+
+    def __init__(self, checkpoint_path: Path) -> None:
+        self.checkpoint_path = Path(checkpoint_path)
+        self.received = 0  # the signal number, 0 while none arrived
+        self._previous: dict[int, Any] = {}
+        self._step_seen = 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self.received:
+            log.warning("received %s: saving a checkpoint after the current step", signal.Signals(signum).name)
+        self.received = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning installed its handlers (which would kill or abandon the step instead).
+        for signum in (*REQUEUE_SIGNALS, *STOP_SIGNALS):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        self._step_seen = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step == self._step_seen:  # inside an accumulation window: not a step boundary
+            return
+        self._step_seen = trainer.global_step
+        signum = self._agreed_signal(trainer)
+        if not signum:
+            return
+        trainer.save_checkpoint(self.checkpoint_path)
+        requeued = signum in REQUEUE_SIGNALS and trainer.is_global_zero and requeue_slurm_job()
+        raise Preempted(signum, trainer.global_step, self.checkpoint_path, requeued)
+
+    def _agreed_signal(self, trainer: L.Trainer) -> int:
+        """The signal any rank received (ranks may get it at different steps, or only rank 0 gets it)."""
+        if trainer.world_size == 1:
+            return self.received
+        flag = torch.tensor([self.received], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def requeue_slurm_job() -> bool:
+    """``scontrol requeue`` this SLURM job (array task included); False outside SLURM or on failure."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not job_id:
+        return False
+    try:
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.error("could not requeue SLURM job %s: %s", job_id, error)
+        return False
+    if result.returncode != 0:
+        log.error("scontrol requeue %s failed: %s", job_id, result.stderr.strip())
+        return False
+    log.warning("requeued SLURM job %s", job_id)
+    return True

@@ -1,0 +1,220 @@
+"""Distributed training on CPU (gloo): 2 processes started by Lightning, torchrun and a 2-"node"
+rendezvous on localhost; equal steps and equal validation BLEU against one process; a dead rank."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mt.config import SearchConfig
+from mt.evaluate import score_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toy_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """mt.train overrides for a tiny model on the toy corpus, on CPU."""
+    return [
+        "data=local",
+        f"data.path={data_dir}",
+        "data.max_tokens=512",
+        "data.max_len=64",
+        "tokenizer.vocab_size=64",
+        "model=tiny",
+        "model.dropout=0.0",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=20",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_time=null",
+        "test_after_training=false",
+        "threads=1",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+
+
+def ddp_args(devices: int = 2) -> list[str]:
+    return ["trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={devices}", "trainer.precision=32-true"]
+
+
+def run(command: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric_rows(run_dir: Path, name: str) -> list[tuple[int, float]]:
+    rows = []
+    for path in sorted(run_dir.glob("csv/**/metrics.csv")):
+        with open(path, newline="") as handle:
+            rows += [(int(r["step"]), float(r[name])) for r in csv.DictReader(handle) if r.get(name)]
+    return rows
+
+
+def test_two_ranks_of_b_make_the_same_step_as_one_rank_of_2b(tmp_path):
+    """The loss is normalised by the tokens of all ranks, so DDP's averaged gradient equals one big batch's."""
+    for mode in ("ddp", "single"):
+        result = run([sys.executable, "-m", "tests.ddp_step", str(tmp_path), mode])
+        assert result.returncode == 0, result.stderr[-3000:]
+    ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
+    assert ddp["gradients"].keys() == single["gradients"].keys()
+    for name, gradient in single["gradients"].items():
+        torch.testing.assert_close(ddp["gradients"][name], gradient, rtol=1e-4, atol=1e-6)
+        # Adam's first update is lr * sign(gradient): compare it where the sign is not noise.
+        clear = gradient.abs() > 1e-5
+        torch.testing.assert_close(ddp["parameters"][name][clear], single["parameters"][name][clear])
+
+
+def test_ddp_training_and_validation_bleu_equal_a_single_process_decode(toy_corpus_dir, tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "mt.train",
+            *toy_args(toy_corpus_dir, run_dir, "trainer.max_steps=96", "trainer.check_val_every_n_epoch=4"),
+            "validation.max_sentences=null",
+            *ddp_args(),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "8 batches per epoch per rank" in (run_dir / "train.log").read_text()  # 16 batches, 2 ranks
+    bleu = metric_rows(run_dir, "val/bleu")
+    assert len(bleu) == 3 and bleu[-1][1] > 5, bleu  # validated at steps 32, 64, 96, and learning
+    # Each rank decoded half the validation set; the gathered score equals one process decoding all of it.
+    best = max(score for _, score in bleu)
+    single = score_checkpoint(run_dir / "checkpoints/best.ckpt", split="valid", search=SearchConfig(beam=1))
+    assert single["sentences"] == 40
+    assert single["bleu"] == pytest.approx(best, abs=0.006)  # evaluate rounds to 2 decimals
+
+
+@pytest.mark.slow
+def test_a_dead_rank_stops_the_others_instead_of_hanging(toy_corpus_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "mt.train",
+        *toy_args(toy_corpus_dir, run_dir, "trainer.max_steps=100000", "trainer.collective_timeout_s=60"),
+        *ddp_args(),
+    ]
+    main = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        children: list[int] = []
+        while not (children and list(run_dir.glob("csv/**/metrics.csv"))):  # both ranks are training
+            assert time.monotonic() < deadline and main.poll() is None, "training did not start"
+            time.sleep(0.5)
+            children = [int(p) for p in Path(f"/proc/{main.pid}/task/{main.pid}/children").read_text().split()]
+        time.sleep(2)
+        os.kill(children[0], signal.SIGKILL)  # rank 1 dies
+        start = time.monotonic()
+        main.wait(timeout=90)
+        assert main.returncode != 0
+        assert time.monotonic() - start < 90
+    finally:
+        if main.poll() is None:
+            main.kill()
+
+
+@pytest.mark.slow
+def test_ranks_that_disagree_on_the_run_directory_are_an_error(toy_corpus_dir, tmp_path):
+    """torchrun without hydra.run.dir: each rank would make its own timestamped directory."""
+    port = free_port()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mt.train", *toy_args(toy_corpus_dir, tmp_path / f"rank{rank}"), *ddp_args()],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_WORLD_SIZE": "2",
+                "GROUP_RANK": "0",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "TORCHELASTIC_RUN_ID": "test",
+            },
+        )
+        for rank in range(2)
+    ]
+    errors = [p.communicate(timeout=180)[1] for p in processes]
+    assert all(p.returncode == 2 for p in processes), errors
+    assert "the ranks disagree on the run directory" in errors[0]
+    assert "hydra.run.dir" in errors[0].splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_torchrun_trains_two_processes(toy_corpus_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "mt.train",
+            *toy_args(toy_corpus_dir, run_dir, "trainer.max_steps=16"),
+            *ddp_args(),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 16
+    assert not list(run_dir.glob("train_ddp_process_*"))  # torchrun started both ranks, Lightning none
+
+
+@pytest.mark.slow
+def test_two_node_rendezvous_on_localhost(toy_corpus_dir, tmp_path):
+    """Two torchrun agents (one per "node", one process each) meet at a c10d rendezvous."""
+    run_dir = tmp_path / "run"
+    endpoint = f"127.0.0.1:{free_port()}"
+    agents = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={node}",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}",
+                "--rdzv-id=mt-test",
+                "-m",
+                "mt.train",
+                *toy_args(toy_corpus_dir, run_dir, "trainer.max_steps=12"),
+                *ddp_args(devices=1),
+                "trainer.num_nodes=2",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in range(2)
+    ]
+    errors = [agent.communicate(timeout=300)[1] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], [e[-2000:] for e in errors]
+    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 12
