@@ -48,6 +48,7 @@ class PreemptionCallback(L.Callback):
         self.received = 0  # the signal number, 0 while none arrived
         self._previous: dict[int, Any] = {}
         self._step_seen = 0
+        self._stop: Preempted | None = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if not self.received:
@@ -61,7 +62,7 @@ class PreemptionCallback(L.Callback):
         self._step_seen = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step == self._step_seen:  # inside an accumulation window: not a step boundary
+        if self._stop is not None or trainer.global_step == self._step_seen:  # inside an accumulation window: not a step boundary
             return
         self._step_seen = trainer.global_step
         signum = self._agreed_signal(trainer)
@@ -69,7 +70,12 @@ class PreemptionCallback(L.Callback):
             return
         trainer.save_checkpoint(self.checkpoint_path)
         requeued = signum in REQUEUE_SIGNALS and trainer.is_global_zero and requeue_slurm_job()
-        raise Preempted(signum, trainer.global_step, self.checkpoint_path, requeued)
+        # Raised when the next batch starts, so that Lightning first logs this step's metrics.
+        self._stop = Preempted(signum, trainer.global_step, self.checkpoint_path, requeued)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._stop is not None:
+            raise self._stop
 
     def _agreed_signal(self, trainer: L.Trainer) -> int:
         """The signal any rank received (ranks may get it at different steps, or only rank 0 gets it)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mt.checkpoint_io import AtomicCheckpointIO
 from mt.train import train
 from tests.conftest import tiny_train_config
 
@@ -17,13 +18,16 @@ def losses(csv_file: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
 
 
-def run(data_dir: Path, run_dir: Path, max_steps: int, resume: str | None = None, every: int = 1) -> None:
+def run(
+    data_dir: Path, run_dir: Path, max_steps: int, resume: str | None = None, every: int = 1, accumulate: int = 1
+) -> None:
     config = tiny_train_config(
         data_dir,
         **{
             "trainer.max_steps": max_steps,
             "trainer.log_every_n_steps": 1,
             "trainer.checkpoint_every_n_steps": every,
+            "trainer.accumulate_grad_batches": accumulate,
             "model.dropout": 0.2,
             "data.max_tokens": 300,
             "validation.decode": "none",
@@ -59,3 +63,31 @@ def test_resume_equals_uninterrupted_run(toy_corpus_dir, tmp_path, stop, every):
     for name, tensor in final_straight["state_dict"].items():
         torch.testing.assert_close(final_resumed["state_dict"][name], tensor, rtol=1e-5, atol=1e-6)
     assert not list(resumed.glob("checkpoints/.*tmp*"))  # no temporary files left behind
+
+
+def test_resume_with_gradient_accumulation_never_saves_inside_a_window(toy_corpus_dir, tmp_path, monkeypatch):
+    """25 batches an epoch in windows of 2: (0, 1), ..., (22, 23), (24). A checkpoint is only valid
+    after an update (an even number of batches into the epoch, or all 25), never mid-window."""
+    saved_positions = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def recording_save(self, checkpoint, path, storage_options=None):
+        saved_positions.append(checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"])
+        return save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording_save)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(toy_corpus_dir, straight, 20, accumulate=2)
+    run(toy_corpus_dir, resumed, 11, accumulate=2)  # 22 batches: stops between two windows
+    run(toy_corpus_dir, resumed, 20, resume="auto", accumulate=2)
+    assert saved_positions and all(p % 2 == 0 or p == 25 for p in saved_positions), saved_positions
+
+    expected = losses(straight / "csv/metrics.csv")
+    got = {**losses(resumed / "csv/metrics.csv"), **losses(resumed / "csv/resume_1/metrics.csv")}
+    assert sorted(got) == sorted(expected)
+    for step in expected:
+        assert abs(got[step] - expected[step]) < 1e-5, (step, got[step], expected[step])
+    final_straight = torch.load(straight / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    final_resumed = torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    for name, tensor in final_straight.items():
+        torch.testing.assert_close(final_resumed[name], tensor, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,206 @@
+"""Faults during training: non-finite losses, a second job in a live run directory, signals."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+import mt.train
+from mt.distributed import RunDirectoryBusy
+from mt.module import NonFiniteLossError, TranslationModule
+from mt.train import train
+from tests.conftest import tiny_train_config
+from tests.test_distributed import ROOT, toy_args
+from tests.test_resume import losses
+
+
+def poisoned_module(steps: set[int] | None = None, *, from_step: int | None = None) -> type[TranslationModule]:
+    """A TranslationModule whose training loss is NaN at the given optimizer steps."""
+
+    class Poisoned(TranslationModule):
+        def _loss(self, batch):
+            loss_sum, nll_sum, num_tokens = super()._loss(batch)
+            step = self.trainer.global_step
+            if self.training and (step in (steps or ()) or (from_step is not None and step >= from_step)):
+                loss_sum = loss_sum * float("nan")
+            return loss_sum, nll_sum, num_tokens
+
+    return Poisoned
+
+
+class ParameterRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.after_step: dict[int, torch.Tensor] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        vector = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+        self.after_step[trainer.global_step] = vector.clone()
+
+
+def nonfinite_config(data_dir: Path, max_steps: int):
+    return tiny_train_config(
+        data_dir,
+        **{
+            "trainer.max_steps": max_steps,
+            "trainer.log_every_n_steps": 1,
+            "trainer.checkpoint_every_n_steps": 1,
+            "validation.decode": "none",
+            "optim.max_consecutive_nonfinite": 3,
+            "test_after_training": False,
+        },
+    )
+
+
+def test_a_nonfinite_loss_skips_the_update_and_training_goes_on(toy_corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(mt.train, "TranslationModule", poisoned_module({3, 4}))
+    recorder = ParameterRecorder()
+    build_trainer = mt.train.build_trainer
+
+    def with_recorder(*args, **kwargs):
+        trainer, best = build_trainer(*args, **kwargs)
+        trainer.callbacks.append(recorder)
+        return trainer, best
+
+    monkeypatch.setattr(mt.train, "build_trainer", with_recorder)
+    train(nonfinite_config(toy_corpus_dir, 8), tmp_path)
+    steps = recorder.after_step
+    assert sorted(steps) == list(range(1, 9))  # the skipped steps still count
+    assert torch.equal(steps[4], steps[3]) and torch.equal(steps[5], steps[3])  # no update at steps 3 and 4
+    assert not torch.equal(steps[6], steps[5]) and not torch.equal(steps[3], steps[2])
+    assert torch.isfinite(steps[8]).all()
+    with open(tmp_path / "csv/metrics.csv", newline="") as handle:
+        skipped = [float(r["train/nonfinite_steps"]) for r in csv.DictReader(handle) if r.get("train/nonfinite_steps")]
+    assert skipped[0] == 1.0 and skipped[-1] == 2.0  # a running count of skipped updates
+
+
+def test_many_nonfinite_losses_in_a_row_stop_the_run_with_a_clear_message(toy_corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(mt.train, "TranslationModule", poisoned_module(from_step=5))
+    with pytest.raises(NonFiniteLossError) as error:
+        train(nonfinite_config(toy_corpus_dir, 20), tmp_path)
+    message = str(error.value)
+    assert "not finite for 3 steps in a row (steps 5-7)" in message
+    assert f"{tmp_path / 'checkpoints/last.ckpt'} (step 7)" in message  # skipped steps kept the good weights
+    saved = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+
+
+def test_a_second_job_in_a_live_run_directory_is_refused(toy_corpus_dir, tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from mt.distributed import RunDirectoryLock; "
+            "lock = RunDirectoryLock(Path(sys.argv[1])); lock.acquire(); print('locked', flush=True); time.sleep(600)",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            RunDirectoryBusy, match=f"{tmp_path} is in use by a running training job \\(pid {holder.pid}"
+        ):
+            train(tiny_train_config(toy_corpus_dir), tmp_path)
+        assert not (tmp_path / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed: its lock went with it, and the directory can be used (here: a fresh run).
+    train(tiny_train_config(toy_corpus_dir, **{"trainer.max_steps": 2, "test_after_training": False}), tmp_path)
+    assert (tmp_path / "checkpoints/last.ckpt").is_file()
+
+
+def wait_for_training(process: subprocess.Popen, run_dir: Path, steps: int, timeout: float = 120) -> None:
+    """Wait until ``steps`` training losses are in the CSV log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "training did not start"
+        logged = list(run_dir.glob("csv/metrics.csv"))
+        if logged and len(losses(logged[0])) >= steps:
+            return
+        time.sleep(0.2)
+
+
+def preemptible_args(data_dir: Path, run_dir: Path, max_steps: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mt.train",
+        *toy_args(data_dir, run_dir, f"trainer.max_steps={max_steps}", "trainer.log_every_n_steps=1"),
+        "model.dropout=0.2",
+        "data.max_tokens=300",
+        "validation.decode=none",
+        "trainer.limit_val_batches=0",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_one(toy_corpus_dir, tmp_path):
+    straight, preempted = tmp_path / "straight", tmp_path / "preempted"
+    result = subprocess.run(
+        preemptible_args(toy_corpus_dir, straight, 60), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    process = subprocess.Popen(
+        preemptible_args(toy_corpus_dir, preempted, 60), cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    wait_for_training(process, preempted, steps=10)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr[-3000:]
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith("preempted: SIGTERM received: stopped after step ") and "resume=auto" in message
+    step = torch.load(preempted / "checkpoints/last.ckpt", weights_only=False)["global_step"]
+    assert 10 <= step < 60 and f"step {step}," in message
+
+    result = subprocess.run(
+        [*preemptible_args(toy_corpus_dir, preempted, 60), "resume=auto"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = losses(straight / "csv/metrics.csv")
+    got = {**losses(preempted / "csv/metrics.csv"), **losses(preempted / "csv/resume_1/metrics.csv")}
+    assert sorted(got) == sorted(expected) == list(range(60))
+    for i in expected:
+        assert got[i] == pytest.approx(expected[i], abs=1e-5), i
+    final = torch.load(preempted / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    for name, tensor in torch.load(straight / "checkpoints/last.ckpt", weights_only=False)["state_dict"].items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigusr1_under_slurm_saves_and_requeues_the_job(toy_corpus_dir, tmp_path):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (fake_bin / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (fake_bin / "scontrol").chmod(0o755)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
+    process = subprocess.Popen(
+        preemptible_args(toy_corpus_dir, run_dir, 100000), cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env
+    )
+    wait_for_training(process, run_dir, steps=3)
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "the job was requeued" in stderr.strip().splitlines()[-1]
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] >= 3
