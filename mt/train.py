@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -41,6 +42,9 @@ register_configs()
 def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
     """The checkpoint to resume from, refusing to train over an existing run by accident."""
     existing = sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
+    if resume is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+        log.info("SLURM requeued this job (restart %s): resume=auto", os.environ["SLURM_RESTART_COUNT"])
+        resume = "auto"
     if resume is None:
         if existing:
             raise RunError(

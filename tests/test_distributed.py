@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from mt.config import SearchConfig
 from mt.evaluate import score_checkpoint
@@ -218,3 +219,65 @@ def test_two_node_rendezvous_on_localhost(toy_corpus_dir, tmp_path):
     assert [agent.returncode for agent in agents] == [0, 0], [e[-2000:] for e in errors]
     checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 12
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_two_job_sweep(toy_corpus_dir, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep_dir = tmp_path / "sweep"
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "mt.train",
+            "-m",
+            "hydra/launcher=submitit_local",
+            f"hydra.sweep.dir={sweep_dir}",
+            *toy_args(toy_corpus_dir, tmp_path / "unused", "trainer.max_steps=8"),
+            "seed=1,2",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        checkpoint = torch.load(sweep_dir / job / "checkpoints/last.ckpt", weights_only=False)
+        assert checkpoint["global_step"] == 8
+    assert {OmegaConf.load(sweep_dir / job / "config.yaml").seed for job in ("0", "1")} == {1, 2}
+
+
+@pytest.mark.slow
+def test_sbatch_script_runs_two_slurm_tasks_and_a_requeued_job_resumes(toy_corpus_dir, tmp_path):
+    """scripts/slurm/train.sbatch under a stand-in ``srun`` that starts 2 tasks with SLURM's variables."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text(
+        "#!/bin/sh\nshift  # --kill-on-bad-exit\n"
+        'SLURM_PROCID=0 SLURM_LOCALID=0 "$@" & first=$!\n'
+        'SLURM_PROCID=1 SLURM_LOCALID=1 "$@" & second=$!\n'
+        "wait $first && wait $second\n"
+    )
+    (fake_bin / "srun").chmod(0o755)
+    slurm_env = {
+        **os.environ,
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": str(20000 + os.getpid() % 10000),
+        "SLURM_JOB_NAME": "mt",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "127.0.0.1",
+        "RUN_DIR": str(tmp_path / "run"),
+    }
+    args = toy_args(toy_corpus_dir, tmp_path / "ignored")[:-1]  # the script sets hydra.run.dir
+    overrides = [*args, "trainer.accelerator=cpu", "trainer.precision=32-true"]
+    first = run(["bash", "scripts/slurm/train.sbatch", *overrides, "trainer.max_steps=6"], env=slurm_env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
+    # The requeued job: same job id, so the same run directory, and resume=auto picks up last.ckpt.
+    again = run(
+        ["bash", "scripts/slurm/train.sbatch", *overrides, "trainer.max_steps=10"],
+        env={**slurm_env, "SLURM_RESTART_COUNT": "1"},
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["global_step"] == 10
+    assert (tmp_path / "run/csv/resume_1/metrics.csv").is_file()
