@@ -16,10 +16,15 @@ from torch import Tensor, nn
 
 
 def attention_mask(key_pad_mask: Tensor | None) -> Tensor | None:
-    """(B, S) pad mask (``True`` = padding) -> (B, 1, 1, S) SDPA mask (``True`` = attend)."""
+    """(B, S) pad mask (``True`` = padding) -> (B, 1, 1, S) SDPA mask (``True`` = attend).
+
+    A row that is all padding may attend everywhere: its output is never used, and a softmax over
+    nothing but masked scores is ``-inf - -inf = NaN`` in some kernels and precisions.
+    """
     if key_pad_mask is None:
         return None
-    return ~key_pad_mask[:, None, None, :]
+    all_padding = key_pad_mask.all(dim=-1, keepdim=True)
+    return ~(key_pad_mask & ~all_padding)[:, None, None, :]
 
 
 def causal_mask(query_len: int, key_len: int, device: torch.device) -> Tensor:
