@@ -251,6 +251,10 @@ class TranslationModule(L.LightningModule):
     # -- checkpoints ---------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Flush the logs with every checkpoint: after a crash, the log reaches at least as far as
+        # the checkpoint the run resumes from, so the learning curve has no hole.
+        for logger in self.trainer.loggers:
+            logger.save()
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_state()
         checkpoint["train_seconds"] = self._throughput.elapsed_seconds()

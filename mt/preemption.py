@@ -62,7 +62,9 @@ class PreemptionCallback(L.Callback):
         self._step_seen = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self._stop is not None or trainer.global_step == self._step_seen:  # inside an accumulation window: not a step boundary
+        if (
+            self._stop is not None or trainer.global_step == self._step_seen
+        ):  # inside an accumulation window: not a step boundary
             return
         self._step_seen = trainer.global_step
         signum = self._agreed_signal(trainer)

@@ -19,6 +19,7 @@ may be narrower (``uint16`` when the vocabulary fits).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import itertools
@@ -317,25 +318,30 @@ def _local_dataset(source: _LocalSource, split: str, directory: Path):
         with FileLock(str(path) + ".lock"):
             if not path.is_file():
                 tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+                pairs = _local_pairs(source.format, source.src_path, source.tgt_path, source.src_lang, source.tgt_lang)
                 try:
-                    writer = ArrowWriter(features=features, path=str(tmp))
-                    pairs = _local_pairs(
-                        source.format, source.src_path, source.tgt_path, source.src_lang, source.tgt_lang
-                    )
-                    with tqdm(desc=f"read {split}", unit=" pairs", unit_scale=True, disable=None) as bar:
+                    with (
+                        ArrowWriter(features=features, path=str(tmp)) as writer,
+                        tqdm(desc=f"read {split}", unit=" pairs", unit_scale=True, disable=None) as bar,
+                    ):
                         for src, tgt in pairs:
                             writer.write_table(
                                 pa.table({"src": pa.array(src, pa.string()), "tgt": pa.array(tgt, pa.string())})
                             )
                             bar.update(len(src))
-                    writer.finalize()
-                    writer.close()
+                        writer.finalize()
+                    _fsync(tmp)
                     os.replace(tmp, path)
                 finally:
                     tmp.unlink(missing_ok=True)
     dataset = datasets.Dataset.from_file(str(path), info=datasets.DatasetInfo(features=features))
     dataset._fingerprint = fingerprint
     return dataset
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
 
 
 def _arrow_batches(dataset) -> Iterator[pa.RecordBatch]:
@@ -533,41 +539,40 @@ def _write_arrays(
 ) -> None:
     """Write the five arrays of the kept pairs; tokens stream batch by batch into preallocated ``.npy`` files."""
     index = np.arange(len(src_lengths), dtype=np.int64) if keep is None else np.flatnonzero(keep).astype(np.int64)
-    files = {}
+    np.save(folder / "index.npy", index)
+    totals = {}
     for side, lengths in (("src", src_lengths), ("tgt", tgt_lengths)):
         kept = lengths if keep is None else lengths[keep]
         offsets = np.zeros(len(kept) + 1, dtype=np.int64)
         np.cumsum(kept, out=offsets[1:])
         np.save(folder / f"{side}_offsets.npy", offsets)
-        path = folder / f"{side}_tokens.npy"
-        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(int(offsets[-1]),))
-        header = array.offset
-        del array  # written with plain writes below, so the pages do not count against this process
-        handle = open(path, "r+b")
-        handle.seek(header)
-        files[side] = (handle, int(offsets[-1]))
-    np.save(folder / "index.npy", index)
-    written = {"src": 0, "tgt": 0}
-    start = 0
-    try:
+        totals[side] = int(offsets[-1])
+    with contextlib.ExitStack() as stack:
+        files = {}
+        for side, total in totals.items():
+            path = folder / f"{side}_tokens.npy"
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(total,))
+            header = array.offset
+            del array  # filled with plain writes below, so the pages do not count against this process
+            files[side] = stack.enter_context(open(path, "r+b"))
+            files[side].seek(header)
+        written = dict.fromkeys(totals, 0)
+        start = 0
         for batch in _arrow_batches(encoded):
             stop = start + batch.num_rows
             chosen = None if keep is None else keep[start:stop]
-            for side in ("src", "tgt"):
+            for side, handle in files.items():
                 lengths, values = _ragged_parts(batch.column(f"{side}_ids"))
                 if chosen is not None:
                     values = values[np.repeat(chosen, lengths)]
-                values.astype(dtype, copy=False).tofile(files[side][0])
+                values.astype(dtype, copy=False).tofile(handle)
                 written[side] += len(values)
             start = stop
-        for side, (handle, total) in files.items():
-            if written[side] != total:
-                raise RuntimeError(f"wrote {written[side]} {side} tokens, expected {total}")
+        for side, handle in files.items():
+            if written[side] != totals[side]:
+                raise RuntimeError(f"wrote {written[side]} {side} tokens, expected {totals[side]}")
             handle.flush()
             os.fsync(handle.fileno())
-    finally:
-        for handle, _ in files.values():
-            handle.close()
 
 
 def prepare_split_arrow(
@@ -669,3 +674,6 @@ def _encode_into(
         "layout_version": LAYOUT_VERSION,
     }
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    for path in folder.iterdir():  # the token files are synced already; the rename must not outrun the rest
+        if not path.name.endswith("_tokens.npy"):
+            _fsync(path)

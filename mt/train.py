@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import zipfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -55,13 +56,26 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
     if resume == "auto":
         last = checkpoint_dir / "last.ckpt"
         if last.is_file():
+            verify_checkpoint(last)
             return str(last)
         if existing:
             raise RunError(f"resume=auto: {checkpoint_dir} has checkpoints but no last.ckpt; pass resume=PATH")
         return None
     if not Path(resume).is_file():
         raise RunError(f"resume={resume}: no such checkpoint file")
+    verify_checkpoint(Path(resume))
     return resume
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Check every record of a checkpoint (a zip archive) against its CRC before resuming from it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise RunError(f"{path} is not a readable checkpoint ({error}); pass resume=PATH to another one") from None
+    if bad is not None:
+        raise RunError(f"{path} is corrupt (CRC mismatch in {bad}); pass resume=PATH to another checkpoint")
 
 
 def log_version(run_dir: Path, resuming: bool) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import mt.train
+from mt.cli import RunError
 from mt.distributed import RunDirectoryBusy
 from mt.module import NonFiniteLossError, TranslationModule
 from mt.train import train
@@ -204,3 +206,83 @@ def test_sigusr1_under_slurm_saves_and_requeues_the_job(toy_corpus_dir, tmp_path
     assert "the job was requeued" in stderr.strip().splitlines()[-1]
     assert calls.read_text().split() == ["requeue", "4242"]
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] >= 3
+
+
+def crash_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mt.train",
+        *toy_args(data_dir, run_dir, "trainer.max_steps=60", "trainer.log_every_n_steps=1"),
+        "model.dropout=0.2",
+        "data.max_tokens=300",
+        "trainer.checkpoint_every_n_steps=1",
+        "trainer.val_check_interval=10",
+        "trainer.check_val_every_n_epoch=null",
+        "validation.max_sentences=8",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(toy_corpus_dir, tmp_path):
+    """SIGKILL at random moments (in a step, a checkpoint save or validation), resume=auto each time."""
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    result = subprocess.run(crash_args(toy_corpus_dir, straight), cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rng = random.Random(4)
+    kills = 0
+    for attempt in range(8):
+        extra = ["resume=auto"] if attempt else []
+        process = subprocess.Popen(
+            crash_args(toy_corpus_dir, crashed, *extra), cwd=ROOT, stderr=subprocess.PIPE, text=True
+        )
+        if kills == 3:  # the last run goes to the end
+            _, stderr = process.communicate(timeout=300)
+            assert process.returncode == 0, stderr[-3000:]
+            break
+        logged = sum(len(losses(path)) for path in crashed.glob("csv/**/metrics.csv"))
+        wait_for_new_losses(process, crashed, logged + rng.randint(3, 12))
+        time.sleep(rng.random() * 0.5)
+        process.kill()
+        process.wait()
+        kills += 1
+    assert kills == 3
+
+    expected = losses(straight / "csv/metrics.csv")
+    got: dict[int, float] = {}
+    for path in [crashed / "csv/metrics.csv", *sorted(crashed.glob("csv/resume_*/metrics.csv"), key=resume_number)]:
+        got.update(losses(path))  # a step run again after a crash logs again, with the same value
+    assert sorted(got) == sorted(expected) == list(range(60))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=1e-5), step
+    final = torch.load(crashed / "checkpoints/last.ckpt", weights_only=False)
+    assert final["global_step"] == 60
+    for name, tensor in torch.load(straight / "checkpoints/last.ckpt", weights_only=False)["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][name], tensor, rtol=1e-5, atol=1e-6)
+    # A save killed midway leaves at most a hidden temporary file, never a .ckpt that resume would pick up.
+    assert all(path.name.startswith(".") for path in crashed.glob("checkpoints/*tmp*"))
+
+
+def resume_number(path: Path) -> int:
+    return int(path.parent.name.split("_")[1])
+
+
+def wait_for_new_losses(process: subprocess.Popen, run_dir: Path, total: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(len(losses(path)) for path in run_dir.glob("csv/**/metrics.csv")) < total:
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.1)
+
+
+def test_a_corrupt_last_checkpoint_is_refused_when_resuming(toy_corpus_dir, tmp_path):
+    train(tiny_train_config(toy_corpus_dir, **{"trainer.max_steps": 2, "test_after_training": False}), tmp_path)
+    last = tmp_path / "checkpoints/last.ckpt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    last.write_bytes(bytes(data))
+    with pytest.raises(RunError, match="last.ckpt is corrupt \\(CRC mismatch"):
+        train(tiny_train_config(toy_corpus_dir, resume="auto"), tmp_path)
+    assert last.read_bytes() == bytes(data)  # left as it was, for inspection

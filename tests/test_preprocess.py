@@ -1,0 +1,275 @@
+"""The large-corpus path (mt.preprocess): same results as mt.data.prepare_split, cached, streamed."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mt.preprocess as preprocess
+from mt.batching import PairDataset
+from mt.config import DataConfig, from_dict
+from mt.data import DataError, load_split, prepare_split, read_lines
+from mt.preprocess import _Reservoir, prepare_split_arrow, raw_dataset, sample_sentences
+from mt.tokenizer import train_tokenizer
+from tests.conftest import toy_pairs, write_text_corpus
+
+ARRAYS = ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets", "index")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def noisy_pairs(count: int, seed: int) -> list[tuple[str, str]]:
+    """Toy pairs with what cleaning drops: empty sides, long sentences, length-ratio outliers."""
+    rng = random.Random(seed)
+    pairs = toy_pairs(count, seed=seed)
+    for i in rng.sample(range(count), count // 10):
+        kind = rng.randrange(4)
+        src, tgt = pairs[i]
+        if kind == 0:
+            pairs[i] = ("", tgt)
+        elif kind == 1:
+            pairs[i] = (src, "")
+        elif kind == 2:
+            pairs[i] = (" ".join([src] * 8), " ".join([tgt] * 8))
+        else:
+            pairs[i] = (src, " ".join([tgt] * 6))
+    return pairs
+
+
+def data_config(path, **values) -> DataConfig:
+    values = {"name": "t", "path": str(path), "splits": {"valid": "valid"}, "max_len": 40, **values}
+    return from_dict(DataConfig, values)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    return write_text_corpus(
+        tmp_path_factory.mktemp("corpus"),
+        {"train": noisy_pairs(300, seed=1), "valid": toy_pairs(40, seed=2), "test": toy_pairs(20, seed=3)},
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus_dir):
+    text = load_split(data_config(corpus_dir), "train")
+    return train_tokenizer(text.src, text.tgt, vocab_size=64)
+
+
+def assert_same_corpus(actual, expected) -> None:
+    for name in ARRAYS:
+        assert np.array_equal(getattr(actual, name), getattr(expected, name)), name
+
+
+def test_same_ids_offsets_and_index_as_prepare_split(corpus_dir, tokenizer, tmp_path):
+    cfg = data_config(corpus_dir)
+    for split in ("train", "valid"):
+        expected = prepare_split(cfg, split, tokenizer)
+        corpus = prepare_split_arrow(cfg, split, tokenizer, cache_dir=tmp_path)
+        assert_same_corpus(corpus, expected)
+        assert all(isinstance(getattr(corpus, name), np.memmap) for name in ARRAYS)
+        assert corpus.src_tokens.dtype == np.uint16 and corpus.src_offsets.dtype == np.int64
+    train = prepare_split_arrow(cfg, "train", tokenizer, cache_dir=tmp_path)
+    assert 0 < len(train) < 300  # cleaning dropped some pairs
+    # The batcher collates memory-mapped uint16 ids exactly like the in-memory int32 ones.
+    expected = prepare_split(cfg, "train", tokenizer)
+    items = [PairDataset(train)[i] for i in range(8)]
+    reference = [PairDataset(expected)[i] for i in range(8)]
+    batch, reference_batch = PairDataset.collate(items), PairDataset.collate(reference)
+    assert batch.src_ids.equal(reference_batch.src_ids) and batch.tgt_out.equal(reference_batch.tgt_out)
+
+
+def test_tsv_and_jsonl_formats_match_prepare_split(tmp_path, tokenizer):
+    pairs = noisy_pairs(60, seed=4)
+    (tmp_path / "train.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs))
+    (tmp_path / "train.jsonl").write_text(
+        "".join(
+            json.dumps({"translation": {"de": s, "en": t}}) + "\n" + ("\n" if i % 7 == 0 else "")
+            for i, (s, t) in enumerate(pairs)
+        )
+    )
+    for format in ("tsv", "jsonl"):
+        cfg = data_config(tmp_path, format=format)
+        assert_same_corpus(
+            prepare_split_arrow(cfg, "train", tokenizer, cache_dir=tmp_path / "cache"),
+            prepare_split(cfg, "train", tokenizer),
+        )
+
+
+def test_second_call_reuses_the_cache_without_encoding(corpus_dir, tokenizer, tmp_path, monkeypatch):
+    cfg = data_config(corpus_dir)
+    first = prepare_split_arrow(cfg, "train", tokenizer, cache_dir=tmp_path)
+    (folder,) = tmp_path.glob("*.arrays")
+    mtimes = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    assert {f"{name}.npy" for name in ARRAYS} <= set(mtimes)
+    assert not list(folder.glob("*.arrow"))  # the intermediate Arrow encoding is removed
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cached split was encoded again")
+
+    monkeypatch.setattr(preprocess, "raw_dataset", fail)
+    monkeypatch.setattr("datasets.Dataset.map", fail)
+    second = prepare_split_arrow(cfg, "train", tokenizer, cache_dir=tmp_path)
+    assert_same_corpus(second, first)
+    assert isinstance(second.src_tokens, np.memmap)
+    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == mtimes
+    # Different cleaning is a different cache entry.
+    monkeypatch.undo()
+    prepare_split_arrow(data_config(corpus_dir, max_len=30), "train", tokenizer, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.arrays"))) == 2
+
+
+def test_two_processes_give_the_same_result(corpus_dir, tokenizer, tmp_path):
+    cfg = data_config(corpus_dir)
+    one = prepare_split_arrow(cfg, "train", tokenizer, cache_dir=tmp_path / "one", num_proc=1)
+    two = prepare_split_arrow(cfg, "train", tokenizer, cache_dir=tmp_path / "two", num_proc=2)
+    assert_same_corpus(two, one)
+
+
+def test_misaligned_files_name_both_files_like_load_split(tmp_path):
+    (tmp_path / "train.de").write_text("a\nb\nc\n")
+    (tmp_path / "train.en").write_text("a\nb\n")
+    cfg = data_config(tmp_path)
+    with pytest.raises(DataError) as expected:
+        load_split(cfg, "train")
+    with pytest.raises(DataError, match=r"train.de has 3 lines but .*train.en has 2") as error:
+        raw_dataset(cfg, "train", cache_dir=tmp_path / "cache")
+    assert str(error.value) == str(expected.value)
+    with pytest.raises(DataError, match="misaligned"):
+        sample_sentences(cfg, "train", 2, seed=0)
+    assert not list((tmp_path / "cache" / "raw").glob("*.arrow"))  # no half-written dataset is left
+
+
+def test_invalid_utf8_names_file_and_line_like_read_lines(tmp_path, monkeypatch):
+    (tmp_path / "train.de").write_bytes("gut\nüber\r\n".encode() + b"schlecht \xff\n")
+    (tmp_path / "train.en").write_text("good\nabove\nbad\n")
+    with pytest.raises(DataError) as expected:
+        read_lines(tmp_path / "train.de")
+    monkeypatch.setattr(preprocess, "READ_BYTES", 5)  # errors found in a later chunk keep their line number
+    with pytest.raises(DataError, match=r"train.de:3: invalid UTF-8") as error:
+        raw_dataset(data_config(tmp_path), "train", cache_dir=tmp_path / "cache")
+    assert str(error.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("read_bytes", [1, 3, 7, 1 << 20])
+def test_streamed_lines_equal_read_lines_across_chunk_boundaries(tmp_path, monkeypatch, read_bytes):
+    content = "eins\r\nzwei\n\nüber straße\r\n\r\n" + "x" * 20 + "\nlast line without newline"
+    (tmp_path / "train.de").write_text(content, encoding="utf-8")
+    with gzip.open(tmp_path / "train.en.gz", "wb") as handle:
+        handle.write(content.encode())
+    monkeypatch.setattr(preprocess, "READ_BYTES", read_bytes)
+    for path in (tmp_path / "train.de", tmp_path / "train.en.gz"):
+        streamed = [line for chunk in preprocess._line_chunks(path) for line in chunk]
+        assert streamed == read_lines(path)
+
+
+def test_empty_after_cleaning_and_empty_split_are_errors(tmp_path, tokenizer):
+    write_text_corpus(tmp_path / "data", {"train": toy_pairs(20)})
+    with pytest.raises(DataError, match="no pair is left after cleaning"):
+        prepare_split_arrow(
+            data_config(tmp_path / "data", min_len=1, max_len=2), "train", tokenizer, cache_dir=tmp_path
+        )
+    (tmp_path / "data" / "valid.de").write_text("")
+    (tmp_path / "data" / "valid.en").write_text("")
+    with pytest.raises(DataError, match="the valid split is empty"):
+        prepare_split_arrow(data_config(tmp_path / "data"), "valid", tokenizer, cache_dir=tmp_path)
+    assert not list(tmp_path.glob("*.arrays")) and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_reservoir_sample_size_determinism_and_sources(corpus_dir, tmp_path):
+    cfg = data_config(corpus_dir)
+    text = load_split(cfg, "train")
+    pairs = set(zip(text.src, text.tgt))
+    src, tgt = sample_sentences(cfg, "train", 50, seed=3)
+    assert len(src) == len(tgt) == 50 and set(zip(src, tgt)) <= pairs
+    assert sample_sentences(cfg, "train", 50, seed=3) == (src, tgt)
+    assert sample_sentences(cfg, "train", 50, seed=4) != (src, tgt)
+    # From the cached raw Arrow dataset: the same sample.
+    assert sample_sentences(cfg, "train", 50, seed=3, cache_dir=tmp_path) == (src, tgt)
+    # Asking for more than there is gives everything, in order.
+    assert sample_sentences(cfg, "train", 1000, seed=3) == (text.src, text.tgt)
+
+
+def test_reservoir_is_uniform_and_independent_of_chunking():
+    def run(size: int, total: int, seed: int, chunks: list[int]) -> list[int]:
+        reservoir = _Reservoir(size, seed)
+        start = 0
+        for chunk in chunks:
+            rows = list(range(start, start + chunk))
+            reservoir.add(chunk, lambda picked, rows=rows: ([rows[i] for i in picked], [rows[i] for i in picked]))
+            start += chunk
+        assert start == total
+        return reservoir.src
+
+    assert run(10, 100, 1, [100]) == run(10, 100, 1, [3, 30, 1, 66]) == run(10, 100, 1, [1] * 100)
+    counts = np.zeros(100)
+    for seed in range(2000):
+        sample = run(10, 100, seed, [7, 50, 43])
+        assert len(set(sample)) == 10
+        counts[sample] += 1
+    # Each item is chosen with probability 1/10: 200 of 2000 draws, binomial sd ~13.4.
+    assert np.all(np.abs(counts - 200) < 70), counts
+
+
+def test_hub_format_on_a_local_folder(tmp_path, tokenizer, monkeypatch):
+    # mt.data.load_hub (the reference) caches in the default place: keep that in tmp_path too.
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "default-cache"))
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    pairs = {"train": noisy_pairs(40, seed=5), "validation": toy_pairs(10, seed=6), "test": toy_pairs(5, seed=7)}
+    for split, split_pairs in pairs.items():
+        (hub / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"translation": {"de": s, "en": t}}) + "\n" for s, t in split_pairs)
+        )
+    cfg = from_dict(DataConfig, {"name": "hubtest", "hub_name": str(hub), "max_len": 40})
+    cache = tmp_path / "cache"
+    raw = raw_dataset(cfg, "valid", cache_dir=cache)
+    assert raw.column_names == ["src", "tgt"] and list(zip(raw["src"], raw["tgt"])) == pairs["validation"]
+    assert (cache / "hub").is_dir()
+    for split in ("train", "valid"):
+        assert_same_corpus(
+            prepare_split_arrow(cfg, split, tokenizer, cache_dir=cache), prepare_split(cfg, split, tokenizer)
+        )
+    src, tgt = sample_sentences(cfg, "train", 10, seed=0, cache_dir=cache)
+    assert len(src) == 10 and set(zip(src, tgt)) <= set(pairs["train"])
+
+
+def test_hub_format_with_flat_columns_and_unknown_key(tmp_path):
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "train.jsonl").write_text("".join(json.dumps({"de": s, "en": t}) + "\n" for s, t in toy_pairs(3)))
+    cfg = from_dict(DataConfig, {"name": "flat", "hub_name": str(hub)})
+    raw = raw_dataset(cfg, "train", cache_dir=tmp_path / "cache")
+    assert raw["src"] == [s for s, _ in toy_pairs(3)]
+    cfg = from_dict(DataConfig, {"name": "flat", "hub_name": str(hub), "src_lang": "cs"})
+    with pytest.raises(DataError, match="no language key 'cs'"):
+        raw_dataset(cfg, "train", cache_dir=tmp_path / "cache")
+
+
+def test_synthetic_corpus_generator_writes_aligned_files(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "make_synthetic_corpus", ROOT / "scripts" / "make_synthetic_corpus.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--pairs", "1234", "--valid-pairs", "50", "--out", str(tmp_path), "--quiet", "--de-vocab", "2000"])
+    for split, count in (("train", 1234), ("valid", 50), ("test", 50)):
+        for lang in ("de", "en"):
+            assert len(read_lines(tmp_path / f"{split}.{lang}.gz")) == count
+    text = load_split(data_config(tmp_path), "train")
+    words = [len(s.split()) for s in text.src if s]
+    assert 15 < np.mean(words) < 35 and max(words) > 60  # WMT-like: mean ~25 words, a long tail
+    raw = raw_dataset(data_config(tmp_path), "train", cache_dir=tmp_path / "cache")
+    assert len(raw) == 1234 and raw[5] == {"src": text.src[5], "tgt": text.tgt[5]}
+
+
+def test_unreachable_hub_dataset_says_to_use_local_files(tmp_path, monkeypatch):
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)  # read at import: the variable alone is too late
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    cfg = from_dict(DataConfig, {"name": "x", "hub_name": "no-such-user/no-such-dataset-mt"})
+    with pytest.raises(DataError, match="set data.path"):
+        raw_dataset(cfg, "train", cache_dir=tmp_path)
