@@ -18,6 +18,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -65,6 +66,14 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
         raise RunError(f"resume={resume}: no such checkpoint file")
     verify_checkpoint(Path(resume))
     return resume
+
+
+def is_collective_failure(error: RuntimeError) -> bool:
+    """Whether ``error`` comes from torch.distributed: a peer that died, hung or timed out."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    text = str(error)
+    return any(marker in text for marker in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer"))
 
 
 def verify_checkpoint(path: Path) -> None:
@@ -230,6 +239,14 @@ def _train(config: TrainConfig, run_dir: Path) -> dict | None:
         if trainer.is_global_zero:
             print(f"preempted: {stop}", file=sys.stderr, flush=True)
         return None
+    except RuntimeError as error:
+        if not is_collective_failure(error):
+            raise
+        first_line = str(error).strip().splitlines()[0]
+        raise RunError(
+            f"rank {trainer.global_rank}: a collective operation failed, so another rank died or stopped "
+            f"responding (timeout trainer.collective_timeout_s={config.trainer.collective_timeout_s}): {first_line}"
+        ) from None
 
     if not trainer.is_global_zero:
         return None

@@ -105,7 +105,8 @@ def test_ddp_training_and_validation_bleu_equal_a_single_process_decode(toy_corp
 
 
 @pytest.mark.slow
-def test_a_dead_rank_stops_the_others_instead_of_hanging(toy_corpus_dir, tmp_path):
+@pytest.mark.parametrize("victim", ["rank 1", "rank 0"])
+def test_a_dead_rank_stops_the_others_instead_of_hanging(toy_corpus_dir, tmp_path, victim):
     run_dir = tmp_path / "run"
     command = [
         sys.executable,
@@ -114,23 +115,62 @@ def test_a_dead_rank_stops_the_others_instead_of_hanging(toy_corpus_dir, tmp_pat
         *toy_args(toy_corpus_dir, run_dir, "trainer.max_steps=100000", "trainer.collective_timeout_s=60"),
         *ddp_args(),
     ]
-    main = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = open(tmp_path / "stderr.txt", "w")
+    main = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    rank1 = None
     try:
         deadline = time.monotonic() + 120
-        children: list[int] = []
-        while not (children and list(run_dir.glob("csv/**/metrics.csv"))):  # both ranks are training
+        while not (rank1 and list(run_dir.glob("csv/**/metrics.csv"))):  # both ranks are training
             assert time.monotonic() < deadline and main.poll() is None, "training did not start"
             time.sleep(0.5)
-            children = [int(p) for p in Path(f"/proc/{main.pid}/task/{main.pid}/children").read_text().split()]
+            children = Path(f"/proc/{main.pid}/task/{main.pid}/children").read_text().split()
+            rank1 = psutil_free_process(int(children[0])) if children else None
         time.sleep(2)
-        os.kill(children[0], signal.SIGKILL)  # rank 1 dies
+        dead, survivor = (rank1, main) if victim == "rank 1" else (main, rank1)
+        os.kill(dead.pid, signal.SIGKILL)
         start = time.monotonic()
-        main.wait(timeout=90)
-        assert main.returncode != 0
+        survivor.wait(timeout=90)  # the collective fails, or Lightning's observer ends the job
+        assert survivor.returncode != 0
         assert time.monotonic() - start < 90
+        if victim == "rank 1":
+            last_line = (tmp_path / "stderr.txt").read_text().strip().splitlines()[-1]
+            assert last_line.startswith("error: rank 0: a collective operation failed, so another rank died")
     finally:
-        if main.poll() is None:
-            main.kill()
+        for process in (main, rank1):
+            if process is not None and process.poll() is None:
+                process.kill()
+        log.close()
+
+
+class psutil_free_process:
+    """The little of ``subprocess.Popen`` the test needs, for a process it did not start."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self) -> int | None:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            self.returncode = self.returncode if self.returncode is not None else -1
+            return self.returncode
+        state = Path(f"/proc/{self.pid}/stat").read_text().split(") ")[1].split()[0]
+        if state == "Z":  # exited, not yet reaped by its parent (the killed rank 0)
+            self.returncode = -1
+            return self.returncode
+        return None
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.2)
+        return self.returncode
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
