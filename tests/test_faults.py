@@ -21,7 +21,7 @@ from mt.distributed import RunDirectoryBusy
 from mt.module import NonFiniteLossError, TranslationModule
 from mt.train import train
 from tests.conftest import tiny_train_config
-from tests.test_distributed import ROOT, toy_args
+from tests.test_distributed import ROOT, ddp_args, toy_args
 from tests.test_resume import losses
 
 
@@ -286,3 +286,26 @@ def test_a_corrupt_last_checkpoint_is_refused_when_resuming(toy_corpus_dir, tmp_
     with pytest.raises(RunError, match="last.ckpt is corrupt \\(CRC mismatch"):
         train(tiny_train_config(toy_corpus_dir, resume="auto"), tmp_path)
     assert last.read_bytes() == bytes(data)  # left as it was, for inspection
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_0_of_a_ddp_run_stops_both_ranks_with_a_checkpoint(toy_corpus_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [*preemptible_args(toy_corpus_dir, run_dir, 100000), *ddp_args()]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    wait_for_training(process, run_dir, steps=3)
+    process.send_signal(signal.SIGTERM)  # rank 0 only: rank 1 learns of it at the next step
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "preempted: SIGTERM received" in stderr
+    step = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"]
+    assert step >= 3
+    result = subprocess.run(
+        [*preemptible_args(toy_corpus_dir, run_dir, step + 4), *ddp_args(), "resume=auto"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == step + 4
