@@ -1,0 +1,62 @@
+"""Ensembles: one member equals the model alone; several average their log-probabilities in the search."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from mt.ensemble import Ensemble, combine
+from mt.search import beam_search, greedy_search
+from mt.tokenizer import BOS_ID, EOS_ID
+from tests.conftest import random_batch, random_model
+
+
+def test_an_ensemble_of_one_equals_the_model_alone():
+    model = random_model(3)
+    src_ids, src_pad_mask = random_batch(4, [5, 9, 2])
+    alone = beam_search(model, src_ids, src_pad_mask, beam=4, nbest=3)
+    ensemble = beam_search(Ensemble([model]), src_ids, src_pad_mask, beam=4, nbest=3)
+    assert alone == ensemble  # tokens, scores and log-probabilities
+
+
+def test_two_copies_of_a_model_equal_the_model_alone():
+    model = random_model(3)
+    src_ids, src_pad_mask = random_batch(4, [5, 9, 2])
+    alone = beam_search(model, src_ids, src_pad_mask, beam=3)
+    twice = beam_search(Ensemble([model, model]), src_ids, src_pad_mask, beam=3)
+    assert [h[0].tokens for h in twice] == [h[0].tokens for h in alone]
+    assert [h[0].score for h in twice] == pytest.approx([h[0].score for h in alone], abs=1e-5)
+
+
+def test_ensemble_scores_are_the_teacher_forced_mean_of_its_members():
+    """Each hypothesis's log-probability equals the sum over its steps of the renormalised mean of
+    the members' teacher-forced log-probabilities (the cached, batched search agrees with the definition)."""
+    members = [random_model(11, vocab=30), random_model(12, vocab=30), random_model(13, vocab=30)]
+    src_ids, src_pad_mask = random_batch(5, [4, 7, 3], vocab=30)
+    results = beam_search(
+        Ensemble(members), src_ids, src_pad_mask, beam=3, nbest=3, length_penalty_alpha=0.0, length_penalty_type="none"
+    )
+    for row, nbest in enumerate(results):
+        for hyp in nbest:
+            tgt = torch.tensor([[BOS_ID, *hyp.tokens, EOS_ID]])
+            src, mask = src_ids[row : row + 1], src_pad_mask[row : row + 1]
+            per_member = [torch.log_softmax(m(src, mask, tgt[:, :-1]).float(), -1)[0] for m in members]
+            forced = combine(per_member).gather(-1, tgt[0, 1:, None]).sum().item()
+            assert hyp.log_prob == pytest.approx(forced, abs=1e-4)
+
+
+def test_ensemble_differs_from_each_member_and_greedy_runs():
+    members = [random_model(21, vocab=30), random_model(22, vocab=30)]
+    src_ids, src_pad_mask = random_batch(6, [6, 6, 6, 6], vocab=30)
+    step = [
+        m.decode_step(torch.full((4, 1), BOS_ID), m.encode(src_ids, src_pad_mask), src_pad_mask)[0] for m in members
+    ]
+    ensemble = Ensemble(members)
+    log_probs, _ = ensemble.decode_step(
+        torch.full((4, 1), BOS_ID), ensemble.encode(src_ids, src_pad_mask), src_pad_mask
+    )
+    assert_close(log_probs.exp().sum(-1), torch.ones(4))
+    assert not torch.allclose(log_probs, step[0]) and not torch.allclose(log_probs, step[1])
+    hyps = greedy_search(ensemble, src_ids, src_pad_mask, max_len_a=0.0, max_len_b=8)
+    assert all(len(h.tokens) <= 8 and EOS_ID not in h.tokens for h in hyps)
