@@ -340,6 +340,30 @@ class AverageConfig:
         )
 
 
+@dataclass
+class ReportConfig:
+    """The root of ``conf/report.yaml``: decode and score every checkpoint of one run or several."""
+
+    run: str | None = None
+    runs: list[str] = field(default_factory=list)
+    average_last: int = 0  # also report the average of the last N step checkpoints (trainer.keep_checkpoints)
+    test_splits: list[str] = field(default_factory=list)  # split names of the checkpoints' data; [] = its test split
+    include_data_splits: bool = True  # false: only the sources/references files
+    sources: list[str] = field(default_factory=list)  # plain-text test sets, with references in the same order
+    references: list[str] = field(default_factory=list)
+    output_dir: str | None = None  # default: the (first) run directory
+    search: SearchConfig = field(default_factory=SearchConfig)
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(bool(self.run) != bool(self.runs), "give either run=DIR or runs=[DIR,...]")
+        _require(self.average_last >= 0, f"average_last={self.average_last}: expected >= 0")
+        _require(
+            len(self.sources) == len(self.references),
+            f"sources= has {len(self.sources)} files but references= has {len(self.references)}",
+        )
+
+
 def with_beam(search: SearchConfig, beam: int | None) -> SearchConfig:
     """``search`` with its beam replaced by the top-level ``beam=`` shortcut, when given."""
     if beam is None:
@@ -363,6 +387,7 @@ def register_configs() -> None:
     store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(name="translate_schema", node=TranslateConfig)
     store.store(name="average_schema", node=AverageConfig)
+    store.store(name="report_schema", node=ReportConfig)
 
 
 def from_dict(cls: type, values: dict) -> Any:

@@ -106,6 +106,7 @@ class TranslationModule(L.LightningModule):
         self._nonfinite_in_window = torch.zeros(())
         self._nonfinite_run = 0  # consecutive skipped updates
         self._nonfinite_total = 0
+        self._validated_at_step = -1
 
     def setup(self, stage: str) -> None:
         self._nonfinite_in_window = torch.zeros((), device=self.device)
@@ -219,6 +220,8 @@ class TranslationModule(L.LightningModule):
         self.log("time/train_hours", self._throughput.elapsed_hours())
         if self.validation_cfg.decode != "none" and not self.trainer.sanity_checking:
             self.log("val/bleu", self.validation_bleu(), prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self._validated_at_step = self.trainer.global_step
 
     def validation_bleu(self) -> float:
         """sacreBLEU of decoding the validation sources (greedy or beam, per ``validation``).
@@ -258,6 +261,10 @@ class TranslationModule(L.LightningModule):
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_state()
         checkpoint["train_seconds"] = self._throughput.elapsed_seconds()
+        if self._validated_at_step == self.trainer.global_step:  # these weights were just validated
+            checkpoint["val_metrics"] = {
+                name: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith("val/")
+            }
         checkpoint["rng_state"] = _get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,231 @@
+"""``python -m mt.report run=outputs/RUN [average_last=N] [test_splits=[a,b]] [sources=[..] references=[..]]``.
+
+Decodes every checkpoint of one run or several (and the average of the last N step checkpoints) on
+each test set with the configured search, and writes ``report.md`` (a table: checkpoint, step,
+validation BLEU, each test set's BLEU and chrF), ``report.json`` and ``report.png`` (BLEU against
+step, one line per test set). Decodes are cached under ``<run>/report_cache/``, keyed by the
+checkpoint file, the search settings and the test set, so a second report only decodes what is new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from mt.atomic import atomic_write
+from mt.average import average_checkpoints, newest_checkpoints
+from mt.cli import RunError, best_device, quiet_library_logs, reports_errors, set_threads, to_typed
+from mt.config import DataConfig, ReportConfig, SearchConfig, from_dict, register_configs
+from mt.data import DataError, load_split, read_lines
+from mt.inference import CheckpointError, load_checkpoint, translate
+from mt.metrics import bleu, chrf
+
+register_configs()
+
+
+@dataclass
+class TestSet:
+    name: str
+    sources: list[str]
+    references: list[str]
+
+    def digest(self) -> str:
+        text = "\n".join(self.sources) + "\0" + "\n".join(self.references)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints: step checkpoints by step, then best and last."""
+    directory = run_dir / "checkpoints"
+    if not directory.is_dir():
+        raise RunError(f"run={run_dir}: no checkpoints/ directory (is it a training run directory?)")
+    found = sorted(directory.glob("step*.ckpt"))
+    found += [directory / name for name in ("best.ckpt", "last.ckpt") if (directory / name).is_file()]
+    if not found:
+        raise RunError(f"run={run_dir}: checkpoints/ holds no .ckpt file")
+    return found
+
+
+def checkpoint_info(path: Path) -> dict:
+    """Step and validation metrics of a checkpoint, read without loading its tensors into memory."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {path}: cannot be loaded ({type(error).__name__})") from None
+    return {
+        "step": int(checkpoint.get("global_step", 0)),
+        "val_bleu": checkpoint.get("val_metrics", {}).get("val/bleu"),
+        "data": checkpoint.get("hyper_parameters", {}).get("data"),
+    }
+
+
+def averaged_checkpoint(run_dir: Path, count: int) -> Path:
+    """The average of the run's last ``count`` step checkpoints, written once into its report cache."""
+    inputs = newest_checkpoints(run_dir, count)
+    key = hashlib.sha256(json.dumps([file_key(p) for p in inputs]).encode()).hexdigest()[:12]
+    output = run_dir / "report_cache" / f"avg_last{count}.{key}.ckpt"
+    if not output.is_file():
+        with atomic_write(output) as handle:
+            torch.save(average_checkpoints(inputs), handle)
+    return output
+
+
+def file_key(path: Path) -> list:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:
+    """The checkpoint data's test splits named in ``test_splits`` (default: its test split), plus the files given."""
+    sets = []
+    if data is not None and config.include_data_splits:
+        data_cfg = from_dict(DataConfig, data)
+        for split_name in config.test_splits or [data_cfg.splits.test]:
+            split_cfg = dataclasses.replace(data_cfg, splits=dataclasses.replace(data_cfg.splits, test=split_name))
+            text = load_split(split_cfg, "test")
+            sets.append(TestSet(split_name, text.src, text.tgt))
+    for source, reference in zip(config.sources, config.references):
+        sources, references = read_lines(source), read_lines(reference)
+        if len(sources) != len(references):
+            raise DataError(f"reference {reference} has {len(references)} lines but source {source} has {len(sources)}")
+        sets.append(TestSet(Path(source).name, sources, references))
+    if not sets:
+        raise RunError("no test set: the checkpoints record no data config; pass sources=[...] references=[...]")
+    return sets
+
+
+def decode_scores(checkpoint: Path, test_set: TestSet, search: SearchConfig, cache_dir: Path) -> dict:
+    """BLEU and chrF of ``checkpoint`` on ``test_set``, from the cache or by decoding (then cached)."""
+    key_material = [file_key(checkpoint), dataclasses.asdict(search), test_set.digest()]
+    key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:20]
+    cached = cache_dir / f"{key}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    module = load_checkpoint(checkpoint)
+    device = best_device()
+    hypotheses = [
+        nbest[0][0]
+        for nbest in translate(module.model.to(device), module.tokenizer, test_set.sources, search, device=device)
+    ]
+    bleu_score, chrf_score = bleu(hypotheses, test_set.references), chrf(hypotheses, test_set.references)
+    result = {
+        "bleu": round(bleu_score.score, 2),
+        "chrf": round(chrf_score.score, 2),
+        "bleu_signature": bleu_score.signature,
+        "chrf_signature": chrf_score.signature,
+        "hypotheses": hypotheses,
+    }
+    with atomic_write(cached) as handle:
+        handle.write(json.dumps(result).encode("utf-8"))
+    return result
+
+
+def build_report(config: ReportConfig) -> dict:
+    runs = [Path(r) for r in ([config.run] if config.run else config.runs)]
+    entries: list[tuple[str, Path, Path]] = []  # (label, checkpoint, run)
+    for run_dir in runs:
+        prefix = f"{run_dir.name}/" if len(runs) > 1 else ""
+        entries += [(prefix + path.stem, path, run_dir) for path in run_checkpoints(run_dir)]
+        if config.average_last:
+            entries.append(
+                (f"{prefix}avg_last{config.average_last}", averaged_checkpoint(run_dir, config.average_last), run_dir)
+            )
+    infos = {path: checkpoint_info(path) for _, path, _ in entries}
+    test_sets = load_test_sets(config, next(iter(infos.values()))["data"])
+
+    rows = []
+    with tqdm(total=len(entries) * len(test_sets), desc="report", unit="decode") as bar:
+        for label, path, run_dir in entries:
+            row = {"checkpoint": label, "path": str(path), **{k: infos[path][k] for k in ("step", "val_bleu")}}
+            for test_set in test_sets:
+                scores = decode_scores(path, test_set, config.search, run_dir / "report_cache")
+                row[test_set.name] = {k: v for k, v in scores.items() if k != "hypotheses"}
+                bar.update(1)
+            rows.append(row)
+    return {
+        "runs": [str(r) for r in runs],
+        "search": dataclasses.asdict(config.search),
+        "test_sets": [{"name": t.name, "sentences": len(t.sources)} for t in test_sets],
+        "rows": rows,
+    }
+
+
+def markdown(report: dict) -> str:
+    names = [t["name"] for t in report["test_sets"]]
+    search = report["search"]
+    described = ", ".join(f"{t['name']} ({t['sentences']} sentences)" for t in report["test_sets"])
+    lines = [
+        f"# Report: {', '.join(report['runs'])}",
+        "",
+        f"Beam {search['beam']}, length penalty {search['length_penalty_type']} {search['length_penalty']}; "
+        f"test sets: {described}.",
+        "",
+        "| checkpoint | step | val BLEU | " + " | ".join(f"{n} BLEU | {n} chrF" for n in names) + " |",
+        "|---|---|---|" + "---|---|" * len(names),
+    ]
+    for row in report["rows"]:
+        val = "" if row["val_bleu"] is None else f"{row['val_bleu']:.2f}"
+        cells = " | ".join(f"{row[n]['bleu']:.2f} | {row[n]['chrf']:.2f}" for n in names)
+        lines.append(f"| {row['checkpoint']} | {row['step']} | {val} | {cells} |")
+    first = report["rows"][0][names[0]]
+    lines += ["", f"BLEU signature: `{first['bleu_signature']}`", f"chrF signature: `{first['chrf_signature']}`", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(7, 4), dpi=110)
+    for test_set in report["test_sets"]:
+        name = test_set["name"]
+        points = sorted(
+            (row["step"], row[name]["bleu"]) for row in report["rows"] if "avg_last" not in row["checkpoint"]
+        )
+        line = axis.plot(*zip(*points), marker="o", label=name)[0]
+        for row in report["rows"]:
+            if "avg_last" in row["checkpoint"]:
+                axis.scatter([row["step"]], [row[name]["bleu"]], marker="*", s=120, color=line.get_color())
+    axis.set_xlabel("training step")
+    axis.set_ylabel("sacreBLEU")
+    axis.set_title("test BLEU of each checkpoint (★ = averaged)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(output)
+    plt.close(fig)
+
+
+def write_report(report: dict, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(output_dir / "report.md") as handle:
+        handle.write(markdown(report).encode("utf-8"))
+    with atomic_write(output_dir / "report.json") as handle:
+        handle.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    plot(report, output_dir / "report.png")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+@reports_errors
+def main(cfg: DictConfig) -> None:
+    config = to_typed(cfg, ReportConfig)
+    set_threads(config.threads)
+    quiet_library_logs()
+    report = build_report(config)
+    output_dir = Path(config.output_dir or config.run or config.runs[0])
+    write_report(report, output_dir)
+    print(json.dumps({"report": str(output_dir / "report.md"), "rows": len(report["rows"])}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

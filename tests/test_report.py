@@ -1,0 +1,94 @@
+"""mt.report: every checkpoint of a run (and the average of the last N) scored on several test sets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import mt.report
+from mt.config import ReportConfig, SearchConfig
+from mt.report import build_report, write_report
+from mt.train import train
+from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
+from tests.test_cli import ROOT
+
+
+@pytest.fixture(scope="module")
+def trained_run(toy_corpus_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    config = tiny_train_config(
+        toy_corpus_dir,
+        **{
+            "trainer.max_steps": 30,
+            "trainer.val_check_interval": 10,
+            "trainer.check_val_every_n_epoch": None,
+            "trainer.keep_checkpoints": 3,
+            "test_after_training": False,
+        },
+    )
+    train(config, run_dir)
+    return run_dir
+
+
+def test_report_scores_every_checkpoint_and_the_average_on_each_test_set(trained_run, tmp_path, monkeypatch):
+    extra = write_text_corpus(tmp_path / "extra", {"extra": toy_pairs(12, seed=9)}, gz=False)
+    config = ReportConfig(
+        run=str(trained_run),
+        average_last=2,
+        sources=[str(extra / "extra.de")],
+        references=[str(extra / "extra.en")],
+        search=SearchConfig(beam=2),
+    )
+    report = build_report(config)
+    labels = [row["checkpoint"] for row in report["rows"]]
+    assert labels == ["step0000010", "step0000020", "step0000030", "best", "last", "avg_last2"]
+    assert [t["name"] for t in report["test_sets"]] == ["test", "extra.de"]
+    assert [row["step"] for row in report["rows"]][:3] == [10, 20, 30]
+    assert all(row["val_bleu"] is not None for row in report["rows"][:3])  # saved right after validation
+    for row in report["rows"]:
+        assert 0 <= row["test"]["bleu"] <= 100 and row["test"]["bleu_signature"].startswith("nrefs:1|case:mixed")
+    best_row = report["rows"][3]
+    assert best_row["val_bleu"] == max(row["val_bleu"] for row in report["rows"][:3])
+
+    write_report(report, tmp_path / "out")
+    table = (tmp_path / "out/report.md").read_text()
+    assert "| checkpoint | step | val BLEU | test BLEU | test chrF | extra.de BLEU | extra.de chrF |" in table
+    assert table.count("\n| step") == 3 and "| avg_last2 |" in table
+    assert json.loads((tmp_path / "out/report.json").read_text())["rows"] == report["rows"]
+    assert (tmp_path / "out/report.png").stat().st_size > 1000
+
+    # A second report reuses every decode: nothing is loaded or translated again.
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(mt.report, "load_checkpoint", no_decoding)
+    assert build_report(config)["rows"] == report["rows"]
+    # Other decoding settings are other decodes.
+    with pytest.raises(AssertionError, match="decoded again"):
+        build_report(ReportConfig(run=str(trained_run), search=SearchConfig(beam=1)))
+
+
+def test_report_cli_writes_the_three_files(trained_run, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mt.report", f"run={trained_run}", f"output_dir={tmp_path}", "search.beam=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["rows"] == 5
+    assert {p.name for p in tmp_path.iterdir()} >= {"report.md", "report.json", "report.png"}
+
+
+def test_report_of_a_directory_without_checkpoints_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mt.report", f"run={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == f"error: run={tmp_path}: no checkpoints/ directory (is it a training run directory?)"
+    )
