@@ -284,7 +284,11 @@ def encode(text: ParallelText, tokenizer: Tokenizer, *, chunk: int = 10_000, des
 
 def cache_key(cfg: DataConfig, split: str, tokenizer: Tokenizer) -> str:
     """A key that changes whenever the data source, its cleaning or the tokenizer changes."""
-    relevant = {k: v for k, v in asdict(cfg).items() if k not in ("max_tokens", "num_workers", "cache_dir")}
+    relevant = {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in ("max_tokens", "num_workers", "cache_dir", "preprocess_workers")
+    }
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
     digest.update(split.encode())
     digest.update(tokenizer.src_model)

@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 
 from mt.batching import Batch, PairDataset, ResumableLoader, TokenBatchSampler
 from mt.config import DataConfig, TokenizerConfig
-from mt.data import DataError, EncodedCorpus, ParallelText, load_split, prepare_split
-from mt.distributed import exclusive
+from mt.data import DataError, EncodedCorpus
+from mt.preprocess import prepare_split_arrow, raw_dataset, sample_sentences
 from mt.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -38,29 +38,32 @@ class TranslationDataModule(L.LightningDataModule):
         self.train_corpus: EncodedCorpus | None = None
         self.valid_corpus: EncodedCorpus | None = None
         self.valid_references: list[str] = []
-        self._train_text: ParallelText | None = None
 
     @property
     def cache_dir(self) -> Path:
         return Path(self.data_cfg.cache_dir) if self.data_cfg.cache_dir else self.run_dir / "data"
 
     def prepare_tokenizer(self) -> Tokenizer:
-        """The run's tokenizer: loaded from ``run_dir/tokenizer``, or trained on the training split and saved there."""
+        """The run's tokenizer: loaded from ``run_dir/tokenizer``, or trained on a sample of the
+        training split (``tokenizer.input_sentence_size`` pairs) and saved there."""
         directory = self.run_dir / "tokenizer"
         tokenizer = Tokenizer.load(directory)
         if tokenizer is None:
-            self._train_text = load_split(self.data_cfg, "train")
             cfg = self.tokenizer_cfg
+            src, tgt = sample_sentences(
+                self.data_cfg, "train", cfg.input_sentence_size, self.seed, cache_dir=self.cache_dir
+            )
             log.info(
-                "training SentencePiece (%s, %d, %s) on %s",
+                "training SentencePiece (%s, %d, %s) on %d pairs of %s train",
                 cfg.model_type,
                 cfg.vocab_size,
                 "joint" if cfg.joint else "separate",
-                self._train_text.origin,
+                len(src),
+                self.data_cfg.name,
             )
             tokenizer = train_tokenizer(
-                self._train_text.src,
-                self._train_text.tgt,
+                src,
+                tgt,
                 vocab_size=cfg.vocab_size,
                 joint=cfg.joint,
                 model_type=cfg.model_type,
@@ -73,24 +76,19 @@ class TranslationDataModule(L.LightningDataModule):
         return tokenizer
 
     def setup(self, stage: str | None = None) -> None:
+        """Encoded splits, memory-mapped from the cache; ranks that start together build each once."""
         if self.tokenizer is None:
             self.prepare_tokenizer()
-        # Ranks start together: the first one encodes and caches a split, the others wait and load it.
-        with exclusive(self.cache_dir / ".lock"):
-            self._prepare_splits(stage)
-
-    def _prepare_splits(self, stage: str | None) -> None:
+        workers = self.data_cfg.preprocess_workers
         if self.train_corpus is None and stage in (None, "fit"):
-            self.train_corpus = prepare_split(
-                self.data_cfg, "train", self.tokenizer, cache_dir=self.cache_dir, text=self._train_text
+            self.train_corpus = prepare_split_arrow(
+                self.data_cfg, "train", self.tokenizer, cache_dir=self.cache_dir, num_proc=workers
             )
-            self._train_text = None
         if self.valid_corpus is None and stage in (None, "fit", "validate"):
-            valid_text = load_split(self.data_cfg, "valid")
-            self.valid_corpus = prepare_split(
-                self.data_cfg, "valid", self.tokenizer, cache_dir=self.cache_dir, text=valid_text
+            self.valid_corpus = prepare_split_arrow(
+                self.data_cfg, "valid", self.tokenizer, cache_dir=self.cache_dir, num_proc=workers
             )
-            self.valid_references = valid_text.tgt
+            self.valid_references = raw_dataset(self.data_cfg, "valid", cache_dir=self.cache_dir)["tgt"]
 
     def _sampler(self, corpus: EncodedCorpus, split: str, *, shuffle: bool) -> TokenBatchSampler:
         trainer = self.trainer
