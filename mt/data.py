@@ -119,14 +119,22 @@ def load_local(cfg: DataConfig, split: str) -> ParallelText:
     return ParallelText(src, tgt, origin=str(path))
 
 
-def load_hub(cfg: DataConfig, split: str) -> ParallelText:
-    """One split of a Hugging Face dataset (``cfg.hub_name``, a hub id or a local dataset folder)."""
+def open_hub_split(cfg: DataConfig, split: str, cache_dir: str | Path | None = None):
+    """One split of a Hugging Face dataset (``cfg.hub_name``, a hub id or a local dataset folder),
+    checked for the two language keys.
+
+    Returns:
+        the ``datasets.Dataset``, a description for messages, and whether its records have the
+        hub's ``{"translation": {lang: text}}`` shape (else one column per language).
+    """
     import datasets
 
     split_name = getattr(cfg.hub_splits, split)
     origin = f"{cfg.hub_name}" + (f" ({cfg.hub_config})" if cfg.hub_config else "") + f" split {split_name!r}"
     try:
-        dataset = datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=split_name)
+        dataset = datasets.load_dataset(
+            cfg.hub_name, cfg.hub_config, split=split_name, cache_dir=None if cache_dir is None else str(cache_dir)
+        )
     except (ConnectionError, OSError) as error:
         raise DataError(
             f"{origin}: cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0]}); "
@@ -135,16 +143,20 @@ def load_hub(cfg: DataConfig, split: str) -> ParallelText:
     except ValueError as error:  # unknown split
         raise DataError(f"{origin}: {str(error).splitlines()[0]}") from None
     columns = dataset.column_names
-    if "translation" in columns:
-        pairs = dataset["translation"]
-        first = pairs[0] if len(pairs) else {}
-        for lang in (cfg.src_lang, cfg.tgt_lang):
-            if len(pairs) and lang not in first:
-                raise DataError(f"{origin}: no language key {lang!r} (found {sorted(first)})")
-        return ParallelText([p[cfg.src_lang] or "" for p in pairs], [p[cfg.tgt_lang] or "" for p in pairs], origin)
+    nested = "translation" in columns
+    found = (dataset[0]["translation"] if len(dataset) else None) if nested else columns
     for lang in (cfg.src_lang, cfg.tgt_lang):
-        if lang not in columns:
-            raise DataError(f"{origin}: no language key {lang!r} (found {sorted(columns)})")
+        if found is not None and lang not in found:
+            raise DataError(f"{origin}: no language key {lang!r} (found {sorted(found)})")
+    return dataset, origin, nested
+
+
+def load_hub(cfg: DataConfig, split: str) -> ParallelText:
+    """One split of a Hugging Face dataset, as lists (for test sets; training splits go through mt.preprocess)."""
+    dataset, origin, nested = open_hub_split(cfg, split)
+    if nested:
+        pairs = dataset["translation"]
+        return ParallelText([p[cfg.src_lang] or "" for p in pairs], [p[cfg.tgt_lang] or "" for p in pairs], origin)
     return ParallelText([s or "" for s in dataset[cfg.src_lang]], [t or "" for t in dataset[cfg.tgt_lang]], origin)
 
 

@@ -38,7 +38,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from mt.config import DataConfig
-from mt.data import SPLITS, DataError, EncodedCorpus, _find_file, _pick, cache_key, cleaning_mask
+from mt.data import SPLITS, DataError, EncodedCorpus, _find_file, _pick, cache_key, cleaning_mask, open_hub_split
 from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -238,33 +238,9 @@ def _string_table(src: pa.Array | pa.ChunkedArray, tgt: pa.Array | pa.ChunkedArr
 
 
 def _hub_dataset(cfg: DataConfig, split: str, cache_dir: Path):
-    import datasets
-
-    split_name = getattr(cfg.hub_splits, split)
-    origin = _hub_origin(cfg, split)
-    try:
-        dataset = datasets.load_dataset(
-            cfg.hub_name, cfg.hub_config, split=split_name, cache_dir=str(Path(cache_dir) / "hub")
-        )
-    except (ConnectionError, OSError) as error:
-        raise DataError(
-            f"{origin}: cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0]}); "
-            f"without network, set data.path (or MT_DATA_DIR) to local files"
-        ) from None
-    except ValueError as error:  # unknown split
-        raise DataError(f"{origin}: {str(error).splitlines()[0]}") from None
+    dataset, _, nested = open_hub_split(cfg, split, cache_dir=Path(cache_dir) / "hub")
     columns = dataset.column_names
-    if "translation" in columns:
-        first = dataset[0]["translation"] if len(dataset) else {}
-        for lang in (cfg.src_lang, cfg.tgt_lang):
-            if len(dataset) and lang not in first:
-                raise DataError(f"{origin}: no language key {lang!r} (found {sorted(first)})")
-        flatten = _flatten_translation
-    else:
-        for lang in (cfg.src_lang, cfg.tgt_lang):
-            if lang not in columns:
-                raise DataError(f"{origin}: no language key {lang!r} (found {sorted(columns)})")
-        flatten = _flatten_columns
+    flatten = _flatten_translation if nested else _flatten_columns
     fingerprint = hashlib.sha256(
         json.dumps([LAYOUT_VERSION, dataset._fingerprint, flatten.__name__, cfg.src_lang, cfg.tgt_lang]).encode()
     ).hexdigest()[:16]

@@ -96,8 +96,8 @@ def test_hub_loader_with_flat_columns_and_unknown_key(tmp_path):
 
 
 def test_unreachable_hub_dataset_says_to_use_local_files(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)  # read at import: the variable alone is too late
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     cfg = from_dict(DataConfig, {"name": "x", "hub_name": "no-such-user/no-such-dataset-mt"})
     with pytest.raises(DataError, match="set data.path"):
         load_split(cfg, "train")
