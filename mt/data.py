@@ -294,14 +294,21 @@ def encode(text: ParallelText, tokenizer: Tokenizer, *, chunk: int = 10_000, des
     return EncodedCorpus.from_lists(src, tgt)
 
 
+def data_identity(cfg: DataConfig, split: str) -> dict:
+    """What decides the pairs of ``split``: the config fields that choose and clean them (not those
+    that batch or cache them) and, for local files, each file's name, size and modification time."""
+    batching_only = ("max_tokens", "num_workers", "cache_dir", "preprocess_workers")
+    identity: dict = {k: v for k, v in asdict(cfg).items() if k not in batching_only}
+    if cfg.path and Path(cfg.path).expanduser().is_dir():
+        stem = getattr(cfg.splits, split)
+        files = sorted(p for p in Path(cfg.path).expanduser().iterdir() if p.name.startswith(f"{stem}."))
+        identity["files"] = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return identity
+
+
 def cache_key(cfg: DataConfig, split: str, tokenizer: Tokenizer) -> str:
-    """A key that changes whenever the data source, its cleaning or the tokenizer changes."""
-    relevant = {
-        k: v
-        for k, v in asdict(cfg).items()
-        if k not in ("max_tokens", "num_workers", "cache_dir", "preprocess_workers")
-    }
-    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
+    """A key that changes whenever the data source (its files included), its cleaning or the tokenizer changes."""
+    digest = hashlib.sha256(json.dumps(data_identity(cfg, split), sort_keys=True, default=str).encode())
     digest.update(split.encode())
     digest.update(tokenizer.src_model)
     digest.update(tokenizer.tgt_model)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from mt.batching import Batch, PairDataset, ResumableLoader, TokenBatchSampler
 from mt.config import DataConfig, TokenizerConfig
-from mt.data import DataError, EncodedCorpus
+from mt.data import DataError, EncodedCorpus, data_identity
 from mt.preprocess import prepare_split_arrow, raw_dataset, sample_sentences
 from mt.tokenizer import Tokenizer, train_tokenizer
 
@@ -44,10 +47,15 @@ class TranslationDataModule(L.LightningDataModule):
         return Path(self.data_cfg.cache_dir) if self.data_cfg.cache_dir else self.run_dir / "data"
 
     def prepare_tokenizer(self) -> Tokenizer:
-        """The run's tokenizer: loaded from ``run_dir/tokenizer``, or trained on a sample of the
-        training split (``tokenizer.input_sentence_size`` pairs) and saved there."""
+        """The run's tokenizer: loaded from ``run_dir/tokenizer``; else from the shared cache (a run
+        with the same data, tokenizer settings and seed trained it); else trained on a sample of the
+        training split (``tokenizer.input_sentence_size`` pairs). Saved in the run (and the cache)."""
         directory = self.run_dir / "tokenizer"
         tokenizer = Tokenizer.load(directory)
+        shared = self._shared_tokenizer_dir()
+        if tokenizer is None and shared is not None and (tokenizer := Tokenizer.load(shared)) is not None:
+            log.info("tokenizer from the cache: %s", shared)
+            tokenizer.save(directory)
         if tokenizer is None:
             cfg = self.tokenizer_cfg
             src, tgt = sample_sentences(
@@ -72,8 +80,22 @@ class TranslationDataModule(L.LightningDataModule):
                 seed=self.seed,
             )
             tokenizer.save(directory)
+            if shared is not None:
+                tokenizer.save(shared)
         self.tokenizer = tokenizer
         return tokenizer
+
+    def _shared_tokenizer_dir(self) -> Path | None:
+        """Where runs sharing ``data.cache_dir`` keep tokenizers, keyed by what determines one."""
+        if not self.data_cfg.cache_dir:
+            return None
+        key = {
+            "data": data_identity(self.data_cfg, "train"),
+            "tokenizer": asdict(self.tokenizer_cfg),
+            "seed": self.seed,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return self.cache_dir / "tokenizers" / digest
 
     def setup(self, stage: str | None = None) -> None:
         """Encoded splits, memory-mapped from the cache; ranks that start together build each once."""

@@ -273,3 +273,39 @@ def test_unreachable_hub_dataset_says_to_use_local_files(tmp_path, monkeypatch):
     cfg = from_dict(DataConfig, {"name": "x", "hub_name": "no-such-user/no-such-dataset-mt"})
     with pytest.raises(DataError, match="set data.path"):
         raw_dataset(cfg, "train", cache_dir=tmp_path)
+
+
+def test_runs_sharing_a_cache_reuse_its_tokenizer_and_encoded_splits(toy_corpus_dir, tmp_path, monkeypatch):
+    import mt.datamodule
+    from mt.datamodule import TranslationDataModule
+    from tests.conftest import tiny_train_config
+
+    config = tiny_train_config(toy_corpus_dir, **{"data.cache_dir": str(tmp_path / "cache")})
+    first = TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path / "run1", seed=1)
+    first.setup("fit")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(mt.datamodule, "train_tokenizer", no_training)
+    monkeypatch.setattr(preprocess, "_encode_into", no_training)
+    second = TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path / "run2", seed=1)
+    second.setup("fit")
+    assert second.tokenizer.src_model == first.tokenizer.src_model
+    assert (tmp_path / "run2/tokenizer/spm.model").is_file()
+    assert np.array_equal(second.train_corpus.src_tokens, first.train_corpus.src_tokens)
+    # Another seed is another tokenizer.
+    with pytest.raises(AssertionError, match="trained again"):
+        TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path / "run3", seed=2).prepare_tokenizer()
+
+
+def test_the_cache_key_changes_when_a_data_file_changes(tmp_path):
+    from mt.data import cache_key
+
+    write_text_corpus(tmp_path, {"train": toy_pairs(30)})
+    cfg = from_dict(DataConfig, {"name": "toy", "path": str(tmp_path)})
+    text = load_split(cfg, "train")
+    tokenizer = train_tokenizer(text.src, text.tgt, vocab_size=60)
+    before = cache_key(cfg, "train", tokenizer)
+    write_text_corpus(tmp_path, {"train": toy_pairs(31)})
+    assert cache_key(cfg, "train", tokenizer) != before
