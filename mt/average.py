@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from mt.atomic import atomic_write
-from mt.cli import RunError, reports_errors, to_typed
+from mt.cli import CONF_DIR, RunError, entry_point, reports_errors, to_typed
 from mt.config import AverageConfig, register_configs
 from mt.inference import CheckpointError
 
@@ -71,9 +71,9 @@ def average_checkpoints(paths: list[Path]) -> dict:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="average")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="average")
 @reports_errors
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     config = to_typed(cfg, AverageConfig)
     output = Path(config.output)
     if output.exists() and not config.overwrite:
@@ -84,6 +84,8 @@ def main(cfg: DictConfig) -> None:
         torch.save(checkpoint, handle)
     print(json.dumps({"output": str(output), "averaged": [str(p) for p in paths]}))
 
+
+main = entry_point(_main)
 
 if __name__ == "__main__":
     main()

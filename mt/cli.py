@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -18,6 +20,9 @@ from mt.inference import CheckpointError
 from mt.tokenizer import TokenizerError
 
 T = TypeVar("T")
+
+# The Hydra config directory, absolute so that the console scripts (mt-train, ...) find it too.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 # Errors caused by the user's input: reported in one line, exit status 2, no traceback.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, FileExistsError, FileNotFoundError)
@@ -49,6 +54,37 @@ def reports_errors(main: Callable[..., Any]) -> Callable[..., Any]:
         except (*USER_ERRORS, RunError) as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+
+    return wrapper
+
+
+def entry_point(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
+    """A ``@hydra.main`` function whose command-line mistakes (a misspelt key, a wrong type, an
+    unknown group option) end in one line, ``error: ...``, and exit status 2, as in ``reports_errors``.
+
+    Hydra prints such errors itself, over several lines, and exits with 1, unless
+    ``HYDRA_FULL_ERROR`` makes it raise them: set for the call, they are caught here.
+    """
+    from hydra.errors import HydraException
+
+    @functools.wraps(hydra_main)
+    def wrapper() -> Any:
+        previous = os.environ.get("HYDRA_FULL_ERROR")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            return hydra_main()
+        except (HydraException, OmegaConfBaseException) as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            cause = error.__cause__
+            if cause is not None and str(cause).strip():
+                message += f" ({str(cause).strip().splitlines()[0]})"
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+        finally:
+            if previous is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = previous
 
     return wrapper
 

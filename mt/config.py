@@ -292,6 +292,7 @@ class EvaluateConfig:
     """The root of ``conf/evaluate.yaml``: score a checkpoint on its test split or on given files."""
 
     checkpoint: str = MISSING
+    ensemble: list[str] = field(default_factory=list)  # more checkpoints to decode with it (one vocabulary)
     source: str | None = None
     reference: str | None = None
     split: str = "test"  # used when source is not given: train | valid | test of the checkpoint's data
@@ -313,6 +314,7 @@ class TranslateConfig:
     """The root of ``conf/translate.yaml``: translate stdin (or ``input=``) to stdout."""
 
     checkpoint: str = MISSING
+    ensemble: list[str] = field(default_factory=list)  # more checkpoints to decode with it (one vocabulary)
     input: str | None = None
     beam: int | None = None
     nbest: int | None = None  # K > 1 writes TSV lines: sentence index, score, hypothesis (K per sentence)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from mt.batching import Batch, PairDataset, ResumableLoader, TokenBatchSampler
 from mt.config import DataConfig, TokenizerConfig
 from mt.data import DataError, EncodedCorpus, data_identity
-from mt.preprocess import prepare_split_arrow, raw_dataset, sample_sentences
+from mt.preprocess import describe_source, prepare_split_arrow, raw_dataset, sample_sentences
 from mt.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ class TranslationDataModule(L.LightningDataModule):
             src, tgt = sample_sentences(
                 self.data_cfg, "train", cfg.input_sentence_size, self.seed, cache_dir=self.cache_dir
             )
+            if not src:
+                raise DataError(f"{describe_source(self.data_cfg, 'train')}: the train split is empty")
             log.info(
                 "training SentencePiece (%s, %d, %s) on %d pairs of %s train",
                 cfg.model_type,

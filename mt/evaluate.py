@@ -8,16 +8,26 @@ hypotheses are written there, and the scores beside them in ``<output>.scores.js
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from mt.atomic import atomic_write
-from mt.cli import RunError, best_device, quiet_library_logs, reports_errors, set_threads, to_typed
+from mt.cli import (
+    CONF_DIR,
+    RunError,
+    best_device,
+    entry_point,
+    quiet_library_logs,
+    reports_errors,
+    set_threads,
+    to_typed,
+)
 from mt.config import DataConfig, EvaluateConfig, SearchConfig, from_dict, register_configs, with_beam
 from mt.data import DataError, load_split, read_lines
-from mt.inference import load_checkpoint, translate
+from mt.inference import load_translator, translate
 from mt.metrics import bleu, chrf
 
 register_configs()
@@ -33,34 +43,39 @@ def score_checkpoint(
     output: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    ensemble: Sequence[str | Path] = (),
 ) -> dict:
-    """Translate ``source`` (default: ``split`` of the checkpoint's data) and score it."""
+    """Translate ``source`` (default: ``split`` of the checkpoint's data) and score it.
+
+    Every check that needs no decoding (outputs that exist, unreadable, empty or misaligned input
+    files) runs before the checkpoint is loaded, and nothing is written unless decoding succeeds.
+    """
     outputs = [] if output is None else [Path(output), Path(f"{output}.scores.json")]
     for path in outputs:  # refuse before spending time decoding
+        if path.is_dir():
+            raise RunError(f"output {path} is a directory; expected a file name")
         if path.exists() and not overwrite:
             raise RunError(f"{path} exists; pass overwrite=true to replace it")
-    module = load_checkpoint(checkpoint)
-    device = best_device()
-    if source is not None:
-        sources = read_lines(source)
-        references = None if reference is None else read_lines(reference)
-        if references is not None and len(references) != len(sources):
-            raise DataError(f"reference {reference} has {len(references)} lines but source {source} has {len(sources)}")
+    if source is not None:  # read and check the input before loading the checkpoint
+        sources, references = read_source_and_reference(source, reference)
         origin = source
-    else:
+    model, module = load_translator(checkpoint, ensemble)
+    device = best_device()
+    if source is None:
         if not module.hparams.get("data"):
             raise RunError(f"checkpoint {checkpoint} records no data config: pass source= (and reference=)")
         data = from_dict(DataConfig, module.hparams["data"])
         text = load_split(data, split)
+        if len(text) == 0:
+            raise DataError(f"{text.origin}: the {split} split is empty, so there is nothing to translate")
         sources, references, origin = text.src, text.tgt, f"{data.name} {split} ({data.src_lang}-{data.tgt_lang})"
     hypotheses = [
         nbest[0][0]
-        for nbest in translate(
-            module.model.to(device), module.tokenizer, sources, search, device=device, progress=progress
-        )
+        for nbest in translate(model.to(device), module.tokenizer, sources, search, device=device, progress=progress)
     ]
     result: dict = {
         "checkpoint": str(checkpoint),
+        **({"ensemble": [str(checkpoint), *map(str, ensemble)]} if ensemble else {}),
         "data": origin,
         "sentences": len(sources),
         "beam": search.beam,
@@ -82,9 +97,22 @@ def score_checkpoint(
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def read_source_and_reference(source: str, reference: str | None) -> tuple[list[str], list[str] | None]:
+    """The lines of ``source`` (at least one) and of ``reference`` (as many), else a ``DataError``."""
+    sources = read_lines(source)
+    if not sources:
+        raise DataError(f"source {source} is empty: expected one sentence a line")
+    if reference is None:
+        return sources, None
+    references = read_lines(reference)
+    if len(references) != len(sources):
+        raise DataError(f"reference {reference} has {len(references)} lines but source {source} has {len(sources)}")
+    return sources, references
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 @reports_errors
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     config = to_typed(cfg, EvaluateConfig)
     set_threads(config.threads)
     quiet_library_logs()
@@ -96,9 +124,12 @@ def main(cfg: DictConfig) -> None:
         reference=config.reference,
         output=config.output,
         overwrite=config.overwrite,
+        ensemble=config.ensemble,
     )
     print(json.dumps(result), flush=True)
 
+
+main = entry_point(_main)
 
 if __name__ == "__main__":
     main()

@@ -217,7 +217,8 @@ def _hub_origin(cfg: DataConfig, split: str) -> str:
     return f"{cfg.hub_name}" + (f" ({cfg.hub_config})" if cfg.hub_config else "") + f" split {split_name!r}"
 
 
-def _origin(cfg: DataConfig, split: str) -> str:
+def describe_source(cfg: DataConfig, split: str) -> str:
+    """Where ``split`` is read from, for messages: its files or the hub dataset."""
     return _local_source(cfg, split).origin if cfg.path else _hub_origin(cfg, split)
 
 
@@ -575,7 +576,7 @@ def prepare_split_arrow(
         if folder.is_dir():  # another process finished it while this one waited
             return load_cached(folder)
         raw = raw_dataset(cfg, split, cache_dir=cache_dir)
-        origin = _origin(cfg, split)
+        origin = describe_source(cfg, split)
         if len(raw) == 0:
             raise DataError(f"{origin}: the {split} split is empty")
         tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")

@@ -22,7 +22,16 @@ from tqdm import tqdm
 
 from mt.atomic import atomic_write
 from mt.average import average_checkpoints, newest_checkpoints
-from mt.cli import RunError, best_device, quiet_library_logs, reports_errors, set_threads, to_typed
+from mt.cli import (
+    CONF_DIR,
+    RunError,
+    best_device,
+    entry_point,
+    quiet_library_logs,
+    reports_errors,
+    set_threads,
+    to_typed,
+)
 from mt.config import DataConfig, ReportConfig, SearchConfig, from_dict, register_configs
 from mt.data import DataError, load_split, read_lines
 from mt.inference import CheckpointError, load_checkpoint, translate
@@ -215,9 +224,9 @@ def write_report(report: dict, output_dir: Path) -> None:
     plot(report, output_dir / "report.png")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")
 @reports_errors
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     config = to_typed(cfg, ReportConfig)
     set_threads(config.threads)
     quiet_library_logs()
@@ -226,6 +235,8 @@ def main(cfg: DictConfig) -> None:
     write_report(report, output_dir)
     print(json.dumps({"report": str(output_dir / "report.md"), "rows": len(report["rows"])}), flush=True)
 
+
+main = entry_point(_main)
 
 if __name__ == "__main__":
     main()

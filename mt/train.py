@@ -28,8 +28,8 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from mt.checkpoint_io import AtomicCheckpointIO
-from mt.cli import RunError, reports_errors, set_threads, to_typed
-from mt.config import TrainConfig, TrainerConfig, register_configs, to_dict
+from mt.cli import CONF_DIR, RunError, entry_point, reports_errors, set_threads, to_typed
+from mt.config import ModelConfig, TrainConfig, TrainerConfig, from_dict, register_configs, to_dict
 from mt.datamodule import TranslationDataModule
 from mt.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
 from mt.module import TranslationModule
@@ -66,6 +66,33 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
         raise RunError(f"resume={resume}: no such checkpoint file")
     verify_checkpoint(Path(resume))
     return resume
+
+
+# The model options that decide its parameters' names and shapes (or their meaning); dropout may change.
+ARCHITECTURE = (
+    "d_model",
+    "n_heads",
+    "encoder_layers",
+    "decoder_layers",
+    "d_ff",
+    "activation",
+    "pre_norm",
+    "share_all_embeddings",
+    "share_decoder_input_output",
+)
+
+
+def check_same_model(checkpoint: Path, model: ModelConfig) -> None:
+    """Refuse to resume from a checkpoint of another architecture (before Lightning loads its weights)."""
+    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
+    saved_model = from_dict(ModelConfig, saved.get("model", {}))
+    differences = [
+        f"model.{name}={getattr(saved_model, name)} there, {getattr(model, name)} here"
+        for name in ARCHITECTURE
+        if getattr(saved_model, name) != getattr(model, name)
+    ]
+    if differences:
+        raise RunError(f"resume={checkpoint}: the checkpoint is of another model ({'; '.join(differences)})")
 
 
 def is_collective_failure(error: RuntimeError) -> bool:
@@ -212,6 +239,8 @@ def train(config: TrainConfig, run_dir: Path) -> dict | None:
 
 def _train(config: TrainConfig, run_dir: Path) -> dict | None:
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
+    if ckpt_path is not None:
+        check_same_model(Path(ckpt_path), config.model)
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))))
@@ -262,13 +291,15 @@ def _train(config: TrainConfig, run_dir: Path) -> dict | None:
     return scores
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @reports_errors
-def main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float | None:
     config = to_typed(cfg, TrainConfig)
     scores = train(config, Path(HydraConfig.get().runtime.output_dir))
     return None if scores is None else scores["bleu"]  # the value Hydra sweepers optimise
 
+
+main = entry_point(_main)
 
 if __name__ == "__main__":
     main()

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.testing import assert_close
 
+from mt.config import SearchConfig
 from mt.ensemble import Ensemble, combine
+from mt.evaluate import score_checkpoint
+from mt.inference import CheckpointError, load_translator
 from mt.search import beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID
-from tests.conftest import random_batch, random_model
+from tests.conftest import random_batch, random_model, toy_pairs, write_text_corpus
+from tests.test_cli import ROOT
+from tests.test_pipeline import fit_tiny
 
 
 def test_an_ensemble_of_one_equals_the_model_alone():
@@ -60,3 +68,35 @@ def test_ensemble_differs_from_each_member_and_greedy_runs():
     assert not torch.allclose(log_probs, step[0]) and not torch.allclose(log_probs, step[1])
     hyps = greedy_search(ensemble, src_ids, src_pad_mask, max_len_a=0.0, max_len_b=8)
     assert all(len(h.tokens) <= 8 and EOS_ID not in h.tokens for h in hyps)
+
+
+def test_evaluate_and_translate_decode_an_ensemble_of_checkpoints(toy_corpus_dir, tmp_path):
+    first, trainer = fit_tiny(toy_corpus_dir, tmp_path / "run", max_steps=10)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    _, trainer = fit_tiny(toy_corpus_dir, tmp_path / "run", max_steps=20)  # same run dir: same tokenizer
+    trainer.save_checkpoint(tmp_path / "b.ckpt")
+    a, b = str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt")
+
+    files = {"source": str(toy_corpus_dir / "test.de.gz"), "reference": str(toy_corpus_dir / "test.en.gz")}
+    search = SearchConfig(beam=2)
+    alone = score_checkpoint(a, search=search, progress=False, **files)
+    assert score_checkpoint(a, search=search, progress=False, ensemble=[a], **files)["bleu"] == alone["bleu"]
+    both = score_checkpoint(a, search=search, progress=False, ensemble=[b], **files)
+    assert both["ensemble"] == [a, b] and both["sentences"] == 40
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mt.translate", f"checkpoint={a}", f"ensemble=[{b}]", "beam=2"],
+        input="Der hund sieht der ball.\n\nDie frau mag der baum.\n",
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.splitlines()) == 3 and result.stdout.splitlines()[1] == ""
+
+    other_data = write_text_corpus(tmp_path / "data2", {"train": toy_pairs(300, seed=9), "valid": toy_pairs(10)})
+    _, trainer = fit_tiny(other_data, tmp_path / "other", max_steps=2)
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    with pytest.raises(CheckpointError, match="c.ckpt: its tokenizer differs"):
+        load_translator(a, [str(tmp_path / "c.ckpt")])
