@@ -370,6 +370,20 @@ class ReportConfig:
         )
 
 
+@dataclass
+class ExportConfig:
+    """The root of ``conf/export.yaml``: convert a checkpoint for another inference engine."""
+
+    checkpoint: str = MISSING
+    output: str = MISSING
+    format: str = "ctranslate2"
+    quantization: str | None = None  # CTranslate2: int8, int8_float32, int16, float16, bfloat16, ...
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.format == "ctranslate2", f"format={self.format!r}: expected ctranslate2")
+
+
 def with_beam(search: SearchConfig, beam: int | None) -> SearchConfig:
     """``search`` with its beam replaced by the top-level ``beam=`` shortcut, when given."""
     if beam is None:
@@ -394,6 +408,7 @@ def register_configs() -> None:
     store.store(name="translate_schema", node=TranslateConfig)
     store.store(name="average_schema", node=AverageConfig)
     store.store(name="report_schema", node=ReportConfig)
+    store.store(name="export_schema", node=ExportConfig)
 
 
 def from_dict(cls: type, values: dict) -> Any:

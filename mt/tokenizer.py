@@ -87,6 +87,14 @@ class Tokenizer:
         """Detokenized text; special ids are dropped."""
         return self.tgt.decode([[i for i in seq if i > EOS_ID] for seq in ids])
 
+    def src_pieces(self) -> list[str]:
+        """The source vocabulary as SentencePiece pieces, by id."""
+        return [self.src.id_to_piece(i) for i in range(self.src_vocab_size)]
+
+    def tgt_pieces(self) -> list[str]:
+        """The target vocabulary as SentencePiece pieces, by id."""
+        return [self.tgt.id_to_piece(i) for i in range(self.tgt_vocab_size)]
+
     def to_state(self) -> dict[str, bytes]:
         """What a checkpoint stores: the serialised models."""
         return {"src_model": self.src_model, "tgt_model": self.tgt_model}

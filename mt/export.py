@@ -1,0 +1,141 @@
+"""``python -m mt.export checkpoint=PATH format=ctranslate2 output=DIR [quantization=int8]``.
+
+Converts a checkpoint into a CTranslate2 Transformer model (``pip install -e '.[export]'``): the
+same weights in CTranslate2's spec (fused QKV and cross-attention KV map one to one, sinusoidal
+positions are written out as a table), the SentencePiece pieces as vocabularies, and EOS appended
+to every source as ``mt`` does. Translate with ``ctranslate2.Translator(DIR).translate_batch`` on
+SentencePiece pieces; ``scripts/bench_decode.py`` compares its speed and BLEU with ``mt``'s search.
+
+Every option of ``ModelConfig`` has a counterpart in the spec (pre- or post-norm, ReLU or GELU, tied
+or separate embeddings, any sizes), so nothing is refused; the one limit is the position table,
+written for ``MAX_POSITIONS`` positions (longer inputs are an error in CTranslate2, not in ``mt``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from mt.cli import CONF_DIR, RunError, entry_point, quiet_library_logs, reports_errors, to_typed
+from mt.config import ExportConfig, ModelConfig, register_configs
+from mt.inference import load_checkpoint
+from mt.layers import sinusoidal_positions
+from mt.tokenizer import Tokenizer
+
+register_configs()
+
+MAX_POSITIONS = 1024  # position table written into the model: the longest source or output it handles
+
+
+def build_spec(model_cfg: ModelConfig, state: dict[str, torch.Tensor], tokenizer: Tokenizer):
+    """A ``ctranslate2.specs.TransformerSpec`` holding the weights of ``state``."""
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    activation = common_spec.Activation.GELU if model_cfg.activation == "gelu" else common_spec.Activation.RELU
+    spec = transformer_spec.TransformerSpec.from_config(
+        (model_cfg.encoder_layers, model_cfg.decoder_layers),
+        model_cfg.n_heads,
+        pre_norm=model_cfg.pre_norm,
+        activation=activation,
+    )
+    spec.config.add_source_eos = True  # mt's encoder reads "sentence </s>"
+    spec.config.decoder_start_token = "<s>"
+    spec.config.layer_norm_epsilon = 1e-5  # torch.nn.LayerNorm's default
+
+    def weight(name: str):
+        return state[name].float().numpy()
+
+    def linear(target, name: str, bias: bool = True) -> None:
+        target.weight = weight(f"{name}.weight")
+        if bias:
+            target.bias = weight(f"{name}.bias")
+
+    def norm(target, name: str) -> None:
+        target.gamma = weight(f"{name}.weight")
+        target.beta = weight(f"{name}.bias")
+
+    positions = sinusoidal_positions(MAX_POSITIONS, model_cfg.d_model).numpy()
+    for side, embed in ((spec.encoder, "src_embed"), (spec.decoder, "tgt_embed")):
+        embeddings = side.embeddings[0] if isinstance(side.embeddings, list) else side.embeddings
+        embeddings.weight = weight(f"{embed}.tokens.weight")
+        side.scale_embeddings = True
+        side.position_encodings.encodings = positions
+    if model_cfg.pre_norm:
+        norm(spec.encoder.layer_norm, "encoder_norm")
+        norm(spec.decoder.layer_norm, "decoder_norm")
+    for i, layer in enumerate(spec.encoder.layer):
+        scope = f"encoder_layers.{i}"
+        linear(layer.self_attention.linear[0], f"{scope}.self_attn.qkv")
+        linear(layer.self_attention.linear[1], f"{scope}.self_attn.out")
+        norm(layer.self_attention.layer_norm, f"{scope}.attn_block.norm")
+        linear(layer.ffn.linear_0, f"{scope}.ffn.up")
+        linear(layer.ffn.linear_1, f"{scope}.ffn.down")
+        norm(layer.ffn.layer_norm, f"{scope}.ffn_block.norm")
+    for i, layer in enumerate(spec.decoder.layer):
+        scope = f"decoder_layers.{i}"
+        linear(layer.self_attention.linear[0], f"{scope}.self_attn.qkv")
+        linear(layer.self_attention.linear[1], f"{scope}.self_attn.out")
+        norm(layer.self_attention.layer_norm, f"{scope}.self_block.norm")
+        linear(layer.attention.linear[0], f"{scope}.cross_attn.q")
+        linear(layer.attention.linear[1], f"{scope}.cross_attn.kv")
+        linear(layer.attention.linear[2], f"{scope}.cross_attn.out")
+        norm(layer.attention.layer_norm, f"{scope}.cross_block.norm")
+        linear(layer.ffn.linear_0, f"{scope}.ffn.up")
+        linear(layer.ffn.linear_1, f"{scope}.ffn.down")
+        norm(layer.ffn.layer_norm, f"{scope}.ffn_block.norm")
+    spec.decoder.projection.weight = weight("output.weight")
+    spec.decoder.projection.bias = torch.zeros(state["output.weight"].size(0)).numpy()
+
+    spec.register_source_vocabulary(tokenizer.src_pieces())
+    spec.register_target_vocabulary(tokenizer.tgt_pieces())
+    return spec
+
+
+def export_ctranslate2(checkpoint: str | Path, output: str | Path, *, quantization: str | None = None) -> Path:
+    """Write the CTranslate2 model of ``checkpoint`` into the directory ``output``; return it."""
+    import ctranslate2
+
+    module = load_checkpoint(checkpoint)
+    state = {name: tensor for name, tensor in module.model.state_dict().items()}
+    spec = build_spec(module.model_cfg, state, module.tokenizer)
+
+    class _Converter(ctranslate2.converters.Converter):
+        def _load(self):
+            return spec
+
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _Converter().convert(str(tmp), quantization=quantization, force=True)
+    module.tokenizer.save(tmp / "tokenizer")  # the SentencePiece model(s) that make the pieces
+    (tmp / "mt_export.json").write_text(json.dumps({"checkpoint": str(checkpoint), "quantization": quantization}))
+    shutil.rmtree(output, ignore_errors=True)
+    tmp.rename(output)
+    return output
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+@reports_errors
+def _main(cfg: DictConfig) -> None:
+    config = to_typed(cfg, ExportConfig)
+    quiet_library_logs()
+    output = Path(config.output)
+    if output.exists() and not config.overwrite:
+        raise RunError(f"{output} exists; pass overwrite=true to replace it")
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        raise RunError("format=ctranslate2 needs the ctranslate2 package: pip install -e '.[export]'") from None
+    export_ctranslate2(config.checkpoint, output, quantization=config.quantization)
+    print(json.dumps({"output": str(output), "format": config.format, "quantization": config.quantization}))
+
+
+main = entry_point(_main)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""mt.export: the CTranslate2 model of a checkpoint decodes like mt's own search."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mt.inference import load_checkpoint
+from mt.search import beam_search, greedy_search
+from mt.tokenizer import EOS_ID, PAD_ID
+from tests.conftest import toy_pairs
+from tests.test_cli import ROOT
+from tests.test_pipeline import fit_tiny
+
+ctranslate2 = pytest.importorskip("ctranslate2")
+
+
+@pytest.fixture(scope="module")
+def exported(toy_corpus_dir, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("export")
+    _, trainer = fit_tiny(toy_corpus_dir, directory / "run", max_steps=60)
+    trainer.save_checkpoint(directory / "model.ckpt")
+    result = subprocess.run(
+        [sys.executable, "-m", "mt.export", f"checkpoint={directory / 'model.ckpt'}", f"output={directory / 'ct2'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return directory / "model.ckpt", directory / "ct2"
+
+
+def sources(module, count: int = 24) -> tuple[list[list[str]], torch.Tensor, torch.Tensor]:
+    """Source sentences as pieces (for CTranslate2) and as padded ids with EOS (for mt)."""
+    from mt.batching import pad_sequences
+
+    sentences = [src for src, _ in toy_pairs(count, seed=11)]
+    ids = module.tokenizer.encode_src(sentences)
+    pieces = [[module.tokenizer.src.id_to_piece(i) for i in sentence] for sentence in ids]
+    src_ids = pad_sequences(ids, suffix=EOS_ID)
+    return pieces, src_ids, src_ids == PAD_ID
+
+
+def test_ctranslate2_greedy_equals_mt_greedy(exported):
+    checkpoint, model_dir = exported
+    module = load_checkpoint(checkpoint)
+    pieces, src_ids, src_pad_mask = sources(module)
+    ours = greedy_search(module.model, src_ids, src_pad_mask, max_len_a=0.0, max_len_b=40)
+    translator = ctranslate2.Translator(str(model_dir), device="cpu")
+    theirs = translator.translate_batch(pieces, beam_size=1, max_decoding_length=40, return_scores=True)
+    for hyp, result in zip(ours, theirs):
+        tokens = [module.tokenizer.tgt.piece_to_id(p) for p in result.hypotheses[0]]
+        assert tokens == hyp.tokens
+        assert result.scores[0] == pytest.approx(hyp.log_prob / (len(hyp.tokens) + 1), abs=1e-3)
+
+
+def test_ctranslate2_beam_equals_mt_beam_without_length_penalty(exported):
+    checkpoint, model_dir = exported
+    module = load_checkpoint(checkpoint)
+    pieces, src_ids, src_pad_mask = sources(module)
+    ours = beam_search(
+        module.model, src_ids, src_pad_mask, beam=4, length_penalty_type="none", max_len_a=0.0, max_len_b=40
+    )
+    translator = ctranslate2.Translator(str(model_dir), device="cpu")
+    theirs = translator.translate_batch(
+        pieces, beam_size=4, length_penalty=0.0, max_decoding_length=40, return_scores=True
+    )
+    same = sum(
+        [module.tokenizer.tgt.piece_to_id(p) for p in result.hypotheses[0]] == hyps[0].tokens
+        for hyps, result in zip(ours, theirs)
+    )
+    assert same == len(ours)
+
+
+def test_export_refuses_an_existing_output(exported):
+    checkpoint, model_dir = exported
+    result = subprocess.run(
+        [sys.executable, "-m", "mt.export", f"checkpoint={checkpoint}", f"output={model_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        result.returncode == 2
+        and result.stderr.strip() == f"error: {model_dir} exists; pass overwrite=true to replace it"
+    )
