@@ -166,6 +166,7 @@ class SearchConfig:
     length_penalty_type: str = "gnmt"  # gnmt: ((5+len)/6)^alpha | average: len^alpha | none
     max_len_a: float = 1.2
     max_len_b: int = 10
+    min_len: int = 0  # no EOS before this many tokens (unless the maximum length is reached)
     nbest: int = 1
     max_tokens: int = 8000  # source tokens per decoding batch
 
@@ -185,6 +186,7 @@ class SearchConfig:
         )
         _require(self.max_len_a >= 0 and self.max_len_b >= 1, "max_len_a must be >= 0 and max_len_b >= 1")
         _require(self.max_tokens >= 1, f"search.max_tokens={self.max_tokens}: expected >= 1")
+        _require(self.min_len >= 0, f"min_len={self.min_len}: expected >= 0")
         _require(self.top_k >= 0, f"top_k={self.top_k}: expected >= 0")
         _require(0.0 < self.top_p <= 1.0, f"top_p={self.top_p}: expected 0 < top_p <= 1")
         _require(self.temperature > 0, f"temperature={self.temperature}: expected > 0")

@@ -117,6 +117,7 @@ def search_batch(
         max_len_b=search.max_len_b,
         length_penalty_alpha=search.length_penalty,
         length_penalty_type=search.length_penalty_type,
+        min_len=search.min_len,
     )
     if search.sampling:
         generator = torch.Generator(device=src_ids.device).manual_seed(search.seed)

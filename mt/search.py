@@ -54,14 +54,17 @@ def max_output_lengths(src_pad_mask: Tensor, a: float, b: int) -> Tensor:
     return (a * src_lengths.float() + b).floor().long().clamp(min=1)
 
 
-def _mask_step(log_probs: Tensor, at_max: Tensor) -> Tensor:
-    """Forbid PAD and BOS everywhere, and everything but EOS in rows ``at_max`` (B_rows,)."""
+def _mask_step(log_probs: Tensor, at_max: Tensor, before_min: bool = False) -> Tensor:
+    """Forbid PAD and BOS everywhere, EOS while ``before_min`` (outputs shorter than ``min_len``),
+    and everything but EOS in rows ``at_max`` (B_rows,), which wins over ``before_min``."""
     log_probs[:, PAD_ID] = -torch.inf
     log_probs[:, BOS_ID] = -torch.inf
     if at_max.any():
         eos_column = log_probs[:, EOS_ID].clone()
         log_probs[at_max] = -torch.inf
         log_probs[:, EOS_ID] = eos_column
+    if before_min:
+        log_probs[:, EOS_ID] = log_probs[:, EOS_ID].masked_fill(~at_max, -torch.inf)
     return log_probs
 
 
@@ -79,6 +82,7 @@ def _single_path(
     max_len_b: int,
     length_penalty_alpha: float,
     length_penalty_type: str,
+    min_len: int = 0,
 ) -> list[Hypothesis]:
     """One hypothesis per source, extended by ``choose(log_probs (B, V)) -> tokens (B,)`` at each step.
 
@@ -94,7 +98,7 @@ def _single_path(
     cache = None
     for step in range(int(max_lengths.max())):
         log_probs, cache = model.decode_step(tokens, memory, src_pad_mask, cache)
-        log_probs = _mask_step(log_probs, max_lengths == step + 1)
+        log_probs = _mask_step(log_probs, max_lengths == step + 1, before_min=step < min_len)
         next_tokens = choose(log_probs)
         unfinished = lengths == 0
         chosen_log_probs = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
@@ -123,6 +127,7 @@ def greedy_search(
     max_len_b: int = 10,
     length_penalty_alpha: float = 0.0,
     length_penalty_type: str = "none",
+    min_len: int = 0,
 ) -> list[Hypothesis]:
     """The most probable token at each step; one ``Hypothesis`` per source."""
     return _single_path(
@@ -134,6 +139,7 @@ def greedy_search(
         max_len_b=max_len_b,
         length_penalty_alpha=length_penalty_alpha,
         length_penalty_type=length_penalty_type,
+        min_len=min_len,
     )
 
 
@@ -168,6 +174,7 @@ def sample(
     max_len_b: int = 10,
     length_penalty_alpha: float = 0.0,
     length_penalty_type: str = "none",
+    min_len: int = 0,
 ) -> list[Hypothesis]:
     """Ancestral sampling from the (temperature-scaled, top-k / top-p filtered) distribution."""
     if temperature <= 0:
@@ -186,6 +193,7 @@ def sample(
         max_len_b=max_len_b,
         length_penalty_alpha=length_penalty_alpha,
         length_penalty_type=length_penalty_type,
+        min_len=min_len,
     )
 
 
@@ -272,6 +280,7 @@ def beam_search(
     max_len_b: int = 10,
     length_penalty_alpha: float = 1.0,
     length_penalty_type: str = "gnmt",
+    min_len: int = 0,
 ) -> list[list[Hypothesis]]:
     """Batched beam search; returns each source's ``nbest`` hypotheses, best first."""
     if not 1 <= nbest <= beam:
@@ -292,7 +301,7 @@ def beam_search(
     while state.sources.numel():
         log_probs, state.cache = model.decode_step(state.tokens, state.memory, state.src_pad_mask, state.cache)
         at_max = (state.max_lengths <= state.tokens.size(1)).repeat_interleave(beam)
-        log_probs = _mask_step(log_probs, at_max)
+        log_probs = _mask_step(log_probs, at_max, before_min=state.tokens.size(1) - 1 < min_len)
         cand_scores, cand_beams, cand_tokens = _expand(state, log_probs, beam)
         done = _finalize(
             state,

@@ -190,3 +190,33 @@ def test_filter_logits_keeps_top_k_and_the_nucleus():
     assert torch.isfinite(filter_logits(log_probs, top_p=0.81)).tolist() == [[True, True, True, False]]
     shuffled = log_probs[:, [2, 0, 3, 1]]
     assert torch.isfinite(filter_logits(shuffled, top_p=0.8)).tolist() == [[False, True, False, True]]
+
+
+class EosFirst:
+    """A decoder that prefers EOS above all (so without ``min_len`` every output is empty)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def encode(self, src_ids, src_pad_mask):
+        return self.model.encode(src_ids, src_pad_mask)
+
+    def decode_step(self, tgt_ids, memory, src_pad_mask, cache=None):
+        log_probs, cache = self.model.decode_step(tgt_ids, memory, src_pad_mask, cache)
+        log_probs[:, EOS_ID] += 50.0
+        return torch.log_softmax(log_probs, dim=-1), cache
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_min_len_delays_eos_and_max_len_still_wins(beam):
+    model = EosFirst(random_model(31, vocab=30))
+    src_ids, src_pad_mask = random_batch(32, [3, 5, 4], vocab=30)
+
+    def decode(**options):
+        if beam == 1:
+            return greedy_search(model, src_ids, src_pad_mask, max_len_a=0.0, **options)
+        return [h[0] for h in beam_search(model, src_ids, src_pad_mask, beam=beam, max_len_a=0.0, **options)]
+
+    assert all(h.tokens == [] for h in decode(max_len_b=12))
+    assert all(len(h.tokens) == 6 for h in decode(min_len=6, max_len_b=12))  # EOS as soon as allowed
+    assert all(len(h.tokens) == 8 for h in decode(min_len=20, max_len_b=9))  # the maximum (EOS included) wins
