@@ -1,0 +1,240 @@
+"""Decoding speed: ``mt``'s search against Hugging Face ``generate()`` and CTranslate2, in one process.
+
+Two comparisons, each repeated ``--rounds`` times in alternating order (medians, min-max):
+
+1. **Real lengths, trained weights** (``--checkpoint``, on test_2016_flickr or ``--source/--reference``):
+   ``mt`` beam 5 and greedy (batches of ``--batch`` sentences, and ``max_tokens`` batches), and the
+   same weights exported to CTranslate2 (``mt.export``) in float32 and int8. Every row reports BLEU,
+   so a fast but broken decoder cannot pass. Length normalisation is the same in both (score /
+   length, CTranslate2's ``length_penalty=1``; ``mt``'s ``length_penalty_type=average``).
+2. **Same work, same shape**: an ``mt`` model and a ``transformers.MarianMTModel`` of the checkpoint's
+   shape (random weights: no trained Marian exists here; ``mt``'s pre-norm model cannot be loaded
+   into post-norm Marian), every output forced to ``L`` tokens (``mt``: ``min_len``; HF:
+   ``min_new_tokens``/``max_new_tokens``), so both run the same number of decoder steps.
+
+Sentences/s and generated target tokens/s are reported per row, and the ratios the targets are
+stated in: mt beam 5 / HF beam 5 and mt greedy / HF greedy (target >= 1.6), mt beam 5 /
+CTranslate2 float32 (target >= 0.8).
+
+    python scripts/bench_decode.py --checkpoint outputs/main/checkpoints/best.ckpt   # MT_DATA_DIR data
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from mt.batching import pad_sequences  # noqa: E402
+from mt.config import DataConfig, SearchConfig, from_dict  # noqa: E402
+from mt.data import load_split, read_lines  # noqa: E402
+from mt.inference import decode_ids, load_checkpoint  # noqa: E402
+from mt.metrics import bleu  # noqa: E402
+from mt.model import Transformer  # noqa: E402
+from mt.tokenizer import EOS_ID, PAD_ID  # noqa: E402
+
+
+def timed(function):
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def mt_decoder(model, tokenizer, src_ids: list, search: SearchConfig, batch: int | None):
+    """A function decoding all sources with mt: batches of ``batch`` sentences, or max_tokens batches."""
+
+    def run() -> list[list[int]]:
+        if batch is None:
+            return [nbest[0].tokens for nbest in decode_ids(model, src_ids, search)]
+        budget = dataclasses.replace(search, max_tokens=10**9)  # batches of exactly ``batch`` sentences
+        order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))  # mt sorts by length itself
+        results: dict[int, list[int]] = {}
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
+            for i, nbest in zip(chunk, decode_ids(model, [src_ids[i] for i in chunk], budget)):
+                results[i] = nbest[0].tokens
+        return [results[i] for i in range(len(src_ids))]
+
+    return run
+
+
+def ct2_decoder(model_dir: Path, pieces: list[list[str]], beam: int, batch: int, compute_type: str, threads: int):
+    import ctranslate2
+
+    translator = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type, intra_threads=threads)
+
+    def run() -> list[list[str]]:
+        results = translator.translate_batch(
+            pieces,
+            beam_size=beam,
+            length_penalty=1.0 if beam > 1 else 0.0,
+            max_batch_size=batch,
+            batch_type="examples",
+            max_decoding_length=256,
+        )
+        return [r.hypotheses[0] for r in results]
+
+    return run
+
+
+def hf_marian(model_cfg, vocab_size: int):
+    from transformers import MarianConfig, MarianMTModel
+
+    config = MarianConfig(
+        vocab_size=vocab_size,
+        d_model=model_cfg.d_model,
+        encoder_layers=model_cfg.encoder_layers,
+        decoder_layers=model_cfg.decoder_layers,
+        encoder_attention_heads=model_cfg.n_heads,
+        decoder_attention_heads=model_cfg.n_heads,
+        encoder_ffn_dim=model_cfg.d_ff,
+        decoder_ffn_dim=model_cfg.d_ff,
+        activation_function=model_cfg.activation,
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        max_position_embeddings=512,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=2,
+        forced_eos_token_id=None,
+    )
+    return MarianMTModel(config).eval()
+
+
+def hf_decoder(model, src_ids: list, beam: int, batch: int, length: int):
+    def run() -> int:
+        generated = 0
+        with torch.inference_mode():
+            for start in range(0, len(src_ids), batch):
+                ids = pad_sequences(src_ids[start : start + batch], suffix=EOS_ID)
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=(ids != PAD_ID).long(),
+                    num_beams=beam,
+                    do_sample=False,
+                    min_new_tokens=length,
+                    max_new_tokens=length,
+                    early_stopping=False,
+                )
+                generated += int((out[:, 1:] != PAD_ID).sum())
+        return generated
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--source", help="plain-text source (default: the checkpoint data's test split)")
+    parser.add_argument("--reference")
+    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--forced-sentences", type=int, default=500, help="sentences for the same-work comparison")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    module = load_checkpoint(args.checkpoint)
+    tokenizer, model = module.tokenizer, module.model
+    if args.source:
+        sources, references = read_lines(args.source), read_lines(args.reference)
+    else:
+        text = load_split(from_dict(DataConfig, module.hparams["data"]), "test")
+        sources, references = text.src, text.tgt
+    sources, references = sources[: args.sentences], references[: args.sentences]
+    src_ids = tokenizer.encode_src(sources)
+    pieces = [[tokenizer.src.id_to_piece(i) for i in sentence] for sentence in src_ids]
+
+    from mt.export import export_ctranslate2
+
+    ct2_dir = export_ctranslate2(args.checkpoint, Path(tempfile.mkdtemp(prefix="mt-ct2-")) / "model")
+
+    beam5 = SearchConfig(beam=5, length_penalty=1.0, length_penalty_type="average")
+    greedy = SearchConfig(beam=1, length_penalty=0.0, length_penalty_type="none")
+    real = {
+        "mt beam 5, batch": mt_decoder(model, tokenizer, src_ids, beam5, args.batch),
+        "mt beam 5, max_tokens": mt_decoder(model, tokenizer, src_ids, beam5, None),
+        "ct2 fp32 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "float32", args.threads),
+        "ct2 int8 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "int8", args.threads),
+        "mt greedy, batch": mt_decoder(model, tokenizer, src_ids, greedy, args.batch),
+        "mt greedy, max_tokens": mt_decoder(model, tokenizer, src_ids, greedy, None),
+        "ct2 fp32 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "float32", args.threads),
+        "ct2 int8 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "int8", args.threads),
+    }
+    length = round(sum(len(t) for t in tokenizer.encode_tgt(references)) / len(references)) + 1
+    forced_ids = src_ids[: args.forced_sentences]
+    torch.manual_seed(0)
+    vocab = {"src_vocab_size": tokenizer.src_vocab_size, "tgt_vocab_size": tokenizer.tgt_vocab_size}
+    random_mt = Transformer(module.model_cfg, **vocab).eval()
+    torch.manual_seed(0)
+    marian = hf_marian(module.model_cfg, tokenizer.tgt_vocab_size)
+    forced_search = {  # length - 1 tokens, then EOS: ``length`` decoder steps, as HF's ``length`` new tokens
+        beam: SearchConfig(beam=beam, length_penalty_type="none", min_len=length - 1, max_len_a=0.0, max_len_b=length)
+        for beam in (1, 5)
+    }
+    same_work = {
+        "mt beam 5 (forced)": mt_decoder(random_mt, tokenizer, forced_ids, forced_search[5], args.batch),
+        "hf beam 5 (forced)": hf_decoder(marian, forced_ids, 5, args.batch, length),
+        "mt greedy (forced)": mt_decoder(random_mt, tokenizer, forced_ids, forced_search[1], args.batch),
+        "hf greedy (forced)": hf_decoder(marian, forced_ids, 1, args.batch, length),
+    }
+
+    seconds: dict[str, list[float]] = {name: [] for name in [*real, *same_work]}
+    outputs: dict[str, list] = {}
+    generated: dict[str, int] = {}
+    for r in range(args.rounds):
+        names = list(seconds) if r % 2 == 0 else list(reversed(seconds))
+        for name in names:
+            run = real.get(name) or same_work[name]
+            elapsed, result = timed(run)
+            seconds[name].append(elapsed)
+            if isinstance(result, int):
+                generated[name] = result
+            else:
+                outputs[name] = result
+                generated[name] = sum(len(h) + 1 for h in result)  # tokens and EOS
+            print(f"round {r + 1} {name:24s} {elapsed:7.2f} s", file=sys.stderr, flush=True)
+
+    def text_of(name: str) -> list[str]:
+        hyps = outputs[name]
+        if name.startswith("ct2"):
+            return [tokenizer.tgt.decode_pieces(h) for h in hyps]
+        return tokenizer.decode_tgt(hyps)
+
+    print(
+        f"\n{args.checkpoint}: {len(sources)} sentences ({len(forced_ids)} forced to {length} tokens), batch "
+        f"{args.batch}, {args.threads} threads, torch {torch.__version__}\n"
+    )
+    print(f"{'decoder':26s} {'sentences/s':>22s} {'tgt tokens/s':>13s} {'BLEU':>6s}")
+    rate = {}
+    for name, times in seconds.items():
+        count = len(forced_ids) if name in same_work else len(sources)
+        median = statistics.median(times)
+        rate[name] = count / median
+        score = "" if name in same_work else f"{bleu(text_of(name), references).score:6.2f}"
+        spread = f"({count / max(times):.0f}-{count / min(times):.0f})"
+        print(f"{name:26s} {rate[name]:10.1f} {spread:>11s} {generated[name] / median:13,.0f} {score:>6s}")
+    print()
+    for ours, theirs, target in (
+        ("mt beam 5 (forced)", "hf beam 5 (forced)", 1.6),
+        ("mt greedy (forced)", "hf greedy (forced)", 1.6),
+        ("mt beam 5, batch", "ct2 fp32 beam 5", 0.8),
+        ("mt greedy, batch", "ct2 fp32 greedy", None),
+    ):
+        goal = f"(target >= {target})" if target else ""
+        print(f"{ours} / {theirs}: {rate[ours] / rate[theirs]:.2f} {goal}")
+
+
+if __name__ == "__main__":
+    main()
