@@ -54,8 +54,10 @@ def average_checkpoints(paths: list[Path]) -> dict:
     sums = {
         name: tensor.double() if tensor.is_floating_point() else tensor for name, tensor in first["state_dict"].items()
     }
+    last_step = first.get("global_step")
     for path in paths[1:]:
-        state = _load(path)["state_dict"]
+        checkpoint = _load(path)
+        state, last_step = checkpoint["state_dict"], checkpoint.get("global_step", last_step)
         if state.keys() != sums.keys() or any(state[k].shape != sums[k].shape for k in sums):
             raise CheckpointError(f"checkpoint {path}: its parameters differ in names or shapes from {paths[0]}")
         for name, tensor in state.items():
@@ -67,6 +69,7 @@ def average_checkpoints(paths: list[Path]) -> dict:
     }
     out = {key: first[key] for key in KEPT_KEYS if key in first}
     out["state_dict"] = averaged
+    out["global_step"] = last_step  # the step of the newest weights (paths are oldest first)
     out["averaged_from"] = [str(p) for p in paths]
     return out
 

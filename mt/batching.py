@@ -140,9 +140,10 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         max_tokens: padded tokens per batch on one rank.
         shuffle: shuffle ties and batch order from ``(seed, epoch)``; otherwise sorted, fixed.
         num_replicas, rank: distributed sharding, every ``num_replicas``-th batch from ``rank``.
-        even: give every rank the same number of batches (training: no rank may wait on a collective
-            the others never join), by repeating a few batches; false for validation, where every
-            batch must count once.
+
+    Every rank gets the same number of batches, a few repeated by wrapping around (no rank may wait on
+    a collective the others never join); ``num_real_batches`` says how many of this rank's are not
+    repeats, so that validation counts every batch once.
     """
 
     def __init__(
@@ -156,7 +157,6 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         max_sentences: int | None = None,
-        even: bool = True,
     ) -> None:
         self.src_lengths = np.asarray(src_lengths, dtype=np.int64)
         self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int64)
@@ -172,7 +172,6 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
-        self.even = even
         self.epoch = 0
         self.position = 0  # batches of this epoch handed out (counted by ResumableLoader)
         self._resume_at = 0  # batches of this epoch to skip at the next iteration (after a resume)
@@ -224,12 +223,17 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.position = self._resume_at = int(state["position"])
 
     def shard(self) -> list[np.ndarray]:
-        """This rank's batches: every ``num_replicas``-th, the list first padded by wrapping around when ``even``."""
+        """This rank's batches: every ``num_replicas``-th, the list first padded by wrapping around."""
         batches = self.all_batches()
-        if self.even and self.num_replicas > 1 and batches:
+        if self.num_replicas > 1 and batches:
             remainder = -len(batches) % self.num_replicas
             batches = batches + [batches[i % len(batches)] for i in range(remainder)]
         return batches[self.rank :: self.num_replicas]
+
+    @property
+    def num_real_batches(self) -> int:
+        """This rank's batches that are not wrap-around repeats (they come first)."""
+        return len(range(self.rank, len(self.all_batches()), self.num_replicas))
 
     def __iter__(self) -> Iterator[list[int]]:
         start, self._resume_at = self._resume_at, 0

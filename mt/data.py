@@ -28,6 +28,7 @@ from mt.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
+CACHE_LAYOUT = 2  # bump when the encoded cache's format changes: old caches are then rebuilt
 
 
 class DataError(ValueError):
@@ -299,10 +300,14 @@ def data_identity(cfg: DataConfig, split: str) -> dict:
     that batch or cache them) and, for local files, each file's name, size and modification time."""
     batching_only = ("max_tokens", "num_workers", "cache_dir", "preprocess_workers")
     identity: dict = {k: v for k, v in asdict(cfg).items() if k not in batching_only}
+    identity["layout"] = CACHE_LAYOUT
     if cfg.path and Path(cfg.path).expanduser().is_dir():
         stem = getattr(cfg.splits, split)
         files = sorted(p for p in Path(cfg.path).expanduser().iterdir() if p.name.startswith(f"{stem}."))
         identity["files"] = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    elif cfg.hub_name and Path(cfg.hub_name).expanduser().is_dir():  # a hub-format dataset folder on disk
+        files = sorted(p for p in Path(cfg.hub_name).expanduser().rglob("*") if p.is_file())
+        identity["files"] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     return identity
 
 

@@ -125,7 +125,6 @@ class TranslationDataModule(L.LightningDataModule):
                 seed=self.seed,
                 num_replicas=trainer.world_size if trainer else 1,
                 rank=trainer.global_rank if trainer else 0,
-                even=shuffle,  # training batches are dealt evenly; validation counts each batch once
             )
         except ValueError as error:
             raise DataError(f"data {self.data_cfg.name!r} {split} split: {error}; raise data.max_tokens") from None

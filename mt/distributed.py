@@ -113,8 +113,8 @@ def gather_strided(items: list[T], count: int) -> list[T]:
     return merged
 
 
-def same_on_all_ranks(value: str) -> list[str]:
-    """The ``value`` of every rank (all of them equal unless the launch is misconfigured)."""
+def gather_objects(value: T) -> list[T]:
+    """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
     _, size = world()
     if size == 1:
         return [value]

@@ -8,6 +8,7 @@ translator from the ``.ckpt`` file alone.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import random
@@ -25,7 +26,7 @@ from torch import Tensor
 from mt.batching import Batch
 from mt.cli import RunError
 from mt.config import ModelConfig, OptimConfig, SearchConfig, ValidationConfig, from_dict
-from mt.distributed import gather_strided, same_on_all_ranks
+from mt.distributed import gather_objects, gather_strided
 from mt.inference import decode_ids
 from mt.metrics import bleu
 from mt.model import Transformer
@@ -102,7 +103,7 @@ class TranslationModule(L.LightningModule):
         self.tokenizer: Tokenizer | None = None  # set before training; restored from checkpoints
         self._throughput = _Throughput()
         self._val_sums: list[Tensor] = []
-        self._rng_state_to_restore: dict[str, Any] | None = None
+        self._rng_states_to_restore: list[dict[str, Any]] | None = None
         self._nonfinite_in_window = torch.zeros(())
         self._nonfinite_run = 0  # consecutive skipped updates
         self._nonfinite_total = 0
@@ -111,12 +112,20 @@ class TranslationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         self._nonfinite_in_window = torch.zeros((), device=self.device)
         if self.trainer.world_size > 1:  # e.g. torchrun ranks that each made their own timestamped run dir
-            run_dirs = same_on_all_ranks(str(Path(self.trainer.default_root_dir).resolve()))
+            run_dirs = gather_objects(str(Path(self.trainer.default_root_dir).resolve()))
             if len(set(run_dirs)) > 1:
                 raise RunError(
                     f"the ranks disagree on the run directory ({', '.join(sorted(set(run_dirs)))}): "
                     f"pass the same hydra.run.dir=... to every process"
                 )
+            if self.tokenizer is not None:
+                digests = gather_objects(
+                    hashlib.sha256(self.tokenizer.src_model + self.tokenizer.tgt_model).hexdigest()
+                )
+                if len(set(digests)) > 1:
+                    raise RunError(
+                        "the ranks hold different tokenizers: train it once (one run directory on a shared disk)"
+                    )
 
     # -- training ------------------------------------------------------------------------------
 
@@ -200,18 +209,32 @@ class TranslationModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._throughput.reset()
-        if self._rng_state_to_restore is not None:  # continue the random stream (dropout) exactly
-            _set_rng_state(self._rng_state_to_restore)
-            self._rng_state_to_restore = None
+        states, self._rng_states_to_restore = self._rng_states_to_restore, None
+        if states is not None:  # continue each rank's random stream (dropout) exactly
+            if len(states) == self.trainer.world_size:
+                _set_rng_state(states[self.trainer.global_rank])
+            elif self.trainer.is_global_zero:
+                log.warning(
+                    "the checkpoint holds the random states of %d ranks and this run has %d: "
+                    "dropout streams start afresh (the data order is still exact)",
+                    len(states),
+                    self.trainer.world_size,
+                )
 
     # -- validation ----------------------------------------------------------------------------
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss_sum, nll_sum, num_tokens = self._loss(batch)
-        self._val_sums.append(torch.stack([loss_sum, nll_sum, num_tokens.float()]))
+        if batch_idx < self._num_real_val_batches():  # under DDP the last few may repeat others' batches
+            self._val_sums.append(torch.stack([loss_sum, nll_sum, num_tokens.float()]))
+
+    def _num_real_val_batches(self) -> int:
+        loaders = self.trainer.val_dataloaders
+        sampler = getattr(loaders, "batch_sampler", None)
+        return getattr(sampler, "num_real_batches", 1 << 62)
 
     def on_validation_epoch_end(self) -> None:
-        sums = torch.stack(self._val_sums).sum(0) if self._val_sums else torch.zeros(3)
+        sums = torch.stack(self._val_sums).sum(0) if self._val_sums else torch.zeros(3, device=self.device)
         self._val_sums.clear()
         sums = self.all_gather(sums).reshape(-1, 3).sum(0) if self.trainer.world_size > 1 else sums
         num_tokens = sums[2].clamp(min=1)
@@ -265,13 +288,13 @@ class TranslationModule(L.LightningModule):
             checkpoint["val_metrics"] = {
                 name: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith("val/")
             }
-        checkpoint["rng_state"] = _get_rng_state()
+        checkpoint["rng_states"] = gather_objects(_get_rng_state())  # one per rank (every rank runs this hook)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "tokenizer" in checkpoint:
             self.tokenizer = Tokenizer.from_state(checkpoint["tokenizer"])
         self._throughput.previous_seconds = float(checkpoint.get("train_seconds", 0.0))
-        self._rng_state_to_restore = checkpoint.get("rng_state")
+        self._rng_states_to_restore = checkpoint.get("rng_states")
 
 
 def _get_rng_state() -> dict[str, Any]:
@@ -280,7 +303,7 @@ def _get_rng_state() -> dict[str, Any]:
     numpy_state = [kind, keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)]
     state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device
     return state
 
 
@@ -290,7 +313,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 class _Throughput:

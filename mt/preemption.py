@@ -55,11 +55,19 @@ class PreemptionCallback(L.Callback):
             log.warning("received %s: saving a checkpoint after the current step", signal.Signals(signum).name)
         self.received = signum
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After Lightning installed its handlers (which would kill or abandon the step instead).
+    def install(self) -> None:
+        """Catch the signals from now on (before data preparation: a warning then must not kill the job)."""
         for signum in (*REQUEUE_SIGNALS, *STOP_SIGNALS):
-            self._previous[signum] = signal.signal(signum, self._on_signal)
+            previous = signal.signal(signum, self._on_signal)
+            self._previous.setdefault(signum, previous)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.install()  # again: Lightning replaced the SIGTERM handler when fit started
         self._step_seen = trainer.global_step
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._stop is not None:  # saved already: no validation inside the cluster's grace period
+            raise self._stop
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if (
@@ -87,7 +95,7 @@ class PreemptionCallback(L.Callback):
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def uninstall(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()

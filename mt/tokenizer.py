@@ -61,6 +61,7 @@ class Tokenizer:
     def __init__(self, src_model: bytes, tgt_model: bytes | None = None, *, origin: str = "tokenizer") -> None:
         self.src_model = src_model
         self.tgt_model = src_model if tgt_model is None else tgt_model
+        self.origin = origin
         self.src = _processor(self.src_model, origin)
         self.tgt = self.src if self.joint else _processor(self.tgt_model, origin)
 
@@ -112,7 +113,7 @@ class Tokenizer:
         files = (
             {"spm.model": self.src_model}
             if self.joint
-            else {"spm.src.model": self.src_model, "spm.tgt.model": self.tgt_model}
+            else {"spm.tgt.model": self.tgt_model, "spm.src.model": self.src_model}  # load looks for src: last
         )
         for name, payload in files.items():
             with atomic_write(directory / name) as handle:

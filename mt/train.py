@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import zipfile
 from datetime import timedelta
@@ -35,6 +36,7 @@ from mt.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
 from mt.module import TranslationModule
 from mt.plots import plot_learning_curve
 from mt.preemption import Preempted, PreemptionCallback
+from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +84,15 @@ ARCHITECTURE = (
 )
 
 
-def check_same_model(checkpoint: Path, model: ModelConfig) -> None:
-    """Refuse to resume from a checkpoint of another architecture (before Lightning loads its weights)."""
-    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
+def check_same_model(checkpoint: Path, model: ModelConfig, tokenizer: Tokenizer) -> None:
+    """Refuse to resume from a checkpoint of another architecture or vocabulary (before Lightning loads it)."""
+    stored = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    if "tokenizer" in stored and stored["tokenizer"] != tokenizer.to_state():
+        raise RunError(
+            f"resume={checkpoint}: the checkpoint's tokenizer differs from this run's ({tokenizer.origin}); "
+            f"resume in the run directory that trained it"
+        )
+    saved = stored.get("hyper_parameters", {})
     saved_model = from_dict(ModelConfig, saved.get("model", {}))
     differences = [
         f"model.{name}={getattr(saved_model, name)} there, {getattr(model, name)} here"
@@ -127,7 +135,9 @@ def log_version(run_dir: Path, resuming: bool) -> str:
     return f"resume_{k}"
 
 
-def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool = False) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(
+    config: TrainConfig, run_dir: Path, *, resuming: bool = False, preemption: PreemptionCallback | None = None
+) -> tuple[L.Trainer, ModelCheckpoint]:
     cfg = config.trainer
     decoding = config.validation.decode != "none"
     monitor, mode = ("val/bleu", "max") if decoding else ("val/loss", "min")
@@ -149,8 +159,8 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool = False)
         enable_version_counter=False,
     )
     callbacks: list[L.Callback] = [best, last]
-    if cfg.handle_signals:
-        callbacks.append(PreemptionCallback(run_dir / "checkpoints" / "last.ckpt"))
+    if preemption is not None:
+        callbacks.append(preemption)
     if cfg.keep_checkpoints:
         callbacks.append(
             ModelCheckpoint(
@@ -238,9 +248,18 @@ def train(config: TrainConfig, run_dir: Path) -> dict | None:
 
 
 def _train(config: TrainConfig, run_dir: Path) -> dict | None:
+    preemption = PreemptionCallback(run_dir / "checkpoints" / "last.ckpt") if config.trainer.handle_signals else None
+    if preemption is not None:
+        preemption.install()
+    try:
+        return _train_with(config, run_dir, preemption)
+    finally:
+        if preemption is not None:
+            preemption.uninstall()
+
+
+def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallback | None) -> dict | None:
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
-    if ckpt_path is not None:
-        check_same_model(Path(ckpt_path), config.model)
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))))
@@ -259,8 +278,15 @@ def _train(config: TrainConfig, run_dir: Path) -> dict | None:
         data=to_dict(config.data),
     )
     module.tokenizer = tokenizer
+    if ckpt_path is not None:
+        check_same_model(Path(ckpt_path), config.model, tokenizer)
+    if preemption is not None and preemption.received:
+        print(
+            f"preempted: {signal.Signals(preemption.received).name} received before training started", file=sys.stderr
+        )
+        return None
     try:
-        trainer, best_checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None)
+        trainer, best_checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None, preemption=preemption)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except MisconfigurationException as error:  # e.g. trainer=gpu on a machine without one
         raise RunError(f"trainer: {str(error).splitlines()[0]}") from None
@@ -268,6 +294,8 @@ def _train(config: TrainConfig, run_dir: Path) -> dict | None:
         if trainer.is_global_zero:
             print(f"preempted: {stop}", file=sys.stderr, flush=True)
         return None
+    except RunError:
+        raise
     except RuntimeError as error:
         if not is_collective_failure(error):
             raise

@@ -61,15 +61,15 @@ def test_sharding_is_disjoint_complete_and_even(world):
     assert len(dealt) - len(all_batches) < world  # only the wrap-around padding repeats
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_validation_sharding_counts_every_batch_exactly_once(world):
-    src, tgt = lengths(301)
-    shards = [
-        list(TokenBatchSampler(src, tgt, 300, shuffle=False, num_replicas=world, rank=r, even=False))
-        for r in range(world)
-    ]
-    dealt = sorted(i for shard in shards for batch in shard for i in batch)
-    assert dealt == list(range(301))  # disjoint and complete, no repeats
+@pytest.mark.parametrize("world,pairs", [(2, 301), (3, 301), (8, 12)])
+def test_validation_sharding_counts_every_batch_exactly_once(world, pairs):
+    """Every rank gets batches (even when there are fewer than ranks); the real ones cover each pair once."""
+    src, tgt = lengths(pairs)
+    samplers = [TokenBatchSampler(src, tgt, 300, shuffle=False, num_replicas=world, rank=r) for r in range(world)]
+    shards = [list(sampler) for sampler in samplers]
+    assert len({len(shard) for shard in shards}) == 1 and len(shards[0]) >= 1
+    real = sorted(i for sampler, shard in zip(samplers, shards) for b in shard[: sampler.num_real_batches] for i in b)
+    assert real == list(range(pairs))
 
 
 def test_max_tokens_below_the_longest_pair_is_an_error():
