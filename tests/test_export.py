@@ -49,13 +49,15 @@ def test_ctranslate2_greedy_equals_mt_greedy(exported):
     checkpoint, model_dir = exported
     module = load_checkpoint(checkpoint)
     pieces, src_ids, src_pad_mask = sources(module)
-    ours = greedy_search(module.model, src_ids, src_pad_mask, max_len_a=0.0, max_len_b=40)
+    # CTranslate2 stops after 40 tokens; mt's maximum counts the EOS it then forces: 41.
+    ours = greedy_search(module.model, src_ids, src_pad_mask, max_len_a=0.0, max_len_b=41)
     translator = ctranslate2.Translator(str(model_dir), device="cpu")
     theirs = translator.translate_batch(pieces, beam_size=1, max_decoding_length=40, return_scores=True)
     for hyp, result in zip(ours, theirs):
         tokens = [module.tokenizer.tgt.piece_to_id(p) for p in result.hypotheses[0]]
         assert tokens == hyp.tokens
-        assert result.scores[0] == pytest.approx(hyp.log_prob / (len(hyp.tokens) + 1), abs=1e-3)
+        if len(tokens) < 40:  # a cut-off output has no EOS there, and so another score
+            assert result.scores[0] == pytest.approx(hyp.log_prob / (len(hyp.tokens) + 1), abs=1e-3)
 
 
 def test_ctranslate2_beam_equals_mt_beam_without_length_penalty(exported):
@@ -63,17 +65,18 @@ def test_ctranslate2_beam_equals_mt_beam_without_length_penalty(exported):
     module = load_checkpoint(checkpoint)
     pieces, src_ids, src_pad_mask = sources(module)
     ours = beam_search(
-        module.model, src_ids, src_pad_mask, beam=4, length_penalty_type="none", max_len_a=0.0, max_len_b=40
+        module.model, src_ids, src_pad_mask, beam=4, length_penalty_type="none", max_len_a=0.0, max_len_b=41
     )
     translator = ctranslate2.Translator(str(model_dir), device="cpu")
     theirs = translator.translate_batch(
         pieces, beam_size=4, length_penalty=0.0, max_decoding_length=40, return_scores=True
     )
-    same = sum(
-        [module.tokenizer.tgt.piece_to_id(p) for p in result.hypotheses[0]] == hyps[0].tokens
-        for hyps, result in zip(ours, theirs)
-    )
-    assert same == len(ours)
+    # Outputs cut off at the maximum length end differently (mt forces and scores an EOS there,
+    # CTranslate2 stops), which can change the ranking: compare the sentences that finished.
+    finished = [(hyps[0].tokens, result) for hyps, result in zip(ours, theirs) if len(hyps[0].tokens) < 40]
+    assert len(finished) >= len(ours) // 2
+    for tokens, result in finished:
+        assert [module.tokenizer.tgt.piece_to_id(p) for p in result.hypotheses[0]] == tokens
 
 
 def test_export_refuses_an_existing_output(exported):
