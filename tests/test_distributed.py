@@ -298,7 +298,8 @@ def test_sbatch_script_runs_two_slurm_tasks_and_a_requeued_job_resumes(toy_corpu
     (fake_bin / "srun").chmod(0o755)
     slurm_env = {
         **os.environ,
-        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        # the stand-in srun first, then this interpreter's bin: the script runs ``python`` (no venv is activated in CI)
+        "PATH": f"{fake_bin}:{Path(sys.executable).parent}:{os.environ['PATH']}",
         "SLURM_JOB_ID": str(20000 + os.getpid() % 10000),
         "SLURM_JOB_NAME": "mt",
         "SLURM_NTASKS": "2",
