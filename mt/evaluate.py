@@ -28,7 +28,7 @@ from mt.cli import (
 from mt.config import DataConfig, EvaluateConfig, SearchConfig, from_dict, register_configs, with_beam
 from mt.data import DataError, load_split, read_lines
 from mt.inference import load_translator, translate
-from mt.metrics import bleu, chrf
+from mt.metrics import scores
 
 register_configs()
 
@@ -82,13 +82,7 @@ def score_checkpoint(
         "length_penalty": search.length_penalty,
     }
     if references is not None:
-        bleu_score, chrf_score = bleu(hypotheses, references), chrf(hypotheses, references)
-        result.update(
-            bleu=round(bleu_score.score, 2),
-            chrf=round(chrf_score.score, 2),
-            bleu_signature=bleu_score.signature,
-            chrf_signature=chrf_score.signature,
-        )
+        result.update(scores(hypotheses, references))
     if output is not None:
         with atomic_write(output) as handle:
             handle.write("".join(h + "\n" for h in hypotheses).encode("utf-8"))

@@ -37,3 +37,14 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> Score:
     metric = CHRF()
     result = metric.corpus_score(list(hypotheses), [list(references)])
     return Score(result.score, str(metric.get_signature()))
+
+
+def scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
+    """BLEU and chrF rounded to 2 decimals, with their signatures: the fields every result reports."""
+    bleu_score, chrf_score = bleu(hypotheses, references), chrf(hypotheses, references)
+    return {
+        "bleu": round(bleu_score.score, 2),
+        "chrf": round(chrf_score.score, 2),
+        "bleu_signature": bleu_score.signature,
+        "chrf_signature": chrf_score.signature,
+    }

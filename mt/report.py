@@ -35,7 +35,7 @@ from mt.cli import (
 from mt.config import DataConfig, ReportConfig, SearchConfig, from_dict, register_configs
 from mt.data import DataError, load_split, read_lines
 from mt.inference import CheckpointError, load_checkpoint, translate
-from mt.metrics import bleu, chrf
+from mt.metrics import scores
 
 register_configs()
 
@@ -124,14 +124,7 @@ def decode_scores(checkpoint: Path, test_set: TestSet, search: SearchConfig, cac
         nbest[0][0]
         for nbest in translate(module.model.to(device), module.tokenizer, test_set.sources, search, device=device)
     ]
-    bleu_score, chrf_score = bleu(hypotheses, test_set.references), chrf(hypotheses, test_set.references)
-    result = {
-        "bleu": round(bleu_score.score, 2),
-        "chrf": round(chrf_score.score, 2),
-        "bleu_signature": bleu_score.signature,
-        "chrf_signature": chrf_score.signature,
-        "hypotheses": hypotheses,
-    }
+    result = {**scores(hypotheses, test_set.references), "hypotheses": hypotheses}
     with atomic_write(cached) as handle:
         handle.write(json.dumps(result).encode("utf-8"))
     return result
