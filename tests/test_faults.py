@@ -123,16 +123,18 @@ def test_a_second_job_in_a_live_run_directory_is_refused(toy_corpus_dir, tmp_pat
     assert (tmp_path / "checkpoints/last.ckpt").is_file()
 
 
-def wait_for_training(process: subprocess.Popen, run_dir: Path, steps: int, timeout: float = 120) -> None:
-    """Wait until ``steps`` training losses are in the CSV log."""
+def logged_losses(run_dir: Path) -> int:
+    """Training losses in the run's CSV logs, resumed runs' included."""
+    return sum(len(losses(path)) for path in run_dir.glob("csv/**/metrics.csv"))
+
+
+def wait_for_losses(process: subprocess.Popen, run_dir: Path, total: int, timeout: float = 120) -> None:
+    """Wait until the run has logged ``total`` training losses (failing if the process ends first)."""
     deadline = time.monotonic() + timeout
-    while True:
+    while logged_losses(run_dir) < total:
         assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "training did not start"
-        logged = list(run_dir.glob("csv/metrics.csv"))
-        if logged and len(losses(logged[0])) >= steps:
-            return
-        time.sleep(0.2)
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.1)
 
 
 def preemptible_args(data_dir: Path, run_dir: Path, max_steps: int, *extra: str) -> list[str]:
@@ -160,7 +162,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_
     process = subprocess.Popen(
         preemptible_args(toy_corpus_dir, preempted, 60), cwd=ROOT, stderr=subprocess.PIPE, text=True
     )
-    wait_for_training(process, preempted, steps=10)
+    wait_for_losses(process, preempted, 10)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr[-3000:]
@@ -199,7 +201,7 @@ def test_sigusr1_under_slurm_saves_and_requeues_the_job(toy_corpus_dir, tmp_path
     process = subprocess.Popen(
         preemptible_args(toy_corpus_dir, run_dir, 100000), cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env
     )
-    wait_for_training(process, run_dir, steps=3)
+    wait_for_losses(process, run_dir, 3)
     process.send_signal(signal.SIGUSR1)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr[-3000:]
@@ -242,8 +244,7 @@ def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(toy_corpus_dir,
             _, stderr = process.communicate(timeout=300)
             assert process.returncode == 0, stderr[-3000:]
             break
-        logged = sum(len(losses(path)) for path in crashed.glob("csv/**/metrics.csv"))
-        wait_for_new_losses(process, crashed, logged + rng.randint(3, 12))
+        wait_for_losses(process, crashed, logged_losses(crashed) + rng.randint(3, 12))
         time.sleep(rng.random() * 0.5)
         process.kill()
         process.wait()
@@ -269,14 +270,6 @@ def resume_number(path: Path) -> int:
     return int(path.parent.name.split("_")[1])
 
 
-def wait_for_new_losses(process: subprocess.Popen, run_dir: Path, total: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while sum(len(losses(path)) for path in run_dir.glob("csv/**/metrics.csv")) < total:
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "training made no progress"
-        time.sleep(0.1)
-
-
 def test_a_corrupt_last_checkpoint_is_refused_when_resuming(toy_corpus_dir, tmp_path):
     train(tiny_train_config(toy_corpus_dir, **{"trainer.max_steps": 2, "test_after_training": False}), tmp_path)
     last = tmp_path / "checkpoints/last.ckpt"
@@ -293,7 +286,7 @@ def test_sigterm_to_rank_0_of_a_ddp_run_stops_both_ranks_with_a_checkpoint(toy_c
     run_dir = tmp_path / "run"
     command = [*preemptible_args(toy_corpus_dir, run_dir, 100000), *ddp_args()]
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    wait_for_training(process, run_dir, steps=3)
+    wait_for_losses(process, run_dir, 3)
     process.send_signal(signal.SIGTERM)  # rank 0 only: rank 1 learns of it at the next step
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
