@@ -49,7 +49,7 @@ def timed(function):
     return time.perf_counter() - start, result
 
 
-def mt_decoder(model, tokenizer, src_ids: list, search: SearchConfig, batch: int | None):
+def mt_decoder(model, src_ids: list, search: SearchConfig, batch: int | None):
     """A function decoding all sources with mt: batches of ``batch`` sentences, or max_tokens batches."""
 
     def run() -> list[list[int]]:
@@ -163,12 +163,12 @@ def main() -> None:
     beam5 = SearchConfig(beam=5, length_penalty=1.0, length_penalty_type="average")
     greedy = SearchConfig(beam=1, length_penalty=0.0, length_penalty_type="none")
     real = {
-        "mt beam 5, batch": mt_decoder(model, tokenizer, src_ids, beam5, args.batch),
-        "mt beam 5, max_tokens": mt_decoder(model, tokenizer, src_ids, beam5, None),
+        "mt beam 5, batch": mt_decoder(model, src_ids, beam5, args.batch),
+        "mt beam 5, max_tokens": mt_decoder(model, src_ids, beam5, None),
         "ct2 fp32 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "float32", args.threads),
         "ct2 int8 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "int8", args.threads),
-        "mt greedy, batch": mt_decoder(model, tokenizer, src_ids, greedy, args.batch),
-        "mt greedy, max_tokens": mt_decoder(model, tokenizer, src_ids, greedy, None),
+        "mt greedy, batch": mt_decoder(model, src_ids, greedy, args.batch),
+        "mt greedy, max_tokens": mt_decoder(model, src_ids, greedy, None),
         "ct2 fp32 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "float32", args.threads),
         "ct2 int8 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "int8", args.threads),
     }
@@ -184,9 +184,9 @@ def main() -> None:
         for beam in (1, 5)
     }
     same_work = {
-        "mt beam 5 (forced)": mt_decoder(random_mt, tokenizer, forced_ids, forced_search[5], args.batch),
+        "mt beam 5 (forced)": mt_decoder(random_mt, forced_ids, forced_search[5], args.batch),
         "hf beam 5 (forced)": hf_decoder(marian, forced_ids, 5, args.batch, length),
-        "mt greedy (forced)": mt_decoder(random_mt, tokenizer, forced_ids, forced_search[1], args.batch),
+        "mt greedy (forced)": mt_decoder(random_mt, forced_ids, forced_search[1], args.batch),
         "hf greedy (forced)": hf_decoder(marian, forced_ids, 1, args.batch, length),
     }
 

@@ -106,6 +106,12 @@ def run_mt(module: TranslationModule, batches: list[Batch], warmup: int, log_dir
     return meter
 
 
+def adamw_with_schedule(model: torch.nn.Module):
+    """The optimizer and schedule the TranslationModule configures (AdamW, inverse-sqrt warmup)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=OPTIM["lr"], betas=(0.9, 0.98), eps=1e-9)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(OPTIM["warmup_steps"]))
+
+
 def run_torch(model: torch.nn.Module, optimizer, scheduler, batches: list[Batch], warmup: int) -> Meter:
     meter = Meter(warmup)
     model.train()
@@ -229,30 +235,17 @@ def main() -> None:
     sentences = max(1, round(real_per_batch / mean_tgt))  # HF batches of a fixed sentence count, same real tokens
     theirs = hf_batches(corpus, sentences, per_round * args.rounds, seed=1)
 
-    torch.manual_seed(0)
-    module = TranslationModule(
-        MODEL,
-        OPTIM,
-        {},
-        {"decode": "none"},
-        src_vocab_size=tokenizer.src_vocab_size,
-        tgt_vocab_size=tokenizer.tgt_vocab_size,
-    )
-    torch.manual_seed(0)
-    plain = TranslationModule(
-        MODEL,
-        OPTIM,
-        {},
-        {"decode": "none"},
-        src_vocab_size=tokenizer.src_vocab_size,
-        tgt_vocab_size=tokenizer.tgt_vocab_size,
-    ).model
-    plain_opt = torch.optim.AdamW(plain.parameters(), lr=OPTIM["lr"], betas=(0.9, 0.98), eps=1e-9)
-    plain_sched = torch.optim.lr_scheduler.LambdaLR(plain_opt, inverse_sqrt_schedule(OPTIM["warmup_steps"]))
+    def new_module() -> TranslationModule:  # the same initial weights for mt and the plain loop
+        torch.manual_seed(0)
+        vocab = {"src_vocab_size": tokenizer.src_vocab_size, "tgt_vocab_size": tokenizer.tgt_vocab_size}
+        return TranslationModule(MODEL, OPTIM, {}, {"decode": "none"}, **vocab)
+
+    module = new_module()
+    plain = new_module().model
+    plain_opt, plain_sched = adamw_with_schedule(plain)
     torch.manual_seed(0)
     hf = hf_model(tokenizer.tgt_vocab_size)
-    hf_opt = torch.optim.AdamW(hf.parameters(), lr=OPTIM["lr"], betas=(0.9, 0.98), eps=1e-9)
-    hf_sched = torch.optim.lr_scheduler.LambdaLR(hf_opt, inverse_sqrt_schedule(OPTIM["warmup_steps"]))
+    hf_opt, hf_sched = adamw_with_schedule(hf)
     params = {
         "mt": sum(p.numel() for p in module.parameters()),
         "hf": sum(p.numel() for p in hf.parameters() if p.requires_grad),
