@@ -7,7 +7,7 @@ adjacent rows (source-major), so a source with K beams owns rows ``s*K .. s*K+K-
 Beam search follows fairseq's rule: each step takes the top 2K candidates of a source; EOS
 candidates ranked within the top K are finished, the best K others continue; a source is done when
 it has K finished hypotheses or reaches its maximum length ``a * |src| + b`` (where EOS is forced).
-Finished sources leave the batch.
+Finished sources leave the batch, in beam search and in the single-path searches (greedy, sampling).
 """
 
 from __future__ import annotations
@@ -84,36 +84,41 @@ def _single_path(
     length_penalty_type: str,
     min_len: int = 0,
 ) -> list[Hypothesis]:
-    """One hypothesis per source, extended by ``choose(log_probs (B, V)) -> tokens (B,)`` at each step.
+    """One hypothesis per source, extended by ``choose(log_probs (B_live, V)) -> tokens (B_live,)`` at
+    each step. A source whose output has ended leaves the batch (and the cache).
 
     Scores are the model's log-probabilities of the chosen tokens, whatever rule chose them.
     """
-    batch = src_ids.size(0)
-    device = src_ids.device
     memory = model.encode(src_ids, src_pad_mask)
-    max_lengths = max_output_lengths(src_pad_mask, max_len_a, max_len_b)
-    tokens = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
-    log_prob_sums = torch.zeros(batch, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)  # 0 while unfinished
+    max_lengths = max_output_lengths(src_pad_mask, max_len_a, max_len_b)  # (B_live,)
+    sources = torch.arange(src_ids.size(0), device=src_ids.device)  # (B_live,) index in the input
+    tokens = torch.full((src_ids.size(0), 1), BOS_ID, dtype=torch.long, device=src_ids.device)
+    log_prob_sums = torch.zeros(src_ids.size(0), device=src_ids.device)
+    hypotheses: list[Hypothesis | None] = [None] * src_ids.size(0)
     cache = None
     for step in range(int(max_lengths.max())):
         log_probs, cache = model.decode_step(tokens, memory, src_pad_mask, cache)
         log_probs = _mask_step(log_probs, max_lengths == step + 1, before_min=step < min_len)
         next_tokens = choose(log_probs)
-        unfinished = lengths == 0
-        chosen_log_probs = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
-        next_tokens = torch.where(unfinished, next_tokens, PAD_ID)
-        log_prob_sums += torch.where(unfinished, chosen_log_probs, 0.0)
-        lengths = torch.where(unfinished & (next_tokens == EOS_ID), step + 1, lengths)
+        log_prob_sums += log_probs.gather(1, next_tokens[:, None]).squeeze(1)
         tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
-        if bool((lengths > 0).all()):
+        ended = next_tokens == EOS_ID
+        if not bool(ended.any()):
+            continue
+        penalty = length_penalty(step + 1, length_penalty_alpha, length_penalty_type)
+        for live in ended.nonzero().view(-1).tolist():  # a loop over ended outputs only
+            log_prob = float(log_prob_sums[live])
+            hypotheses[int(sources[live])] = Hypothesis(tokens[live, 1:-1].tolist(), log_prob / penalty, log_prob)
+        keep = (~ended).nonzero().view(-1)
+        if keep.numel() == 0:
             break
-    hypotheses = []
-    for row in range(batch):
-        length = int(lengths[row])
-        log_prob = float(log_prob_sums[row])
-        penalty = length_penalty(length, length_penalty_alpha, length_penalty_type)
-        hypotheses.append(Hypothesis(tokens[row, 1:length].tolist(), log_prob / penalty, log_prob))
+        cache.select_sources(keep, keep)
+        memory = memory.index_select(0, keep)
+        src_pad_mask = src_pad_mask.index_select(0, keep)
+        max_lengths = max_lengths.index_select(0, keep)
+        sources = sources.index_select(0, keep)
+        tokens = tokens.index_select(0, keep)
+        log_prob_sums = log_prob_sums.index_select(0, keep)
     return hypotheses
 
 
@@ -213,8 +218,13 @@ class _BeamState:
 def _expand(state: _BeamState, log_probs: Tensor, beam: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top 2K continuations of each live source: scores, beam index and token, each (B_live, 2K)."""
     vocab = log_probs.size(-1)
-    candidates = (state.scores.reshape(-1, 1) + log_probs).view(-1, beam * vocab)
-    cand_scores, flat = candidates.topk(min(2 * beam, beam * vocab), dim=-1)
+    width = state.scores.size(1)  # hypotheses per source: 1 at the first step, then K
+    candidates = (state.scores.reshape(-1, 1) + log_probs).view(-1, width * vocab)
+    cand_scores, flat = candidates.topk(min(2 * beam, width * vocab), dim=-1)
+    if flat.size(1) < beam:  # fewer candidates than beams (a toy vocabulary): pad with impossible ones
+        missing = beam - flat.size(1)
+        cand_scores = torch.nn.functional.pad(cand_scores, (0, missing), value=-torch.inf)
+        flat = torch.nn.functional.pad(flat, (0, missing), value=PAD_ID)
     return cand_scores, flat // vocab, flat % vocab
 
 
@@ -233,12 +243,13 @@ def _finalize(
     length = state.tokens.size(1)  # tokens without BOS, plus EOS
     is_eos = (cand_tokens[:, :beam] == EOS_ID) & torch.isfinite(cand_scores[:, :beam])
     penalty = length_penalty(length, alpha, kind)
+    width = state.scores.size(1)
     sources = state.sources.tolist()
     for live, rank in is_eos.nonzero().tolist():  # few per step: the loop is over finished hypotheses only
         source = sources[live]
         if len(finished[source]) >= beam:
             continue
-        row = live * beam + int(cand_beams[live, rank])
+        row = live * width + int(cand_beams[live, rank])
         log_prob = float(cand_scores[live, rank])
         finished[source].append(Hypothesis(state.tokens[row, 1:].tolist(), log_prob / penalty, log_prob))
     complete = torch.tensor([len(finished[source]) >= beam for source in sources], device=state.sources.device)
@@ -246,10 +257,12 @@ def _finalize(
 
 
 def _select(state: _BeamState, cand_scores: Tensor, cand_beams: Tensor, cand_tokens: Tensor, beam: int) -> None:
-    """Continue each source with its K best non-EOS candidates; reorder the cache to match."""
+    """Continue each source with its K best non-EOS candidates; reorder the cache to match (after the
+    first step, this also widens each source from one row to K)."""
+    width = state.scores.size(1)
     live_scores = cand_scores.masked_fill(cand_tokens == EOS_ID, -torch.inf)
     state.scores, picked = live_scores.topk(beam, dim=-1)  # (B_live, K)
-    offsets = torch.arange(state.scores.size(0), device=picked.device)[:, None] * beam
+    offsets = torch.arange(state.scores.size(0), device=picked.device)[:, None] * width
     rows = (offsets + cand_beams.gather(1, picked)).view(-1)
     state.tokens = torch.cat([state.tokens.index_select(0, rows), cand_tokens.gather(1, picked).view(-1, 1)], dim=1)
     state.cache.reorder(rows)
@@ -287,11 +300,9 @@ def beam_search(
         raise ValueError(f"nbest={nbest}: expected 1 <= nbest <= beam={beam}")
     batch = src_ids.size(0)
     device = src_ids.device
-    scores = torch.full((batch, beam), -torch.inf, device=device)
-    scores[:, 0] = 0.0  # all beams start as the same BOS prefix: expand only the first
-    state = _BeamState(
-        tokens=torch.full((batch * beam, 1), BOS_ID, dtype=torch.long, device=device),
-        scores=scores,
+    state = _BeamState(  # one row per source (the BOS prefix) until the first step has K candidates
+        tokens=torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device),
+        scores=torch.zeros(batch, 1, device=device),
         sources=torch.arange(batch, device=device),
         memory=model.encode(src_ids, src_pad_mask),
         src_pad_mask=src_pad_mask,
@@ -300,7 +311,7 @@ def beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     while state.sources.numel():
         log_probs, state.cache = model.decode_step(state.tokens, state.memory, state.src_pad_mask, state.cache)
-        at_max = (state.max_lengths <= state.tokens.size(1)).repeat_interleave(beam)
+        at_max = (state.max_lengths <= state.tokens.size(1)).repeat_interleave(state.scores.size(1))
         log_probs = _mask_step(log_probs, at_max, before_min=state.tokens.size(1) - 1 < min_len)
         cand_scores, cand_beams, cand_tokens = _expand(state, log_probs, beam)
         done = _finalize(

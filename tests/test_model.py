@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.testing import assert_close
 
-from mt.layers import sinusoidal_positions
+from mt.layers import attend, attention_mask, causal_mask, sinusoidal_positions
 from mt.tokenizer import BOS_ID
 from tests.conftest import random_batch, random_model
 
@@ -98,3 +99,23 @@ def test_embeddings_are_tied_and_positions_grow_for_long_inputs():
     memory = model.encode(src_ids, src_pad_mask)
     assert memory.shape == (1, 401, 32) and torch.isfinite(memory).all()
     assert_close(model.src_embed.positions[:256], sinusoidal_positions(256, 32))
+
+
+@pytest.mark.parametrize("query_len,key_len,causal", [(5, 5, True), (1, 7, True), (3, 7, True), (4, 6, False)])
+def test_cpu_attention_equals_torch_sdpa_in_outputs_and_gradients(query_len, key_len, causal):
+    torch.manual_seed(0)
+    q = torch.randn(3, 2, query_len, 8, requires_grad=True)
+    k, v = (torch.randn(3, 2, key_len, 8, requires_grad=True) for _ in range(2))
+    key_pad_mask = torch.zeros(3, key_len, dtype=torch.bool)
+    key_pad_mask[1, -2:] = True
+    key_pad_mask[2, :] = True  # a row of nothing but padding
+    mask = attention_mask(key_pad_mask)
+    ours = attend(q, k, v, mask, causal=causal)
+    reference_mask = mask & causal_mask(query_len, key_len, q.device) if causal else mask
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=reference_mask)
+    assert_close(ours, reference)
+    grad = torch.randn_like(ours)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad)
+    reference_grads = torch.autograd.grad(reference, (q, k, v), grad)
+    for mine, theirs in zip(ours_grads, reference_grads):
+        assert_close(mine, theirs)

@@ -220,3 +220,33 @@ def test_min_len_delays_eos_and_max_len_still_wins(beam):
     assert all(h.tokens == [] for h in decode(max_len_b=12))
     assert all(len(h.tokens) == 6 for h in decode(min_len=6, max_len_b=12))  # EOS as soon as allowed
     assert all(len(h.tokens) == 8 for h in decode(min_len=20, max_len_b=9))  # the maximum (EOS included) wins
+
+
+class EosLeaning(EosFirst):
+    """A decoder whose outputs end after a few tokens, at lengths that differ between sources."""
+
+    def decode_step(self, tgt_ids, memory, src_pad_mask, cache=None):
+        log_probs, cache = self.model.decode_step(tgt_ids, memory, src_pad_mask, cache)
+        log_probs[:, EOS_ID] += 0.8 * tgt_ids.size(1)
+        return torch.log_softmax(log_probs, dim=-1), cache
+
+
+def test_greedy_batch_whose_outputs_end_apart_decodes_like_each_sentence_alone():
+    model = EosLeaning(random_model(33, vocab=30))
+    lengths = [6, 2, 9, 4, 7]
+    src_ids, src_pad_mask = random_batch(34, lengths, vocab=30)
+    batched = greedy_search(model, src_ids, src_pad_mask, max_len_a=2.0, max_len_b=10)
+    assert len({len(h.tokens) for h in batched}) > 1  # outputs left the batch at different steps
+    for row, length in enumerate(lengths):
+        alone = src_ids[row : row + 1, : length + 1]
+        (single,) = greedy_search(model, alone, alone == 0, max_len_a=2.0, max_len_b=10)
+        assert single.tokens == batched[row].tokens
+        assert single.log_prob == pytest.approx(batched[row].log_prob, abs=1e-5)
+
+
+@pytest.mark.parametrize("beam", [4, 7])  # 2K above the vocabulary of 6; K above it
+def test_beam_wider_than_the_vocabulary_still_finds_the_hand_computed_best(beam):
+    hyps = beam_search(ScriptedDecoder(), *scripted_source(2), beam=beam, nbest=2, length_penalty_type="none")
+    for nbest in hyps:
+        assert [h.tokens for h in nbest] == [[A, B], [B]]
+        assert [h.log_prob for h in nbest] == pytest.approx([math.log(0.42), math.log(0.27)])
