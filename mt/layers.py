@@ -134,7 +134,8 @@ class CrossAttention(nn.Module):
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """memory (B_src, S, D) -> keys, values (B_src, H, S, Dh)."""
         k, v = self.kv(memory).chunk(2, dim=-1)
-        return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
+        # Contiguous once per source, so no decoding step copies them again to multiply.
+        return split_heads(k, self.n_heads).contiguous(), split_heads(v, self.n_heads).contiguous()
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, src_pad_mask: Tensor) -> Tensor:
         """x (B_src*G, T, D), k/v (B_src, H, S, Dh), src_pad_mask (B_src, S) -> (B_src*G, T, D)."""
