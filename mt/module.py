@@ -108,6 +108,10 @@ class TranslationModule(L.LightningModule):
         self._nonfinite_run = 0  # consecutive skipped updates
         self._nonfinite_total = 0
         self._validated_at_step = -1
+        # This update's logged values until Lightning writes them (after the checkpoint callbacks), and
+        # the values a resumed run writes for the step its checkpoint was saved at (see on_save_checkpoint).
+        self._unwritten_step_log: dict[str, Tensor | float] | None = None
+        self._step_log_to_write: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
         self._nonfinite_in_window = torch.zeros((), device=self.device)
@@ -145,13 +149,23 @@ class TranslationModule(L.LightningModule):
         total_loss, total_nll, total_tokens, nonfinite = stats.unbind()
         self._nonfinite_in_window = self._nonfinite_in_window + nonfinite
         loss = loss_sum * (world_size / total_tokens)
-        self.log("train/loss", total_loss / total_tokens, prog_bar=True)
-        self.log("train/ppl", torch.exp(total_nll / total_tokens))
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
+        self._unwritten_step_log = {}
+        self._log_step("train/loss", total_loss / total_tokens, prog_bar=True)
+        self._log_step("train/ppl", torch.exp(total_nll / total_tokens))
+        self._log_step("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         tokens_per_s = self._throughput.update(batch.tgt_token_count)
         if tokens_per_s is not None:
-            self.log("train/tgt_tokens_per_s", tokens_per_s)
+            self._log_step("train/tgt_tokens_per_s", tokens_per_s)
         return loss
+
+    def _log_step(self, name: str, value: Tensor | float, prog_bar: bool = False) -> None:
+        self.log(name, value, prog_bar=prog_bar)
+        if self._unwritten_step_log is not None:
+            self._unwritten_step_log[name] = value
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        # Runs after the callbacks' hooks (checkpoints) and before Lightning writes this step's logs.
+        self._unwritten_step_log = None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the update when a loss in the accumulation window was not finite (on any rank)."""
@@ -165,7 +179,7 @@ class TranslationModule(L.LightningModule):
         step = self.trainer.global_step
         if "16-mixed" != str(self.trainer.precision):  # (with fp16 the grad scaler skips the step itself)
             optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without gradients untouched
-        self.log("train/nonfinite_steps", float(self._nonfinite_total))
+        self._log_step("train/nonfinite_steps", float(self._nonfinite_total))
         limit = self.optim_cfg.max_consecutive_nonfinite
         log.warning(
             "step %d: the loss is not finite; update skipped (%d in a row, limit %d)", step, self._nonfinite_run, limit
@@ -220,6 +234,11 @@ class TranslationModule(L.LightningModule):
                     len(states),
                     self.trainer.world_size,
                 )
+        step_log, self._step_log_to_write = self._step_log_to_write, None
+        if step_log is not None:
+            for logger in self.trainer.loggers:
+                logger.log_metrics({**step_log["metrics"], "epoch": step_log["epoch"]}, step=step_log["step"])
+                logger.save()
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -289,12 +308,24 @@ class TranslationModule(L.LightningModule):
                 name: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith("val/")
             }
         checkpoint["rng_states"] = gather_objects(_get_rng_state())  # one per rank (every rank runs this hook)
+        # A save from a callback's on_train_batch_end precedes Lightning's writing of that step's logs:
+        # a kill in between would leave the step out of the logs for good (the resumed run starts after
+        # it). The checkpoint carries those values, and the resumed run writes them.
+        if self._unwritten_step_log is not None and self.trainer.training:
+            step = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs at
+            if (step + 1) % self.trainer.log_every_n_steps == 0 or self.trainer.should_stop:
+                checkpoint["unwritten_step_log"] = {
+                    "step": int(step),
+                    "epoch": int(self.trainer.current_epoch),
+                    "metrics": {name: float(value) for name, value in self._unwritten_step_log.items()},
+                }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "tokenizer" in checkpoint:
             self.tokenizer = Tokenizer.from_state(checkpoint["tokenizer"])
         self._throughput.previous_seconds = float(checkpoint.get("train_seconds", 0.0))
         self._rng_states_to_restore = checkpoint.get("rng_states")
+        self._step_log_to_write = checkpoint.get("unwritten_step_log")
 
 
 def _get_rng_state() -> dict[str, Any]:

@@ -91,3 +91,36 @@ def test_resume_with_gradient_accumulation_never_saves_inside_a_window(toy_corpu
     final_resumed = torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
     for name, tensor in final_straight.items():
         torch.testing.assert_close(final_resumed[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_crash_between_a_checkpoint_and_its_step_log_leaves_no_hole_in_the_log(toy_corpus_dir, tmp_path, monkeypatch):
+    """Lightning writes a step's logs after the callbacks that save checkpoints at that step: a kill in
+    between must not lose the step's loss (the resumed run starts after it, so it would never be logged)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    run(toy_corpus_dir, straight, 20)
+    write = CSVLogger.log_metrics
+
+    def dying_write(self, metrics, step=None):
+        if step == 11 and "train/loss" in metrics:
+            raise Killed  # after last.ckpt at step 12 (11 counted from 0) was saved
+        return write(self, metrics, step)
+
+    monkeypatch.setattr(CSVLogger, "log_metrics", dying_write)
+    with pytest.raises(Killed):
+        run(toy_corpus_dir, crashed, 20)
+    assert torch.load(crashed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 12
+    assert 11 not in losses(crashed / "csv/metrics.csv")
+    monkeypatch.setattr(CSVLogger, "log_metrics", write)
+    run(toy_corpus_dir, crashed, 20, resume="auto")
+
+    expected = losses(straight / "csv/metrics.csv")
+    got = {**losses(crashed / "csv/metrics.csv"), **losses(crashed / "csv/resume_1/metrics.csv")}
+    assert sorted(got) == sorted(expected) == list(range(20))
+    for step in expected:
+        assert abs(got[step] - expected[step]) < 1e-5, (step, got[step], expected[step])
