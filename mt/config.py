@@ -241,6 +241,12 @@ class TrainerConfig:
     # On SIGUSR1/SIGUSR2 (SLURM's warning before a time limit) save last.ckpt and requeue the job;
     # on SIGTERM save and exit. false leaves the signals to their defaults.
     handle_signals: bool = True
+    # GPU speed-ups. tf32: fp32 matmuls on TF32 tensor cores (Ampere and later; no effect elsewhere).
+    # compile: train through torch.compile of the model's forward (weights and checkpoints unchanged;
+    # the first steps of each new batch shape compile; "inductor" needs a C++/Triton toolchain).
+    tf32: bool = True
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         _require(

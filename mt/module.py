@@ -14,6 +14,7 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,7 @@ class TranslationModule(L.LightningModule):
         # the values a resumed run writes for the step its checkpoint was saved at (see on_save_checkpoint).
         self._unwritten_step_log: dict[str, Tensor | float] | None = None
         self._step_log_to_write: dict[str, Any] | None = None
+        self._compiled_forward: Callable[..., Tensor] | None = None  # see compile_forward
 
     def setup(self, stage: str) -> None:
         self._nonfinite_in_window = torch.zeros((), device=self.device)
@@ -133,8 +135,14 @@ class TranslationModule(L.LightningModule):
 
     # -- training ------------------------------------------------------------------------------
 
+    def compile_forward(self, backend: str = "inductor") -> None:
+        """Compute the loss through ``torch.compile`` of the model's forward. The compiled function is
+        not a submodule, so parameter names, checkpoints and decoding are unchanged."""
+        self._compiled_forward = torch.compile(self.model.forward, backend=backend, dynamic=True)
+
     def _loss(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-        logits = self.model(batch.src_ids, batch.src_pad_mask, batch.tgt_in)
+        forward = self._compiled_forward or self.model
+        logits = forward(batch.src_ids, batch.src_pad_mask, batch.tgt_in)
         loss_sum, nll_sum = label_smoothed_nll(logits, batch.tgt_out, self.optim_cfg.label_smoothing)
         return loss_sum, nll_sum, batch.num_tgt_tokens
 

@@ -278,6 +278,15 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
         data=to_dict(config.data),
     )
     module.tokenizer = tokenizer
+    if config.trainer.compile:
+        backends = torch.compiler.list_backends(exclude_tags=())
+        if config.trainer.compile_backend not in backends:
+            raise RunError(
+                f"trainer.compile_backend={config.trainer.compile_backend!r}: expected one of {', '.join(backends)}"
+            )
+        module.compile_forward(config.trainer.compile_backend)
+    if config.trainer.tf32 and torch.cuda.is_available():
+        enable_tf32()
     if ckpt_path is not None:
         check_same_model(Path(ckpt_path), config.model, tokenizer)
     if preemption is not None and preemption.received:
@@ -317,6 +326,15 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     (run_dir / "test_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     print(json.dumps(scores), flush=True)
     return scores
+
+
+def enable_tf32() -> None:
+    """fp32 matrix products on TF32 tensor cores (NVIDIA Ampere and later)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
+        matmul.fp32_precision = "tf32"
+    else:
+        matmul.allow_tf32 = True
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -54,3 +54,37 @@ def test_fully_padded_rows_stay_finite_in_half_precision(dtype):
         alone = model.eval()(src_ids[:1], src_pad_mask[:1], tgt_in[:1])
         together = model(src_ids, src_pad_mask, tgt_in)[:1]
     torch.testing.assert_close(together.float(), alone.float(), rtol=0.05, atol=0.05)
+
+
+def test_compiled_training_has_the_eager_losses_and_the_same_checkpoint_names(toy_corpus_dir, tmp_path):
+    """trainer.compile goes through torch.compile (AOTAutograd here: inductor would need minutes of C++
+    compilation on CPU); the losses equal eager training's and the checkpoint's parameter names do not change."""
+    from tests.test_resume import losses
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    runs = {}
+    compiled = {"trainer.compile": True, "trainer.compile_backend": "aot_eager"}
+    for name, overrides in [("eager", {}), ("compiled", compiled)]:
+        config = tiny_train_config(
+            toy_corpus_dir,
+            **{"trainer.max_steps": 6, "trainer.log_every_n_steps": 1, "validation.decode": "none"},
+            **{"test_after_training": False},
+            **overrides,
+        )
+        train(config, tmp_path / name)
+        runs[name] = losses(tmp_path / name / "csv/metrics.csv")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the compiled run went through dynamo
+    assert sorted(runs["compiled"]) == sorted(runs["eager"]) == list(range(6))
+    for step, loss in runs["eager"].items():
+        assert runs["compiled"][step] == pytest.approx(loss, abs=1e-4), step
+    names = [set(torch.load(tmp_path / n / "checkpoints/last.ckpt", weights_only=False)["state_dict"]) for n in runs]
+    assert names[0] == names[1]
+
+
+def test_an_unknown_compile_backend_is_refused_by_name(toy_corpus_dir, tmp_path):
+    from mt.cli import RunError
+
+    config = tiny_train_config(toy_corpus_dir, **{"trainer.compile": True, "trainer.compile_backend": "nonsense"})
+    with pytest.raises(RunError, match="trainer.compile_backend='nonsense'"):
+        train(config, tmp_path)
