@@ -94,6 +94,17 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def enable_tf32() -> None:
+    """fp32 matrix products on TF32 tensor cores (NVIDIA Ampere and later)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
+        matmul.fp32_precision = "tf32"
+    else:
+        matmul.allow_tf32 = True
+    # (Here, not in mt.train: Hydra's submitit launcher pickles mt.train's functions by value when it
+    # runs as __main__, and torch.backends is a module object that cannot be pickled.)
+
+
 def quiet_library_logs() -> None:
     """Keep third-party info chatter off the console of the evaluation tools."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):

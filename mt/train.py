@@ -29,7 +29,7 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from mt.checkpoint_io import AtomicCheckpointIO
-from mt.cli import CONF_DIR, RunError, entry_point, reports_errors, set_threads, to_typed
+from mt.cli import CONF_DIR, RunError, enable_tf32, entry_point, reports_errors, set_threads, to_typed
 from mt.config import ModelConfig, TrainConfig, TrainerConfig, from_dict, register_configs, to_dict
 from mt.datamodule import TranslationDataModule
 from mt.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
@@ -326,15 +326,6 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     (run_dir / "test_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     print(json.dumps(scores), flush=True)
     return scores
-
-
-def enable_tf32() -> None:
-    """fp32 matrix products on TF32 tensor cores (NVIDIA Ampere and later)."""
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
-        matmul.fp32_precision = "tf32"
-    else:
-        matmul.allow_tf32 = True
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -2,7 +2,7 @@
 # One-GPU check, under 5 minutes: model=base in bf16 for 300 steps on synthetic pairs, then the
 # training speed (target tokens/s), the model FLOPs utilisation against the card's bf16 peak, and
 # greedy / beam decoding speed of the trained weights.
-#   bash scripts/gpu_check.sh                 # PEAK_TFLOPS=989 (H100/H200 dense bf16) unless set
+#   bash scripts/gpu_check.sh [mt.train overrides, e.g. trainer.compile=true]   # PEAK_TFLOPS=989 (H100/H200 dense bf16) unless set
 # Needs a CUDA build of torch with mt's dependencies (TORCH_SPEC=... bash scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ $PY scripts/make_synthetic_corpus.py --pairs 300000 --out "$OUT/data" --quiet
 $PY -m mt.train model=base data=local data.path="$OUT/data" data.max_tokens=12000 data.num_workers=2 \
   tokenizer.vocab_size=32000 trainer=gpu trainer.max_steps=300 trainer.max_time=null trainer.log_every_n_steps=10 \
   trainer.limit_val_batches=0 validation.decode=none test_after_training=false trainer.enable_progress_bar=false \
-  hydra.run.dir="$OUT/run"
+  hydra.run.dir="$OUT/run" "$@"
 $PY - "$OUT/run" "$PEAK_TFLOPS" <<'PYTHON'
 import csv, statistics, sys, torch
 run, peak = sys.argv[1], float(sys.argv[2]) * 1e12
