@@ -29,7 +29,7 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from mt.checkpoint_io import AtomicCheckpointIO
-from mt.cli import CONF_DIR, RunError, enable_tf32, entry_point, reports_errors, set_threads, to_typed
+from mt.cli import CONF_DIR, RunError, entry_point, prepare_cuda, reports_errors, set_threads, to_typed
 from mt.config import ModelConfig, TrainConfig, TrainerConfig, from_dict, register_configs, to_dict
 from mt.datamodule import TranslationDataModule
 from mt.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
@@ -285,8 +285,7 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
                 f"trainer.compile_backend={config.trainer.compile_backend!r}: expected one of {', '.join(backends)}"
             )
         module.compile_forward(config.trainer.compile_backend)
-    if config.trainer.tf32 and torch.cuda.is_available():
-        enable_tf32()
+    prepare_cuda(tf32=config.trainer.tf32)
     if ckpt_path is not None:
         check_same_model(Path(ckpt_path), config.model, tokenizer)
     if preemption is not None and preemption.received:

@@ -1,34 +1,73 @@
 #!/usr/bin/env bash
-# One-GPU check, under 5 minutes: model=base in bf16 for 300 steps on synthetic pairs, then the
-# training speed (target tokens/s), the model FLOPs utilisation against the card's bf16 peak, and
-# greedy / beam decoding speed of the trained weights.
-#   bash scripts/gpu_check.sh [mt.train overrides, e.g. trainer.compile=true]   # PEAK_TFLOPS=989 (H100/H200 dense bf16) unless set
+# One-GPU check, about 5 minutes on an H100/H200:
+#   1. tests/test_gpu.py (SDPA kernels, cached decoding and search against the CPU, bf16 training with
+#      fused AdamW, inductor-compiled training against eager), in the background while data is prepared;
+#   2. model=base in bf16 for $STEPS steps on synthetic pairs: target tokens/s and model FLOPs utilisation;
+#   3. greedy and beam decoding speed of those weights, fp32 and bf16 autocast;
+#   4. (MULTI30K=DIR) the Multi30k GPU recipe for $M30K_STEPS updates (3000), then its test BLEU;
+#   5. (COMPILE=1) the synthetic training of step 2 with trainer.compile=true.
+#   bash scripts/gpu_check.sh [mt.train overrides]
+# Environment: PYTHON (default .venv/bin/python), MODEL (base), STEPS (300), PAIRS (100000), VOCAB (32000),
+# WORK (/tmp/mt-gpu-check), PEAK_TFLOPS (the card's dense bf16 peak; known for H100/H200/A100/L40S/A10/L4),
+# TRAINER (gpu; TRAINER=cpu MODEL=tiny STEPS=20 PAIRS=5000 VOCAB=2000 checks the script itself on a CPU).
 # Needs a CUDA build of torch with mt's dependencies (TORCH_SPEC=... bash scripts/setup.sh).
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-OUT=${OUT:-/tmp/mt-gpu-check}
-PEAK_TFLOPS=${PEAK_TFLOPS:-989}
-rm -rf "$OUT" && mkdir -p "$OUT"
-$PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('device:', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
-$PY scripts/make_synthetic_corpus.py --pairs 300000 --out "$OUT/data" --quiet
-$PY -m mt.train model=base data=local data.path="$OUT/data" data.max_tokens=12000 data.num_workers=2 \
-  tokenizer.vocab_size=32000 trainer=gpu trainer.max_steps=300 trainer.max_time=null trainer.log_every_n_steps=10 \
-  trainer.limit_val_batches=0 validation.decode=none test_after_training=false trainer.enable_progress_bar=false \
-  hydra.run.dir="$OUT/run" "$@"
-$PY - "$OUT/run" "$PEAK_TFLOPS" <<'PYTHON'
-import csv, statistics, sys, torch
-run, peak = sys.argv[1], float(sys.argv[2]) * 1e12
-rates = [float(r["train/tgt_tokens_per_s"]) for r in csv.DictReader(open(f"{run}/csv/metrics.csv")) if r.get("train/tgt_tokens_per_s")]
-ckpt = torch.load(f"{run}/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
-m = ckpt["hyper_parameters"]["model"]; d, ff, vocab = m["d_model"], m["d_ff"], ckpt["hyper_parameters"]["tgt_vocab_size"]
-enc = m["encoder_layers"] * (4 * d * d + 2 * d * ff)            # weights an encoder token passes through
-dec = m["decoder_layers"] * (8 * d * d + 2 * d * ff) + d * vocab  # self + cross attention, FFN, output layer
-flops_per_tgt_token = 6 * (enc + dec)  # forward + backward, 2 FLOPs a multiply-add; source length ~ target length
-rate = statistics.median(rates[1:] or rates)
-print(f"train: median {rate:,.0f} target tokens/s, {flops_per_tgt_token * rate / 1e12:.1f} TFLOP/s, MFU {flops_per_tgt_token * rate / peak:.1%} of {peak / 1e12:.0f} TFLOP/s")
-PYTHON
-for beam in 1 5; do
-  /usr/bin/time -f "decode beam $beam: %e s" $PY -m mt.evaluate checkpoint="$OUT/run/checkpoints/last.ckpt" \
-    source="$OUT/data/test.de.gz" reference="$OUT/data/test.en.gz" beam=$beam | tail -1
-done
+WORK=${WORK:-/tmp/mt-gpu-check}
+STEPS=${STEPS:-300}
+PAIRS=${PAIRS:-100000}
+TRAINER=${TRAINER:-gpu}
+MODEL=${MODEL:-base}
+VOCAB=${VOCAB:-32000}
+PEAK=${PEAK_TFLOPS:+--peak-tflops $PEAK_TFLOPS}
+status=0
+rm -rf "$WORK" && mkdir -p "$WORK"
+$PY -c "import torch; cuda = torch.cuda.is_available(); print('torch', torch.__version__, '|', torch.cuda.get_device_name(0) if cuda else 'no CUDA device')"
+[ "$TRAINER" = cpu ] || $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || exit 1
+
+phase() { echo; echo "== $* ($(date +%T))"; }
+
+phase "tests/test_gpu.py (background)"
+$PY -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$WORK/pytest.log" 2>&1 &
+tests=$!
+
+phase "model=$MODEL, $STEPS steps, bf16, synthetic data ($PAIRS pairs)"
+$PY scripts/make_synthetic_corpus.py --pairs "$PAIRS" --out "$WORK/data" --quiet
+train() {  # train RUN_NAME [overrides]: a short run on the synthetic corpus, then its speed and MFU
+  local name=$1; shift
+  $PY -m mt.train model="$MODEL" data=local data.path="$WORK/data" data.cache_dir="$WORK/cache" \
+    data.max_tokens=12000 data.num_workers=2 tokenizer.vocab_size="$VOCAB" trainer="$TRAINER" \
+    trainer.precision=bf16-mixed trainer.max_steps="$STEPS" trainer.max_time=null trainer.log_every_n_steps=10 \
+    trainer.limit_val_batches=0 validation.decode=none test_after_training=false trainer.enable_progress_bar=false \
+    hydra.run.dir="$WORK/$name" "$@" >"$WORK/$name.log" 2>&1 \
+    && $PY scripts/gpu_report.py train "$WORK/$name" $PEAK \
+    || { echo "training $name failed:"; tail -20 "$WORK/$name.log"; return 1; }
+}
+train eager "$@" || status=1
+
+phase "tests/test_gpu.py"
+wait $tests || status=1
+tail -15 "$WORK/pytest.log"
+
+if [ -f "$WORK/eager/checkpoints/last.ckpt" ]; then
+  phase "decoding speed, $MODEL after $STEPS steps"
+  $PY scripts/gpu_report.py decode "$WORK/eager/checkpoints/last.ckpt" "$WORK/data/test.de.gz" "$WORK/data/test.en.gz" \
+    --sentences 1000 || status=1
+fi
+
+if [ -n "${MULTI30K:-}" ]; then
+  phase "Multi30k de-en GPU recipe, ${M30K_STEPS:-3000} updates"
+  MT_DATA_DIR=$MULTI30K $PY -m mt.train experiment=multi30k_de_en_gpu trainer="$TRAINER" \
+    trainer.max_steps="${M30K_STEPS:-3000}" trainer.enable_progress_bar=false test_after_training=true \
+    hydra.run.dir="$WORK/multi30k" >"$WORK/multi30k.log" 2>&1 || { status=1; tail -20 "$WORK/multi30k.log"; }
+  grep -E "test|BLEU|bleu" "$WORK/multi30k.log" | tail -5
+  $PY scripts/gpu_report.py train "$WORK/multi30k" $PEAK || status=1
+fi
+if [ "${COMPILE:-0}" = 1 ]; then
+  phase "model=$MODEL, $STEPS steps, bf16, trainer.compile=true"
+  train compiled trainer.compile=true "$@" || status=1
+fi
+
+phase "done, status $status"
+exit $status

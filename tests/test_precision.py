@@ -88,3 +88,20 @@ def test_an_unknown_compile_backend_is_refused_by_name(toy_corpus_dir, tmp_path)
     config = tiny_train_config(toy_corpus_dir, **{"trainer.compile": True, "trainer.compile_backend": "nonsense"})
     with pytest.raises(RunError, match="trainer.compile_backend='nonsense'"):
         train(config, tmp_path)
+
+
+def test_cuda_setup_uses_the_tf32_api_lightning_reads_and_turns_cudnn_attention_off(monkeypatch):
+    """Lightning calls torch.get_float32_matmul_precision() when it sets up a CUDA device; torch >= 2.9
+    raises there if TF32 was enabled through the newer per-backend API (seen on an H200: every GPU run
+    failed at start). cuDNN attention, which re-plans for every new shape, is off. The flags need no GPU."""
+    from mt.cli import prepare_cuda
+
+    precision, cudnn_sdp = torch.get_float32_matmul_precision(), torch.backends.cuda.cudnn_sdp_enabled()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        prepare_cuda(tf32=True)
+        assert torch.get_float32_matmul_precision() == "high"
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_sdp)

@@ -1,0 +1,161 @@
+"""The CUDA path against the CPU reference: SDPA kernels, cached decoding, search, bf16 training, fused
+AdamW and torch.compile (inductor). Skipped without a GPU; scripts/gpu_check.sh runs them on one."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from mt.layers import attend, attention_mask
+from mt.search import beam_search, greedy_search
+from mt.tokenizer import BOS_ID
+from mt.train import train
+from tests.conftest import random_batch, random_model, tiny_train_config
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def exact_matmuls():
+    """Full fp32 matmuls (no TF32), so the GPU is compared with the CPU at fp32 tolerances."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("query_len,key_len,causal", [(5, 5, True), (1, 7, True), (3, 7, True), (4, 6, False)])
+def test_cuda_sdpa_attention_equals_the_cpu_path_in_outputs_and_gradients(query_len, key_len, causal):
+    torch.manual_seed(0)
+    q = torch.randn(3, 2, query_len, 8, requires_grad=True)
+    k, v = (torch.randn(3, 2, key_len, 8, requires_grad=True) for _ in range(2))
+    key_pad_mask = torch.zeros(3, key_len, dtype=torch.bool)
+    key_pad_mask[1, -2:] = True
+    mask = attention_mask(key_pad_mask)
+    on_cpu = attend(q, k, v, mask, causal=causal)
+    gpu_inputs = [t.detach().to(CUDA).requires_grad_() for t in (q, k, v)]
+    on_gpu = attend(*gpu_inputs, mask.to(CUDA), causal=causal)
+    assert_close(on_gpu.cpu(), on_cpu, rtol=1e-4, atol=1e-5)
+    grad = torch.randn_like(on_cpu)
+    cpu_grads = torch.autograd.grad(on_cpu, (q, k, v), grad)
+    gpu_grads = torch.autograd.grad(on_gpu, gpu_inputs, grad.to(CUDA))
+    for theirs, mine in zip(cpu_grads, gpu_grads):
+        assert_close(mine.cpu(), theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_model_on_cuda_equals_cpu_and_cached_decoding_equals_full():
+    model = random_model(1, layers=3)
+    src_ids, src_pad_mask = random_batch(2, [3, 7, 1])
+    torch.manual_seed(3)
+    tgt_in = torch.cat([torch.full((3, 1), BOS_ID), torch.randint(4, 40, (3, 8))], dim=1)
+    on_cpu = torch.log_softmax(model(src_ids, src_pad_mask, tgt_in), -1)
+    model = model.to(CUDA)
+    src_ids, src_pad_mask, tgt_in = src_ids.to(CUDA), src_pad_mask.to(CUDA), tgt_in.to(CUDA)
+    full = torch.log_softmax(model(src_ids, src_pad_mask, tgt_in), -1)
+    assert_close(full.cpu(), on_cpu, rtol=1e-4, atol=1e-4)
+    memory, cache = model.encode(src_ids, src_pad_mask), None
+    for t in range(1, tgt_in.size(1) + 1):
+        step_log_probs, cache = model.decode_step(tgt_in[:, :t], memory, src_pad_mask, cache)
+        assert_close(step_log_probs, full[:, t - 1], rtol=1e-4, atol=1e-4)
+
+
+def test_search_on_cuda_finds_the_cpu_hypotheses_and_beam_one_is_greedy():
+    model = random_model(21, vocab=30)
+    src_ids, src_pad_mask = random_batch(22, [3, 8, 5, 1], vocab=30)
+    options = dict(max_len_a=1.5, max_len_b=4, length_penalty_alpha=1.0, length_penalty_type="gnmt")
+    cpu_beam = beam_search(model, src_ids, src_pad_mask, beam=4, nbest=4, **options)
+    model, src_ids, src_pad_mask = model.to(CUDA), src_ids.to(CUDA), src_pad_mask.to(CUDA)
+    gpu_beam = beam_search(model, src_ids, src_pad_mask, beam=4, nbest=4, **options)
+    assert [[h.tokens for h in n] for n in gpu_beam] == [[h.tokens for h in n] for n in cpu_beam]
+    for gpu, cpu in zip(gpu_beam, cpu_beam):
+        assert [h.score for h in gpu] == pytest.approx([h.score for h in cpu], abs=1e-4)
+    greedy = greedy_search(model, src_ids, src_pad_mask, **options)
+    beam_one = beam_search(model, src_ids, src_pad_mask, beam=1, **options)
+    assert [h.tokens for h in greedy] == [b[0].tokens for b in beam_one]
+
+
+def _losses(run_dir) -> list[float]:
+    with open(run_dir / "csv/metrics.csv", newline="") as handle:
+        return [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+
+
+@pytest.mark.parametrize("clip_norm,fused", [(0.0, True), (1.0, False)])
+def test_bf16_training_on_cuda_lowers_the_loss_with_fused_adamw_unless_clipping(
+    toy_corpus_dir, tmp_path, clip_norm, fused
+):
+    from mt.module import TranslationModule
+
+    seen = {}
+    original = TranslationModule.configure_optimizers
+
+    def spy(self):
+        result = original(self)
+        seen["fused"] = bool(result["optimizer"].defaults.get("fused"))
+        return result
+
+    config = tiny_train_config(
+        toy_corpus_dir,
+        **{"trainer.accelerator": "gpu", "trainer.precision": "bf16-mixed", "trainer.max_steps": 60},
+        **{"trainer.log_every_n_steps": 1, "optim.clip_norm": clip_norm, "test_after_training": False},
+    )
+    TranslationModule.configure_optimizers = spy
+    try:
+        train(config, tmp_path)
+    finally:
+        TranslationModule.configure_optimizers = original
+    losses = _losses(tmp_path)
+    assert len(losses) == 60 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-10:]) < 0.7 * sum(losses[:10])
+    assert seen["fused"] is fused
+
+
+def test_inductor_compiled_training_on_cuda_has_the_eager_losses(toy_corpus_dir, tmp_path):
+    torch._dynamo.reset()
+    runs = {}
+    for name, overrides in [("eager", {}), ("compiled", {"trainer.compile": True})]:
+        config = tiny_train_config(
+            toy_corpus_dir,
+            **{"trainer.accelerator": "gpu", "trainer.max_steps": 6, "trainer.log_every_n_steps": 1},
+            **{"trainer.tf32": False, "validation.decode": "none", "test_after_training": False},
+            **overrides,
+        )
+        train(config, tmp_path / name)
+        runs[name] = _losses(tmp_path / name)
+    assert len(runs["eager"]) == len(runs["compiled"]) == 6
+    assert runs["compiled"] == pytest.approx(runs["eager"], abs=2e-3)
+
+
+def test_flash_or_efficient_sdpa_runs_in_bf16_on_cuda():
+    """The training shapes (causal self-attention, padded cross-attention) run under bf16 autocast
+    without falling back to the math kernel where a fused one applies."""
+    q, k, v = (torch.randn(4, 8, 32, 64, device=CUDA, dtype=torch.bfloat16) for _ in range(3))
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        causal = attend(q, k, v, None, causal=True)
+        key_pad_mask = torch.zeros(4, 32, dtype=torch.bool, device=CUDA)
+        key_pad_mask[1, -5:] = True
+        padded = attend(q, k, v, attention_mask(key_pad_mask))
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert_close(causal.float(), reference, rtol=2e-2, atol=2e-2)
+    assert torch.isfinite(padded).all()
+
+
+def test_after_cuda_setup_bf16_attention_runs_no_cudnn_kernel():
+    """cuDNN's SDPA re-plans for every new shape (hundreds of ms); prepare_cuda turns it off, so bf16
+    attention of changing lengths runs the flash / memory-efficient kernels."""
+    from mt.cli import prepare_cuda
+
+    prepare_cuda(tf32=False)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for length in (17, 23, 31):
+            q, k, v = (torch.randn(4, 8, length, 64, device=CUDA, dtype=torch.bfloat16) for _ in range(3))
+            attend(q, k, v, None, causal=True)
+        torch.cuda.synchronize()
+    kernels = [event.name for event in profile.events() if event.device_type == torch.autograd.DeviceType.CUDA]
+    assert kernels and not any("cudnn" in name.lower() for name in kernels), kernels
