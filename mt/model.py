@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mt.config import ModelConfig
-from mt.layers import CrossAttention, Embedding, FeedForward, LayerCache, Residual, SelfAttention
+from mt.layers import CrossAttention, Embedding, FeedForward, LayerCache, OutputProjection, Residual, SelfAttention
 from mt.tokenizer import PAD_ID
 
 
@@ -108,7 +108,7 @@ class Transformer(nn.Module):
         # Pre-norm leaves the residual stream unnormalised: normalise the stacks' outputs.
         self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
-        self.output = nn.Linear(cfg.d_model, tgt_vocab_size, bias=False)
+        self.output = OutputProjection(cfg.d_model, tgt_vocab_size, bias=False)
         self._init_weights()
         if cfg.share_all_embeddings or cfg.share_decoder_input_output:
             self.output.weight = self.tgt_embed.tokens.weight

@@ -119,3 +119,24 @@ def test_cpu_attention_equals_torch_sdpa_in_outputs_and_gradients(query_len, key
     reference_grads = torch.autograd.grad(reference, (q, k, v), grad)
     for mine, theirs in zip(ours_grads, reference_grads):
         assert_close(mine, theirs)
+
+
+def test_output_projection_packed_for_cpu_inference_equals_linear_and_follows_weight_updates():
+    """Without gradients on CPU the vocabulary projection runs through oneDNN with a packed weight: the same
+    logits as F.linear, for 2-D and 3-D inputs, and repacked after the weight changes (training between
+    validations)."""
+    from mt.layers import OutputProjection
+
+    torch.manual_seed(0)
+    layer = OutputProjection(32, 300, bias=False)
+    x = torch.randn(5, 7, 32)
+    with torch.no_grad():
+        for inputs in (x, x[:, -1]):
+            assert_close(layer(inputs), F.linear(inputs, layer.weight), rtol=1e-5, atol=1e-5)
+        layer.weight.mul_(2.0)  # an optimiser step, in place
+        assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+    loss = layer(x).square().sum()  # with gradients: F.linear, and the weight gets its gradient
+    loss.backward()
+    assert layer.weight.grad is not None
