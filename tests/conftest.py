@@ -119,3 +119,18 @@ def random_batch(seed: int, lengths: list[int], vocab: int = 40) -> tuple[torch.
     seqs = [torch.randint(4, vocab, (n,), generator=generator).tolist() for n in lengths]
     src_ids = pad_sequences(seqs, suffix=EOS_ID)
     return src_ids, src_ids == PAD_ID
+
+
+def random_attention_inputs(
+    query_len: int, key_len: int, *, padded_row: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (3, 2, T_q, 8), k, v (3, 2, T_k, 8) requiring gradients, and their key padding mask (3, T_k):
+    row 1 ends in 2 pads, row 2 (with ``padded_row``) is nothing but padding."""
+    torch.manual_seed(0)
+    q = torch.randn(3, 2, query_len, 8, requires_grad=True)
+    k, v = (torch.randn(3, 2, key_len, 8, requires_grad=True) for _ in range(2))
+    key_pad_mask = torch.zeros(3, key_len, dtype=torch.bool)
+    key_pad_mask[1, -2:] = True
+    if padded_row:
+        key_pad_mask[2, :] = True
+    return q, k, v, key_pad_mask

@@ -3,8 +3,6 @@ AdamW and torch.compile (inductor). Skipped without a GPU; scripts/gpu_check.sh 
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +12,8 @@ from mt.layers import attend, attention_mask
 from mt.search import beam_search, greedy_search
 from mt.tokenizer import BOS_ID
 from mt.train import train
-from tests.conftest import random_batch, random_model, tiny_train_config
+from tests.conftest import random_attention_inputs, random_batch, random_model, tiny_train_config
+from tests.test_resume import losses
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -31,11 +30,7 @@ def exact_matmuls():
 
 @pytest.mark.parametrize("query_len,key_len,causal", [(5, 5, True), (1, 7, True), (3, 7, True), (4, 6, False)])
 def test_cuda_sdpa_attention_equals_the_cpu_path_in_outputs_and_gradients(query_len, key_len, causal):
-    torch.manual_seed(0)
-    q = torch.randn(3, 2, query_len, 8, requires_grad=True)
-    k, v = (torch.randn(3, 2, key_len, 8, requires_grad=True) for _ in range(2))
-    key_pad_mask = torch.zeros(3, key_len, dtype=torch.bool)
-    key_pad_mask[1, -2:] = True
+    q, k, v, key_pad_mask = random_attention_inputs(query_len, key_len, padded_row=False)
     mask = attention_mask(key_pad_mask)
     on_cpu = attend(q, k, v, mask, causal=causal)
     gpu_inputs = [t.detach().to(CUDA).requires_grad_() for t in (q, k, v)]
@@ -79,14 +74,9 @@ def test_search_on_cuda_finds_the_cpu_hypotheses_and_beam_one_is_greedy():
     assert [h.tokens for h in greedy] == [b[0].tokens for b in beam_one]
 
 
-def _losses(run_dir) -> list[float]:
-    with open(run_dir / "csv/metrics.csv", newline="") as handle:
-        return [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]
-
-
 @pytest.mark.parametrize("clip_norm,fused", [(0.0, True), (1.0, False)])
 def test_bf16_training_on_cuda_lowers_the_loss_with_fused_adamw_unless_clipping(
-    toy_corpus_dir, tmp_path, clip_norm, fused
+    toy_corpus_dir, tmp_path, clip_norm, fused, monkeypatch
 ):
     from mt.module import TranslationModule
 
@@ -98,19 +88,16 @@ def test_bf16_training_on_cuda_lowers_the_loss_with_fused_adamw_unless_clipping(
         seen["fused"] = bool(result["optimizer"].defaults.get("fused"))
         return result
 
+    monkeypatch.setattr(TranslationModule, "configure_optimizers", spy)
     config = tiny_train_config(
         toy_corpus_dir,
         **{"trainer.accelerator": "gpu", "trainer.precision": "bf16-mixed", "trainer.max_steps": 60},
         **{"trainer.log_every_n_steps": 1, "optim.clip_norm": clip_norm, "test_after_training": False},
     )
-    TranslationModule.configure_optimizers = spy
-    try:
-        train(config, tmp_path)
-    finally:
-        TranslationModule.configure_optimizers = original
-    losses = _losses(tmp_path)
-    assert len(losses) == 60 and all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-10:]) < 0.7 * sum(losses[:10])
+    train(config, tmp_path)
+    step_losses = list(losses(tmp_path / "csv/metrics.csv").values())
+    assert len(step_losses) == 60 and all(torch.isfinite(torch.tensor(step_losses)))
+    assert sum(step_losses[-10:]) < 0.7 * sum(step_losses[:10])
     assert seen["fused"] is fused
 
 
@@ -125,7 +112,7 @@ def test_inductor_compiled_training_on_cuda_has_the_eager_losses(toy_corpus_dir,
             **overrides,
         )
         train(config, tmp_path / name)
-        runs[name] = _losses(tmp_path / name)
+        runs[name] = list(losses(tmp_path / name / "csv/metrics.csv").values())
     assert len(runs["eager"]) == len(runs["compiled"]) == 6
     assert runs["compiled"] == pytest.approx(runs["eager"], abs=2e-3)
 

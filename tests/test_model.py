@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from mt.layers import attend, attention_mask, causal_mask, sinusoidal_positions
 from mt.tokenizer import BOS_ID
-from tests.conftest import random_batch, random_model
+from tests.conftest import random_attention_inputs, random_batch, random_model
 
 
 def teacher_forced_log_probs(model, src_ids, src_pad_mask, tgt_in):
@@ -103,12 +103,7 @@ def test_embeddings_are_tied_and_positions_grow_for_long_inputs():
 
 @pytest.mark.parametrize("query_len,key_len,causal", [(5, 5, True), (1, 7, True), (3, 7, True), (4, 6, False)])
 def test_cpu_attention_equals_torch_sdpa_in_outputs_and_gradients(query_len, key_len, causal):
-    torch.manual_seed(0)
-    q = torch.randn(3, 2, query_len, 8, requires_grad=True)
-    k, v = (torch.randn(3, 2, key_len, 8, requires_grad=True) for _ in range(2))
-    key_pad_mask = torch.zeros(3, key_len, dtype=torch.bool)
-    key_pad_mask[1, -2:] = True
-    key_pad_mask[2, :] = True  # a row of nothing but padding
+    q, k, v, key_pad_mask = random_attention_inputs(query_len, key_len)  # with a row of nothing but padding
     mask = attention_mask(key_pad_mask)
     ours = attend(q, k, v, mask, causal=causal)
     reference_mask = mask & causal_mask(query_len, key_len, q.device) if causal else mask
@@ -125,16 +120,21 @@ def test_output_projection_packed_for_cpu_inference_equals_linear_and_follows_we
     """Without gradients on CPU the vocabulary projection runs through oneDNN with a packed weight: the same
     logits as F.linear, for 2-D and 3-D inputs, and repacked after the weight changes (training between
     validations)."""
+    from mt import layers
     from mt.layers import OutputProjection
 
+    if not layers._ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN packed linear")
     torch.manual_seed(0)
     layer = OutputProjection(32, 300, bias=False)
     x = torch.randn(5, 7, 32)
     with torch.no_grad():
         for inputs in (x, x[:, -1]):
             assert_close(layer(inputs), F.linear(inputs, layer.weight), rtol=1e-5, atol=1e-5)
+        packed = layer._packed[1]  # the oneDNN path ran and kept its packed weight
         layer.weight.mul_(2.0)  # an optimiser step, in place
         assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+        assert layer._packed[1] is not packed  # repacked
     with torch.inference_mode():
         assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
     loss = layer(x).square().sum()  # with gradients: F.linear, and the weight gets its gradient
