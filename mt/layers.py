@@ -57,7 +57,7 @@ def attend(
         mask = causal_part if mask is None else mask & causal_part
     scores = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)
     if mask is not None:
-        scores = scores.masked_fill(~mask, -torch.inf)
+        scores.masked_fill_(~mask, -torch.inf)
     weights = scores.softmax(dim=-1)
     if dropout:
         weights = F.dropout(weights, dropout)
@@ -101,9 +101,10 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
 
     def forward(
-        self, x: Tensor, *, key_pad_mask: Tensor | None = None, causal: bool = False, cache: LayerCache | None = None
+        self, x: Tensor, *, mask: Tensor | None = None, causal: bool = False, cache: LayerCache | None = None
     ) -> Tensor:
-        """x: (B, T, D) -> (B, T, D). With ``cache``, x holds only the new positions."""
+        """x: (B, T, D) -> (B, T, D). ``mask``: keys that may be attended, from ``attention_mask``.
+        With ``cache``, x holds only the new positions."""
         q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
         if cache is not None:
             if cache.self_k is not None:
@@ -111,7 +112,7 @@ class SelfAttention(nn.Module):
                 v = torch.cat([cache.self_v, v], dim=2)
             cache.self_k, cache.self_v = k, v
         dropout = self.dropout if self.training else 0.0
-        context = attend(q, k, v, attention_mask(key_pad_mask), causal=causal, dropout=dropout)
+        context = attend(q, k, v, mask, causal=causal, dropout=dropout)
         return self.out(merge_heads(context))
 
 
@@ -137,14 +138,15 @@ class CrossAttention(nn.Module):
         # Contiguous once per source, so no decoding step copies them again to multiply.
         return split_heads(k, self.n_heads).contiguous(), split_heads(v, self.n_heads).contiguous()
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, src_pad_mask: Tensor) -> Tensor:
-        """x (B_src*G, T, D), k/v (B_src, H, S, Dh), src_pad_mask (B_src, S) -> (B_src*G, T, D)."""
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, memory_mask: Tensor) -> Tensor:
+        """x (B_src*G, T, D), k/v (B_src, H, S, Dh), memory_mask (B_src, 1, 1, S) from ``attention_mask``
+        -> (B_src*G, T, D)."""
         rows, length, width = x.shape
         sources = k.size(0)
         # Fold the G rows of each source into its query axis: (B_src, G*T, D).
         q = split_heads(self.q(x).reshape(sources, (rows // sources) * length, width), self.n_heads)
         dropout = self.dropout if self.training else 0.0
-        context = attend(q, k, v, attention_mask(src_pad_mask), dropout=dropout)
+        context = attend(q, k, v, memory_mask, dropout=dropout)
         return self.out(merge_heads(context).reshape(rows, length, width))
 
 

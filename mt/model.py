@@ -16,7 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mt.config import ModelConfig
-from mt.layers import CrossAttention, Embedding, FeedForward, LayerCache, OutputProjection, Residual, SelfAttention
+from mt.layers import (
+    CrossAttention,
+    Embedding,
+    FeedForward,
+    LayerCache,
+    OutputProjection,
+    Residual,
+    SelfAttention,
+    attention_mask,
+)
 from mt.tokenizer import PAD_ID
 
 
@@ -28,8 +37,9 @@ class EncoderLayer(nn.Module):
         self.attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
-    def forward(self, x: Tensor, src_pad_mask: Tensor) -> Tensor:
-        x = self.attn_block(x, lambda h: self.self_attn(h, key_pad_mask=src_pad_mask))
+    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
+        """x (B, S, D); ``src_mask`` (B, 1, 1, S): ``attention_mask`` of the source padding."""
+        x = self.attn_block(x, lambda h: self.self_attn(h, mask=src_mask))
         return self.ffn_block(x, self.ffn)
 
 
@@ -45,9 +55,10 @@ class DecoderLayer(nn.Module):
         self.cross_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
-    def forward(self, x: Tensor, cache: LayerCache, src_pad_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: LayerCache, src_mask: Tensor) -> Tensor:
+        """x (B_rows, T_new, D); ``src_mask`` (B_src, 1, 1, S): ``attention_mask`` of the source padding."""
         x = self.self_block(x, lambda h: self.self_attn(h, causal=True, cache=cache))
-        x = self.cross_block(x, lambda h: self.cross_attn(h, cache.cross_k, cache.cross_v, src_pad_mask))
+        x = self.cross_block(x, lambda h: self.cross_attn(h, cache.cross_k, cache.cross_v, src_mask))
         return self.ffn_block(x, self.ffn)
 
 
@@ -126,8 +137,9 @@ class Transformer(nn.Module):
     def encode(self, src_ids: Tensor, src_pad_mask: Tensor) -> Tensor:
         """src_ids, src_pad_mask (B, S) -> memory (B, S, D)."""
         x = self.src_embed(src_ids)
+        src_mask = attention_mask(src_pad_mask)  # once for all layers
         for layer in self.encoder_layers:
-            x = layer(x, src_pad_mask)
+            x = layer(x, src_mask)
         return self.encoder_norm(x)
 
     def new_cache(self, memory: Tensor) -> DecoderCache:
@@ -138,8 +150,9 @@ class Transformer(nn.Module):
         """Decoder states of the positions of ``tgt_ids`` (B_rows, T) not yet in ``cache`` -> (B_rows, T_new, D)."""
         offset = cache.length
         x = self.tgt_embed(tgt_ids[:, offset:], offset=offset)
+        src_mask = attention_mask(src_pad_mask)  # once for all layers
         for layer, layer_cache in zip(self.decoder_layers, cache.layers):
-            x = layer(x, layer_cache, src_pad_mask)
+            x = layer(x, layer_cache, src_mask)
         return self.decoder_norm(x)
 
     def decode_step(

@@ -14,7 +14,12 @@ Two comparisons, each repeated ``--rounds`` times in alternating order (medians,
 
 Sentences/s and generated target tokens/s are reported per row, and the ratios the targets are
 stated in: mt beam 5 / HF beam 5 and mt greedy / HF greedy (target >= 1.6), mt beam 5 /
-CTranslate2 float32 (target >= 0.8).
+CTranslate2 float32 (target >= 0.8). Each ratio is taken within a round, between runs seconds
+apart, and reported as the median (min-max) over rounds: on a shared machine whose speed drifts by
+tens of percent between minutes, that is steadier than a ratio of two medians.
+
+``--bf16`` adds mt's beam 5 and greedy under ``torch.autocast("cpu", torch.bfloat16)`` (BLEU shows
+whether quality holds; the speed depends on the CPU: native bf16 needs AVX-512 BF16 or AMX).
 
     python scripts/bench_decode.py --checkpoint outputs/main/checkpoints/best.ckpt   # MT_DATA_DIR data
 """
@@ -49,10 +54,15 @@ def timed(function):
     return time.perf_counter() - start, result
 
 
-def mt_decoder(model, src_ids: list, search: SearchConfig, batch: int | None):
-    """A function decoding all sources with mt: batches of ``batch`` sentences, or max_tokens batches."""
+def mt_decoder(model, src_ids: list, search: SearchConfig, batch: int | None, *, bf16: bool = False):
+    """A function decoding all sources with mt: batches of ``batch`` sentences, or max_tokens batches;
+    under bf16 autocast if ``bf16``."""
 
     def run() -> list[list[int]]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return decode()
+
+    def decode() -> list[list[int]]:
         if batch is None:
             return [nbest[0].tokens for nbest in decode_ids(model, src_ids, search)]
         budget = dataclasses.replace(search, max_tokens=10**9)  # batches of exactly ``batch`` sentences
@@ -140,8 +150,9 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=1000)
     parser.add_argument("--forced-sentences", type=int, default=500, help="sentences for the same-work comparison")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--bf16", action="store_true", help="add mt beam 5 and greedy under bf16 autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -162,16 +173,19 @@ def main() -> None:
 
     beam5 = SearchConfig(beam=5, length_penalty=1.0, length_penalty_type="average")
     greedy = SearchConfig(beam=1, length_penalty=0.0, length_penalty_type="none")
-    real = {
+    real = {  # each mt row next to its CTranslate2 peer, so that the two run seconds apart
         "mt beam 5, batch": mt_decoder(model, src_ids, beam5, args.batch),
-        "mt beam 5, max_tokens": mt_decoder(model, src_ids, beam5, None),
         "ct2 fp32 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "float32", args.threads),
+        "mt beam 5, max_tokens": mt_decoder(model, src_ids, beam5, None),
         "ct2 int8 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "int8", args.threads),
         "mt greedy, batch": mt_decoder(model, src_ids, greedy, args.batch),
-        "mt greedy, max_tokens": mt_decoder(model, src_ids, greedy, None),
         "ct2 fp32 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "float32", args.threads),
+        "mt greedy, max_tokens": mt_decoder(model, src_ids, greedy, None),
         "ct2 int8 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "int8", args.threads),
     }
+    if args.bf16:
+        real["mt beam 5, bf16"] = mt_decoder(model, src_ids, beam5, args.batch, bf16=True)
+        real["mt greedy, bf16"] = mt_decoder(model, src_ids, greedy, args.batch, bf16=True)
     length = round(sum(len(t) for t in tokenizer.encode_tgt(references)) / len(references)) + 1
     forced_ids = src_ids[: args.forced_sentences]
     torch.manual_seed(0)
@@ -214,26 +228,31 @@ def main() -> None:
 
     print(
         f"\n{args.checkpoint}: {len(sources)} sentences ({len(forced_ids)} forced to {length} tokens), batch "
-        f"{args.batch}, {args.threads} threads, torch {torch.__version__}\n"
+        f"{args.batch}, {args.threads} threads, torch {torch.__version__}, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}\n"
     )
     print(f"{'decoder':26s} {'sentences/s':>22s} {'tgt tokens/s':>13s} {'BLEU':>6s}")
-    rate = {}
     for name, times in seconds.items():
         count = len(forced_ids) if name in same_work else len(sources)
         median = statistics.median(times)
-        rate[name] = count / median
         score = "" if name in same_work else f"{bleu(text_of(name), references).score:6.2f}"
         spread = f"({count / max(times):.0f}-{count / min(times):.0f})"
-        print(f"{name:26s} {rate[name]:10.1f} {spread:>11s} {generated[name] / median:13,.0f} {score:>6s}")
-    print()
+        print(f"{name:26s} {count / median:10.1f} {spread:>11s} {generated[name] / median:13,.0f} {score:>6s}")
+    print("\nspeed ratios, per round (their seconds / ours), median (min-max):")
     for ours, theirs, target in (
         ("mt beam 5 (forced)", "hf beam 5 (forced)", 1.6),
         ("mt greedy (forced)", "hf greedy (forced)", 1.6),
         ("mt beam 5, batch", "ct2 fp32 beam 5", 0.8),
         ("mt greedy, batch", "ct2 fp32 greedy", None),
+        ("mt greedy, max_tokens", "ct2 fp32 greedy", None),
+        ("mt beam 5, bf16", "mt beam 5, batch", None),
+        ("mt greedy, bf16", "mt greedy, batch", None),
     ):
-        goal = f"(target >= {target})" if target else ""
-        print(f"{ours} / {theirs}: {rate[ours] / rate[theirs]:.2f} {goal}")
+        if ours not in seconds:
+            continue
+        ratios = [t / o for o, t in zip(seconds[ours], seconds[theirs])]
+        goal = f"  (target >= {target})" if target else ""
+        print(f"{ours} / {theirs}: {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}){goal}")
 
 
 if __name__ == "__main__":

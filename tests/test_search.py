@@ -250,3 +250,41 @@ def test_beam_wider_than_the_vocabulary_still_finds_the_hand_computed_best(beam)
     for nbest in hyps:
         assert [h.tokens for h in nbest] == [[A, B], [B]]
         assert [h.log_prob for h in nbest] == pytest.approx([math.log(0.42), math.log(0.27)])
+
+
+@pytest.mark.parametrize(
+    ("sources", "width", "vocab", "k"),
+    [(3, 5, 8000, 10), (4, 1, 8000, 10), (2, 4, 4000, 8), (5, 5, 640, 10), (3, 2, 97, 4), (2, 2, 64, 4)],
+)
+def test_top_sums_equals_topk_over_all_the_sums(sources, width, vocab, k):
+    """The block-pruned top-k (token blocks of 64, 50 ...; plain topk for a vocabulary no block divides,
+    97, or too few blocks, 2 x 1) gives topk's values and indices over the flattened sums, with masked
+    tokens, a row where only EOS is allowed and a hypothesis already impossible."""
+    from mt.search import _top_sums
+
+    generator = torch.Generator().manual_seed(vocab + width)
+    log_probs = torch.randn(sources * width, vocab, generator=generator).log_softmax(dim=-1)
+    log_probs[:, :3] = -math.inf  # PAD, UNK, BOS masked
+    log_probs[0, :] = -math.inf  # a row forced to end
+    log_probs[0, EOS_ID] = -0.5
+    scores = torch.randn(sources, width, generator=generator) * 3
+    scores[-1, -1] = -math.inf
+    values, flat = _top_sums(scores, log_probs, k)
+    expected = (scores.reshape(-1, 1) + log_probs).view(sources, width * vocab).topk(k, dim=-1)
+    assert torch.equal(values, expected.values)
+    finite = torch.isfinite(values)  # -inf candidates tie: any of them may be returned
+    assert torch.equal(flat[finite], expected.indices[finite])
+
+
+def test_beam_search_over_token_blocks_finds_what_plain_top_k_finds(monkeypatch):
+    """A vocabulary of 320 takes the block-pruned top-k (5 blocks of 64 per row); with block sizes
+    switched off the same search takes topk over all sums: same n-best, same scores."""
+    import mt.search
+
+    model = random_model(3, vocab=320)
+    src_ids, src_pad_mask = random_batch(3, [5, 9, 2, 7], vocab=320)
+    blocked = beam_search(model, src_ids, src_pad_mask, beam=5, nbest=5, max_len_a=1.5, max_len_b=4)
+    monkeypatch.setattr(mt.search, "_BLOCK_SIZES", ())
+    plain = beam_search(model, src_ids, src_pad_mask, beam=5, nbest=5, max_len_a=1.5, max_len_b=4)
+    assert [[h.tokens for h in nbest] for nbest in blocked] == [[h.tokens for h in nbest] for nbest in plain]
+    assert [[h.score for h in nbest] for nbest in blocked] == [[h.score for h in nbest] for nbest in plain]
