@@ -243,12 +243,13 @@ def _top_sums(scores: Tensor, log_probs: Tensor, k: int) -> tuple[Tensor, Tensor
     largest only if its maximum is among the k largest block maxima (else k larger values lie in other
     blocks). So top-k runs over the block maxima, then over the k chosen blocks' values: on 2 CPU
     cores, 0.5 ms instead of 3.6 ms at 64 sources x 5 beams x 8,000 tokens. Ties may be ordered
-    differently from ``topk``'s; the values are the same.
+    differently from ``topk``'s; the values are the same. Off the CPU, where ``topk`` is one fast kernel
+    and each extra step a launch, the sums are formed and ranked directly.
     """
     sources, width = scores.shape
     vocab = log_probs.size(-1)
     block = next((size for size in _BLOCK_SIZES if vocab % size == 0), None)
-    if block is None or width * (vocab // block) < k:
+    if block is None or width * (vocab // block) < k or log_probs.device.type != "cpu":
         sums = (scores.reshape(-1, 1) + log_probs).view(sources, width * vocab)
         return sums.topk(k, dim=-1)
     per_row = vocab // block
