@@ -6,12 +6,12 @@ import csv
 from pathlib import Path
 
 
-def read_validation_rows(metrics_csv: Path) -> list[dict[str, float]]:
-    """Rows of the CSV log that hold validation metrics, as floats."""
+def read_metric_rows(metrics_csv: Path, metric: str) -> list[dict[str, float]]:
+    """Rows of the CSV log that hold ``metric`` (e.g. ``val/loss``), their filled fields as floats."""
     rows = []
     with open(metrics_csv, newline="") as handle:
         for row in csv.DictReader(handle):
-            if row.get("val/loss"):
+            if row.get(metric):
                 rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
     return rows
 
@@ -25,7 +25,7 @@ def plot_learning_curve(csv_dir: Path, output: Path) -> bool:
         csv_dir.glob("resume_*/metrics.csv"), key=lambda p: int(p.parent.name[7:])
     )
     rows = sorted(
-        (row for f in files if f.is_file() for row in read_validation_rows(f)),
+        (row for f in files if f.is_file() for row in read_metric_rows(f, "val/loss")),
         key=lambda r: r.get("time/train_hours", 0.0),
     )
     if not rows:

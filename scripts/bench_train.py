@@ -294,7 +294,7 @@ def main() -> None:
     print(f"{'variant':8s} {'ms/step':>18s} {'all tgt tok/s':>15s} {'real tgt tok/s':>15s} {'peak RSS':>9s}")
     for name, rows in results.items():
         ms = [row[0] for row in rows]
-        median = {i: statistics.median(row[i] for row in rows) for i in range(3)}
+        median = [statistics.median(row[i] for row in rows) for i in range(3)]
         print(
             f"{name:8s} {median[0]:8.1f} ({min(ms):.0f}-{max(ms):.0f}) {median[1]:15,.0f} "
             f"{median[2]:15,.0f} {max(row[3] for row in rows):7.2f} G"

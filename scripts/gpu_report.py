@@ -12,7 +12,6 @@ card's dense bf16 peak. Attention scores (about 2% at these lengths) are not cou
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import statistics
 import time
@@ -28,11 +27,12 @@ def card_peak_tflops(name: str) -> float | None:
 
 
 def train_report(run_dir: Path, peak_tflops: float | None) -> None:
+    from mt.plots import read_metric_rows
+
     if not (run_dir / "csv/metrics.csv").is_file():
         raise SystemExit(f"{run_dir}: no csv/metrics.csv (too few steps for a logged row?)")
-    with open(run_dir / "csv/metrics.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    rates = [float(r["train/tgt_tokens_per_s"]) for r in rows if r.get("train/tgt_tokens_per_s")]
+    rows = read_metric_rows(run_dir / "csv/metrics.csv", "train/tgt_tokens_per_s")
+    rates = [row["train/tgt_tokens_per_s"] for row in rows]
     if not rates:
         raise SystemExit(f"{run_dir}/csv/metrics.csv: no train/tgt_tokens_per_s rows")
     ckpt = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
@@ -69,11 +69,11 @@ def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: in
     src_text, ref_text = read_lines(str(source))[:sentences], read_lines(str(reference))[:sentences]
     src = module.tokenizer.encode_src(src_text)
     print(f"decode {len(src)} sentences on {device}: sentences/s, output tokens/s, BLEU", flush=True)
-    for dtype in (torch.float32, torch.bfloat16):
+    for bf16 in (False, True):
         for beam in beams:
             for max_tokens in (8000, 32000):
                 search = SearchConfig(beam=beam, max_tokens=max_tokens)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     decode_ids(model, src[:64], search, device=device)  # warm-up: kernels, allocator
                     if device.type == "cuda":
                         torch.cuda.synchronize()
@@ -84,7 +84,7 @@ def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: in
                     seconds = time.perf_counter() - start
                 tokens = sum(len(n[0].tokens) + 1 for n in hyps)
                 bleu = scores(module.tokenizer.decode_tgt([n[0].tokens for n in hyps]), ref_text)["bleu"]
-                name = str(dtype).removeprefix("torch.")
+                name = "bfloat16" if bf16 else "float32"
                 print(
                     f"  {name:8s} beam {beam}  max_tokens {max_tokens:5d}: {len(src) / seconds:8.1f} sent/s "
                     f"{tokens / seconds:9.0f} tok/s  BLEU {bleu:.2f}",

@@ -283,8 +283,14 @@ def test_beam_search_over_token_blocks_finds_what_plain_top_k_finds(monkeypatch)
 
     model = random_model(3, vocab=320)
     src_ids, src_pad_mask = random_batch(3, [5, 9, 2, 7], vocab=320)
+    block_maxima = []  # Tensor.amax runs in the block path only (the model never calls it)
+    amax = torch.Tensor.amax
+    monkeypatch.setattr(torch.Tensor, "amax", lambda self, *a, **k: block_maxima.append(1) or amax(self, *a, **k))
     blocked = beam_search(model, src_ids, src_pad_mask, beam=5, nbest=5, max_len_a=1.5, max_len_b=4)
+    assert block_maxima, "the block path did not run"
+    taken = len(block_maxima)
     monkeypatch.setattr(mt.search, "_BLOCK_SIZES", ())
     plain = beam_search(model, src_ids, src_pad_mask, beam=5, nbest=5, max_len_a=1.5, max_len_b=4)
+    assert len(block_maxima) == taken, "the plain path ran blocks"
     assert [[h.tokens for h in nbest] for nbest in blocked] == [[h.tokens for h in nbest] for nbest in plain]
     assert [[h.score for h in nbest] for nbest in blocked] == [[h.score for h in nbest] for nbest in plain]
