@@ -57,11 +57,13 @@ def attend(
         mask = causal_part if mask is None else mask & causal_part
     scores = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)
     if mask is not None:
-        scores.masked_fill_(~mask, -torch.inf)
+        scores = scores.where(mask, -torch.inf)  # one operator; masked_fill_ would need ~mask first
     weights = scores.softmax(dim=-1)
     if dropout:
         weights = F.dropout(weights, dropout)
-    return weights.to(v.dtype) @ v
+    if weights.dtype != v.dtype:  # autocast: softmax in float32, values in bf16
+        weights = weights.to(v.dtype)
+    return weights @ v
 
 
 def split_heads(x: Tensor, n_heads: int) -> Tensor:
@@ -105,7 +107,10 @@ class SelfAttention(nn.Module):
     ) -> Tensor:
         """x: (B, T, D) -> (B, T, D). ``mask``: keys that may be attended, from ``attention_mask``.
         With ``cache``, x holds only the new positions."""
-        q, k, v = (split_heads(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
+        batch, length, width = x.shape
+        # (B, T, 3D) -> three (B, H, T, Dh) views: one view and one permute, not a split and three of each.
+        qkv = self.qkv(x).view(batch, length, 3, self.n_heads, width // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if cache is not None:
             if cache.self_k is not None:
                 k = torch.cat([cache.self_k, k], dim=2)
@@ -161,7 +166,10 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.dropout(self.activation(self.up(x))))
+        hidden = self.activation(self.up(x))
+        if self.training:  # eval-mode dropout is the identity: skip the call (decoding runs ~10 per step)
+            hidden = self.dropout(hidden)
+        return self.down(hidden)
 
 
 class Residual(nn.Module):
@@ -174,9 +182,10 @@ class Residual(nn.Module):
         self.pre_norm = pre_norm
 
     def forward(self, x: Tensor, sublayer) -> Tensor:
-        if self.pre_norm:
-            return x + self.dropout(sublayer(self.norm(x)))
-        return self.norm(x + self.dropout(sublayer(x)))
+        update = sublayer(self.norm(x) if self.pre_norm else x)
+        if self.training:
+            update = self.dropout(update)
+        return x + update if self.pre_norm else self.norm(x + update)
 
 
 def sinusoidal_positions(length: int, d_model: int, *, offset: int = 0, device: torch.device | None = None) -> Tensor:
@@ -211,7 +220,8 @@ class Embedding(nn.Module):
             self.positions = sinusoidal_positions(
                 max(end, 2 * self.positions.size(0)), self.d_model, device=ids.device
             ).to(self.positions.dtype)
-        return self.dropout(self.tokens(ids) * self.scale + self.positions[offset:end])
+        embedded = self.tokens(ids) * self.scale + self.positions[offset:end]
+        return self.dropout(embedded) if self.training else embedded
 
 
 class OutputProjection(nn.Linear):

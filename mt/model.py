@@ -72,6 +72,14 @@ class DecoderCache:
 
     def __init__(self, layers: list[LayerCache]) -> None:
         self.layers = layers
+        self._memory_mask: tuple[Tensor, Tensor | None] | None = None
+
+    def memory_mask(self, src_pad_mask: Tensor) -> Tensor | None:
+        """``attention_mask(src_pad_mask)``, built again only when the search passes another pad mask
+        (at the first step and after sources are dropped), not at every step."""
+        if self._memory_mask is None or self._memory_mask[0] is not src_pad_mask:
+            self._memory_mask = (src_pad_mask, attention_mask(src_pad_mask))
+        return self._memory_mask[1]
 
     @property
     def length(self) -> int:
@@ -150,7 +158,7 @@ class Transformer(nn.Module):
         """Decoder states of the positions of ``tgt_ids`` (B_rows, T) not yet in ``cache`` -> (B_rows, T_new, D)."""
         offset = cache.length
         x = self.tgt_embed(tgt_ids[:, offset:], offset=offset)
-        src_mask = attention_mask(src_pad_mask)  # once for all layers
+        src_mask = cache.memory_mask(src_pad_mask)  # once for all layers (and all steps)
         for layer, layer_cache in zip(self.decoder_layers, cache.layers):
             x = layer(x, layer_cache, src_mask)
         return self.decoder_norm(x)

@@ -57,8 +57,7 @@ def max_output_lengths(src_pad_mask: Tensor, a: float, b: int) -> Tensor:
 def _mask_step(log_probs: Tensor, at_max: Tensor, before_min: bool = False) -> Tensor:
     """Forbid PAD and BOS everywhere, EOS while ``before_min`` (outputs shorter than ``min_len``),
     and everything but EOS in rows ``at_max`` (B_rows,), which wins over ``before_min``."""
-    log_probs[:, PAD_ID] = -torch.inf
-    log_probs[:, BOS_ID] = -torch.inf
+    log_probs.index_fill_(1, _never_output(log_probs.device), -torch.inf)
     if at_max.any():
         eos_column = log_probs[:, EOS_ID].clone()
         log_probs[at_max] = -torch.inf
@@ -66,6 +65,16 @@ def _mask_step(log_probs: Tensor, at_max: Tensor, before_min: bool = False) -> T
     if before_min:
         log_probs[:, EOS_ID] = log_probs[:, EOS_ID].masked_fill(~at_max, -torch.inf)
     return log_probs
+
+
+_NEVER_OUTPUT: dict[torch.device, Tensor] = {}
+
+
+def _never_output(device: torch.device) -> Tensor:
+    """The ids no output may hold, PAD and BOS, as an index tensor made once per device."""
+    if device not in _NEVER_OUTPUT:
+        _NEVER_OUTPUT[device] = torch.tensor([PAD_ID, BOS_ID], device=device)
+    return _NEVER_OUTPUT[device]
 
 
 def _argmax(log_probs: Tensor) -> Tensor:
@@ -109,9 +118,11 @@ def _single_path(
         if not bool(ended.any()):
             continue
         penalty = length_penalty(step + 1, length_penalty_alpha, length_penalty_type)
-        for live in ended.nonzero().view(-1).tolist():  # a loop over ended outputs only
-            log_prob = float(log_prob_sums[live])
-            hypotheses[int(sources[live])] = Hypothesis(tokens[live, 1:-1].tolist(), log_prob / penalty, log_prob)
+        ended_rows = ended.nonzero().view(-1)  # read out together: three host copies, not three per output
+        for source, output, log_prob in zip(
+            sources[ended_rows].tolist(), tokens[ended_rows, 1:-1].tolist(), log_prob_sums[ended_rows].tolist()
+        ):
+            hypotheses[source] = Hypothesis(output, log_prob / penalty, log_prob)
         keep = (~ended).nonzero().view(-1)
         if keep.numel() == 0:
             break
@@ -279,13 +290,14 @@ def _finalize(
     penalty = length_penalty(length, alpha, kind)
     width = state.scores.size(1)
     sources = state.sources.tolist()
-    for live, rank in is_eos.nonzero().tolist():  # few per step: the loop is over finished hypotheses only
-        source = sources[live]
-        if len(finished[source]) >= beam:
-            continue
-        row = live * width + int(cand_beams[live, rank])
-        log_prob = float(cand_scores[live, rank])
-        finished[source].append(Hypothesis(state.tokens[row, 1:].tolist(), log_prob / penalty, log_prob))
+    live, rank = is_eos.nonzero().unbind(1)  # the loop below is over finished hypotheses only
+    rows = live * width + cand_beams[live, rank]
+    for source_row, output, log_prob in zip(
+        live.tolist(), state.tokens[rows, 1:].tolist(), cand_scores[live, rank].tolist()
+    ):  # read out together: three host copies a step, not three per hypothesis
+        source = sources[source_row]
+        if len(finished[source]) < beam:
+            finished[source].append(Hypothesis(output, log_prob / penalty, log_prob))
     complete = torch.tensor([len(finished[source]) >= beam for source in sources], device=state.sources.device)
     return complete | (state.max_lengths <= length)
 
