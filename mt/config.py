@@ -168,7 +168,7 @@ class SearchConfig:
     max_len_b: int = 10
     min_len: int = 0  # no EOS before this many tokens (unless the maximum length is reached)
     nbest: int = 1
-    max_tokens: int = 8000  # source tokens per decoding batch
+    max_tokens: int = 8000  # padded source tokens x beam per decoding batch (a source decodes as beam rows)
 
     # Sampling instead of search: draw each token from the filtered, temperature-scaled distribution.
     sampling: bool = False

@@ -10,7 +10,9 @@ Two comparisons, each repeated ``--rounds`` times in alternating order (medians,
 2. **Same work, same shape**: an ``mt`` model and a ``transformers.MarianMTModel`` of the checkpoint's
    shape (random weights: no trained Marian exists here; ``mt``'s pre-norm model cannot be loaded
    into post-norm Marian), every output forced to ``L`` tokens (``mt``: ``min_len``; HF:
-   ``min_new_tokens``/``max_new_tokens``), so both run the same number of decoder steps.
+   ``min_new_tokens``/``max_new_tokens``), so both run the same number of decoder steps. Both decode
+   batches of ``--batch`` sentences (the targets' comparison); ``mt`` also with its default
+   ``max_tokens`` batches, as its users run it (reported beside HF's batches, not as the target).
 
 Sentences/s and generated target tokens/s are reported per row, and the ratios the targets are
 stated in: mt beam 5 / HF beam 5 and mt greedy / HF greedy (target >= 1.6), mt beam 5 /
@@ -199,6 +201,9 @@ def main() -> None:
         "hf beam 5 (forced)": hf_decoder(marian, forced_ids, 5, args.batch, length),
         "mt greedy (forced)": mt_decoder(random_mt, forced_ids, forced_search[1], args.batch),
         "hf greedy (forced)": hf_decoder(marian, forced_ids, 1, args.batch, length),
+        # mt's own batching (max_tokens, the default) on the same work: context, not the target's comparison
+        "mt beam 5 (forced), max_tokens": mt_decoder(random_mt, forced_ids, forced_search[5], None),
+        "mt greedy (forced), max_tokens": mt_decoder(random_mt, forced_ids, forced_search[1], None),
     }
 
     seconds: dict[str, list[float]] = {name: [] for name in [*real, *same_work]}
@@ -215,7 +220,7 @@ def main() -> None:
             else:
                 outputs[name] = result
                 generated[name] = sum(len(h) + 1 for h in result)  # tokens and EOS
-            print(f"round {r + 1} {name:24s} {elapsed:7.2f} s", file=sys.stderr, flush=True)
+            print(f"round {r + 1} {name:30s} {elapsed:7.2f} s", file=sys.stderr, flush=True)
 
     def text_of(name: str) -> list[str]:
         hyps = outputs[name]
@@ -228,17 +233,19 @@ def main() -> None:
         f"{args.batch}, {args.threads} threads, torch {torch.__version__}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}\n"
     )
-    print(f"{'decoder':26s} {'sentences/s':>22s} {'tgt tokens/s':>13s} {'BLEU':>6s}")
+    print(f"{'decoder':32s} {'sentences/s':>22s} {'tgt tokens/s':>13s} {'BLEU':>6s}")
     for name, times in seconds.items():
         count = len(forced_ids) if name in same_work else len(sources)
         median = statistics.median(times)
         score = "" if name in same_work else f"{bleu(text_of(name), references).score:6.2f}"
         spread = f"({count / max(times):.0f}-{count / min(times):.0f})"
-        print(f"{name:26s} {count / median:10.1f} {spread:>11s} {generated[name] / median:13,.0f} {score:>6s}")
+        print(f"{name:32s} {count / median:10.1f} {spread:>11s} {generated[name] / median:13,.0f} {score:>6s}")
     print("\nspeed ratios, per round (their seconds / ours), median (min-max):")
     for ours, theirs, target in (
         ("mt beam 5 (forced)", "hf beam 5 (forced)", 1.6),
         ("mt greedy (forced)", "hf greedy (forced)", 1.6),
+        ("mt beam 5 (forced), max_tokens", "hf beam 5 (forced)", None),
+        ("mt greedy (forced), max_tokens", "hf greedy (forced)", None),
         ("mt beam 5, batch", "ct2 fp32 beam 5", 0.8),
         ("mt greedy, batch", "ct2 fp32 greedy", None),
         ("mt greedy, max_tokens", "ct2 fp32 greedy", None),
