@@ -247,6 +247,7 @@ def main() -> None:
         ("mt beam 5 (forced), max_tokens", "hf beam 5 (forced)", None),
         ("mt greedy (forced), max_tokens", "hf greedy (forced)", None),
         ("mt beam 5, batch", "ct2 fp32 beam 5", 0.8),
+        ("mt beam 5, max_tokens", "ct2 fp32 beam 5", None),
         ("mt greedy, batch", "ct2 fp32 greedy", None),
         ("mt greedy, max_tokens", "ct2 fp32 greedy", None),
         ("mt beam 5, bf16", "mt beam 5, batch", None),
