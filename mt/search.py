@@ -73,7 +73,8 @@ _NEVER_OUTPUT: dict[torch.device, Tensor] = {}
 def _never_output(device: torch.device) -> Tensor:
     """The ids no output may hold, PAD and BOS, as an index tensor made once per device."""
     if device not in _NEVER_OUTPUT:
-        _NEVER_OUTPUT[device] = torch.tensor([PAD_ID, BOS_ID], device=device)
+        with torch.inference_mode(False):  # a normal tensor, usable outside inference mode too
+            _NEVER_OUTPUT[device] = torch.tensor([PAD_ID, BOS_ID], device=device)
     return _NEVER_OUTPUT[device]
 
 
@@ -290,14 +291,16 @@ def _finalize(
     penalty = length_penalty(length, alpha, kind)
     width = state.scores.size(1)
     sources = state.sources.tolist()
-    live, rank = is_eos.nonzero().unbind(1)  # the loop below is over finished hypotheses only
-    rows = live * width + cand_beams[live, rank]
-    for source_row, output, log_prob in zip(
-        live.tolist(), state.tokens[rows, 1:].tolist(), cand_scores[live, rank].tolist()
-    ):  # read out together: three host copies a step, not three per hypothesis
-        source = sources[source_row]
-        if len(finished[source]) < beam:
-            finished[source].append(Hypothesis(output, log_prob / penalty, log_prob))
+    hits = is_eos.nonzero()  # (n, 2) live source, rank: the loop below is over finished hypotheses only
+    if hits.numel():
+        live, rank = hits.unbind(1)
+        rows = live * width + cand_beams[live, rank]
+        for source_row, output, log_prob in zip(
+            live.tolist(), state.tokens[rows, 1:].tolist(), cand_scores[live, rank].tolist()
+        ):  # read out together: three host copies a step, not three per hypothesis
+            source = sources[source_row]
+            if len(finished[source]) < beam:
+                finished[source].append(Hypothesis(output, log_prob / penalty, log_prob))
     complete = torch.tensor([len(finished[source]) >= beam for source in sources], device=state.sources.device)
     return complete | (state.max_lengths <= length)
 

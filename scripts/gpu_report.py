@@ -71,8 +71,8 @@ def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: in
     print(f"decode {len(src)} sentences on {device}: sentences/s, output tokens/s, BLEU", flush=True)
     for bf16 in (False, True):
         for beam in beams:
-            for max_tokens in (8000, 32000):
-                search = SearchConfig(beam=beam, max_tokens=max_tokens)
+            for source_tokens in (8000, 32000):  # per batch, as in the first H200 run (max_tokens counts x beam)
+                search = SearchConfig(beam=beam, max_tokens=source_tokens * beam)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     decode_ids(model, src[:64], search, device=device)  # warm-up: kernels, allocator
                     if device.type == "cuda":
@@ -86,7 +86,8 @@ def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: in
                 bleu = scores(module.tokenizer.decode_tgt([n[0].tokens for n in hyps]), ref_text)["bleu"]
                 name = "bfloat16" if bf16 else "float32"
                 print(
-                    f"  {name:8s} beam {beam}  max_tokens {max_tokens:5d}: {len(src) / seconds:8.1f} sent/s "
+                    f"  {name:8s} beam {beam}  {source_tokens:5d} source tokens a batch: "
+                    f"{len(src) / seconds:8.1f} sent/s "
                     f"{tokens / seconds:9.0f} tok/s  BLEU {bleu:.2f}",
                     flush=True,
                 )

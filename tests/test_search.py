@@ -296,27 +296,30 @@ def test_beam_search_over_token_blocks_finds_what_plain_top_k_finds(monkeypatch)
     assert [[h.score for h in nbest] for nbest in blocked] == [[h.score for h in nbest] for nbest in plain]
 
 
-@pytest.mark.parametrize("beam", [1, 2, 4])
-def test_decode_budget_counts_each_source_as_beam_rows(monkeypatch, beam):
-    """``search.max_tokens`` bounds padded source tokens x beam: the decoder's rows, whatever the beam;
-    every source is decoded once and the results come back in input order."""
+@pytest.mark.parametrize("beam, sampling", [(1, False), (2, False), (4, False), (4, True)])
+def test_decode_budget_counts_each_source_as_beam_rows(monkeypatch, beam, sampling):
+    """``search.max_tokens`` bounds padded source tokens x rows a source: ``beam`` rows in beam search,
+    one in sampling (whatever ``beam`` says); every source is decoded once, results in input order."""
     import mt.inference
     from mt.config import SearchConfig
 
     batch_rows: list[int] = []
     search_batch = mt.inference.search_batch
 
+    rows_per_source = 1 if sampling else beam
+
     def recording(model, src_ids, src_pad_mask, search):
-        batch_rows.append(src_ids.size(0) * search.beam)
-        assert src_ids.size(1) * src_ids.size(0) * search.beam <= 80
+        batch_rows.append(src_ids.size(0) * rows_per_source)
+        assert src_ids.size(1) * src_ids.size(0) * rows_per_source <= 80
         return search_batch(model, src_ids, src_pad_mask, search)
 
     monkeypatch.setattr(mt.inference, "search_batch", recording)
     model = random_model()
     generator = torch.Generator().manual_seed(0)
     sources = [torch.randint(4, 40, (9,), generator=generator).tolist() for _ in range(8)]  # 10 tokens with EOS
-    search = SearchConfig(beam=beam, max_tokens=80, max_len_a=0.0, max_len_b=4)
+    search = SearchConfig(beam=beam, sampling=sampling, top_k=1, max_tokens=80, max_len_a=0.0, max_len_b=4)
     hyps = mt.inference.decode_ids(model, sources, search)
-    assert batch_rows == [8] * beam  # 80 // beam tokens: 8 // beam sources of 10 tokens, so 8 rows a batch
+    # 80 // rows tokens: 8 // rows sources of 10 tokens, so 8 rows a batch
+    assert batch_rows == [8] * rows_per_source
     alone = [mt.inference.decode_ids(model, [source], search)[0] for source in sources]
     assert [[h.tokens for h in nbest] for nbest in hyps] == [[h.tokens for h in nbest] for nbest in alone]
