@@ -168,7 +168,7 @@ class SearchConfig:
     max_len_b: int = 10
     min_len: int = 0  # no EOS before this many tokens (unless the maximum length is reached)
     nbest: int = 1
-    max_tokens: int = 8000  # padded source tokens x beam per decoding batch (a source decodes as beam rows)
+    max_tokens: int = 8000  # padded source tokens x rows_per_source per decoding batch
 
     # Sampling instead of search: draw each token from the filtered, temperature-scaled distribution.
     sampling: bool = False
@@ -176,6 +176,11 @@ class SearchConfig:
     top_p: float = 1.0
     temperature: float = 1.0
     seed: int = 0
+
+    @property
+    def rows_per_source(self) -> int:
+        """Decoder rows a source takes: its ``beam`` hypotheses, or one when sampling."""
+        return 1 if self.sampling else self.beam
 
     def __post_init__(self) -> None:
         _require(self.beam >= 1, f"beam={self.beam}: expected >= 1")

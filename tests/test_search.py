@@ -305,7 +305,6 @@ def test_decode_budget_counts_each_source_as_beam_rows(monkeypatch, beam, sampli
 
     batch_rows: list[int] = []
     search_batch = mt.inference.search_batch
-
     rows_per_source = 1 if sampling else beam
 
     def recording(model, src_ids, src_pad_mask, search):
