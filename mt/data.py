@@ -1,9 +1,8 @@
 """Parallel corpora: loading (local files or the Hugging Face hub), cleaning, encoding, caching.
 
-Local corpora are aligned text pairs ``{split}.{lang}`` (optionally ``.gz``), or one
-``{split}.tsv`` (source TAB target) or ``{split}.jsonl`` per split, whose lines are either
-``{"translation": {"de": ..., "en": ...}}`` (the hub's shape) or ``{"de": ..., "en": ...}``.
-Hub corpora are read through ``datasets.load_dataset`` with the same two record shapes.
+Local corpora are read by ``mt.readers`` (aligned text files, TSV or JSONL, optionally ``.gz``).
+Hub corpora are read through ``datasets.load_dataset``, with records of the hub's shape
+``{"translation": {"de": ..., "en": ...}}`` or one column per language.
 
 Encoded splits are stored as flat token arrays with offsets (``EncodedCorpus``), cached on disk
 under a key of the data and tokenizer, so later runs and other ranks reuse them.
@@ -11,7 +10,6 @@ under a key of the data and tokenizer, so later runs and other ranks reuse them.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
@@ -23,16 +21,13 @@ from tqdm import tqdm
 
 from mt.atomic import atomic_write
 from mt.config import DataConfig
+from mt.readers import DataError, local_split
 from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 CACHE_LAYOUT = 2  # bump when the encoded cache's format changes: old caches are then rebuilt
-
-
-class DataError(ValueError):
-    """A corpus that cannot be read as configured; the message names the file or field."""
 
 
 @dataclass
@@ -51,73 +46,15 @@ class ParallelText:
 # Reading
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """Lines of a UTF-8 text file (``.gz`` transparently), without line endings (``\\n``, ``\\r\\n``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: invalid UTF-8 ({error.reason} at byte {error.start})") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
-
-def _find_file(directory: Path, stem: str) -> Path:
-    for candidate in (directory / stem, directory / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"{directory / stem}[.gz]: no such file")
-
-
-def _pick(record: dict, lang: str, origin: str) -> str:
-    fields = record.get("translation", record)
-    if not isinstance(fields, dict) or lang not in fields:
-        keys = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
-        raise DataError(f"{origin}: no language key {lang!r} (found {keys})")
-    value = fields[lang]
-    return "" if value is None else str(value)
-
-
 def load_local(cfg: DataConfig, split: str) -> ParallelText:
     """One split from ``cfg.path`` in ``cfg.format``."""
-    directory = Path(cfg.path).expanduser()
-    if not directory.is_dir():
-        raise DataError(f"data.path={directory}: no such directory")
-    stem = getattr(cfg.splits, split)
-    if cfg.format == "text":
-        src_path = _find_file(directory, f"{stem}.{cfg.src_lang}")
-        tgt_path = _find_file(directory, f"{stem}.{cfg.tgt_lang}")
-        src, tgt = read_lines(src_path), read_lines(tgt_path)
-        if len(src) != len(tgt):
-            raise DataError(f"misaligned corpus: {src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
-        return ParallelText(src, tgt, origin=f"{src_path} + {tgt_path}")
-    path = _find_file(directory, f"{stem}.{cfg.format}")
-    src, tgt = [], []
-    for number, line in enumerate(read_lines(path), start=1):
-        if cfg.format == "tsv":
-            columns = line.split("\t")
-            if len(columns) != 2:
-                raise DataError(f"{path}:{number}: expected 2 tab-separated columns, found {len(columns)}")
-            src.append(columns[0])
-            tgt.append(columns[1])
-        else:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: invalid JSON ({error.msg})") from None
-            src.append(_pick(record, cfg.src_lang, f"{path}:{number}"))
-            tgt.append(_pick(record, cfg.tgt_lang, f"{path}:{number}"))
-    return ParallelText(src, tgt, origin=str(path))
+    files = local_split(cfg, split)
+    src: list[str] = []
+    tgt: list[str] = []
+    for src_chunk, tgt_chunk in files.pair_chunks():
+        src += src_chunk
+        tgt += tgt_chunk
+    return ParallelText(src, tgt, origin=files.origin)
 
 
 def open_hub_split(cfg: DataConfig, split: str, cache_dir: str | Path | None = None):
@@ -131,7 +68,7 @@ def open_hub_split(cfg: DataConfig, split: str, cache_dir: str | Path | None = N
     import datasets
 
     split_name = getattr(cfg.hub_splits, split)
-    origin = f"{cfg.hub_name}" + (f" ({cfg.hub_config})" if cfg.hub_config else "") + f" split {split_name!r}"
+    origin = hub_origin(cfg, split)
     try:
         dataset = datasets.load_dataset(
             cfg.hub_name, cfg.hub_config, split=split_name, cache_dir=None if cache_dir is None else str(cache_dir)
@@ -150,6 +87,12 @@ def open_hub_split(cfg: DataConfig, split: str, cache_dir: str | Path | None = N
         if found is not None and lang not in found:
             raise DataError(f"{origin}: no language key {lang!r} (found {sorted(found)})")
     return dataset, origin, nested
+
+
+def hub_origin(cfg: DataConfig, split: str) -> str:
+    """The hub dataset of ``split``, for messages."""
+    config = f" ({cfg.hub_config})" if cfg.hub_config else ""
+    return f"{cfg.hub_name}{config} split {getattr(cfg.hub_splits, split)!r}"
 
 
 def load_hub(cfg: DataConfig, split: str) -> ParallelText:

@@ -26,9 +26,10 @@ from mt.cli import (
     to_typed,
 )
 from mt.config import DataConfig, EvaluateConfig, SearchConfig, from_dict, register_configs, with_beam
-from mt.data import DataError, load_split, read_lines
+from mt.data import DataError, load_split
 from mt.inference import load_translator, translate
 from mt.metrics import scores
+from mt.readers import read_lines
 
 register_configs()
 

@@ -20,7 +20,6 @@ may be narrower (``uint16`` when the vocabulary fits).
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import itertools
 import json
@@ -29,167 +28,30 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
 from mt.config import DataConfig
-from mt.data import SPLITS, DataError, EncodedCorpus, _find_file, _pick, cache_key, cleaning_mask, open_hub_split
+from mt.data import SPLITS, DataError, EncodedCorpus, cache_key, cleaning_mask, hub_origin, open_hub_split
+from mt.readers import LocalSplit, local_split
 from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 1  # bump when the raw Arrow data or the cached arrays change meaning
-READ_BYTES = 16 << 20  # bytes of text decoded at once
 BATCH_SIZE = 10_000  # pairs per datasets.map batch and per reservoir step
 ARRAYS = ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets", "index")
 
 
-# ---------------------------------------------------------------------------------------------
-# Streaming local files (same semantics and messages as mt.data.read_lines / load_local)
-
-
-def _open_binary(path: Path) -> BinaryIO:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def _line_chunks(path: Path) -> Iterator[list[str]]:
-    """Lines of a UTF-8 file (``.gz`` transparently, ``\\n`` or ``\\r\\n``) in non-empty chunks, streamed."""
-    lines_before = bytes_before = 0
-    pending = b""
-    with _open_binary(path) as handle:
-        while True:
-            block = handle.read(READ_BYTES)
-            data = pending + block if pending else block
-            if block:
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:  # no complete line yet
-                    pending = data
-                    continue
-                complete, pending = data[:cut], data[cut:]
-            elif data:  # a last line without a newline
-                complete, pending = data, b""
-            else:
-                return
-            try:
-                text = complete.decode("utf-8")
-            except UnicodeDecodeError as error:
-                line = lines_before + complete[: error.start].count(b"\n") + 1
-                raise DataError(
-                    f"{path}:{line}: invalid UTF-8 ({error.reason} at byte {bytes_before + error.start})"
-                ) from None
-            lines = text.split("\n")
-            if lines[-1] == "":
-                lines.pop()
-            if "\r" in text:
-                lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-            lines_before += len(lines)
-            bytes_before += len(complete)
-            yield lines
-
-
-def _text_pairs(src_path: Path, tgt_path: Path) -> Iterator[tuple[list[str], list[str]]]:
-    """Aligned chunks of two line-aligned files; ``DataError`` with both line counts if they differ."""
-    streams = (_line_chunks(src_path), _line_chunks(tgt_path))
-    buffers: list[list[str]] = [[], []]
-    counts = [0, 0]
-    while True:
-        for side in (0, 1):
-            if not buffers[side]:
-                chunk = next(streams[side], None)
-                if chunk is not None:
-                    buffers[side] = chunk
-                    counts[side] += len(chunk)
-        if not (buffers[0] and buffers[1]):
-            break
-        n = min(len(buffers[0]), len(buffers[1]))
-        yield buffers[0][:n], buffers[1][:n]
-        buffers = [buffers[0][n:], buffers[1][n:]]
-    for side in (0, 1):  # one side has ended: count what is left of the other
-        counts[side] += sum(len(chunk) for chunk in streams[side])
-    if counts[0] != counts[1]:
-        raise DataError(f"misaligned corpus: {src_path} has {counts[0]} lines but {tgt_path} has {counts[1]}")
-
-
-def _tsv_pairs(path: Path) -> Iterator[tuple[list[str], list[str]]]:
-    number = 0
-    for lines in _line_chunks(path):
-        src, tgt = [], []
-        for line in lines:
-            number += 1
-            columns = line.split("\t")
-            if len(columns) != 2:
-                raise DataError(f"{path}:{number}: expected 2 tab-separated columns, found {len(columns)}")
-            src.append(columns[0])
-            tgt.append(columns[1])
-        yield src, tgt
-
-
-def _jsonl_pairs(path: Path, src_lang: str, tgt_lang: str) -> Iterator[tuple[list[str], list[str]]]:
-    number = 0
-    for lines in _line_chunks(path):
-        src, tgt = [], []
-        for line in lines:
-            number += 1
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: invalid JSON ({error.msg})") from None
-            src.append(_pick(record, src_lang, f"{path}:{number}"))
-            tgt.append(_pick(record, tgt_lang, f"{path}:{number}"))
-        if src:
-            yield src, tgt
-
-
-@dataclass(frozen=True)
-class _LocalSource:
-    """The files of one local split."""
-
-    format: str  # text | tsv | jsonl
-    src_path: str
-    tgt_path: str  # "" unless format == "text"
-    src_lang: str
-    tgt_lang: str
-
-    @property
-    def origin(self) -> str:
-        return f"{self.src_path} + {self.tgt_path}" if self.format == "text" else self.src_path
-
-    def fingerprint(self) -> str:
-        """Changes with the files (name, size, modification time), the languages and the layout."""
-        files = [self.src_path] + ([self.tgt_path] if self.tgt_path else [])
-        stats = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-        payload = json.dumps([LAYOUT_VERSION, self.format, self.src_lang, self.tgt_lang, stats])
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _local_source(cfg: DataConfig, split: str) -> _LocalSource:
-    directory = Path(cfg.path).expanduser()
-    if not directory.is_dir():
-        raise DataError(f"data.path={directory}: no such directory")
-    stem = getattr(cfg.splits, split)
-    if cfg.format == "text":
-        src_path = _find_file(directory, f"{stem}.{cfg.src_lang}")
-        tgt_path = _find_file(directory, f"{stem}.{cfg.tgt_lang}")
-        return _LocalSource("text", str(src_path), str(tgt_path), cfg.src_lang, cfg.tgt_lang)
-    path = _find_file(directory, f"{stem}.{cfg.format}")
-    return _LocalSource(cfg.format, str(path), "", cfg.src_lang, cfg.tgt_lang)
-
-
-def _local_pairs(
-    format: str, src_path: str, tgt_path: str, src_lang: str, tgt_lang: str
-) -> Iterator[tuple[list[str], list[str]]]:
-    if format == "text":
-        return _text_pairs(Path(src_path), Path(tgt_path))
-    if format == "tsv":
-        return _tsv_pairs(Path(src_path))
-    return _jsonl_pairs(Path(src_path), src_lang, tgt_lang)
+def _fingerprint(files: LocalSplit) -> str:
+    """Changes with the files (name, size, modification time), the languages and the layout."""
+    paths = [files.src_path] + ([files.tgt_path] if files.tgt_path else [])
+    stats = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in paths]
+    payload = json.dumps([LAYOUT_VERSION, files.format, files.src_lang, files.tgt_lang, stats])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,14 +74,9 @@ def _check_split(cfg: DataConfig, split: str) -> None:
         )
 
 
-def _hub_origin(cfg: DataConfig, split: str) -> str:
-    split_name = getattr(cfg.hub_splits, split)
-    return f"{cfg.hub_name}" + (f" ({cfg.hub_config})" if cfg.hub_config else "") + f" split {split_name!r}"
-
-
 def describe_source(cfg: DataConfig, split: str) -> str:
     """Where ``split`` is read from, for messages: its files or the hub dataset."""
-    return _local_source(cfg, split).origin if cfg.path else _hub_origin(cfg, split)
+    return local_split(cfg, split).origin if cfg.path else hub_origin(cfg, split)
 
 
 def _flatten_translation(table: pa.Table, src_lang: str, tgt_lang: str) -> pa.Table:
@@ -274,10 +131,10 @@ def raw_dataset(cfg: DataConfig, split: str, *, cache_dir: str | Path):
     cache_dir = Path(cache_dir)
     if not cfg.path:
         return _hub_dataset(cfg, split, cache_dir)
-    return _local_dataset(_local_source(cfg, split), split, cache_dir / "raw")
+    return _local_dataset(local_split(cfg, split), split, cache_dir / "raw")
 
 
-def _local_dataset(source: _LocalSource, split: str, directory: Path):
+def _local_dataset(files: LocalSplit, split: str, directory: Path):
     """The local split as an Arrow file ``directory/{split}-{fingerprint}.arrow``, written once.
 
     The pairs are streamed into the file chunk by chunk, as whole Arrow columns: ``from_generator``
@@ -287,7 +144,7 @@ def _local_dataset(source: _LocalSource, split: str, directory: Path):
     from datasets.arrow_writer import ArrowWriter
     from filelock import FileLock
 
-    fingerprint = source.fingerprint()
+    fingerprint = _fingerprint(files)
     path = directory / f"{split}-{fingerprint}.arrow"
     features = _raw_features()
     if not path.is_file():
@@ -295,13 +152,12 @@ def _local_dataset(source: _LocalSource, split: str, directory: Path):
         with FileLock(str(path) + ".lock"):
             if not path.is_file():
                 tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-                pairs = _local_pairs(source.format, source.src_path, source.tgt_path, source.src_lang, source.tgt_lang)
                 try:
                     with (
                         ArrowWriter(features=features, path=str(tmp)) as writer,
                         tqdm(desc=f"read {split}", unit=" pairs", unit_scale=True, disable=None) as bar,
                     ):
-                        for src, tgt in pairs:
+                        for src, tgt in files.pair_chunks():
                             writer.write_table(
                                 pa.table({"src": pa.array(src, pa.string()), "tgt": pa.array(tgt, pa.string())})
                             )
@@ -417,8 +273,7 @@ def sample_sentences(
     _check_split(cfg, split)
     reservoir = _Reservoir(n, seed)
     if cache_dir is None and cfg.path:
-        source = _local_source(cfg, split)
-        for src, tgt in _local_pairs(source.format, source.src_path, source.tgt_path, cfg.src_lang, cfg.tgt_lang):
+        for src, tgt in local_split(cfg, split).pair_chunks():
 
             def take(rows: np.ndarray, src: list[str] = src, tgt: list[str] = tgt) -> tuple[list[str], list[str]]:
                 picked = rows.tolist()

@@ -33,9 +33,10 @@ from mt.cli import (
     to_typed,
 )
 from mt.config import DataConfig, ReportConfig, SearchConfig, from_dict, register_configs
-from mt.data import DataError, load_split, read_lines
+from mt.data import DataError, load_split
 from mt.inference import CheckpointError, load_checkpoint, translate
 from mt.metrics import scores
+from mt.readers import read_lines
 
 register_configs()
 

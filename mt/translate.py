@@ -18,8 +18,9 @@ from omegaconf import DictConfig
 
 from mt.cli import CONF_DIR, best_device, entry_point, quiet_library_logs, reports_errors, set_threads, to_typed
 from mt.config import TranslateConfig, register_configs, with_beam, with_nbest
-from mt.data import DataError, read_lines
+from mt.data import DataError
 from mt.inference import load_translator, translate
+from mt.readers import read_lines
 
 register_configs()
 

@@ -43,10 +43,11 @@ import torch  # noqa: E402
 
 from mt.batching import pad_sequences  # noqa: E402
 from mt.config import DataConfig, SearchConfig, from_dict  # noqa: E402
-from mt.data import load_split, read_lines  # noqa: E402
+from mt.data import load_split  # noqa: E402
 from mt.inference import decode_ids, load_checkpoint  # noqa: E402
 from mt.metrics import bleu  # noqa: E402
 from mt.model import Transformer  # noqa: E402
+from mt.readers import read_lines  # noqa: E402
 from mt.tokenizer import EOS_ID, PAD_ID  # noqa: E402
 
 

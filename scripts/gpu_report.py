@@ -58,9 +58,9 @@ def train_report(run_dir: Path, peak_tflops: float | None) -> None:
 def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: int, beams: list[int]) -> None:
     from mt.cli import best_device
     from mt.config import SearchConfig
-    from mt.data import read_lines
     from mt.inference import decode_ids, load_translator
     from mt.metrics import scores
+    from mt.readers import read_lines
 
     logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # synthetic references end in a spaced period
     device = best_device()

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import numpy as np
 import pytest
 
 from mt.config import DataConfig, from_dict
-from mt.data import DataError, EncodedCorpus, cleaning_mask, load_split, prepare_split, read_lines
+from mt.data import DataError, EncodedCorpus, cleaning_mask, load_split, prepare_split
 from mt.tokenizer import train_tokenizer
 from tests.conftest import toy_pairs, write_text_corpus
 
 
 def data_config(path, **values) -> DataConfig:
     return from_dict(DataConfig, {"name": "t", "path": str(path), "splits": {"valid": "valid"}, **values})
-
-
-def test_read_lines_handles_gzip_and_windows_line_endings(tmp_path):
-    (tmp_path / "a.txt").write_bytes(b"eins\r\nzwei\r\n\r\ndrei")
-    with gzip.open(tmp_path / "a.txt.gz", "wb") as handle:
-        handle.write(b"eins\r\nzwei\r\n\r\ndrei\n")
-    assert read_lines(tmp_path / "a.txt") == ["eins", "zwei", "", "drei"]
-    assert read_lines(tmp_path / "a.txt.gz") == ["eins", "zwei", "", "drei"]
-
-
-def test_invalid_utf8_names_file_and_line(tmp_path):
-    (tmp_path / "bad.de").write_bytes(b"gut\nauch gut\nschlecht \xff\n")
-    with pytest.raises(DataError, match=r"bad.de:3: invalid UTF-8"):
-        read_lines(tmp_path / "bad.de")
 
 
 def test_text_pairs_plain_and_gzip(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 import random
@@ -12,10 +11,12 @@ import numpy as np
 import pytest
 
 import mt.preprocess as preprocess
+import mt.readers as readers
 from mt.batching import PairDataset
 from mt.config import DataConfig, from_dict
-from mt.data import DataError, load_split, prepare_split, read_lines
+from mt.data import DataError, load_split, prepare_split
 from mt.preprocess import _Reservoir, prepare_split_arrow, raw_dataset, sample_sentences
+from mt.readers import read_lines
 from mt.tokenizer import train_tokenizer
 from tests.conftest import toy_pairs, write_text_corpus
 
@@ -144,27 +145,13 @@ def test_misaligned_files_name_both_files_like_load_split(tmp_path):
     assert not list((tmp_path / "cache" / "raw").glob("*.arrow"))  # no half-written dataset is left
 
 
-def test_invalid_utf8_names_file_and_line_like_read_lines(tmp_path, monkeypatch):
+def test_invalid_utf8_in_a_later_block_names_file_and_line(tmp_path, monkeypatch):
     (tmp_path / "train.de").write_bytes("gut\nüber\r\n".encode() + b"schlecht \xff\n")
     (tmp_path / "train.en").write_text("good\nabove\nbad\n")
-    with pytest.raises(DataError) as expected:
-        read_lines(tmp_path / "train.de")
-    monkeypatch.setattr(preprocess, "READ_BYTES", 5)  # errors found in a later chunk keep their line number
-    with pytest.raises(DataError, match=r"train.de:3: invalid UTF-8") as error:
+    monkeypatch.setattr(readers, "READ_BYTES", 5)
+    with pytest.raises(DataError) as error:
         raw_dataset(data_config(tmp_path), "train", cache_dir=tmp_path / "cache")
-    assert str(error.value) == str(expected.value)
-
-
-@pytest.mark.parametrize("read_bytes", [1, 3, 7, 1 << 20])
-def test_streamed_lines_equal_read_lines_across_chunk_boundaries(tmp_path, monkeypatch, read_bytes):
-    content = "eins\r\nzwei\n\nüber straße\r\n\r\n" + "x" * 20 + "\nlast line without newline"
-    (tmp_path / "train.de").write_text(content, encoding="utf-8")
-    with gzip.open(tmp_path / "train.en.gz", "wb") as handle:
-        handle.write(content.encode())
-    monkeypatch.setattr(preprocess, "READ_BYTES", read_bytes)
-    for path in (tmp_path / "train.de", tmp_path / "train.en.gz"):
-        streamed = [line for chunk in preprocess._line_chunks(path) for line in chunk]
-        assert streamed == read_lines(path)
+    assert str(error.value) == f"{tmp_path / 'train.de'}:3: invalid UTF-8 (invalid start byte at byte 20)"
 
 
 def test_empty_after_cleaning_and_empty_split_are_errors(tmp_path, tokenizer):
