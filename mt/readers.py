@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import BinaryIO
 from mt.config import DataConfig
 
 READ_BYTES = 16 << 20  # bytes of text decoded at once
+BOM = "\ufeff".encode()  # a UTF-8 byte order mark, dropped at the start of a file
 
 
 class DataError(ValueError):
@@ -39,7 +41,7 @@ def line_chunks(path: str | Path) -> Iterator[list[str]]:
     pending = b""
     with _open_binary(path) as handle:
         while True:
-            block = handle.read(READ_BYTES)
+            block = _read_block(handle, path)
             data = pending + block if pending else block
             if block:
                 cut = data.rfind(b"\n") + 1
@@ -51,6 +53,10 @@ def line_chunks(path: str | Path) -> Iterator[list[str]]:
                 complete, pending = data, b""
             else:
                 return
+            if not bytes_before and complete.startswith(BOM):  # the file's first bytes: as some editors write
+                complete, bytes_before = complete[len(BOM) :], len(BOM)
+                if not complete:
+                    continue
             try:
                 text = complete.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -70,6 +76,13 @@ def line_chunks(path: str | Path) -> Iterator[list[str]]:
 
 def _open_binary(path: Path) -> BinaryIO:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_block(handle: BinaryIO, path: Path) -> bytes:
+    try:
+        return handle.read(READ_BYTES)
+    except (EOFError, OSError, zlib.error) as error:  # a truncated, corrupt or misnamed .gz file
+        raise DataError(f"{path}: not a readable gzip file ({error})") from None
 
 
 @dataclass(frozen=True)

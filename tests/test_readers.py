@@ -94,3 +94,25 @@ def test_tsv_line_without_two_columns_is_named(tmp_path):
     (tmp_path / "train.tsv").write_text("a\tb\nonly one\n")
     with pytest.raises(DataError, match=r"train.tsv:2: expected 2 tab-separated columns, found 1"):
         list(local_split(data_config(tmp_path, format="tsv"), "train").pair_chunks())
+
+
+@pytest.mark.parametrize("block_bytes", BLOCK_SIZES)
+def test_a_leading_byte_order_mark_is_dropped(tmp_path, monkeypatch, block_bytes):
+    monkeypatch.setattr(readers, "READ_BYTES", block_bytes)
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + CONTENT.encode())
+    assert read_lines(tmp_path / "bom.txt") == LINES
+    (tmp_path / "only.txt").write_bytes(b"\xef\xbb\xbf")
+    assert read_lines(tmp_path / "only.txt") == []
+    (tmp_path / "bad.txt").write_bytes(b"\xef\xbb\xbfok\n\xff\n")  # byte offsets still count the mark
+    with pytest.raises(DataError, match=r"bad.txt:2: invalid UTF-8 \(invalid start byte at byte 6\)"):
+        read_lines(tmp_path / "bad.txt")
+
+
+def test_truncated_corrupt_or_misnamed_gzip_files_are_named(tmp_path):
+    whole = gzip.compress(CONTENT.encode() * 50)
+    (tmp_path / "truncated.de.gz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "plain.de.gz").write_text(CONTENT)
+    (tmp_path / "corrupt.de.gz").write_bytes(whole[:20] + bytes(40) + whole[60:])
+    for name in ("truncated.de.gz", "plain.de.gz", "corrupt.de.gz"):
+        with pytest.raises(DataError, match=rf"{name}: not a readable gzip file \("):
+            read_lines(tmp_path / name)
