@@ -9,14 +9,17 @@ number.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from mt.data import EncodedCorpus
+from mt.data import DataError, EncodedCorpus
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -206,21 +209,40 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         return self._cache[1]
 
     def state_dict(self) -> dict[str, int]:
-        """Where training stands: the epoch and the batches of it already consumed."""
-        common = {"seed": self.seed, "batches": len(self)}
+        """Where training stands: the epoch and this rank's batches of it already consumed."""
+        common = {"seed": self.seed, "epoch_batches": len(self._batches), "replicas": self.num_replicas}
         if self.position >= len(self):
             return {"epoch": self.epoch + 1, "position": 0, **common}
         return {"epoch": self.epoch, "position": self.position, **common}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        saved = (state.get("seed", self.seed), state.get("batches", len(self)))
-        if saved != (self.seed, len(self)):
-            raise ValueError(
-                f"the checkpoint's data order (seed {saved[0]}, {saved[1]} batches per epoch) differs from "
-                f"this run's (seed {self.seed}, {len(self)}): resume with the same seed, data and max_tokens"
+        """Continue from ``state``, also with another number of ranks: the ranks had consumed the
+        first ``position * replicas`` batches of the epoch's order, and this run's ranks go on from
+        the last multiple of its own count (so at most ``num_replicas - 1`` batches are seen twice)."""
+        if "epoch_batches" in state:
+            saved = (state["seed"], state["epoch_batches"])
+            here = (self.seed, len(self._batches))
+        else:  # checkpoints before epoch_batches: the batch count of a rank
+            saved, here = (state.get("seed", self.seed), state["batches"]), (self.seed, len(self))
+        if saved != here:
+            raise DataError(
+                f"the checkpoint's data order (seed {saved[0]}, {saved[1]} batches an epoch) differs from this "
+                f"run's (seed {here[0]}, {here[1]}): resume with the same seed, data and data.max_tokens"
             )
         self.epoch = int(state["epoch"])
-        self.position = self._resume_at = int(state["position"])
+        replicas = int(state.get("replicas", self.num_replicas))
+        consumed = int(state["position"]) * replicas  # of the epoch's batches, by all ranks together
+        self.position = self._resume_at = consumed // self.num_replicas
+        repeated = consumed - self.position * self.num_replicas
+        if replicas != self.num_replicas and self.rank == 0:
+            log.warning(
+                "resuming %d ranks' data order on %d: epoch %d goes on after its first %d batches%s",
+                replicas,
+                self.num_replicas,
+                self.epoch,
+                consumed,
+                f" ({repeated} of them seen again)" if repeated else "",
+            )
 
     def shard(self) -> list[np.ndarray]:
         """This rank's batches: every ``num_replicas``-th, the list first padded by wrapping around."""

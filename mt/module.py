@@ -238,7 +238,7 @@ class TranslationModule(L.LightningModule):
             elif self.trainer.is_global_zero:
                 log.warning(
                     "the checkpoint holds the random states of %d ranks and this run has %d: "
-                    "dropout streams start afresh (the data order is still exact)",
+                    "dropout streams start afresh (the data order goes on where it stopped)",
                     len(states),
                     self.trainer.world_size,
                 )

@@ -92,3 +92,57 @@ def test_collate_adds_bos_eos_and_pads():
     assert batch.ids.tolist() == [4, 2]
     assert batch.tgt_token_count == int(batch.num_tgt_tokens) == 6
     assert batch.to("cpu").src_ids.dtype == torch.long
+
+
+def consume(samplers: list[TokenBatchSampler], steps: int) -> list[tuple[int, ...]]:
+    """The batches the ranks train on in ``steps`` updates (each rank's ``steps`` first), rank-interleaved
+    as they stand in the epoch's order."""
+    shards = [[tuple(b) for b in sampler] for sampler in samplers]
+    for sampler in samplers:
+        sampler.position = steps  # what ResumableLoader counts
+    return [shard[step] for step in range(steps) for shard in shards]
+
+
+@pytest.mark.parametrize(("before", "after", "steps"), [(2, 3, 6), (2, 4, 5), (4, 2, 3), (3, 1, 4), (2, 2, 7)])
+def test_resume_on_another_number_of_ranks_goes_on_in_the_epoch_order(before, after, steps):
+    src, tgt = lengths(301)
+
+    def ranks(world):
+        return [
+            TokenBatchSampler(src, tgt, 300, shuffle=True, seed=1, num_replicas=world, rank=r) for r in range(world)
+        ]
+
+    old, new = ranks(before), ranks(after)
+    for sampler in old:
+        sampler.set_epoch(2)
+    seen_before = consume(old, steps)
+    order = [tuple(b.tolist()) for b in old[0].all_batches()]
+    assert seen_before == order[: steps * before]
+    for sampler in new:
+        sampler.load_state_dict(old[0].state_dict())
+        sampler.set_epoch(2)  # what Lightning does at the resumed epoch's start: the position stays
+    resumed_at = steps * before // after * after  # the last multiple of the new rank count
+    assert resumed_at > steps * before - after
+    firsts = [list(sampler) for sampler in new]
+    seen_after = [tuple(firsts[r][i]) for i in range(min(map(len, firsts))) for r in range(after)]
+    assert seen_after[: len(order) - resumed_at] == order[resumed_at:]
+
+
+def test_resume_with_another_seed_or_budget_is_refused_in_one_line():
+    from mt.data import DataError
+
+    src, tgt = lengths()
+    state = TokenBatchSampler(src, tgt, 400, shuffle=True, seed=3).state_dict()
+    for other in (
+        TokenBatchSampler(src, tgt, 400, shuffle=True, seed=4),
+        TokenBatchSampler(src, tgt, 600, shuffle=True, seed=3),
+    ):
+        with pytest.raises(DataError, match=r"checkpoint's data order \(seed 3, \d+ batches an epoch\) differs"):
+            other.load_state_dict(state)
+
+
+def test_resume_from_a_checkpoint_before_epoch_batches_was_saved():
+    src, tgt = lengths()
+    sampler = TokenBatchSampler(src, tgt, 400, shuffle=True, seed=3)
+    sampler.load_state_dict({"epoch": 1, "position": 4, "seed": 3, "batches": len(sampler)})
+    assert (sampler.epoch, sampler.position) == (1, 4)
