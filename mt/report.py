@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from mt.atomic import atomic_write
-from mt.average import average_checkpoints, newest_checkpoints
+from mt.average import average_checkpoints, newest_checkpoints, step_checkpoints
 from mt.cli import (
     CONF_DIR,
     RunError,
@@ -57,7 +57,7 @@ def run_checkpoints(run_dir: Path) -> list[Path]:
     directory = run_dir / "checkpoints"
     if not directory.is_dir():
         raise RunError(f"run={run_dir}: no checkpoints/ directory (is it a training run directory?)")
-    found = sorted(directory.glob("step*.ckpt"))
+    found = step_checkpoints(run_dir)
     found += [directory / name for name in ("best.ckpt", "last.ckpt") if (directory / name).is_file()]
     if not found:
         raise RunError(f"run={run_dir}: checkpoints/ holds no .ckpt file")
@@ -94,19 +94,39 @@ def file_key(path: Path) -> list:
 
 
 def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:
-    """The checkpoint data's test splits named in ``test_splits`` (default: its test split), plus the files given."""
-    sets = []
+    """The checkpoint data's test splits named in ``test_splits`` (default: its test split), plus the files given.
+
+    Each set is named by its split or file name, or by the path as given where two file names are the same.
+    """
+    sets: list[TestSet] = []
+
+    def add(name: str, fallback_name: str, sources: list[str], references: list[str], origin: str) -> None:
+        if not sources:
+            raise DataError(f"{origin}: empty test set")
+        names = {test_set.name for test_set in sets}
+        if name in names:
+            name = fallback_name
+        if name in names:
+            raise RunError(f"{origin}: named twice among the test sets")
+        sets.append(TestSet(name, sources, references))
+
     if data is not None and config.include_data_splits:
         data_cfg = from_dict(DataConfig, data)
-        for split_name in config.test_splits or [data_cfg.splits.test]:
-            split_cfg = dataclasses.replace(data_cfg, splits=dataclasses.replace(data_cfg.splits, test=split_name))
+        on_hub = not data_cfg.path  # the split names are the hub's (data.hub_splits) or the files' (data.splits)
+        for split_name in config.test_splits or [data_cfg.hub_splits.test if on_hub else data_cfg.splits.test]:
+            if on_hub:
+                split_cfg = dataclasses.replace(
+                    data_cfg, hub_splits=dataclasses.replace(data_cfg.hub_splits, test=split_name)
+                )
+            else:
+                split_cfg = dataclasses.replace(data_cfg, splits=dataclasses.replace(data_cfg.splits, test=split_name))
             text = load_split(split_cfg, "test")
-            sets.append(TestSet(split_name, text.src, text.tgt))
+            add(split_name, split_name, text.src, text.tgt, text.origin)
     for source, reference in zip(config.sources, config.references):
         sources, references = read_lines(source), read_lines(reference)
         if len(sources) != len(references):
             raise DataError(f"reference {reference} has {len(references)} lines but source {source} has {len(sources)}")
-        sets.append(TestSet(Path(source).name, sources, references))
+        add(Path(source).name, source, sources, references, source)
     if not sets:
         raise RunError("no test set: the checkpoints record no data config; pass sources=[...] references=[...]")
     return sets

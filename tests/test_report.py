@@ -92,3 +92,38 @@ def test_report_of_a_directory_without_checkpoints_is_a_clear_error(tmp_path):
     assert (
         result.stderr.strip() == f"error: run={tmp_path}: no checkpoints/ directory (is it a training run directory?)"
     )
+
+
+def test_test_splits_of_a_hub_dataset_are_the_hubs_splits(tmp_path):
+    from mt.report import load_test_sets
+
+    pairs = {"validation": toy_pairs(3, seed=2), "test": toy_pairs(2, seed=3)}
+    for split, split_pairs in pairs.items():
+        (tmp_path / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"translation": {"de": s, "en": t}}) + "\n" for s, t in split_pairs)
+        )
+    data = {"name": "hubtest", "hub_name": str(tmp_path)}
+    sets = load_test_sets(ReportConfig(run="r", test_splits=["validation", "test"]), data)
+    assert [(s.name, list(zip(s.sources, s.references))) for s in sets] == list(pairs.items())
+    (default,) = load_test_sets(ReportConfig(run="r"), data)
+    assert default.name == "test" and list(zip(default.sources, default.references)) == pairs["test"]
+
+
+def test_test_files_of_the_same_name_keep_their_own_scores_and_empty_ones_are_refused(tmp_path):
+    from mt.data import DataError
+    from mt.report import load_test_sets
+
+    for year, pairs in (("wmt14", toy_pairs(2, seed=1)), ("wmt17", toy_pairs(3, seed=2))):
+        (tmp_path / year).mkdir()
+        (tmp_path / year / "test.de").write_text("".join(s + "\n" for s, _ in pairs))
+        (tmp_path / year / "test.en").write_text("".join(t + "\n" for _, t in pairs))
+    files = [str(tmp_path / year / "test.{}") for year in ("wmt14", "wmt17")]
+    config = ReportConfig(run="r", sources=[f.format("de") for f in files], references=[f.format("en") for f in files])
+    sets = load_test_sets(config, None)
+    assert [s.name for s in sets] == ["test.de", files[1].format("de")]
+    assert [len(s.sources) for s in sets] == [2, 3]
+    (tmp_path / "empty.de").write_text("")
+    (tmp_path / "empty.en").write_text("")
+    config = ReportConfig(run="r", sources=[str(tmp_path / "empty.de")], references=[str(tmp_path / "empty.en")])
+    with pytest.raises(DataError, match=r"empty.de: empty test set"):
+        load_test_sets(config, None)
