@@ -25,9 +25,15 @@ register_configs()
 KEPT_KEYS = ("state_dict", "hyper_parameters", "tokenizer", "epoch", "global_step", "pytorch-lightning_version")
 
 
+def step_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The step checkpoints (``step{N}.ckpt``) of ``run_dir``, by step (past 10^7 steps too)."""
+    found = [path for path in Path(run_dir, "checkpoints").glob("step*.ckpt") if path.stem[4:].isdigit()]
+    return sorted(found, key=lambda path: int(path.stem[4:]))
+
+
 def newest_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
     """The ``count`` step checkpoints of ``run_dir`` with the highest steps, oldest first."""
-    found = sorted(Path(run_dir, "checkpoints").glob("step*.ckpt"))
+    found = step_checkpoints(run_dir)
     if len(found) < count:
         raise RunError(
             f"{run_dir}/checkpoints holds {len(found)} step*.ckpt files, fewer than last={count} "
@@ -60,6 +66,9 @@ def average_checkpoints(paths: list[Path]) -> dict:
         state, last_step = checkpoint["state_dict"], checkpoint.get("global_step", last_step)
         if state.keys() != sums.keys() or any(state[k].shape != sums[k].shape for k in sums):
             raise CheckpointError(f"checkpoint {path}: its parameters differ in names or shapes from {paths[0]}")
+        for what, value in (("model config", _model_config), ("tokenizer", _tokenizer)):
+            if value(checkpoint) != value(first):
+                raise CheckpointError(f"checkpoint {path}: its {what} differs from {paths[0]}'s (another run?)")
         for name, tensor in state.items():
             if tensor.is_floating_point():
                 sums[name] += tensor.double()
@@ -72,6 +81,14 @@ def average_checkpoints(paths: list[Path]) -> dict:
     out["global_step"] = last_step  # the step of the newest weights (paths are oldest first)
     out["averaged_from"] = [str(p) for p in paths]
     return out
+
+
+def _model_config(checkpoint: dict) -> object:
+    return checkpoint.get("hyper_parameters", {}).get("model")
+
+
+def _tokenizer(checkpoint: dict) -> object:
+    return checkpoint.get("tokenizer")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="average")

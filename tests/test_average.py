@@ -54,3 +54,28 @@ def test_averaging_refuses_other_models_and_missing_files(two_checkpoints, tmp_p
         average_checkpoints([a, tmp_path / "absent.ckpt"])
     with pytest.raises(RunError, match="keep_checkpoints"):
         newest_checkpoints(tmp_path, 2)
+
+
+def test_averaging_refuses_another_runs_tokenizer_or_model_config(two_checkpoints, tmp_path):
+    a, _ = two_checkpoints
+    for what, change in (
+        ("tokenizer", lambda c: c["tokenizer"].update({"src": b"another model"})),
+        ("model config", lambda c: c["hyper_parameters"]["model"].update({"pre_norm": False})),
+    ):
+        other = torch.load(a, weights_only=False)
+        change(other)
+        torch.save(other, tmp_path / "other.ckpt")
+        with pytest.raises(CheckpointError, match=f"its {what} differs from"):
+            average_checkpoints([a, tmp_path / "other.ckpt"])
+
+
+def test_step_checkpoints_are_ordered_by_step_past_seven_digits(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    for step in (9_999_999, 10_000_000, 200, 12_345_678):
+        (tmp_path / "checkpoints" / f"step{step:07d}.ckpt").touch()
+    (tmp_path / "checkpoints" / "stepless.ckpt").touch()
+    assert [p.name for p in newest_checkpoints(tmp_path, 3)] == [
+        "step9999999.ckpt",
+        "step10000000.ckpt",
+        "step12345678.ckpt",
+    ]
