@@ -195,6 +195,10 @@ class SearchConfig:
         _require(self.top_k >= 0, f"top_k={self.top_k}: expected >= 0")
         _require(0.0 < self.top_p <= 1.0, f"top_p={self.top_p}: expected 0 < top_p <= 1")
         _require(self.temperature > 0, f"temperature={self.temperature}: expected > 0")
+        _require(
+            not (self.sampling and self.nbest > 1),
+            f"nbest={self.nbest} with sampling=true: sampling draws one translation a sentence (expected nbest=1)",
+        )
 
 
 @dataclass

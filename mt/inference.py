@@ -108,10 +108,14 @@ def _check_vocabularies(path: Path, module: TranslationModule) -> None:
 
 
 def search_batch(
-    model: Decoder, src_ids: torch.Tensor, src_pad_mask: torch.Tensor, search: SearchConfig
+    model: Decoder,
+    src_ids: torch.Tensor,
+    src_pad_mask: torch.Tensor,
+    search: SearchConfig,
+    generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
-    """n-best hypotheses of one batch: sampling (one each) if asked, else greedy when beam and n-best
-    are 1, else beam search."""
+    """n-best hypotheses of one batch: sampling (one each, drawn from ``generator``, else from a new one
+    seeded with ``search.seed``) if asked, else greedy when beam and n-best are 1, else beam search."""
     options = dict(
         max_len_a=search.max_len_a,
         max_len_b=search.max_len_b,
@@ -120,7 +124,7 @@ def search_batch(
         min_len=search.min_len,
     )
     if search.sampling:
-        generator = torch.Generator(device=src_ids.device).manual_seed(search.seed)
+        generator = generator or sampling_generator(search, src_ids.device)
         hyps = sample(
             model,
             src_ids,
@@ -137,6 +141,12 @@ def search_batch(
     return beam_search(model, src_ids, src_pad_mask, beam=search.beam, nbest=search.nbest, **options)
 
 
+def sampling_generator(search: SearchConfig, device: torch.device | str) -> torch.Generator:
+    """The random stream of sampling: seeded with ``search.seed``, one for a whole decoding run, so that
+    its batches (and ``mt.translate``'s chunks) draw on, rather than repeat, each other's numbers."""
+    return torch.Generator(device=device).manual_seed(search.seed)
+
+
 def decode_ids(
     model: Decoder,
     src: Sequence[Sequence[int]],
@@ -145,6 +155,7 @@ def decode_ids(
     device: torch.device | str = "cpu",
     progress: bool = False,
     desc: str = "decode",
+    generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
     """n-best hypotheses for every source (subword ids without EOS), in input order.
 
@@ -158,11 +169,15 @@ def decode_ids(
     lengths = np.fromiter((len(s) + 1 for s in src), dtype=np.int64, count=len(src))
     order = np.argsort(lengths, kind="stable")
     budget = max(search.max_tokens // search.rows_per_source, int(lengths.max(initial=1)))
+    if search.sampling and generator is None:
+        generator = sampling_generator(search, device)
     results: list[list[Hypothesis]] = [[] for _ in src]
     with tqdm(total=len(src), desc=desc, unit="sent", disable=not progress, leave=False) as bar:
         for batch_ids in token_batches(order, lengths, budget):
             batch = collate([src[i] for i in batch_ids], None, batch_ids).to(device)
-            for i, hyps in zip(batch_ids.tolist(), search_batch(model, batch.src_ids, batch.src_pad_mask, search)):
+            for i, hyps in zip(
+                batch_ids.tolist(), search_batch(model, batch.src_ids, batch.src_pad_mask, search, generator)
+            ):
                 results[i] = hyps
             bar.update(len(batch_ids))
     return results
@@ -176,14 +191,16 @@ def translate(
     *,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    generator: torch.Generator | None = None,
 ) -> list[list[tuple[str, float]]]:
     """Detokenized n-best translations with scores, one list per sentence, in input order.
 
     Empty (or whitespace-only) sentences are not decoded: their translation is the empty string.
+    ``generator``: sampling's random stream, to continue it across calls (``sampling_generator``).
     """
     nonempty = [i for i, s in enumerate(sentences) if s.strip()]
     src = tokenizer.encode_src([sentences[i] for i in nonempty])
-    hyps = decode_ids(model, src, search, device=device, progress=progress, desc="translate")
+    hyps = decode_ids(model, src, search, device=device, progress=progress, desc="translate", generator=generator)
     out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in sentences]
     for i, nbest in zip(nonempty, hyps):
         texts = tokenizer.decode_tgt([h.tokens for h in nbest])

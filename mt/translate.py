@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from mt.cli import CONF_DIR, best_device, entry_point, quiet_library_logs, reports_errors, set_threads, to_typed
 from mt.config import TranslateConfig, register_configs, with_beam, with_nbest
 from mt.data import DataError
-from mt.inference import load_translator, translate
+from mt.inference import load_translator, sampling_generator, translate
 from mt.readers import read_lines
 
 register_configs()
@@ -59,13 +59,17 @@ def _main(cfg: DictConfig) -> None:
     set_threads(config.threads)
     quiet_library_logs()
     search = with_nbest(with_beam(config.search, config.beam), config.nbest)
+    lines = read_lines(config.input) if config.input else stdin_lines()  # a bad input= fails before the load
     model, module = load_translator(config.checkpoint, config.ensemble)
     device = best_device()
     model = model.to(device)
-    lines = read_lines(config.input) if config.input else stdin_lines()
+    generator = sampling_generator(search, device) if search.sampling else None  # one stream for all chunks
     offset = 0
     for chunk in chunks(lines, CHUNK_LINES):
-        for index, nbest in enumerate(translate(model, module.tokenizer, chunk, search, device=device, progress=True)):
+        translations = translate(
+            model, module.tokenizer, chunk, search, device=device, progress=True, generator=generator
+        )
+        for index, nbest in enumerate(translations):
             if config.nbest is None:
                 sys.stdout.write(nbest[0][0] + "\n")
             else:

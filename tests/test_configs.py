@@ -75,6 +75,7 @@ def test_evaluate_and_translate_compose_with_shortcuts():
         (["tokenizer.joint=false"], "share_all_embeddings"),
         (["data.format=xml"], "expected text, tsv or jsonl"),
         (["model.dropout=1.5"], "model.dropout"),
+        (["search.sampling=true", "search.nbest=2"], "sampling draws one translation a sentence"),
     ],
 )
 def test_impossible_values_are_refused(overrides, message):

@@ -182,6 +182,28 @@ def test_sampling_is_reproducible_from_its_seed():
     assert draw(1) != draw(2)
 
 
+def test_sampling_batches_of_one_call_draw_different_numbers_and_the_call_is_reproducible():
+    """Batches of one decoding run continue one random stream: the same sentence in the same row of
+    two batches gets its own draw (a stream seeded again at each batch would repeat it)."""
+    import mt.inference
+    from mt.config import SearchConfig
+
+    model = random_model(33, vocab=30)
+    sources = [[7, 8, 9, 10]] * 12  # 5 tokens with EOS: batches of 2 sources at max_tokens=10
+    search = SearchConfig(sampling=True, temperature=3.0, max_tokens=10, max_len_a=0.0, max_len_b=8, seed=5)
+
+    def draw():
+        return [nbest[0].tokens for nbest in mt.inference.decode_ids(model, sources, search)]
+
+    first = draw()
+    assert draw() == first
+    assert len({tuple(tokens) for tokens in first[0::2]}) > 1  # row 0 of each of the 6 batches
+    # a run continued across calls (mt.translate's chunks) goes on drawing, rather than starting again
+    generator = mt.inference.sampling_generator(search, "cpu")
+    halves = [mt.inference.decode_ids(model, sources[:6], search, generator=generator) for _ in range(2)]
+    assert [nbest[0].tokens for half in halves for nbest in half] == first
+
+
 def test_filter_logits_keeps_top_k_and_the_nucleus():
     log_probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
     assert torch.isfinite(filter_logits(log_probs, top_k=2)).tolist() == [[True, True, False, False]]
@@ -307,10 +329,10 @@ def test_decode_budget_counts_each_source_as_beam_rows(monkeypatch, beam, sampli
     search_batch = mt.inference.search_batch
     rows_per_source = 1 if sampling else beam
 
-    def recording(model, src_ids, src_pad_mask, search):
+    def recording(model, src_ids, src_pad_mask, search, generator=None):
         batch_rows.append(src_ids.size(0) * rows_per_source)
         assert src_ids.size(1) * src_ids.size(0) * rows_per_source <= 80
-        return search_batch(model, src_ids, src_pad_mask, search)
+        return search_batch(model, src_ids, src_pad_mask, search, generator)
 
     monkeypatch.setattr(mt.inference, "search_batch", recording)
     model = random_model()
