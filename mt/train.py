@@ -221,15 +221,36 @@ def build_strategy(cfg: TrainerConfig) -> str | Strategy:
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """The ``last.ckpt`` writer; after a resume it does not save again until the next update.
+    """The ``last.ckpt`` writer: after every validation, at the end of every epoch and of training,
+    and every ``every_n_train_steps`` updates; after a resume, not again until the next update.
 
-    Lightning forgets the step it last saved at, so the first batch after a resume, inside an
-    accumulation window, would save a checkpoint whose data position is ahead of its weights.
+    Lightning's ``save_last`` only writes ``last.ckpt`` at a validation or epoch end where it also
+    saved a top-k checkpoint, which this writer (``save_top_k=0``) never does: without the hooks
+    below, a run killed before its end had no ``last.ckpt`` to resume from. And Lightning forgets the
+    step it last saved at, so the first batch after a resume, inside an accumulation window, would
+    save a checkpoint whose data position is ahead of its weights.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._last_global_step_saved = trainer.global_step
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_unless_saved(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_unless_saved(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_unless_saved(trainer)
+
+    def _save_last_unless_saved(self, trainer: L.Trainer) -> None:
+        # skipped in sanity checks and fast_dev_run, and where this step is already saved
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def train(config: TrainConfig, run_dir: Path) -> dict | None:

@@ -124,3 +124,66 @@ def test_a_crash_between_a_checkpoint_and_its_step_log_leaves_no_hole_in_the_log
     assert sorted(got) == sorted(expected) == list(range(20))
     for step in expected:
         assert abs(got[step] - expected[step]) < 1e-5, (step, got[step], expected[step])
+
+
+@pytest.mark.parametrize("every", [None, 2])
+def test_last_checkpoint_follows_every_validation_epoch_and_the_end(tmp_path, every):
+    """A run killed at any point has a ``last.ckpt`` of its latest validation (or epoch end, or N-step
+    save) to resume from, and a finished run's ``last.ckpt`` is its final step (Lightning's own
+    ``save_last`` wrote it only beside a top-k checkpoint, that is never, for this writer)."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mt.train import LastCheckpoint
+
+    class Toy(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", self.layer(batch[0]).pow(2).mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    last_path = tmp_path / "checkpoints" / "last.ckpt"
+    seen: list[tuple[str, int, int | None]] = []
+
+    class Probe(L.Callback):
+        def record(self, when, trainer):
+            step = torch.load(last_path, weights_only=False)["global_step"] if last_path.exists() else None
+            seen.append((when, trainer.global_step, step))
+
+        def on_train_epoch_start(self, trainer, module):
+            self.record("epoch start", trainer)
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 5:
+                self.record("mid-epoch", trainer)
+
+    loader = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=4)  # 3 updates an epoch
+    last = LastCheckpoint(
+        dirpath=tmp_path / "checkpoints",
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=every,
+        enable_version_counter=False,
+    )
+    trainer = L.Trainer(
+        max_epochs=3,
+        val_check_interval=2,
+        callbacks=[last, Probe()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(Toy(), loader, loader)
+    # validations after 2 batches of each epoch (steps 2, 5, 8) and the epoch ends (3, 6, 9)
+    assert seen == [("epoch start", 0, None), ("epoch start", 3, 3), ("mid-epoch", 5, 5), ("epoch start", 6, 6)]
+    assert torch.load(last_path, weights_only=False)["global_step"] == 9
