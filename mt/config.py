@@ -265,12 +265,20 @@ class TrainerConfig:
         _require(
             self.collective_timeout_s >= 1, f"trainer.collective_timeout_s={self.collective_timeout_s}: expected >= 1"
         )
+        _require(self.log_every_n_steps >= 1, f"trainer.log_every_n_steps={self.log_every_n_steps}: expected >= 1")
         if isinstance(self.val_check_interval, int) and not isinstance(self.val_check_interval, bool):
             # Validation saves last.ckpt: it must fall after an update, not inside an accumulation window.
             _require(
                 self.val_check_interval % self.accumulate_grad_batches == 0,
                 f"trainer.val_check_interval={self.val_check_interval} (batches) is not a multiple of "
                 f"trainer.accumulate_grad_batches={self.accumulate_grad_batches}",
+            )
+        elif self.val_check_interval not in (None, 1.0):  # a fraction of an epoch, or a time
+            _require(
+                self.accumulate_grad_batches == 1,
+                f"trainer.val_check_interval={self.val_check_interval} with trainer.accumulate_grad_batches="
+                f"{self.accumulate_grad_batches}: validation (and last.ckpt) could fall inside an accumulation "
+                f"window; give the interval in batches, a multiple of {self.accumulate_grad_batches}",
             )
         if self.max_time is not None:
             parts = str(self.max_time).split(":")

@@ -76,6 +76,8 @@ def test_evaluate_and_translate_compose_with_shortcuts():
         (["data.format=xml"], "expected text, tsv or jsonl"),
         (["model.dropout=1.5"], "model.dropout"),
         (["search.sampling=true", "search.nbest=2"], "sampling draws one translation a sentence"),
+        (["trainer.val_check_interval=0.5", "trainer.accumulate_grad_batches=2"], "inside an accumulation window"),
+        (["trainer.log_every_n_steps=0"], "log_every_n_steps=0"),
     ],
 )
 def test_impossible_values_are_refused(overrides, message):
