@@ -114,8 +114,7 @@ def prepare_cuda(*, tf32: bool = True) -> None:
     if not torch.cuda.is_available():
         return
     torch.backends.cuda.enable_cudnn_sdp(False)
-    if tf32:
-        torch.set_float32_matmul_precision("high")
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")  # decoding after training: fp32 again
 
 
 def quiet_library_logs() -> None:

@@ -42,6 +42,12 @@ class NonFiniteLossError(RunError):
     """Too many consecutive steps with a NaN or infinite loss."""
 
 
+def _total_norm(grads: list[Tensor]) -> Tensor:
+    """The 2-norm of all ``grads`` together: infinite or NaN when any element is."""
+    norms = torch._foreach_norm(grads) if hasattr(torch, "_foreach_norm") else [g.norm() for g in grads]
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+
+
 def label_smoothed_nll(
     logits: Tensor, target: Tensor, epsilon: float, *, pad_id: int = PAD_ID
 ) -> tuple[Tensor, Tensor]:
@@ -176,8 +182,14 @@ class TranslationModule(L.LightningModule):
         self._unwritten_step_log = None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Skip the update when a loss in the accumulation window was not finite (on any rank)."""
-        nonfinite = bool(self._nonfinite_in_window.item())  # the step's one host sync, after backward
+        """Skip the update when a loss in the accumulation window, or a gradient, was not finite (on any
+        rank: the gradients are already all-reduced). Before clipping, which would spread a NaN to every
+        weight. With fp16 the grad scaler skips overflowing steps itself and tunes its scale on them."""
+        flags = self._nonfinite_in_window
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and "16-mixed" != str(self.trainer.precision):
+            flags = flags + (~_total_norm(grads).isfinite()).float()
+        nonfinite = bool(flags.item())  # the step's one host sync, after backward
         self._nonfinite_in_window = torch.zeros((), device=self.device)
         if not nonfinite:
             self._nonfinite_run = 0
@@ -190,11 +202,14 @@ class TranslationModule(L.LightningModule):
         self._log_step("train/nonfinite_steps", float(self._nonfinite_total))
         limit = self.optim_cfg.max_consecutive_nonfinite
         log.warning(
-            "step %d: the loss is not finite; update skipped (%d in a row, limit %d)", step, self._nonfinite_run, limit
+            "step %d: the loss or a gradient is not finite; update skipped (%d in a row, limit %d)",
+            step,
+            self._nonfinite_run,
+            limit,
         )
         if self._nonfinite_run >= limit:
             raise NonFiniteLossError(
-                f"the loss was not finite for {self._nonfinite_run} steps in a row (steps "
+                f"the loss or a gradient was not finite for {self._nonfinite_run} steps in a row (steps "
                 f"{step - self._nonfinite_run + 1}-{step}); the last good checkpoint is {self._last_checkpoint()}: "
                 f"lower optim.lr, raise optim.warmup_steps or use trainer.precision=bf16-mixed/32-true"
             )
@@ -287,7 +302,9 @@ class TranslationModule(L.LightningModule):
             else min(len(corpus), self.validation_cfg.max_sentences)
         )
         beam = 1 if self.validation_cfg.decode == "greedy" else self.validation_cfg.beam
-        search = dataclasses.replace(self.search_cfg, beam=beam, nbest=1)
+        search = dataclasses.replace(
+            self.search_cfg, beam=beam, nbest=1, sampling=False
+        )  # a search, also if search=sample
         rank, world_size = self.trainer.global_rank, self.trainer.world_size
         hyps = decode_ids(
             self.model,

@@ -25,16 +25,26 @@ from tests.test_distributed import ROOT, ddp_args, toy_args
 from tests.test_resume import losses
 
 
-def poisoned_module(steps: set[int] | None = None, *, from_step: int | None = None) -> type[TranslationModule]:
-    """A TranslationModule whose training loss is NaN at the given optimizer steps."""
+def poisoned_module(
+    steps: set[int] | None = None, *, from_step: int | None = None, where: str = "loss"
+) -> type[TranslationModule]:
+    """A TranslationModule whose training loss (``where="loss"``), or one gradient element with the loss
+    finite (``"gradient"``), is NaN at the given optimizer steps."""
+
+    def poisoned(step: int) -> bool:
+        return step in (steps or ()) or (from_step is not None and step >= from_step)
 
     class Poisoned(TranslationModule):
         def _loss(self, batch):
             loss_sum, nll_sum, num_tokens = super()._loss(batch)
-            step = self.trainer.global_step
-            if self.training and (step in (steps or ()) or (from_step is not None and step >= from_step)):
+            if where == "loss" and self.training and poisoned(self.trainer.global_step):
                 loss_sum = loss_sum * float("nan")
             return loss_sum, nll_sum, num_tokens
+
+        def on_before_optimizer_step(self, optimizer):
+            if where == "gradient" and poisoned(self.trainer.global_step):
+                next(p for p in self.parameters() if p.grad is not None).grad.view(-1)[0] = float("nan")
+            super().on_before_optimizer_step(optimizer)
 
     return Poisoned
 
@@ -62,8 +72,11 @@ def nonfinite_config(data_dir: Path, max_steps: int):
     )
 
 
-def test_a_nonfinite_loss_skips_the_update_and_training_goes_on(toy_corpus_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(mt.train, "TranslationModule", poisoned_module({3, 4}))
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_a_nonfinite_loss_or_gradient_skips_the_update_and_training_goes_on(
+    toy_corpus_dir, tmp_path, monkeypatch, where
+):
+    monkeypatch.setattr(mt.train, "TranslationModule", poisoned_module({3, 4}, where=where))
     recorder = ParameterRecorder()
     build_trainer = mt.train.build_trainer
 
