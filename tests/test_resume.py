@@ -187,3 +187,22 @@ def test_last_checkpoint_follows_every_validation_epoch_and_the_end(tmp_path, ev
     # validations after 2 batches of each epoch (steps 2, 5, 8) and the epoch ends (3, 6, 9)
     assert seen == [("epoch start", 0, None), ("epoch start", 3, 3), ("mid-epoch", 5, 5), ("epoch start", 6, 6)]
     assert torch.load(last_path, weights_only=False)["global_step"] == 9
+
+
+def test_a_requeued_job_goes_on_from_its_own_last_checkpoint(tmp_path, monkeypatch):
+    import mt.train
+
+    monkeypatch.setattr(mt.train, "verify_checkpoint", lambda path: None)
+    started_from = tmp_path / "other_run.ckpt"
+    started_from.touch()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    # requeued before its first save: the checkpoint it was started from, or a fresh start
+    assert mt.train.resume_checkpoint(str(started_from), checkpoints) == str(started_from)
+    assert mt.train.resume_checkpoint(None, checkpoints) is None
+    (checkpoints / "last.ckpt").touch()
+    for resume in (None, "auto", str(started_from)):
+        assert mt.train.resume_checkpoint(resume, checkpoints) == str(checkpoints / "last.ckpt")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # a first start does as told
+    assert mt.train.resume_checkpoint(str(started_from), checkpoints) == str(started_from)
