@@ -12,11 +12,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from mt.atomic import atomic_write
 from mt.batching import Batch, PairDataset, ResumableLoader, TokenBatchSampler
 from mt.config import DataConfig, TokenizerConfig
 from mt.data import DataError, EncodedCorpus, data_identity
 from mt.preprocess import describe_source, prepare_split_arrow, raw_dataset, sample_sentences
-from mt.tokenizer import Tokenizer, train_tokenizer
+from mt.tokenizer import Tokenizer, TokenizerError, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,18 @@ class TranslationDataModule(L.LightningDataModule):
         training split (``tokenizer.input_sentence_size`` pairs). Saved in the run (and the cache)."""
         directory = self.run_dir / "tokenizer"
         tokenizer = Tokenizer.load(directory)
+        settings = asdict(self.tokenizer_cfg)
+        saved_settings = directory / "settings.json"  # runs before it was written have none: trusted
+        if tokenizer is not None and saved_settings.is_file():
+            saved = json.loads(saved_settings.read_text())
+            changed = [
+                f"tokenizer.{k}={settings[k]} (it has {saved.get(k)})" for k in settings if saved.get(k) != settings[k]
+            ]
+            if changed:
+                raise TokenizerError(
+                    f"{directory} was trained with other settings: this run asks for {', '.join(changed)}; "
+                    f"keep them, or train in another hydra.run.dir"
+                )
         shared = self._shared_tokenizer_dir()
         if tokenizer is None and shared is not None and (tokenizer := Tokenizer.load(shared)) is not None:
             log.info("tokenizer from the cache: %s", shared)
@@ -84,6 +97,9 @@ class TranslationDataModule(L.LightningDataModule):
             tokenizer.save(directory)
             if shared is not None:
                 tokenizer.save(shared)
+        if not saved_settings.is_file():
+            with atomic_write(saved_settings) as handle:
+                handle.write(json.dumps(settings, sort_keys=True).encode())
         self.tokenizer = tokenizer
         return tokenizer
 

@@ -153,20 +153,27 @@ def train_sentencepiece(
     if not sample:
         raise TokenizerError("cannot train SentencePiece on an empty corpus")
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sample),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        character_coverage=character_coverage,
-        pad_id=PAD_ID,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        hard_vocab_limit=False,  # small corpora may not support the full size
-        num_threads=2,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sample),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            hard_vocab_limit=False,  # small corpora may not support the full size
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as error:  # e.g. a vocabulary smaller than the corpus's characters
+        reason = str(error).strip().splitlines()[-1]
+        raise TokenizerError(
+            f"SentencePiece cannot train a {vocab_size}-piece {model_type} vocabulary on this corpus ({reason}): "
+            f"raise tokenizer.vocab_size or lower tokenizer.character_coverage"
+        ) from None
     return model.getvalue()
 
 

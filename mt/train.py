@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 from omegaconf import DictConfig, OmegaConf
 
+from mt.atomic import atomic_write
 from mt.checkpoint_io import AtomicCheckpointIO
 from mt.cli import CONF_DIR, RunError, entry_point, prepare_cuda, reports_errors, set_threads, to_typed
 from mt.config import ModelConfig, TrainConfig, TrainerConfig, from_dict, register_configs, to_dict
@@ -286,8 +287,9 @@ def _train(config: TrainConfig, run_dir: Path) -> dict | None:
 def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallback | None) -> dict | None:
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
     config_path = run_dir / "config.yaml"
-    if not config_path.exists():
-        config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))))
+    if ckpt_path is None or not config_path.exists():  # a fresh start (in a run directory without checkpoints too)
+        with atomic_write(config_path) as handle:
+            handle.write(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))).encode())
     L.seed_everything(config.seed, workers=True)
 
     datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)

@@ -333,3 +333,29 @@ def test_evaluate_cli_refuses_to_overwrite_before_loading_anything(checkpoint, t
     line = cli_error_line(result)
     assert str(output) in line and "overwrite=true" in line
     assert output.read_text() == "precious\n"
+
+
+def test_a_run_directory_tokenizer_of_other_settings_is_refused(toy_corpus_dir, tmp_path):
+    """A run directory keeps the tokenizer it trained: a new start there with another vocabulary is refused,
+    not silently given the old one (a run without checkpoints, e.g. after debug=fast, is not refused)."""
+    from mt.datamodule import TranslationDataModule
+    from mt.tokenizer import TokenizerError
+
+    config = tiny_train_config(toy_corpus_dir)
+    first = TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path, seed=1).prepare_tokenizer()
+    again = TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path, seed=1).prepare_tokenizer()
+    assert again.to_state() == first.to_state()
+    other = tiny_train_config(toy_corpus_dir, **{"tokenizer.vocab_size": 72})
+    with pytest.raises(
+        TokenizerError, match=r"trained with other settings: this run asks for tokenizer.vocab_size=72 \(it has 64\)"
+    ):
+        TranslationDataModule(other.data, other.tokenizer, run_dir=tmp_path, seed=1).prepare_tokenizer()
+
+
+def test_a_vocabulary_smaller_than_the_corpus_characters_is_a_one_line_error():
+    from mt.tokenizer import TokenizerError
+
+    with pytest.raises(
+        TokenizerError, match=r"cannot train a 16-piece unigram vocabulary .* raise tokenizer.vocab_size"
+    ):
+        train_tokenizer(["abcdefghijklmnopqrstuvwxyz 0123456789"] * 20, ["xyz"] * 20, vocab_size=16)
