@@ -155,6 +155,13 @@ class OptimConfig:
             self.max_consecutive_nonfinite >= 1,
             f"optim.max_consecutive_nonfinite={self.max_consecutive_nonfinite}: expected >= 1",
         )
+        _require(
+            len(self.betas) == 2 and all(0.0 <= beta < 1.0 for beta in self.betas),
+            f"optim.betas={list(self.betas)}: expected two values in [0, 1)",
+        )
+        _require(self.eps > 0, f"optim.eps={self.eps}: expected > 0")
+        _require(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay}: expected >= 0")
+        _require(self.clip_norm >= 0, f"optim.clip_norm={self.clip_norm}: expected >= 0 (0 disables clipping)")
 
 
 @dataclass
@@ -402,11 +409,27 @@ class ExportConfig:
     checkpoint: str = MISSING
     output: str = MISSING
     format: str = "ctranslate2"
-    quantization: str | None = None  # CTranslate2: int8, int8_float32, int16, float16, bfloat16, ...
+    quantization: str | None = None  # CTranslate2's weight types (CT2_QUANTIZATIONS); None keeps float32
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         _require(self.format == "ctranslate2", f"format={self.format!r}: expected ctranslate2")
+        _require(
+            self.quantization is None or self.quantization in CT2_QUANTIZATIONS,
+            f"quantization={self.quantization!r}: expected one of {', '.join(CT2_QUANTIZATIONS)}",
+        )
+
+
+CT2_QUANTIZATIONS = (
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+)
 
 
 def with_beam(search: SearchConfig, beam: int | None) -> SearchConfig:

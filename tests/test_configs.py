@@ -78,6 +78,9 @@ def test_evaluate_and_translate_compose_with_shortcuts():
         (["search.sampling=true", "search.nbest=2"], "sampling draws one translation a sentence"),
         (["trainer.val_check_interval=0.5", "trainer.accumulate_grad_batches=2"], "inside an accumulation window"),
         (["trainer.log_every_n_steps=0"], "log_every_n_steps=0"),
+        (["optim.betas=[0.9,1.5]"], r"optim.betas=\[0.9, 1.5\]: expected two values in \[0, 1\)"),
+        (["optim.eps=-1"], "optim.eps=-1"),
+        (["optim.weight_decay=-0.1"], "optim.weight_decay=-0.1"),
     ],
 )
 def test_impossible_values_are_refused(overrides, message):
