@@ -37,6 +37,7 @@ from mt.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
 from mt.module import TranslationModule
 from mt.plots import plot_learning_curve
 from mt.preemption import Preempted, PreemptionCallback
+from mt.readers import local_split
 from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -290,6 +291,8 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     if ckpt_path is None or not config_path.exists():  # a fresh start (in a run directory without checkpoints too)
         with atomic_write(config_path) as handle:
             handle.write(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))).encode())
+    if config.test_after_training and not config.trainer.fast_dev_run and config.data.path:
+        local_split(config.data, "test")  # a missing test split fails now, not after the training
     L.seed_everything(config.seed, workers=True)
 
     datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)

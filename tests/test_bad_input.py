@@ -114,6 +114,16 @@ def test_empty_corpus_files_are_named(tmp_path, empty_split):
     assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
 
 
+def test_a_missing_test_split_fails_before_training_when_it_is_to_be_scored(tmp_path):
+    pairs = toy_pairs(60)
+    data_dir = write_text_corpus(tmp_path / "data", {"train": pairs, "valid": pairs[:8]}, gz=False)  # no test
+    config = tiny_train_config(data_dir, **{"trainer.max_steps": 2, "test_after_training": True})
+    with pytest.raises(DataError) as caught:
+        train(config, tmp_path / "run")
+    assert_user_error(caught.value, "test.de[.gz]", "no such file")
+    assert not (tmp_path / "run" / "tokenizer").exists()  # refused at the start: nothing trained
+
+
 def test_unknown_language_of_a_text_corpus_names_the_missing_file(toy_corpus_dir):
     config = from_dict(DataConfig, {"name": "toy", "path": str(toy_corpus_dir), "tgt_lang": "fr"})
     with pytest.raises(DataError) as caught:
