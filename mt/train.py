@@ -36,7 +36,7 @@ from mt.datamodule import TranslationDataModule
 from mt.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
 from mt.module import TranslationModule
 from mt.plots import plot_learning_curve
-from mt.preemption import Preempted, PreemptionCallback
+from mt.preemption import REQUEUE_SIGNALS, Preempted, PreemptionCallback, requeue_slurm_job
 from mt.readers import local_split
 from mt.tokenizer import Tokenizer
 
@@ -319,8 +319,12 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     if ckpt_path is not None:
         check_same_model(Path(ckpt_path), config.model, tokenizer)
     if preemption is not None and preemption.received:
+        # Nothing trained yet, so nothing to save; a time-limit warning still requeues the job (rank 0).
+        requeued = preemption.received in REQUEUE_SIGNALS and is_global_zero_from_env() and requeue_slurm_job()
         print(
-            f"preempted: {signal.Signals(preemption.received).name} received before training started", file=sys.stderr
+            f"preempted: {signal.Signals(preemption.received).name} received before training started"
+            + ("; the job was requeued" if requeued else ""),
+            file=sys.stderr,
         )
         return None
     try:

@@ -315,3 +315,22 @@ def test_sigterm_to_rank_0_of_a_ddp_run_stops_both_ranks_with_a_checkpoint(toy_c
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == step + 4
+
+
+@pytest.mark.parametrize(("signum", "requeues"), [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
+def test_a_signal_during_data_preparation_stops_before_training_and_a_warning_requeues(
+    toy_corpus_dir, tmp_path, monkeypatch, signum, requeues
+):
+    requeued: list[bool] = []
+    monkeypatch.setattr(mt.train, "requeue_slurm_job", lambda: requeued.append(True) or True)
+    prepare = mt.train.TranslationDataModule.prepare_tokenizer
+
+    def prepare_then_signalled(self):
+        tokenizer = prepare(self)
+        os.kill(os.getpid(), signum)  # e.g. SLURM's time-limit warning while the corpus is encoded
+        return tokenizer
+
+    monkeypatch.setattr(mt.train.TranslationDataModule, "prepare_tokenizer", prepare_then_signalled)
+    assert train(nonfinite_config(toy_corpus_dir, 4), tmp_path) is None
+    assert requeued == ([True] if requeues else [])
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
