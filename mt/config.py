@@ -175,7 +175,10 @@ class SearchConfig:
     max_len_b: int = 10
     min_len: int = 0  # no EOS before this many tokens (unless the maximum length is reached)
     nbest: int = 1
-    max_tokens: int = 8000  # padded source tokens x rows_per_source per decoding batch
+    max_tokens: int = 8000  # padded source tokens x rows_per_source of the decoding batches in flight
+    # CPU: batches decoded at once, each on one thread (0: as many as torch's threads, e.g. `threads=`;
+    # 1: one batch at a time on all threads). GPUs and sampling decode one batch at a time.
+    parallel_batches: int = 0
 
     # Sampling instead of search: draw each token from the filtered, temperature-scaled distribution.
     sampling: bool = False
@@ -198,6 +201,7 @@ class SearchConfig:
         )
         _require(self.max_len_a >= 0 and self.max_len_b >= 1, "max_len_a must be >= 0 and max_len_b >= 1")
         _require(self.max_tokens >= 1, f"search.max_tokens={self.max_tokens}: expected >= 1")
+        _require(self.parallel_batches >= 0, f"search.parallel_batches={self.parallel_batches}: expected >= 0")
         _require(self.min_len >= 0, f"min_len={self.min_len}: expected >= 0")
         _require(self.top_k >= 0, f"top_k={self.top_k}: expected >= 0")
         _require(0.0 < self.top_p <= 1.0, f"top_p={self.top_p}: expected 0 < top_p <= 1")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -159,28 +160,61 @@ def decode_ids(
 ) -> list[list[Hypothesis]]:
     """n-best hypotheses for every source (subword ids without EOS), in input order.
 
-    Sources are sorted by length, so similar lengths decode together, and cut into batches of at
-    most ``search.max_tokens / search.rows_per_source`` padded source tokens (a source decodes as
-    ``beam`` rows, or one when sampling): the budget bounds the decoder's rows (and its cache, and its
-    memory on a GPU) whatever the beam. On 2 CPU cores the default 8,000 is the fastest of those
-    measured for greedy, beam 5 (1,600 source tokens: 1.12x the 8,000 that beam 5 had before the
-    budget counted the beam) and beam 10 (800); a GPU wants larger batches (``search.max_tokens``).
+    Sources are sorted by length, so similar lengths decode together, and cut into batches. On a CPU,
+    ``parallel_batches`` of them decode at once, each on one thread (``torch.set_num_threads(1)`` for
+    the call): a small batch's matrix products and many small operators use one core better than two
+    cores share them. ``search.max_tokens`` bounds the padded source tokens of the batches in flight
+    times the rows a source takes (``beam``, or one when sampling): it bounds the decoder's rows, cache
+    and memory whatever the beam. On 2 CPU cores the default 8,000 (two batches of 4,000 greedy, of
+    800 source tokens at beam 5) was the fastest measured; a GPU wants larger batches.
     """
     lengths = np.fromiter((len(s) + 1 for s in src), dtype=np.int64, count=len(src))
     order = np.argsort(lengths, kind="stable")
-    budget = max(search.max_tokens // search.rows_per_source, int(lengths.max(initial=1)))
+    workers = parallel_batches(search, device)
+    budget = max(search.max_tokens // (search.rows_per_source * workers), int(lengths.max(initial=1)))
     if search.sampling and generator is None:
         generator = sampling_generator(search, device)
+
+    def decode_batch(batch_ids: np.ndarray) -> tuple[np.ndarray, list[list[Hypothesis]]]:
+        batch = collate([src[i] for i in batch_ids], None, batch_ids).to(device)
+        return batch_ids, search_batch(model, batch.src_ids, batch.src_pad_mask, search, generator)
+
     results: list[list[Hypothesis]] = [[] for _ in src]
     with tqdm(total=len(src), desc=desc, unit="sent", disable=not progress, leave=False) as bar:
-        for batch_ids in token_batches(order, lengths, budget):
-            batch = collate([src[i] for i in batch_ids], None, batch_ids).to(device)
-            for i, hyps in zip(
-                batch_ids.tolist(), search_batch(model, batch.src_ids, batch.src_pad_mask, search, generator)
-            ):
-                results[i] = hyps
+        for batch_ids, hyps in _map_on_threads(decode_batch, token_batches(order, lengths, budget), workers):
+            for i, nbest in zip(batch_ids.tolist(), hyps):
+                results[i] = nbest
             bar.update(len(batch_ids))
     return results
+
+
+def parallel_batches(search: SearchConfig, device: torch.device | str) -> int:
+    """How many batches ``decode_ids`` decodes at once: one off the CPU and when sampling (whose batches
+    draw on one random stream, in order); else ``search.parallel_batches``, 0 meaning torch's thread count."""
+    if torch.device(device).type != "cpu" or search.sampling:
+        return 1
+    return search.parallel_batches or torch.get_num_threads()
+
+
+def _map_on_threads(function, items: list, workers: int):
+    """``map(function, items)``, in order; with ``workers`` > 1 on as many threads of one torch thread
+    each, which inherit the caller's CPU autocast (autocast and inference mode are per thread)."""
+    if workers <= 1 or len(items) <= 1:
+        yield from map(function, items)
+        return
+    autocast = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+    def in_worker(item):
+        with torch.autocast("cpu", dtype=autocast[1], enabled=autocast[0]):
+            return function(item)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(min(workers, len(items))) as pool:
+            yield from pool.map(in_worker, items)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def translate(

@@ -77,10 +77,14 @@ def mt_decoder(model, src_ids: list, search: SearchConfig, batch: int | None, *,
     return run
 
 
-def ct2_decoder(model_dir: Path, pieces: list[list[str]], beam: int, batch: int, compute_type: str, threads: int):
+def ct2_decoder(
+    model_dir: Path, pieces: list[list[str]], beam: int, batch: int, compute_type: str, threads: int, *, inter=False
+):
+    """CTranslate2 on ``threads`` threads: all on each batch, or (``inter``) batches at once, one thread each."""
     import ctranslate2
 
-    translator = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type, intra_threads=threads)
+    split = {"inter_threads": threads, "intra_threads": 1} if inter else {"intra_threads": threads}
+    translator = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type, **split)
 
     def run() -> list[list[str]]:
         results = translator.translate_batch(
@@ -176,11 +180,15 @@ def main() -> None:
     real = {  # each mt row next to its CTranslate2 peer, so that the two run seconds apart
         "mt beam 5, batch": mt_decoder(model, src_ids, beam5, args.batch),
         "ct2 fp32 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "float32", args.threads),
+        # mt's max_tokens batches decode at once on threads of one core each (search.parallel_batches);
+        # CTranslate2 does the same with inter_threads: its peer for those rows.
         "mt beam 5, max_tokens": mt_decoder(model, src_ids, beam5, None),
+        "ct2 fp32 beam 5, inter": ct2_decoder(ct2_dir, pieces, 5, args.batch, "float32", args.threads, inter=True),
         "ct2 int8 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "int8", args.threads),
         "mt greedy, batch": mt_decoder(model, src_ids, greedy, args.batch),
         "ct2 fp32 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "float32", args.threads),
         "mt greedy, max_tokens": mt_decoder(model, src_ids, greedy, None),
+        "ct2 fp32 greedy, inter": ct2_decoder(ct2_dir, pieces, 1, args.batch, "float32", args.threads, inter=True),
         "ct2 int8 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "int8", args.threads),
     }
     if args.bf16:
@@ -251,6 +259,8 @@ def main() -> None:
         ("mt beam 5, max_tokens", "ct2 fp32 beam 5", None),
         ("mt greedy, batch", "ct2 fp32 greedy", None),
         ("mt greedy, max_tokens", "ct2 fp32 greedy", None),
+        ("mt beam 5, max_tokens", "ct2 fp32 beam 5, inter", None),
+        ("mt greedy, max_tokens", "ct2 fp32 greedy, inter", None),
         ("mt beam 5, bf16", "mt beam 5, batch", None),
         ("mt greedy, bf16", "mt greedy, batch", None),
     ):

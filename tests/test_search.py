@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -338,9 +339,51 @@ def test_decode_budget_counts_each_source_as_beam_rows(monkeypatch, beam, sampli
     model = random_model()
     generator = torch.Generator().manual_seed(0)
     sources = [torch.randint(4, 40, (9,), generator=generator).tolist() for _ in range(8)]  # 10 tokens with EOS
-    search = SearchConfig(beam=beam, sampling=sampling, top_k=1, max_tokens=80, max_len_a=0.0, max_len_b=4)
+    search = SearchConfig(
+        beam=beam, sampling=sampling, top_k=1, max_tokens=80, max_len_a=0.0, max_len_b=4, parallel_batches=1
+    )
     hyps = mt.inference.decode_ids(model, sources, search)
     # 80 // rows tokens: 8 // rows sources of 10 tokens, so 8 rows a batch
     assert batch_rows == [8] * rows_per_source
     alone = [mt.inference.decode_ids(model, [source], search)[0] for source in sources]
     assert [[h.tokens for h in nbest] for nbest in hyps] == [[h.tokens for h in nbest] for nbest in alone]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_parallel_batches_equal_one_batch_at_a_time(monkeypatch, beam):
+    """Batches decoded at once on threads of one core give the same outputs as batches decoded in turn,
+    under the caller's autocast too; max_tokens bounds the batches in flight; torch's threads come back."""
+    import mt.inference
+    from mt.config import SearchConfig
+
+    model = random_model(35, vocab=40)
+    generator = torch.Generator().manual_seed(1)
+    sources = [torch.randint(4, 40, (int(n),), generator=generator).tolist() for n in torch.randint(2, 12, (30,))]
+    search = SearchConfig(beam=beam, nbest=beam, max_tokens=120, max_len_a=1.0, max_len_b=3)
+    torch.set_num_threads(2)
+    batches: list[tuple[int, int]] = []  # padded source tokens, torch threads
+    search_batch = mt.inference.search_batch
+
+    def recording(model, src_ids, src_pad_mask, search, generator=None):
+        batches.append((src_ids.numel(), torch.get_num_threads()))
+        return search_batch(model, src_ids, src_pad_mask, search, generator)
+
+    monkeypatch.setattr(mt.inference, "search_batch", recording)
+
+    def decode(workers: int, bf16: bool = False):
+        parallel = dataclasses.replace(search, parallel_batches=workers)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            nbests = mt.inference.decode_ids(model, sources, parallel)
+        return [[h.tokens for h in nbest] for nbest in nbests], [h.score for nbest in nbests for h in nbest]
+
+    in_turn, in_turn_scores = decode(1)
+    assert {threads for _, threads in batches} == {2}
+    batches.clear()
+    at_once, at_once_scores = decode(3)  # other batches (a third of the budget): the same up to rounding
+    assert at_once == in_turn and at_once_scores == pytest.approx(in_turn_scores, abs=1e-4)
+    assert len(batches) > 3 and {threads for _, threads in batches} == {1}
+    assert max(tokens for tokens, _ in batches) <= max(120 // (3 * beam), 12)  # a third of the budget each
+    assert torch.get_num_threads() == 2
+    bf16_at_once, bf16_scores = decode(2, bf16=True)
+    assert bf16_at_once == decode(1, bf16=True)[0]
+    assert bf16_scores != pytest.approx(in_turn_scores, abs=1e-4)  # the workers decoded in bf16 too
