@@ -44,8 +44,7 @@ class NonFiniteLossError(RunError):
 
 def _total_norm(grads: list[Tensor]) -> Tensor:
     """The 2-norm of all ``grads`` together: infinite or NaN when any element is."""
-    norms = torch._foreach_norm(grads) if hasattr(torch, "_foreach_norm") else [g.norm() for g in grads]
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # as clip_grad_norm_ forms it
 
 
 def label_smoothed_nll(

@@ -122,7 +122,6 @@ def test_resume_on_another_number_of_ranks_goes_on_in_the_epoch_order(before, af
         sampler.load_state_dict(old[0].state_dict())
         sampler.set_epoch(2)  # what Lightning does at the resumed epoch's start: the position stays
     resumed_at = steps * before // after * after  # the last multiple of the new rank count
-    assert resumed_at > steps * before - after
     firsts = [list(sampler) for sampler in new]
     seen_after = [tuple(firsts[r][i]) for i in range(min(map(len, firsts))) for r in range(after)]
     assert seen_after[: len(order) - resumed_at] == order[resumed_at:]
