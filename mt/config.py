@@ -232,6 +232,9 @@ class ValidationConfig:
         )
 
 
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # Lightning's names of the precisions mt is tested in
+
+
 @dataclass
 class TrainerConfig:
     """Options passed to ``lightning.Trainer`` plus checkpointing and early stopping."""
@@ -262,8 +265,8 @@ class TrainerConfig:
     # on SIGTERM save and exit. false leaves the signals to their defaults.
     handle_signals: bool = True
     # GPU speed-ups. tf32: fp32 matmuls on TF32 tensor cores (Ampere and later; no effect elsewhere).
-    # compile: train through torch.compile of the model's forward (weights and checkpoints unchanged;
-    # the first steps of each new batch shape compile; "inductor" needs a C++/Triton toolchain).
+    # compile: train through torch.compile of each encoder/decoder layer (one graph per layer kind,
+    # shapes dynamic; weights and checkpoints unchanged; "inductor" needs a C++/Triton toolchain).
     tf32: bool = True
     compile: bool = False
     compile_backend: str = "inductor"
@@ -291,6 +294,10 @@ class TrainerConfig:
                 f"{self.accumulate_grad_batches}: validation (and last.ckpt) could fall inside an accumulation "
                 f"window; give the interval in batches, a multiple of {self.accumulate_grad_batches}",
             )
+        _require(
+            self.precision in PRECISIONS,
+            f"trainer.precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}",
+        )
         if self.max_time is not None:
             parts = str(self.max_time).split(":")
             _require(

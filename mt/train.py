@@ -199,7 +199,10 @@ def build_trainer(
         limit_val_batches=cfg.limit_val_batches,
         log_every_n_steps=cfg.log_every_n_steps,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
-        gradient_clip_val=config.optim.clip_norm or None,
+        # The module clips (one pass over the gradients with its finiteness check), except under fp16.
+        gradient_clip_val=(config.optim.clip_norm or None)
+        if not TranslationModule.clips_itself(cfg.precision)
+        else None,
         num_sanity_val_steps=cfg.num_sanity_val_steps,
         fast_dev_run=cfg.fast_dev_run,
         enable_progress_bar=cfg.enable_progress_bar,
@@ -314,7 +317,7 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
             raise RunError(
                 f"trainer.compile_backend={config.trainer.compile_backend!r}: expected one of {', '.join(backends)}"
             )
-        module.compile_forward(config.trainer.compile_backend)
+        module.compile_layers(config.trainer.compile_backend)
     prepare_cuda(tf32=config.trainer.tf32)
     if ckpt_path is not None:
         check_same_model(Path(ckpt_path), config.model, tokenizer)

@@ -101,7 +101,7 @@ def run_mt(module: TranslationModule, batches: list[Batch], warmup: int, log_dir
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        gradient_clip_val=OPTIM["clip_norm"],
+        gradient_clip_val=None,  # the module clips (mt.train leaves Lightning's clipping off, except under fp16)
         use_distributed_sampler=False,
         callbacks=[Timer()],
     )

@@ -4,11 +4,15 @@
 #      fused AdamW, inductor-compiled training against eager), in the background while data is prepared;
 #   2. model=base in bf16 for $STEPS steps on synthetic pairs: target tokens/s and model FLOPs utilisation;
 #   3. greedy and beam decoding speed of those weights, fp32 and bf16 autocast;
-#   4. (MULTI30K=DIR) the Multi30k GPU recipe for $M30K_STEPS updates (3000), then its test BLEU;
-#   5. (COMPILE=1) the synthetic training of step 2 with trainer.compile=true.
+#   4. (COMPILE=1) the synthetic training of step 2 with trainer.compile=true (at most 4 minutes,
+#      recompilations counted);
+#   5. (FP16=1) the synthetic training of step 2 in 16-mixed (float16 with loss scaling);
+#   6. (MULTI30K=DIR) the Multi30k GPU recipe for $M30K_STEPS updates (3000), then its test BLEU.
+# Steps 4-6 run in that order, the longest last, so that a device-time limit cuts the least.
 #   bash scripts/gpu_check.sh [mt.train overrides]
 # Environment: PYTHON (default .venv/bin/python), MODEL (base), STEPS (300), PAIRS (100000), VOCAB (32000),
 # WORK (/tmp/mt-gpu-check), PEAK_TFLOPS (the card's dense bf16 peak; known for H100/H200/A100/L40S/A10/L4),
+# DECODE_TIMEOUT (300 s), COMPILE, FP16, MULTI30K, M30K_STEPS (see above),
 # TRAINER (gpu; TRAINER=cpu MODEL=tiny STEPS=20 PAIRS=5000 VOCAB=2000 checks the script itself on a CPU).
 # Needs a CUDA build of torch with mt's dependencies (TORCH_SPEC=... bash scripts/setup.sh).
 set -uo pipefail
@@ -52,10 +56,20 @@ tail -15 "$WORK/pytest.log"
 
 if [ -f "$WORK/eager/checkpoints/last.ckpt" ]; then
   phase "decoding speed, $MODEL after $STEPS steps"
-  $PY scripts/gpu_report.py decode "$WORK/eager/checkpoints/last.ckpt" "$WORK/data/test.de.gz" "$WORK/data/test.en.gz" \
+  timeout "${DECODE_TIMEOUT:-300}" $PY scripts/gpu_report.py decode "$WORK/eager/checkpoints/last.ckpt" "$WORK/data/test.de.gz" "$WORK/data/test.en.gz" \
     --sentences 1000 || status=1
 fi
 
+if [ "${COMPILE:-0}" = 1 ]; then
+  phase "model=$MODEL, $STEPS steps (at most 4 minutes), bf16, trainer.compile=true"
+  TORCH_LOGS=recompiles train compiled trainer.compile=true trainer.max_time=00:00:04:00 "$@" || status=1
+  grep -c "Recompiling" "$WORK/compiled.log" | sed 's/^/dynamo recompilations: /'
+fi
+
+if [ "${FP16:-0}" = 1 ]; then
+  phase "model=$MODEL, $STEPS steps, 16-mixed"
+  train fp16 trainer.precision=16-mixed "$@" || status=1
+fi
 if [ -n "${MULTI30K:-}" ]; then
   phase "Multi30k de-en GPU recipe, ${M30K_STEPS:-3000} updates"
   MT_DATA_DIR=$MULTI30K $PY -m mt.train experiment=multi30k_de_en_gpu trainer="$TRAINER" \
@@ -64,10 +78,5 @@ if [ -n "${MULTI30K:-}" ]; then
   grep -E "test|BLEU|bleu" "$WORK/multi30k.log" | tail -5
   $PY scripts/gpu_report.py train "$WORK/multi30k" $PEAK || status=1
 fi
-if [ "${COMPILE:-0}" = 1 ]; then
-  phase "model=$MODEL, $STEPS steps, bf16, trainer.compile=true"
-  train compiled trainer.compile=true "$@" || status=1
-fi
-
 phase "done, status $status"
 exit $status

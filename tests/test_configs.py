@@ -72,6 +72,7 @@ def test_evaluate_and_translate_compose_with_shortcuts():
         (["search.beam=0"], "beam=0"),
         (["data.max_tokens=50", "data.max_len=100"], "below the longest allowed sentence"),
         (["trainer.max_time=30min"], "DD:HH:MM:SS"),
+        (["trainer.precision=16"], "trainer.precision='16': expected one of 32-true, bf16-mixed, 16-mixed"),
         (["tokenizer.joint=false"], "share_all_embeddings"),
         (["data.format=xml"], "expected text, tsv or jsonl"),
         (["model.dropout=1.5"], "model.dropout"),

@@ -74,10 +74,15 @@ def test_search_on_cuda_finds_the_cpu_hypotheses_and_beam_one_is_greedy():
     assert [h.tokens for h in greedy] == [b[0].tokens for b in beam_one]
 
 
-@pytest.mark.parametrize("clip_norm,fused", [(0.0, True), (1.0, False)])
-def test_bf16_training_on_cuda_lowers_the_loss_with_fused_adamw_unless_clipping(
-    toy_corpus_dir, tmp_path, clip_norm, fused, monkeypatch
+@pytest.mark.parametrize(
+    "precision,clip_norm,fused",
+    [("bf16-mixed", 0.0, True), ("bf16-mixed", 1.0, True), ("16-mixed", 0.0, True), ("16-mixed", 1.0, False)],
+)
+def test_mixed_precision_training_on_cuda_lowers_the_loss_with_fused_adamw_unless_fp16_clips(
+    toy_corpus_dir, tmp_path, precision, clip_norm, fused, monkeypatch
 ):
+    """mt clips (and fuses AdamW) itself, except under fp16, where Lightning unscales and clips and the
+    fused kernel, which unscales itself, cannot be used with clipping."""
     from mt.module import TranslationModule
 
     seen = {}
@@ -91,7 +96,7 @@ def test_bf16_training_on_cuda_lowers_the_loss_with_fused_adamw_unless_clipping(
     monkeypatch.setattr(TranslationModule, "configure_optimizers", spy)
     config = tiny_train_config(
         toy_corpus_dir,
-        **{"trainer.accelerator": "gpu", "trainer.precision": "bf16-mixed", "trainer.max_steps": 60},
+        **{"trainer.accelerator": "gpu", "trainer.precision": precision, "trainer.max_steps": 60},
         **{"trainer.log_every_n_steps": 1, "optim.clip_norm": clip_norm, "test_after_training": False},
     )
     train(config, tmp_path)

@@ -82,6 +82,26 @@ def test_compiled_training_has_the_eager_losses_and_the_same_checkpoint_names(to
     assert names[0] == names[1]
 
 
+@pytest.mark.slow
+def test_compiled_layers_share_one_graph_per_kind_at_any_depth_and_validation_decodes_eagerly(toy_corpus_dir, tmp_path):
+    """trainer.compile compiles each layer (regional compilation): the dynamo graphs (train and eval
+    mode of one encoder and one decoder layer) do not grow with depth, and validation BLEU's cached
+    decoding, whose steps have other shapes, adds none."""
+    graphs = {}
+    for layers, decode in [(1, "none"), (3, "greedy")]:
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        config = tiny_train_config(
+            toy_corpus_dir,
+            **{"trainer.max_steps": 4, "trainer.val_check_interval": 2, "trainer.check_val_every_n_epoch": None},
+            **{"model.encoder_layers": layers, "model.decoder_layers": layers, "validation.decode": decode},
+            **{"trainer.compile": True, "trainer.compile_backend": "aot_eager", "test_after_training": False},
+        )
+        train(config, tmp_path / f"{layers}-{decode}")
+        graphs[layers, decode] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs[1, "none"] == graphs[3, "greedy"] > 0, graphs
+
+
 def test_an_unknown_compile_backend_is_refused_by_name(toy_corpus_dir, tmp_path):
     from mt.cli import RunError
 
@@ -105,3 +125,50 @@ def test_cuda_setup_uses_the_tf32_api_lightning_reads_and_turns_cudnn_attention_
     finally:
         torch.set_float32_matmul_precision(precision)
         torch.backends.cuda.enable_cudnn_sdp(cudnn_sdp)
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])
+def test_clipping_by_the_checked_norm_equals_clip_grad_norm(max_norm):
+    from mt.module import _total_norm, clip_by_total_norm_
+
+    torch.manual_seed(0)
+    grads = [torch.randn(5, 7), torch.randn(3), torch.randn(2, 2, 2)]
+    expected = [g.clone() for g in grads]
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in expected]
+    for param, grad in zip(params, expected):
+        param.grad = grad
+    reference_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    total_norm = _total_norm(grads)
+    clip_by_total_norm_(grads, total_norm, max_norm)
+    torch.testing.assert_close(total_norm, reference_norm)
+    for grad, param in zip(grads, params):
+        torch.testing.assert_close(grad, param.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 0.05])
+def test_the_optimizer_steps_on_gradients_clipped_to_clip_norm(toy_corpus_dir, tmp_path, monkeypatch, clip_norm):
+    """The module clips (one pass over the gradients, shared with the finiteness check; Lightning's
+    clipping is off): at AdamW's step the gradients' norm is min(clip_norm, the logged train/grad_norm)."""
+    from mt.module import _total_norm
+
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, closure=None):
+        loss = closure() if closure is not None else None  # Lightning's closure runs backward and the hooks
+        seen.append(float(_total_norm([p.grad for g in self.param_groups for p in g["params"] if p.grad is not None])))
+        step(self)
+        return loss
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    config = tiny_train_config(
+        toy_corpus_dir,
+        **{"trainer.max_steps": 4, "trainer.log_every_n_steps": 1, "optim.clip_norm": clip_norm},
+        **{"validation.decode": "none", "test_after_training": False},
+    )
+    train(config, tmp_path)
+    with open(tmp_path / "csv/metrics.csv") as handle:
+        logged = [float(r["train/grad_norm"]) for r in csv.DictReader(handle) if r.get("train/grad_norm")]
+    assert len(seen) == len(logged) == 4
+    expected = [min(norm, clip_norm) if clip_norm else norm for norm in logged]
+    assert min(logged) > 0.05 and seen == pytest.approx(expected, rel=1e-4)
