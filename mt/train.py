@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import zipfile
@@ -341,6 +342,16 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
         return None
     except RunError:
         raise
+    except ValueError as error:
+        # Lightning's check, made once the epoch's batch count is known: "`val_check_interval` (N) must be
+        # less than or equal to the number of the training batches (M). ..."
+        batches = re.search(r"val_check_interval` \(\d+\) must be .* training batches \((\d+)\)", str(error))
+        if batches is None:
+            raise
+        raise RunError(
+            f"trainer.val_check_interval={config.trainer.val_check_interval}: more than the {batches[1]} batches of "
+            f"an epoch (per rank); lower it, or set trainer.check_val_every_n_epoch=null to count across epochs"
+        ) from None
     except RuntimeError as error:
         if not is_collective_failure(error):
             raise

@@ -124,6 +124,15 @@ def test_a_missing_test_split_fails_before_training_when_it_is_to_be_scored(tmp_
     assert not (tmp_path / "run" / "tokenizer").exists()  # refused at the start: nothing trained
 
 
+def test_a_validation_interval_longer_than_an_epoch_is_a_one_line_error(toy_corpus_dir, tmp_path):
+    """Lightning finds it only inside fit, once the epoch's batches are counted; mt names its own key."""
+    config = tiny_train_config(toy_corpus_dir, **{"trainer.val_check_interval": 100000, "trainer.max_steps": 2})
+    with pytest.raises(RunError) as caught:
+        train(config, tmp_path / "run")
+    assert_user_error(caught.value, "trainer.val_check_interval=100000", "check_val_every_n_epoch=null")
+    assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
+
+
 def test_unknown_language_of_a_text_corpus_names_the_missing_file(toy_corpus_dir):
     config = from_dict(DataConfig, {"name": "toy", "path": str(toy_corpus_dir), "tgt_lang": "fr"})
     with pytest.raises(DataError) as caught:
