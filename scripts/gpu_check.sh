@@ -7,13 +7,15 @@
 #   4. (COMPILE=1) the synthetic training of step 2 with trainer.compile=true (at most 4 minutes,
 #      recompilations counted);
 #   5. (FP16=1) the synthetic training of step 2 in 16-mixed (float16 with loss scaling);
-#   6. (MULTI30K=DIR) the Multi30k GPU recipe for $M30K_STEPS updates (3000), then its test BLEU.
-# Steps 4-6 run in that order, the longest last, so that a device-time limit cuts the least.
+#   6. (LARGE_TOKENS=N) the training of step 2 with N-token batches (12000 there): MFU against batch size;
+#   7. (MULTI30K=DIR) the Multi30k GPU recipe for $M30K_STEPS updates (3000), then its test BLEU.
+# Steps 4-7 run in that order, the longest last, so that a device-time limit cuts the least.
 #   bash scripts/gpu_check.sh [mt.train overrides]
 # Environment: PYTHON (default .venv/bin/python), MODEL (base), STEPS (300), PAIRS (100000), VOCAB (32000),
 # WORK (/tmp/mt-gpu-check), PEAK_TFLOPS (the card's dense bf16 peak; known for H100/H200/A100/L40S/A10/L4),
-# DECODE_TIMEOUT (300 s), COMPILE, FP16, MULTI30K, M30K_STEPS (see above),
-# TRAINER (gpu; TRAINER=cpu MODEL=tiny STEPS=20 PAIRS=5000 VOCAB=2000 checks the script itself on a CPU).
+# DECODE_TIMEOUT (300 s), COMPILE, FP16, LARGE_TOKENS, MULTI30K, M30K_STEPS (see above),
+# TRAINER (gpu; TRAINER=cpu MODEL=tiny STEPS=50 PAIRS=3000 VOCAB=1000 DECODE_TIMEOUT=60 checks the script
+# itself on a CPU in about 5 minutes; 50 steps make one tokens/s window).
 # Needs a CUDA build of torch with mt's dependencies (TORCH_SPEC=... bash scripts/setup.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +71,10 @@ fi
 if [ "${FP16:-0}" = 1 ]; then
   phase "model=$MODEL, $STEPS steps, 16-mixed"
   train fp16 trainer.precision=16-mixed "$@" || status=1
+fi
+if [ -n "${LARGE_TOKENS:-}" ]; then
+  phase "model=$MODEL, $STEPS steps, bf16, $LARGE_TOKENS-token batches"
+  train large data.max_tokens="$LARGE_TOKENS" "$@" || status=1
 fi
 if [ -n "${MULTI30K:-}" ]; then
   phase "Multi30k de-en GPU recipe, ${M30K_STEPS:-3000} updates"
