@@ -7,7 +7,6 @@ translator from the ``.ckpt`` file alone.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -125,7 +124,6 @@ class TranslationModule(L.LightningModule):
         # the values a resumed run writes for the step its checkpoint was saved at (see on_save_checkpoint).
         self._unwritten_step_log: dict[str, Tensor | float] | None = None
         self._step_log_to_write: dict[str, Any] | None = None
-        self._compiled = False  # see compile_layers
 
     def setup(self, stage: str) -> None:
         self._nonfinite_in_window = torch.zeros((), device=self.device)
@@ -160,7 +158,6 @@ class TranslationModule(L.LightningModule):
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         for layer in (*self.model.encoder_layers, *self.model.decoder_layers):
             layer.compile(backend=backend, dynamic=True)
-        self._compiled = True
 
     def _loss(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         logits = self.model(batch.src_ids, batch.src_pad_mask, batch.tgt_in)
@@ -205,8 +202,9 @@ class TranslationModule(L.LightningModule):
         Lightning clips after unscaling (``clips_itself``)."""
         flags = self._nonfinite_in_window
         grads = [p.grad for p in self.parameters() if p.grad is not None]
+        clips_itself = self.clips_itself(str(self.trainer.precision))
         total_norm = None
-        if grads and self.clips_itself(str(self.trainer.precision)):
+        if grads and clips_itself:
             total_norm = _total_norm(grads)
             flags = flags + (~total_norm.isfinite()).float()
             self._log_step("train/grad_norm", total_norm)
@@ -220,7 +218,7 @@ class TranslationModule(L.LightningModule):
         self._nonfinite_run += 1
         self._nonfinite_total += 1
         step = self.trainer.global_step
-        if self.clips_itself(str(self.trainer.precision)):  # (with fp16 the grad scaler skips the step)
+        if clips_itself:  # (with fp16 the grad scaler skips the step)
             optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without gradients untouched
         self._log_step("train/nonfinite_steps", float(self._nonfinite_total))
         limit = self.optim_cfg.max_consecutive_nonfinite
@@ -336,8 +334,7 @@ class TranslationModule(L.LightningModule):
             self.search_cfg, beam=beam, nbest=1, sampling=False
         )  # a search, also if search=sample
         rank, world_size = self.trainer.global_rank, self.trainer.world_size
-        eager = torch.compiler.set_stance("force_eager") if self._compiled else contextlib.nullcontext()
-        with eager:
+        with torch.compiler.set_stance("force_eager"):  # compiled layers (compile_layers) run eagerly here
             hyps = decode_ids(
                 self.model,
                 [corpus.src(i) for i in range(rank, count, world_size)],
