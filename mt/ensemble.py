@@ -61,8 +61,15 @@ class Ensemble(nn.Module):
         return EnsembleMemory([member.encode(src_ids, src_pad_mask) for member in self.members])
 
     def decode_step(
-        self, tgt_ids: Tensor, memory: EnsembleMemory, src_pad_mask: Tensor, cache: EnsembleCache | None = None
+        self,
+        tgt_ids: Tensor,
+        memory: EnsembleMemory,
+        src_pad_mask: Tensor,
+        cache: EnsembleCache | None = None,
+        *,
+        normalize: bool = True,
     ) -> tuple[Tensor, EnsembleCache]:
+        """The combined log-probabilities, whatever ``normalize`` says: combining needs each member's."""
         caches = cache.caches if cache is not None else [None] * len(self.members)
         steps = [
             member.decode_step(tgt_ids, member_memory, src_pad_mask, member_cache)

@@ -72,7 +72,9 @@ def score_checkpoint(
         sources, references, origin = text.src, text.tgt, f"{data.name} {split} ({data.src_lang}-{data.tgt_lang})"
     hypotheses = [
         nbest[0][0]
-        for nbest in translate(model.to(device), module.tokenizer, sources, search, device=device, progress=progress)
+        for nbest in translate(
+            model.to(device), module.tokenizer, sources, search, device=device, progress=progress, return_scores=False
+        )
     ]
     result: dict = {
         "checkpoint": str(checkpoint),

@@ -114,9 +114,13 @@ def search_batch(
     src_pad_mask: torch.Tensor,
     search: SearchConfig,
     generator: torch.Generator | None = None,
+    *,
+    return_scores: bool = True,
 ) -> list[list[Hypothesis]]:
     """n-best hypotheses of one batch: sampling (one each, drawn from ``generator``, else from a new one
-    seeded with ``search.seed``) if asked, else greedy when beam and n-best are 1, else beam search."""
+    seeded with ``search.seed``) if asked, else greedy when beam and n-best are 1, else beam search.
+    ``return_scores=False`` lets greedy and sampling skip scoring (their scores are then ``None``);
+    beam search scores anyway, since it ranks by them."""
     options = dict(
         max_len_a=search.max_len_a,
         max_len_b=search.max_len_b,
@@ -134,11 +138,13 @@ def search_batch(
             top_p=search.top_p,
             temperature=search.temperature,
             generator=generator,
+            return_scores=return_scores,
             **options,
         )
         return [[hyp] for hyp in hyps]
     if search.beam == 1 and search.nbest == 1:
-        return [[hyp] for hyp in greedy_search(model, src_ids, src_pad_mask, **options)]
+        hyps = greedy_search(model, src_ids, src_pad_mask, return_scores=return_scores, **options)
+        return [[hyp] for hyp in hyps]
     return beam_search(model, src_ids, src_pad_mask, beam=search.beam, nbest=search.nbest, **options)
 
 
@@ -157,8 +163,10 @@ def decode_ids(
     progress: bool = False,
     desc: str = "decode",
     generator: torch.Generator | None = None,
+    return_scores: bool = True,
 ) -> list[list[Hypothesis]]:
-    """n-best hypotheses for every source (subword ids without EOS), in input order.
+    """n-best hypotheses for every source (subword ids without EOS), in input order; unscored (scores
+    ``None``) from greedy or sampling with ``return_scores=False``, for callers that read only tokens.
 
     Sources are sorted by length, so similar lengths decode together, and cut into batches. On a CPU,
     ``parallel_batches`` of them decode at once, each on one thread (``torch.set_num_threads(1)`` for
@@ -177,7 +185,8 @@ def decode_ids(
 
     def decode_batch(batch_ids: np.ndarray) -> tuple[np.ndarray, list[list[Hypothesis]]]:
         batch = collate([src[i] for i in batch_ids], None, batch_ids).to(device)
-        return batch_ids, search_batch(model, batch.src_ids, batch.src_pad_mask, search, generator)
+        hyps = search_batch(model, batch.src_ids, batch.src_pad_mask, search, generator, return_scores=return_scores)
+        return batch_ids, hyps
 
     results: list[list[Hypothesis]] = [[] for _ in src]
     with tqdm(total=len(src), desc=desc, unit="sent", disable=not progress, leave=False) as bar:
@@ -226,16 +235,27 @@ def translate(
     device: torch.device | str = "cpu",
     progress: bool = False,
     generator: torch.Generator | None = None,
-) -> list[list[tuple[str, float]]]:
+    return_scores: bool = True,
+) -> list[list[tuple[str, float | None]]]:
     """Detokenized n-best translations with scores, one list per sentence, in input order.
 
     Empty (or whitespace-only) sentences are not decoded: their translation is the empty string.
     ``generator``: sampling's random stream, to continue it across calls (``sampling_generator``).
+    ``return_scores=False``: greedy and sampling skip scoring, and their scores are ``None``.
     """
     nonempty = [i for i, s in enumerate(sentences) if s.strip()]
     src = tokenizer.encode_src([sentences[i] for i in nonempty])
-    hyps = decode_ids(model, src, search, device=device, progress=progress, desc="translate", generator=generator)
-    out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in sentences]
+    hyps = decode_ids(
+        model,
+        src,
+        search,
+        device=device,
+        progress=progress,
+        desc="translate",
+        generator=generator,
+        return_scores=return_scores,
+    )
+    out: list[list[tuple[str, float | None]]] = [[("", 0.0)] for _ in sentences]
     for i, nbest in zip(nonempty, hyps):
         texts = tokenizer.decode_tgt([h.tokens for h in nbest])
         out[i] = [(text, h.score) for text, h in zip(texts, nbest)]

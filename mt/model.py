@@ -164,7 +164,13 @@ class Transformer(nn.Module):
         return self.decoder_norm(x)
 
     def decode_step(
-        self, tgt_ids: Tensor, memory: Tensor, src_pad_mask: Tensor, cache: DecoderCache | None = None
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        src_pad_mask: Tensor,
+        cache: DecoderCache | None = None,
+        *,
+        normalize: bool = True,
     ) -> tuple[Tensor, DecoderCache]:
         """Log-probabilities of the next token after each prefix.
 
@@ -173,14 +179,16 @@ class Transformer(nn.Module):
             memory: (B_src, S, D) from ``encode``.
             src_pad_mask: (B_src, S), ``True`` = padding.
             cache: from the previous step, or ``None`` at the first.
+            normalize: ``False`` returns the logits, for a search that needs no probabilities.
 
         Returns:
-            log_probs (B_rows, V) in float32, and the cache now covering all t positions.
+            log_probs (or logits) (B_rows, V) in float32, and the cache now covering all t positions.
         """
         if cache is None:
             cache = self.new_cache(memory)
         hidden = self.decode(tgt_ids, cache, src_pad_mask)[:, -1]
-        return F.log_softmax(self.output(hidden).float(), dim=-1), cache
+        logits = self.output(hidden).float()
+        return (F.log_softmax(logits, dim=-1) if normalize else logits), cache
 
     def forward(self, src_ids: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits: src (B, S), tgt_in (B, T) -> (B, T, V)."""

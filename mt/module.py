@@ -342,6 +342,7 @@ class TranslationModule(L.LightningModule):
                 device=self.device,
                 progress=False,
                 desc="validate",
+                return_scores=False,
             )
         tokens = gather_strided([nbest[0].tokens for nbest in hyps], count)
         texts = self.tokenizer.decode_tgt(tokens)

@@ -143,7 +143,9 @@ def decode_scores(checkpoint: Path, test_set: TestSet, search: SearchConfig, cac
     device = best_device()
     hypotheses = [
         nbest[0][0]
-        for nbest in translate(module.model.to(device), module.tokenizer, test_set.sources, search, device=device)
+        for nbest in translate(
+            module.model.to(device), module.tokenizer, test_set.sources, search, device=device, return_scores=False
+        )
     ]
     result = {**scores(hypotheses, test_set.references), "hypotheses": hypotheses}
     with atomic_write(cached) as handle:

@@ -67,7 +67,14 @@ def _main(cfg: DictConfig) -> None:
     offset = 0
     for chunk in chunks(lines, CHUNK_LINES):
         translations = translate(
-            model, module.tokenizer, chunk, search, device=device, progress=True, generator=generator
+            model,
+            module.tokenizer,
+            chunk,
+            search,
+            device=device,
+            progress=True,
+            generator=generator,
+            return_scores=config.nbest is not None,  # scores are printed only with n-best lists
         )
         for index, nbest in enumerate(translations):
             if config.nbest is None:

@@ -64,13 +64,14 @@ def mt_decoder(model, src_ids: list, search: SearchConfig, batch: int | None, *,
     def run() -> list[list[int]]:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if batch is None:
-                return [nbest[0].tokens for nbest in decode_ids(model, src_ids, search)]
+                return [nbest[0].tokens for nbest in decode_ids(model, src_ids, search, return_scores=False)]
             budget = dataclasses.replace(search, max_tokens=10**9)  # batches of exactly ``batch`` sentences
             order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))  # mt sorts by length itself
             results: dict[int, list[int]] = {}
             for start in range(0, len(order), batch):
                 chunk = order[start : start + batch]
-                for i, nbest in zip(chunk, decode_ids(model, [src_ids[i] for i in chunk], budget)):
+                chunk_ids = [src_ids[i] for i in chunk]
+                for i, nbest in zip(chunk, decode_ids(model, chunk_ids, budget, return_scores=False)):
                     results[i] = nbest[0].tokens
             return [results[i] for i in range(len(src_ids))]
 

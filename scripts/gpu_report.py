@@ -78,7 +78,7 @@ def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: in
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     start = time.perf_counter()
-                    hyps = decode_ids(model, src, search, device=device)
+                    hyps = decode_ids(model, src, search, device=device, return_scores=False)
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     seconds = time.perf_counter() - start

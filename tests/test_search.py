@@ -43,7 +43,7 @@ class ScriptedDecoder:
     def encode(self, src_ids, src_pad_mask):
         return torch.zeros(src_ids.size(0), 1, 1)
 
-    def decode_step(self, tgt_ids, memory, src_pad_mask, cache):
+    def decode_step(self, tgt_ids, memory, src_pad_mask, cache, *, normalize=True):
         cache = cache or ScriptedCache()
         log_probs = torch.full((tgt_ids.size(0), VOCAB), -math.inf)
         for row, prefix in enumerate(tgt_ids[:, 1:].tolist()):
@@ -224,7 +224,7 @@ class EosFirst:
     def encode(self, src_ids, src_pad_mask):
         return self.model.encode(src_ids, src_pad_mask)
 
-    def decode_step(self, tgt_ids, memory, src_pad_mask, cache=None):
+    def decode_step(self, tgt_ids, memory, src_pad_mask, cache=None, *, normalize=True):
         log_probs, cache = self.model.decode_step(tgt_ids, memory, src_pad_mask, cache)
         log_probs[:, EOS_ID] += 50.0
         return torch.log_softmax(log_probs, dim=-1), cache
@@ -248,7 +248,7 @@ def test_min_len_delays_eos_and_max_len_still_wins(beam):
 class EosLeaning(EosFirst):
     """A decoder whose outputs end after a few tokens, at lengths that differ between sources."""
 
-    def decode_step(self, tgt_ids, memory, src_pad_mask, cache=None):
+    def decode_step(self, tgt_ids, memory, src_pad_mask, cache=None, *, normalize=True):
         log_probs, cache = self.model.decode_step(tgt_ids, memory, src_pad_mask, cache)
         log_probs[:, EOS_ID] += 0.8 * tgt_ids.size(1)
         return torch.log_softmax(log_probs, dim=-1), cache
@@ -330,10 +330,10 @@ def test_decode_budget_counts_each_source_as_beam_rows(monkeypatch, beam, sampli
     search_batch = mt.inference.search_batch
     rows_per_source = 1 if sampling else beam
 
-    def recording(model, src_ids, src_pad_mask, search, generator=None):
+    def recording(model, src_ids, src_pad_mask, search, generator=None, **options):
         batch_rows.append(src_ids.size(0) * rows_per_source)
         assert src_ids.size(1) * src_ids.size(0) * rows_per_source <= 80
-        return search_batch(model, src_ids, src_pad_mask, search, generator)
+        return search_batch(model, src_ids, src_pad_mask, search, generator, **options)
 
     monkeypatch.setattr(mt.inference, "search_batch", recording)
     model = random_model()
@@ -364,9 +364,9 @@ def test_parallel_batches_equal_one_batch_at_a_time(monkeypatch, beam):
     batches: list[tuple[int, int]] = []  # padded source tokens, torch threads
     search_batch = mt.inference.search_batch
 
-    def recording(model, src_ids, src_pad_mask, search, generator=None):
+    def recording(model, src_ids, src_pad_mask, search, generator=None, **options):
         batches.append((src_ids.numel(), torch.get_num_threads()))
-        return search_batch(model, src_ids, src_pad_mask, search, generator)
+        return search_batch(model, src_ids, src_pad_mask, search, generator, **options)
 
     monkeypatch.setattr(mt.inference, "search_batch", recording)
 
@@ -387,3 +387,32 @@ def test_parallel_batches_equal_one_batch_at_a_time(monkeypatch, beam):
     bf16_at_once, bf16_scores = decode(2, bf16=True)
     assert bf16_at_once == decode(1, bf16=True)[0]
     assert bf16_scores != pytest.approx(in_turn_scores, abs=1e-4)  # the workers decoded in bf16 too
+
+
+@pytest.mark.parametrize("sampling", [False, True])
+def test_unscored_search_gives_the_scored_outputs(sampling):
+    """``return_scores=False`` skips the log-softmax of each step, not a choice: the same outputs (and,
+    sampling, the same draws from the same seed), with scores ``None``."""
+    model = random_model(37, vocab=30)
+    src_ids, src_pad_mask = random_batch(38, [3, 8, 5, 1, 6], vocab=30)
+    options = dict(max_len_a=1.5, max_len_b=4, min_len=2)
+
+    def decode(return_scores: bool):
+        if sampling:
+            generator = torch.Generator().manual_seed(5)
+            return sample(
+                model,
+                src_ids,
+                src_pad_mask,
+                top_p=0.9,
+                temperature=1.3,
+                generator=generator,
+                return_scores=return_scores,
+                **options,
+            )
+        return greedy_search(model, src_ids, src_pad_mask, return_scores=return_scores, **options)
+
+    scored, unscored = decode(True), decode(False)
+    assert [h.tokens for h in unscored] == [h.tokens for h in scored]
+    assert all(h.score is None and h.log_prob is None for h in unscored)
+    assert all(isinstance(h.score, float) for h in scored)
