@@ -69,18 +69,21 @@ class Ensemble(nn.Module):
         *,
         normalize: bool = True,
     ) -> tuple[Tensor, EnsembleCache]:
-        """The combined log-probabilities, whatever ``normalize`` says: combining needs each member's."""
+        """The combined log-probabilities; with ``normalize=False`` the members' mean log-probabilities,
+        whose softmax is the same distribution (the members' own must be normalised to be combined)."""
         caches = cache.caches if cache is not None else [None] * len(self.members)
         steps = [
             member.decode_step(tgt_ids, member_memory, src_pad_mask, member_cache)
             for member, member_memory, member_cache in zip(self.members, memory.memories, caches)
         ]
-        log_probs = combine([member_log_probs for member_log_probs, _ in steps])
+        log_probs = combine([member_log_probs for member_log_probs, _ in steps], normalize=normalize)
         return log_probs, EnsembleCache([member_cache for _, member_cache in steps])
 
 
-def combine(log_probs: Sequence[Tensor]) -> Tensor:
-    """The ensemble's next-token log-probabilities: the members' mean, renormalised."""
+def combine(log_probs: Sequence[Tensor], *, normalize: bool = True) -> Tensor:
+    """The ensemble's next-token log-probabilities: the members' mean, renormalised (unless ``normalize``
+    is ``False``: the mean alone, whose softmax is the same)."""
     if len(log_probs) == 1:
         return log_probs[0]
-    return F.log_softmax(torch.stack(list(log_probs)).mean(0), dim=-1)
+    mean = torch.stack(list(log_probs)).mean(0)
+    return F.log_softmax(mean, dim=-1) if normalize else mean

@@ -241,7 +241,8 @@ def translate(
 
     Empty (or whitespace-only) sentences are not decoded: their translation is the empty string.
     ``generator``: sampling's random stream, to continue it across calls (``sampling_generator``).
-    ``return_scores=False``: greedy and sampling skip scoring, and their scores are ``None``.
+    ``return_scores=False``: greedy and sampling skip scoring, and their scores (and those of empty
+    sentences) are ``None``.
     """
     nonempty = [i for i, s in enumerate(sentences) if s.strip()]
     src = tokenizer.encode_src([sentences[i] for i in nonempty])
@@ -255,7 +256,8 @@ def translate(
         generator=generator,
         return_scores=return_scores,
     )
-    out: list[list[tuple[str, float | None]]] = [[("", 0.0)] for _ in sentences]
+    empty_score = 0.0 if return_scores else None
+    out: list[list[tuple[str, float | None]]] = [[("", empty_score)] for _ in sentences]
     for i, nbest in zip(nonempty, hyps):
         texts = tokenizer.decode_tgt([h.tokens for h in nbest])
         out[i] = [(text, h.score) for text, h in zip(texts, nbest)]

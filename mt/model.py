@@ -3,7 +3,8 @@
 The model meets the search at a small contract and knows nothing of beams:
 
 - ``encode(src_ids, src_pad_mask) -> memory``
-- ``decode_step(tgt_ids, memory, src_pad_mask, cache) -> (log_probs, cache)``
+- ``decode_step(tgt_ids, memory, src_pad_mask, cache, *, normalize=True) -> (log_probs, cache)``
+  (``normalize=False``: the logits, for a search that needs no probabilities)
 
 ``forward`` is the teacher-forced training path, and the oracle that the cache is tested against.
 The decoder's rows may be a multiple of the sources (hypotheses of one source are adjacent rows);

@@ -389,11 +389,15 @@ def test_parallel_batches_equal_one_batch_at_a_time(monkeypatch, beam):
     assert bf16_scores != pytest.approx(in_turn_scores, abs=1e-4)  # the workers decoded in bf16 too
 
 
-@pytest.mark.parametrize("sampling", [False, True])
-def test_unscored_search_gives_the_scored_outputs(sampling):
+@pytest.mark.parametrize("sampling, ensemble", [(False, False), (True, False), (False, True), (True, True)])
+def test_unscored_search_gives_the_scored_outputs(sampling, ensemble):
     """``return_scores=False`` skips the log-softmax of each step, not a choice: the same outputs (and,
-    sampling, the same draws from the same seed), with scores ``None``."""
-    model = random_model(37, vocab=30)
+    sampling, the same draws from the same seed), with scores ``None``; an ensemble's too."""
+    from mt.ensemble import Ensemble
+
+    model = (
+        Ensemble([random_model(37, vocab=30), random_model(39, vocab=30)]) if ensemble else random_model(37, vocab=30)
+    )
     src_ids, src_pad_mask = random_batch(38, [3, 8, 5, 1, 6], vocab=30)
     options = dict(max_len_a=1.5, max_len_b=4, min_len=2)
 
@@ -404,6 +408,7 @@ def test_unscored_search_gives_the_scored_outputs(sampling):
                 model,
                 src_ids,
                 src_pad_mask,
+                top_k=12,
                 top_p=0.9,
                 temperature=1.3,
                 generator=generator,
