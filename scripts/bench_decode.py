@@ -11,8 +11,8 @@ Two comparisons, each repeated ``--rounds`` times in alternating order (medians,
    shape (random weights: no trained Marian exists here; ``mt``'s pre-norm model cannot be loaded
    into post-norm Marian), every output forced to ``L`` tokens (``mt``: ``min_len``; HF:
    ``min_new_tokens``/``max_new_tokens``), so both run the same number of decoder steps. Both decode
-   batches of ``--batch`` sentences (the targets' comparison); ``mt`` also with its default
-   ``max_tokens`` batches, as its users run it (reported beside HF's batches, not as the target).
+   the same length-sorted batches of ``--batch`` sentences (the targets' comparison); ``mt`` also with
+   its default ``max_tokens`` batches, as its users run it (reported beside HF's batches, not as the target).
 
 Sentences/s and generated target tokens/s are reported per row, and the ratios the targets are
 stated in: mt beam 5 / HF beam 5 and mt greedy / HF greedy (target >= 1.6), mt beam 5 /
@@ -196,7 +196,10 @@ def main() -> None:
         real["mt beam 5, bf16"] = mt_decoder(model, src_ids, beam5, args.batch, bf16=True)
         real["mt greedy, bf16"] = mt_decoder(model, src_ids, greedy, args.batch, bf16=True)
     length = round(sum(len(t) for t in tokenizer.encode_tgt(references)) / len(references)) + 1
-    forced_ids = src_ids[: args.forced_sentences]
+    # Sorted by length once, so HF's batches are mt's: the same sentences, the same padding (mt sorts by
+    # length itself; HF's generate() decodes the batches it is given, and corpus-order batches of 64
+    # would give it ~20% more padded work).
+    forced_ids = sorted(src_ids[: args.forced_sentences], key=len)
     torch.manual_seed(0)
     vocab = {"src_vocab_size": tokenizer.src_vocab_size, "tgt_vocab_size": tokenizer.tgt_vocab_size}
     random_mt = Transformer(module.model_cfg, **vocab).eval()
