@@ -201,9 +201,7 @@ def build_trainer(
         log_every_n_steps=cfg.log_every_n_steps,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         # The module clips (one pass over the gradients with its finiteness check), except under fp16.
-        gradient_clip_val=(config.optim.clip_norm or None)
-        if not TranslationModule.clips_itself(cfg.precision)
-        else None,
+        gradient_clip_val=None if TranslationModule.clips_itself(cfg.precision) else (config.optim.clip_norm or None),
         num_sanity_val_steps=cfg.num_sanity_val_steps,
         fast_dev_run=cfg.fast_dev_run,
         enable_progress_bar=cfg.enable_progress_bar,

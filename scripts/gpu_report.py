@@ -74,9 +74,8 @@ def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: in
             for source_tokens in (8000, 32000):  # per batch, as in the first H200 run (max_tokens counts x beam)
                 search = SearchConfig(beam=beam, max_tokens=source_tokens * beam)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    decode_ids(
-                        model, src[:64], search, device=device, return_scores=False
-                    )  # warm-up: kernels, allocator
+                    # warm-up: kernels, allocator
+                    decode_ids(model, src[:64], search, device=device, return_scores=False)
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     start = time.perf_counter()
