@@ -14,9 +14,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-
-class ConfigError(ValueError):
-    """A configuration value that is well-typed but impossible."""
+from mt.errors import ConfigError
 
 
 def _require(condition: bool, message: str) -> None:

@@ -8,109 +8,15 @@ hypotheses are written there, and the scores beside them in ``<output>.scores.js
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
-
-from mt.atomic import atomic_write
-from mt.cli import (
-    CONF_DIR,
-    RunError,
-    best_device,
-    entry_point,
-    quiet_library_logs,
-    reports_errors,
-    set_threads,
-    to_typed,
-)
-from mt.config import DataConfig, EvaluateConfig, SearchConfig, from_dict, register_configs, with_beam
-from mt.data import DataError, load_split
-from mt.inference import load_translator, translate
-from mt.metrics import scores
-from mt.readers import read_lines
-
-register_configs()
+from mt.cli import entry_point, quiet_library_logs
+from mt.config import EvaluateConfig, with_beam
+from mt.decode.scoring import score_checkpoint
+from mt.device import set_threads
 
 
-def score_checkpoint(
-    checkpoint: str | Path,
-    *,
-    search: SearchConfig,
-    split: str = "test",
-    source: str | None = None,
-    reference: str | None = None,
-    output: str | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    ensemble: Sequence[str | Path] = (),
-) -> dict:
-    """Translate ``source`` (default: ``split`` of the checkpoint's data) and score it.
-
-    Every check that needs no decoding (outputs that exist, unreadable, empty or misaligned input
-    files) runs before the checkpoint is loaded, and nothing is written unless decoding succeeds.
-    """
-    outputs = [] if output is None else [Path(output), Path(f"{output}.scores.json")]
-    for path in outputs:  # refuse before spending time decoding
-        if path.is_dir():
-            raise RunError(f"output {path} is a directory; expected a file name")
-        if path.exists() and not overwrite:
-            raise RunError(f"{path} exists; pass overwrite=true to replace it")
-    if source is not None:  # read and check the input before loading the checkpoint
-        sources, references = read_source_and_reference(source, reference)
-        origin = source
-    model, module = load_translator(checkpoint, ensemble)
-    device = best_device()
-    if source is None:
-        if not module.hparams.get("data"):
-            raise RunError(f"checkpoint {checkpoint} records no data config: pass source= (and reference=)")
-        data = from_dict(DataConfig, module.hparams["data"])
-        text = load_split(data, split)
-        if len(text) == 0:
-            raise DataError(f"{text.origin}: the {split} split is empty, so there is nothing to translate")
-        sources, references, origin = text.src, text.tgt, f"{data.name} {split} ({data.src_lang}-{data.tgt_lang})"
-    hypotheses = [
-        nbest[0][0]
-        for nbest in translate(
-            model.to(device), module.tokenizer, sources, search, device=device, progress=progress, return_scores=False
-        )
-    ]
-    result: dict = {
-        "checkpoint": str(checkpoint),
-        **({"ensemble": [str(checkpoint), *map(str, ensemble)]} if ensemble else {}),
-        "data": origin,
-        "sentences": len(sources),
-        "beam": search.beam,
-        "length_penalty": search.length_penalty,
-    }
-    if references is not None:
-        result.update(scores(hypotheses, references))
-    if output is not None:
-        with atomic_write(output) as handle:
-            handle.write("".join(h + "\n" for h in hypotheses).encode("utf-8"))
-        with atomic_write(f"{output}.scores.json") as handle:
-            handle.write((json.dumps(result, indent=2) + "\n").encode("utf-8"))
-    return result
-
-
-def read_source_and_reference(source: str, reference: str | None) -> tuple[list[str], list[str] | None]:
-    """The lines of ``source`` (at least one) and of ``reference`` (as many), else a ``DataError``."""
-    sources = read_lines(source)
-    if not sources:
-        raise DataError(f"source {source} is empty: expected one sentence a line")
-    if reference is None:
-        return sources, None
-    references = read_lines(reference)
-    if len(references) != len(sources):
-        raise DataError(f"reference {reference} has {len(references)} lines but source {source} has {len(sources)}")
-    return sources, references
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
-@reports_errors
-def _main(cfg: DictConfig) -> None:
-    config = to_typed(cfg, EvaluateConfig)
+@entry_point("evaluate", EvaluateConfig)
+def main(config: EvaluateConfig) -> None:
     set_threads(config.threads)
     quiet_library_logs()
     result = score_checkpoint(
@@ -125,8 +31,6 @@ def _main(cfg: DictConfig) -> None:
     )
     print(json.dumps(result), flush=True)
 
-
-main = entry_point(_main)
 
 if __name__ == "__main__":
     main()

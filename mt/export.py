@@ -17,17 +17,15 @@ import json
 import shutil
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import DictConfig
 
-from mt.cli import CONF_DIR, RunError, entry_point, quiet_library_logs, reports_errors, to_typed
-from mt.config import ExportConfig, ModelConfig, register_configs
-from mt.inference import load_checkpoint
-from mt.layers import sinusoidal_positions
-from mt.tokenizer import Tokenizer
-
-register_configs()
+from mt.cli import entry_point, quiet_library_logs
+from mt.compat import ctranslate2_convert
+from mt.config import ExportConfig, ModelConfig
+from mt.data.tokenizer import Tokenizer
+from mt.errors import RunError
+from mt.model.checkpoint import load_checkpoint
+from mt.model.layers import sinusoidal_positions
 
 MAX_POSITIONS = 1024  # position table written into the model: the longest source or output it handles
 
@@ -98,31 +96,23 @@ def build_spec(model_cfg: ModelConfig, state: dict[str, torch.Tensor], tokenizer
 
 def export_ctranslate2(checkpoint: str | Path, output: str | Path, *, quantization: str | None = None) -> Path:
     """Write the CTranslate2 model of ``checkpoint`` into the directory ``output``; return it."""
-    import ctranslate2
 
-    module = load_checkpoint(checkpoint)
-    state = {name: tensor for name, tensor in module.model.state_dict().items()}
-    spec = build_spec(module.model_cfg, state, module.tokenizer)
-
-    class _Converter(ctranslate2.converters.Converter):
-        def _load(self):
-            return spec
+    loaded = load_checkpoint(checkpoint)
+    spec = build_spec(loaded.model_config, loaded.model.state_dict(), loaded.tokenizer)
 
     output = Path(output)
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    _Converter().convert(str(tmp), quantization=quantization, force=True)
-    module.tokenizer.save(tmp / "tokenizer")  # the SentencePiece model(s) that make the pieces
+    ctranslate2_convert(spec, str(tmp), quantization=quantization)
+    loaded.tokenizer.save(tmp / "tokenizer")  # the SentencePiece model(s) that make the pieces
     (tmp / "mt_export.json").write_text(json.dumps({"checkpoint": str(checkpoint), "quantization": quantization}))
     shutil.rmtree(output, ignore_errors=True)
     tmp.rename(output)
     return output
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-@reports_errors
-def _main(cfg: DictConfig) -> None:
-    config = to_typed(cfg, ExportConfig)
+@entry_point("export", ExportConfig)
+def main(config: ExportConfig) -> None:
     quiet_library_logs()
     output = Path(config.output)
     if output.exists() and not config.overwrite:
@@ -134,8 +124,6 @@ def _main(cfg: DictConfig) -> None:
     export_ctranslate2(config.checkpoint, output, quantization=config.quantization)
     print(json.dumps({"output": str(output), "format": config.format, "quantization": config.quantization}))
 
-
-main = entry_point(_main)
 
 if __name__ == "__main__":
     main()

@@ -15,30 +15,25 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import DictConfig
 from tqdm import tqdm
 
 from mt.atomic import atomic_write
-from mt.average import average_checkpoints, newest_checkpoints, step_checkpoints
-from mt.cli import (
-    CONF_DIR,
-    RunError,
-    best_device,
-    entry_point,
-    quiet_library_logs,
-    reports_errors,
-    set_threads,
-    to_typed,
+from mt.cli import entry_point, quiet_library_logs
+from mt.config import DataConfig, ReportConfig, SearchConfig, from_dict
+from mt.data.corpus import load_split
+from mt.data.readers import read_lines
+from mt.decode.metrics import scores
+from mt.decode.translator import translate
+from mt.device import best_device, set_threads
+from mt.errors import DataError, RunError
+from mt.model.checkpoint import (
+    average_checkpoints,
+    load_checkpoint,
+    newest_checkpoints,
+    read_checkpoint,
+    step_checkpoints,
 )
-from mt.config import DataConfig, ReportConfig, SearchConfig, from_dict, register_configs
-from mt.data import DataError, load_split
-from mt.inference import CheckpointError, load_checkpoint, translate
-from mt.metrics import scores
-from mt.readers import read_lines
-
-register_configs()
 
 
 @dataclass
@@ -66,10 +61,7 @@ def run_checkpoints(run_dir: Path) -> list[Path]:
 
 def checkpoint_info(path: Path) -> dict:
     """Step and validation metrics of a checkpoint, read without loading its tensors into memory."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as error:
-        raise CheckpointError(f"checkpoint {path}: cannot be loaded ({type(error).__name__})") from None
+    checkpoint = read_checkpoint(path)
     return {
         "step": int(checkpoint.get("global_step", 0)),
         "val_bleu": checkpoint.get("val_metrics", {}).get("val/bleu"),
@@ -139,12 +131,12 @@ def decode_scores(checkpoint: Path, test_set: TestSet, search: SearchConfig, cac
     cached = cache_dir / f"{key}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    module = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint)
     device = best_device()
     hypotheses = [
         nbest[0][0]
         for nbest in translate(
-            module.model.to(device), module.tokenizer, test_set.sources, search, device=device, return_scores=False
+            loaded.model.to(device), loaded.tokenizer, test_set.sources, search, device=device, return_scores=False
         )
     ]
     result = {**scores(hypotheses, test_set.references), "hypotheses": hypotheses}
@@ -240,10 +232,8 @@ def write_report(report: dict, output_dir: Path) -> None:
     plot(report, output_dir / "report.png")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")
-@reports_errors
-def _main(cfg: DictConfig) -> None:
-    config = to_typed(cfg, ReportConfig)
+@entry_point("report", ReportConfig)
+def main(config: ReportConfig) -> None:
     set_threads(config.threads)
     quiet_library_logs()
     report = build_report(config)
@@ -251,8 +241,6 @@ def _main(cfg: DictConfig) -> None:
     write_report(report, output_dir)
     print(json.dumps({"report": str(output_dir / "report.md"), "rows": len(report["rows"])}), flush=True)
 
-
-main = entry_point(_main)
 
 if __name__ == "__main__":
     main()

@@ -13,16 +13,13 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-import hydra
-from omegaconf import DictConfig
-
-from mt.cli import CONF_DIR, best_device, entry_point, quiet_library_logs, reports_errors, set_threads, to_typed
-from mt.config import TranslateConfig, register_configs, with_beam, with_nbest
-from mt.data import DataError
-from mt.inference import load_translator, sampling_generator, translate
-from mt.readers import read_lines
-
-register_configs()
+from mt.cli import entry_point, quiet_library_logs
+from mt.config import TranslateConfig, with_beam, with_nbest
+from mt.data.readers import read_lines
+from mt.decode.translator import sampling_generator, translate
+from mt.device import best_device, set_threads
+from mt.errors import DataError
+from mt.model.checkpoint import load_translator
 
 CHUNK_LINES = 5000
 
@@ -52,15 +49,13 @@ def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="translate")
-@reports_errors
-def _main(cfg: DictConfig) -> None:
-    config = to_typed(cfg, TranslateConfig)
+@entry_point("translate", TranslateConfig)
+def main(config: TranslateConfig) -> None:
     set_threads(config.threads)
     quiet_library_logs()
     search = with_nbest(with_beam(config.search, config.beam), config.nbest)
     lines = read_lines(config.input) if config.input else stdin_lines()  # a bad input= fails before the load
-    model, module = load_translator(config.checkpoint, config.ensemble)
+    model, loaded = load_translator(config.checkpoint, config.ensemble)
     device = best_device()
     model = model.to(device)
     generator = sampling_generator(search, device) if search.sampling else None  # one stream for all chunks
@@ -68,7 +63,7 @@ def _main(cfg: DictConfig) -> None:
     for chunk in chunks(lines, CHUNK_LINES):
         translations = translate(
             model,
-            module.tokenizer,
+            loaded.tokenizer,
             chunk,
             search,
             device=device,
@@ -84,8 +79,6 @@ def _main(cfg: DictConfig) -> None:
         offset += len(chunk)
         sys.stdout.flush()
 
-
-main = entry_point(_main)
 
 if __name__ == "__main__":
     main()

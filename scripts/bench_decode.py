@@ -41,14 +41,15 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from mt.batching import pad_sequences  # noqa: E402
 from mt.config import DataConfig, SearchConfig, from_dict  # noqa: E402
-from mt.data import load_split  # noqa: E402
-from mt.inference import decode_ids, load_checkpoint  # noqa: E402
-from mt.metrics import bleu  # noqa: E402
-from mt.model import Transformer  # noqa: E402
-from mt.readers import read_lines  # noqa: E402
-from mt.tokenizer import EOS_ID, PAD_ID  # noqa: E402
+from mt.data.batching import pad_sequences  # noqa: E402
+from mt.data.corpus import load_split  # noqa: E402
+from mt.data.readers import read_lines  # noqa: E402
+from mt.data.tokenizer import EOS_ID, PAD_ID  # noqa: E402
+from mt.decode.metrics import bleu  # noqa: E402
+from mt.decode.translator import decode_ids  # noqa: E402
+from mt.model.checkpoint import load_checkpoint  # noqa: E402
+from mt.model.transformer import Transformer  # noqa: E402
 
 
 def timed(function):
@@ -166,7 +167,7 @@ def main() -> None:
     if args.source:
         sources, references = read_lines(args.source), read_lines(args.reference)
     else:
-        text = load_split(from_dict(DataConfig, module.hparams["data"]), "test")
+        text = load_split(from_dict(DataConfig, module.data), "test")
         sources, references = text.src, text.tgt
     sources, references = sources[: args.sentences], references[: args.sentences]
     src_ids = tokenizer.encode_src(sources)
@@ -202,9 +203,9 @@ def main() -> None:
     forced_ids = sorted(src_ids[: args.forced_sentences], key=len)
     torch.manual_seed(0)
     vocab = {"src_vocab_size": tokenizer.src_vocab_size, "tgt_vocab_size": tokenizer.tgt_vocab_size}
-    random_mt = Transformer(module.model_cfg, **vocab).eval()
+    random_mt = Transformer(module.model_config, **vocab).eval()
     torch.manual_seed(0)
-    marian = hf_marian(module.model_cfg, tokenizer.tgt_vocab_size)
+    marian = hf_marian(module.model_config, tokenizer.tgt_vocab_size)
     forced_search = {  # length - 1 tokens, then EOS: ``length`` decoder steps, as HF's ``length`` new tokens
         beam: SearchConfig(beam=beam, length_penalty_type="none", min_len=length - 1, max_len_a=0.0, max_len_b=length)
         for beam in (1, 5)

@@ -1,4 +1,4 @@
-"""Benchmark the large-corpus preprocessing path (``mt.preprocess``) on a synthetic WMT-sized corpus.
+"""Benchmark the large-corpus preprocessing path (``mt.data.preprocess``) on a synthetic WMT-sized corpus.
 
 Stages, each timed, with peak resident memory: "peak RSS" is this process's during the stage
 (``RUSAGE_SELF``, reset before each stage through ``/proc/self/clear_refs``), "children" the
@@ -38,10 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from mt.batching import PairDataset, TokenBatchSampler  # noqa: E402
 from mt.config import DataConfig, from_dict  # noqa: E402
-from mt.preprocess import cache_folder, prepare_split_arrow, raw_dataset, sample_sentences  # noqa: E402
-from mt.tokenizer import train_tokenizer  # noqa: E402
+from mt.data.batching import PairDataset, TokenBatchSampler  # noqa: E402
+from mt.data.preprocess import cache_folder, prepare_split_arrow, raw_dataset, sample_sentences  # noqa: E402
+from mt.data.tokenizer import train_tokenizer  # noqa: E402
 
 GIB = 1 << 30
 TARGET_SECONDS = 600.0
@@ -51,8 +51,8 @@ TARGET_FIRST_BATCH = 30.0
 NEW_RUN = """
 import sys
 sys.path.insert(0, {root!r})
-from mt.batching import PairDataset, TokenBatchSampler
-from mt.preprocess import load_cached
+from mt.data.batching import PairDataset, TokenBatchSampler
+from mt.data.preprocess import load_cached
 corpus = load_cached({folder!r})
 sampler = TokenBatchSampler(corpus.src_lengths, corpus.tgt_lengths, {max_tokens}, shuffle=True, seed={seed})
 sampler.padding_share()

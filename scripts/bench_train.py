@@ -41,11 +41,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
-from mt.batching import Batch, TokenBatchSampler, collate  # noqa: E402
 from mt.config import DataConfig, TokenizerConfig, from_dict  # noqa: E402
-from mt.datamodule import TranslationDataModule  # noqa: E402
-from mt.module import TranslationModule, inverse_sqrt_schedule, label_smoothed_nll  # noqa: E402
-from mt.tokenizer import PAD_ID  # noqa: E402
+from mt.data.batching import Batch, TokenBatchSampler, collate  # noqa: E402
+from mt.data.tokenizer import PAD_ID  # noqa: E402
+from mt.training.datamodule import TranslationDataModule  # noqa: E402
+from mt.training.module import TranslationModule, inverse_sqrt_schedule, label_smoothed_nll  # noqa: E402
 
 MODEL = {"d_model": 256, "n_heads": 4, "encoder_layers": 3, "decoder_layers": 3, "d_ff": 1024, "dropout": 0.1}
 OPTIM = {"lr": 7e-4, "warmup_steps": 400, "label_smoothing": 0.1, "clip_norm": 1.0}

@@ -27,7 +27,7 @@ def card_peak_tflops(name: str) -> float | None:
 
 
 def train_report(run_dir: Path, peak_tflops: float | None) -> None:
-    from mt.plots import read_metric_rows
+    from mt.training.plots import read_metric_rows
 
     if not (run_dir / "csv/metrics.csv").is_file():
         raise SystemExit(f"{run_dir}: no csv/metrics.csv (too few steps for a logged row?)")
@@ -56,11 +56,12 @@ def train_report(run_dir: Path, peak_tflops: float | None) -> None:
 
 
 def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: int, beams: list[int]) -> None:
-    from mt.cli import best_device
     from mt.config import SearchConfig
-    from mt.inference import decode_ids, load_translator
-    from mt.metrics import scores
-    from mt.readers import read_lines
+    from mt.data.readers import read_lines
+    from mt.decode.metrics import scores
+    from mt.decode.translator import decode_ids
+    from mt.device import best_device
+    from mt.model.checkpoint import load_translator
 
     logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # synthetic references end in a spaced period
     device = best_device()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mt.config import ModelConfig, TrainConfig, from_dict
-from mt.model import Transformer
+from mt.model.transformer import Transformer
 
 # A toy "German" -> "English" lexicon: word-by-word translation with one reordering rule
 # (an adjective follows its noun in the source and precedes it in the target).
@@ -112,8 +112,8 @@ def random_model(seed: int = 0, *, vocab: int = 40, pre_norm: bool = True, layer
 
 def random_batch(seed: int, lengths: list[int], vocab: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
     """Source ids (B, S) ending in EOS and right-padded, with their pad mask."""
-    from mt.batching import pad_sequences
-    from mt.tokenizer import EOS_ID, PAD_ID
+    from mt.data.batching import pad_sequences
+    from mt.data.tokenizer import EOS_ID, PAD_ID
 
     generator = torch.Generator().manual_seed(seed)
     seqs = [torch.randint(4, vocab, (n,), generator=generator).tolist() for n in lengths]

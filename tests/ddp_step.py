@@ -15,8 +15,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from mt.batching import collate
-from mt.module import TranslationModule
+from mt.data.batching import collate
+from mt.training.module import TranslationModule
 
 VOCAB = 40
 

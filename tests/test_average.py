@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mt.average import average_checkpoints, newest_checkpoints
-from mt.cli import RunError
 from mt.config import SearchConfig
-from mt.inference import CheckpointError, load_checkpoint, translate
+from mt.decode.translator import translate
+from mt.errors import CheckpointError, RunError
+from mt.model.checkpoint import average_checkpoints, load_checkpoint, newest_checkpoints
 from tests.test_pipeline import fit_tiny
 
 

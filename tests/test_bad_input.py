@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.cli import USER_ERRORS, RunError
 from mt.config import DataConfig, EvaluateConfig, SearchConfig, TranslateConfig, from_dict, to_dict
-from mt.data import DataError, load_split
-from mt.evaluate import score_checkpoint
-from mt.inference import CheckpointError, load_checkpoint, translate
-from mt.tokenizer import UNK_ID, train_tokenizer
-from mt.train import train
+from mt.data.corpus import load_split
+from mt.data.tokenizer import UNK_ID, train_tokenizer
+from mt.decode.scoring import score_checkpoint
+from mt.decode.translator import translate
+from mt.errors import USER_ERRORS, CheckpointError, DataError, RunError
+from mt.model.checkpoint import load_checkpoint
+from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
 from tests.test_configs import compose_config
 from tests.test_pipeline import fit_tiny
@@ -357,8 +358,8 @@ def test_evaluate_cli_refuses_to_overwrite_before_loading_anything(checkpoint, t
 def test_a_run_directory_tokenizer_of_other_settings_is_refused(toy_corpus_dir, tmp_path):
     """A run directory keeps the tokenizer it trained: a new start there with another vocabulary is refused,
     not silently given the old one (a run without checkpoints, e.g. after debug=fast, is not refused)."""
-    from mt.datamodule import TranslationDataModule
-    from mt.tokenizer import TokenizerError
+    from mt.errors import TokenizerError
+    from mt.training.datamodule import TranslationDataModule
 
     config = tiny_train_config(toy_corpus_dir)
     first = TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path, seed=1).prepare_tokenizer()
@@ -372,7 +373,7 @@ def test_a_run_directory_tokenizer_of_other_settings_is_refused(toy_corpus_dir, 
 
 
 def test_a_vocabulary_smaller_than_the_corpus_characters_is_a_one_line_error():
-    from mt.tokenizer import TokenizerError
+    from mt.errors import TokenizerError
 
     with pytest.raises(
         TokenizerError, match=r"cannot train a 16-piece unigram vocabulary .* raise tokenizer.vocab_size"

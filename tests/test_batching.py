@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mt.batching import TokenBatchSampler, collate
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mt.data.batching import TokenBatchSampler, collate
+from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 def lengths(n: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +128,7 @@ def test_resume_on_another_number_of_ranks_goes_on_in_the_epoch_order(before, af
 
 
 def test_resume_with_another_seed_or_budget_is_refused_in_one_line():
-    from mt.data import DataError
+    from mt.errors import DataError
 
     src, tgt = lengths()
     state = TokenBatchSampler(src, tgt, 400, shuffle=True, seed=3).state_dict()

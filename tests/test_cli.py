@@ -127,6 +127,45 @@ def test_translate_reads_stdin_and_keeps_line_alignment(trained_run):
     assert out[0] and out[2]
 
 
+# Runs an entry point as ``python -m`` would, and lists at exit the training modules it had loaded.
+TRAINING_MODULES_PROBE = """
+import atexit, runpy, sys
+def loaded():
+    names = [m for m in sys.modules if m.split(".")[0] in ("lightning", "lightning_fabric", "pytorch_lightning")
+             or m == "mt.train" or m == "mt.training" or m.startswith("mt.training.")]
+    print("LOADED:" + ",".join(sorted(names)), file=sys.stderr)
+atexit.register(loaded)
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("command", ["mt.translate", "mt.evaluate"])
+def test_decoding_loads_neither_lightning_nor_the_training_code(trained_run, multi30k_slice, command):
+    """A checkpoint loads for decoding straight into the model and tokenizer: translating or evaluating
+    imports neither Lightning nor mt.training (checked in the process's modules at its exit)."""
+    run_dir, _ = trained_run
+    args = [f"checkpoint={run_dir}/checkpoints/best.ckpt", "beam=2"]
+    if command == "mt.evaluate":
+        args += [
+            f"source={multi30k_slice}/test_2016_flickr.de.gz",
+            f"reference={multi30k_slice}/test_2016_flickr.en.gz",
+        ]
+    result = subprocess.run(
+        [sys.executable, "-c", TRAINING_MODULES_PROBE, command, *args],
+        cwd=ROOT,
+        input="Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected_lines = 2 if command == "mt.translate" else 1  # two translations, or one JSON line of scores
+    assert len(result.stdout.strip().splitlines()) == expected_lines and result.stdout.strip()
+    (probe,) = [line for line in result.stderr.splitlines() if line.startswith("LOADED:")]
+    assert probe == "LOADED:", probe
+
+
 def test_bad_inputs_get_one_line_errors(trained_run, multi30k_slice, tmp_path):
     run_dir, _ = trained_run
     checkpoint = f"checkpoint={run_dir}/checkpoints/best.ckpt"

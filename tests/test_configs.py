@@ -8,7 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mt.cli import to_typed
-from mt.config import ConfigError, EvaluateConfig, TrainConfig, TranslateConfig, register_configs
+from mt.config import EvaluateConfig, TrainConfig, TranslateConfig, register_configs
+from mt.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from mt.config import DataConfig, from_dict
-from mt.data import DataError, EncodedCorpus, cleaning_mask, load_split, prepare_split
-from mt.tokenizer import train_tokenizer
+from mt.data.corpus import EncodedCorpus, cleaning_mask, load_split, prepare_split
+from mt.data.tokenizer import train_tokenizer
+from mt.errors import DataError
 from tests.conftest import toy_pairs, write_text_corpus
 
 

@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mt.config import SearchConfig
-from mt.evaluate import score_checkpoint
+from mt.decode.scoring import score_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,11 +10,12 @@ import torch
 from torch.testing import assert_close
 
 from mt.config import SearchConfig
-from mt.ensemble import Ensemble, combine
-from mt.evaluate import score_checkpoint
-from mt.inference import CheckpointError, load_translator
-from mt.search import beam_search, greedy_search
-from mt.tokenizer import BOS_ID, EOS_ID
+from mt.data.tokenizer import BOS_ID, EOS_ID
+from mt.decode.scoring import score_checkpoint
+from mt.decode.search import beam_search, greedy_search
+from mt.errors import CheckpointError
+from mt.model.checkpoint import load_translator
+from mt.model.ensemble import Ensemble, combine
 from tests.conftest import random_batch, random_model, toy_pairs, write_text_corpus
 from tests.test_cli import ROOT
 from tests.test_pipeline import fit_tiny

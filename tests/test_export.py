@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from mt.inference import load_checkpoint
-from mt.search import beam_search, greedy_search
-from mt.tokenizer import EOS_ID, PAD_ID
+from mt.data.tokenizer import EOS_ID, PAD_ID
+from mt.decode.search import beam_search, greedy_search
+from mt.model.checkpoint import load_checkpoint
 from tests.conftest import toy_pairs
 from tests.test_cli import ROOT
 from tests.test_pipeline import fit_tiny
@@ -36,7 +36,7 @@ def exported(toy_corpus_dir, tmp_path_factory):
 
 def sources(module, count: int = 24) -> tuple[list[list[str]], torch.Tensor, torch.Tensor]:
     """Source sentences as pieces (for CTranslate2) and as padded ids with EOS (for mt)."""
-    from mt.batching import pad_sequences
+    from mt.data.batching import pad_sequences
 
     sentences = [src for src, _ in toy_pairs(count, seed=11)]
     ids = module.tokenizer.encode_src(sentences)

@@ -15,11 +15,11 @@ import lightning as L
 import pytest
 import torch
 
-import mt.train
-from mt.cli import RunError
-from mt.distributed import RunDirectoryBusy
-from mt.module import NonFiniteLossError, TranslationModule
-from mt.train import train
+import mt.training.resume
+import mt.training.run
+from mt.errors import NonFiniteLossError, RunDirectoryBusy, RunError
+from mt.training.module import TranslationModule
+from mt.training.run import train
 from tests.conftest import tiny_train_config
 from tests.test_distributed import ROOT, ddp_args, toy_args
 from tests.test_resume import losses
@@ -76,16 +76,16 @@ def nonfinite_config(data_dir: Path, max_steps: int):
 def test_a_nonfinite_loss_or_gradient_skips_the_update_and_training_goes_on(
     toy_corpus_dir, tmp_path, monkeypatch, where
 ):
-    monkeypatch.setattr(mt.train, "TranslationModule", poisoned_module({3, 4}, where=where))
+    monkeypatch.setattr(mt.training.run, "TranslationModule", poisoned_module({3, 4}, where=where))
     recorder = ParameterRecorder()
-    build_trainer = mt.train.build_trainer
+    build_trainer = mt.training.run.build_trainer
 
     def with_recorder(*args, **kwargs):
         trainer, best = build_trainer(*args, **kwargs)
         trainer.callbacks.append(recorder)
         return trainer, best
 
-    monkeypatch.setattr(mt.train, "build_trainer", with_recorder)
+    monkeypatch.setattr(mt.training.run, "build_trainer", with_recorder)
     train(nonfinite_config(toy_corpus_dir, 8), tmp_path)
     steps = recorder.after_step
     assert sorted(steps) == list(range(1, 9))  # the skipped steps still count
@@ -98,7 +98,7 @@ def test_a_nonfinite_loss_or_gradient_skips_the_update_and_training_goes_on(
 
 
 def test_many_nonfinite_losses_in_a_row_stop_the_run_with_a_clear_message(toy_corpus_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(mt.train, "TranslationModule", poisoned_module(from_step=5))
+    monkeypatch.setattr(mt.training.run, "TranslationModule", poisoned_module(from_step=5))
     with pytest.raises(NonFiniteLossError) as error:
         train(nonfinite_config(toy_corpus_dir, 20), tmp_path)
     message = str(error.value)
@@ -113,7 +113,7 @@ def test_a_second_job_in_a_live_run_directory_is_refused(toy_corpus_dir, tmp_pat
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from mt.distributed import RunDirectoryLock; "
+            "import sys, time; from pathlib import Path; from mt.training.distributed import RunDirectoryLock; "
             "lock = RunDirectoryLock(Path(sys.argv[1])); lock.acquire(); print('locked', flush=True); time.sleep(600)",
             str(tmp_path),
         ],
@@ -322,15 +322,15 @@ def test_a_signal_during_data_preparation_stops_before_training_and_a_warning_re
     toy_corpus_dir, tmp_path, monkeypatch, signum, requeues
 ):
     requeued: list[bool] = []
-    monkeypatch.setattr(mt.train, "requeue_slurm_job", lambda: requeued.append(True) or True)
-    prepare = mt.train.TranslationDataModule.prepare_tokenizer
+    monkeypatch.setattr(mt.training.run, "requeue_slurm_job", lambda: requeued.append(True) or True)
+    prepare = mt.training.run.TranslationDataModule.prepare_tokenizer
 
     def prepare_then_signalled(self):
         tokenizer = prepare(self)
         os.kill(os.getpid(), signum)  # e.g. SLURM's time-limit warning while the corpus is encoded
         return tokenizer
 
-    monkeypatch.setattr(mt.train.TranslationDataModule, "prepare_tokenizer", prepare_then_signalled)
+    monkeypatch.setattr(mt.training.run.TranslationDataModule, "prepare_tokenizer", prepare_then_signalled)
     assert train(nonfinite_config(toy_corpus_dir, 4), tmp_path) is None
     assert requeued == ([True] if requeues else [])
     assert not list((tmp_path / "checkpoints").glob("*.ckpt"))

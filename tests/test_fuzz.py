@@ -8,11 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mt.config import ModelConfig, SearchConfig
-from mt.data import DataError
-from mt.inference import translate
-from mt.model import Transformer
-from mt.readers import read_lines
-from mt.tokenizer import train_tokenizer
+from mt.data.readers import read_lines
+from mt.data.tokenizer import train_tokenizer
+from mt.decode.translator import translate
+from mt.errors import DataError
+from mt.model.transformer import Transformer
 from mt.translate import chunks
 from tests.conftest import toy_pairs
 

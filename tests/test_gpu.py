@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from mt.layers import attend, attention_mask
-from mt.search import beam_search, greedy_search
-from mt.tokenizer import BOS_ID
-from mt.train import train
+from mt.data.tokenizer import BOS_ID
+from mt.decode.search import beam_search, greedy_search
+from mt.model.layers import attend, attention_mask
+from mt.training.run import train
 from tests.conftest import random_attention_inputs, random_batch, random_model, tiny_train_config
 from tests.test_resume import losses
 
@@ -83,7 +83,7 @@ def test_mixed_precision_training_on_cuda_lowers_the_loss_with_fused_adamw_unles
 ):
     """mt clips (and fuses AdamW) itself, except under fp16, where Lightning unscales and clips and the
     fused kernel, which unscales itself, cannot be used with clipping."""
-    from mt.module import TranslationModule
+    from mt.training.module import TranslationModule
 
     seen = {}
     original = TranslationModule.configure_optimizers
@@ -141,7 +141,7 @@ def test_flash_or_efficient_sdpa_runs_in_bf16_on_cuda():
 def test_after_cuda_setup_bf16_attention_runs_no_cudnn_kernel():
     """cuDNN's SDPA re-plans for every new shape (hundreds of ms); prepare_cuda turns it off, so bf16
     attention of changing lengths runs the flash / memory-efficient kernels."""
-    from mt.cli import prepare_cuda
+    from mt.device import prepare_cuda
 
     prepare_cuda(tf32=False)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from mt.layers import attend, attention_mask, causal_mask, sinusoidal_positions
-from mt.tokenizer import BOS_ID
+from mt.data.tokenizer import BOS_ID
+from mt.model.layers import attend, attention_mask, causal_mask, sinusoidal_positions
 from tests.conftest import random_attention_inputs, random_batch, random_model
 
 
@@ -120,8 +120,8 @@ def test_output_projection_packed_for_cpu_inference_equals_linear_and_follows_we
     """Without gradients on CPU the vocabulary projection runs through oneDNN with a packed weight: the same
     logits as F.linear, for 2-D and 3-D inputs, and repacked after the weight changes (training between
     validations)."""
-    from mt import layers
-    from mt.layers import OutputProjection
+    from mt.model import layers
+    from mt.model.layers import OutputProjection
 
     if not layers._ONEDNN_LINEAR:
         pytest.skip("this torch build has no oneDNN packed linear")

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from mt.batching import collate
-from mt.metrics import bleu, chrf
-from mt.module import TranslationModule, inverse_sqrt_schedule, label_smoothed_nll
-from mt.tokenizer import PAD_ID
+from mt.data.batching import collate
+from mt.data.tokenizer import PAD_ID
+from mt.decode.metrics import bleu, chrf
+from mt.training.module import TranslationModule, inverse_sqrt_schedule, label_smoothed_nll
 
 
 def test_label_smoothing_zero_equals_cross_entropy():

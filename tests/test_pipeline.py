@@ -6,13 +6,14 @@ import lightning as L
 import pytest
 import torch
 
-from mt.cli import RunError
 from mt.config import SearchConfig
-from mt.datamodule import TranslationDataModule
-from mt.evaluate import score_checkpoint
-from mt.inference import CheckpointError, load_checkpoint, translate
-from mt.module import TranslationModule
-from mt.train import train
+from mt.decode.scoring import score_checkpoint
+from mt.decode.translator import translate
+from mt.errors import CheckpointError, RunError
+from mt.model.checkpoint import load_checkpoint
+from mt.training.datamodule import TranslationDataModule
+from mt.training.module import TranslationModule
+from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
 
 

@@ -7,9 +7,9 @@ import csv
 import pytest
 import torch
 
-from mt.module import label_smoothed_nll
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from mt.train import train
+from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mt.training.module import label_smoothed_nll
+from mt.training.run import train
 from tests.conftest import random_batch, random_model, tiny_train_config
 
 
@@ -103,7 +103,7 @@ def test_compiled_layers_share_one_graph_per_kind_at_any_depth_and_validation_de
 
 
 def test_an_unknown_compile_backend_is_refused_by_name(toy_corpus_dir, tmp_path):
-    from mt.cli import RunError
+    from mt.errors import RunError
 
     config = tiny_train_config(toy_corpus_dir, **{"trainer.compile": True, "trainer.compile_backend": "nonsense"})
     with pytest.raises(RunError, match="trainer.compile_backend='nonsense'"):
@@ -114,7 +114,7 @@ def test_cuda_setup_uses_the_tf32_api_lightning_reads_and_turns_cudnn_attention_
     """Lightning calls torch.get_float32_matmul_precision() when it sets up a CUDA device; torch >= 2.9
     raises there if TF32 was enabled through the newer per-backend API (seen on an H200: every GPU run
     failed at start). cuDNN attention, which re-plans for every new shape, is off. The flags need no GPU."""
-    from mt.cli import prepare_cuda
+    from mt.device import prepare_cuda
 
     precision, cudnn_sdp = torch.get_float32_matmul_precision(), torch.backends.cuda.cudnn_sdp_enabled()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -129,7 +129,7 @@ def test_cuda_setup_uses_the_tf32_api_lightning_reads_and_turns_cudnn_attention_
 
 @pytest.mark.parametrize("max_norm", [0.05, 1e6])
 def test_clipping_by_the_checked_norm_equals_clip_grad_norm(max_norm):
-    from mt.module import _total_norm, clip_by_total_norm_
+    from mt.training.guards import clip_by_total_norm_, total_norm
 
     torch.manual_seed(0)
     grads = [torch.randn(5, 7), torch.randn(3), torch.randn(2, 2, 2)]
@@ -138,9 +138,9 @@ def test_clipping_by_the_checked_norm_equals_clip_grad_norm(max_norm):
     for param, grad in zip(params, expected):
         param.grad = grad
     reference_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    total_norm = _total_norm(grads)
-    clip_by_total_norm_(grads, total_norm, max_norm)
-    torch.testing.assert_close(total_norm, reference_norm)
+    norm = total_norm(grads)
+    clip_by_total_norm_(grads, norm, max_norm)
+    torch.testing.assert_close(norm, reference_norm)
     for grad, param in zip(grads, params):
         torch.testing.assert_close(grad, param.grad, rtol=0, atol=0)
 
@@ -149,14 +149,14 @@ def test_clipping_by_the_checked_norm_equals_clip_grad_norm(max_norm):
 def test_the_optimizer_steps_on_gradients_clipped_to_clip_norm(toy_corpus_dir, tmp_path, monkeypatch, clip_norm):
     """The module clips (one pass over the gradients, shared with the finiteness check; Lightning's
     clipping is off): at AdamW's step the gradients' norm is min(clip_norm, the logged train/grad_norm)."""
-    from mt.module import _total_norm
+    from mt.training.guards import total_norm
 
     seen = []
     step = torch.optim.AdamW.step
 
     def recording_step(self, closure=None):
         loss = closure() if closure is not None else None  # Lightning's closure runs backward and the hooks
-        seen.append(float(_total_norm([p.grad for g in self.param_groups for p in g["params"] if p.grad is not None])))
+        seen.append(float(total_norm([p.grad for g in self.param_groups for p in g["params"] if p.grad is not None])))
         step(self)
         return loss
 

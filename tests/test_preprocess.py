@@ -1,4 +1,4 @@
-"""The large-corpus path (mt.preprocess): same results as mt.data.prepare_split, cached, streamed."""
+"""The large-corpus path (mt.data.preprocess): same results as mt.data.corpus.prepare_split, cached, streamed."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mt.preprocess as preprocess
-import mt.readers as readers
-from mt.batching import PairDataset
+import mt.data.preprocess as preprocess
+import mt.data.readers as readers
 from mt.config import DataConfig, from_dict
-from mt.data import DataError, load_split, prepare_split
-from mt.preprocess import _Reservoir, prepare_split_arrow, raw_dataset, sample_sentences
-from mt.readers import read_lines
-from mt.tokenizer import train_tokenizer
+from mt.data.batching import PairDataset
+from mt.data.corpus import load_split, prepare_split
+from mt.data.preprocess import _Reservoir, prepare_split_arrow, raw_dataset, sample_sentences
+from mt.data.readers import read_lines
+from mt.data.tokenizer import train_tokenizer
+from mt.errors import DataError
 from tests.conftest import toy_pairs, write_text_corpus
 
 ARRAYS = ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets", "index")
@@ -203,7 +204,7 @@ def test_reservoir_is_uniform_and_independent_of_chunking():
 
 
 def test_hub_format_on_a_local_folder(tmp_path, tokenizer, monkeypatch):
-    # mt.data.load_hub (the reference) caches in the default place: keep that in tmp_path too.
+    # mt.data.corpus.load_hub (the reference) caches in the default place: keep that in tmp_path too.
     monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "default-cache"))
     hub = tmp_path / "hub"
     hub.mkdir()
@@ -263,8 +264,8 @@ def test_unreachable_hub_dataset_says_to_use_local_files(tmp_path, monkeypatch):
 
 
 def test_runs_sharing_a_cache_reuse_its_tokenizer_and_encoded_splits(toy_corpus_dir, tmp_path, monkeypatch):
-    import mt.datamodule
-    from mt.datamodule import TranslationDataModule
+    import mt.training.datamodule
+    from mt.training.datamodule import TranslationDataModule
     from tests.conftest import tiny_train_config
 
     config = tiny_train_config(toy_corpus_dir, **{"data.cache_dir": str(tmp_path / "cache")})
@@ -274,7 +275,7 @@ def test_runs_sharing_a_cache_reuse_its_tokenizer_and_encoded_splits(toy_corpus_
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(mt.datamodule, "train_tokenizer", no_training)
+    monkeypatch.setattr(mt.training.datamodule, "train_tokenizer", no_training)
     monkeypatch.setattr(preprocess, "_encode_into", no_training)
     second = TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path / "run2", seed=1)
     second.setup("fit")
@@ -287,7 +288,7 @@ def test_runs_sharing_a_cache_reuse_its_tokenizer_and_encoded_splits(toy_corpus_
 
 
 def test_the_cache_key_changes_when_a_data_file_changes(tmp_path):
-    from mt.data import cache_key
+    from mt.data.corpus import cache_key
 
     write_text_corpus(tmp_path, {"train": toy_pairs(30)})
     cfg = from_dict(DataConfig, {"name": "toy", "path": str(tmp_path)})

@@ -1,4 +1,4 @@
-"""Local corpus files (mt.readers): lines and aligned pairs, the same whatever the block size read."""
+"""Local corpus files (mt.data.readers): lines and aligned pairs, the same whatever the block size read."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-import mt.readers as readers
+import mt.data.readers as readers
 from mt.config import DataConfig, from_dict
-from mt.readers import DataError, local_split, read_lines
+from mt.data.readers import local_split, read_lines
+from mt.errors import DataError
 
 CONTENT = "eins\r\nzwei\n\nüber straße\r\n\r\n" + "x" * 20 + "\nlast line without newline"
 LINES = ["eins", "zwei", "", "über straße", "", "x" * 20, "last line without newline"]

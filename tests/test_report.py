@@ -11,7 +11,7 @@ import pytest
 import mt.report
 from mt.config import ReportConfig, SearchConfig
 from mt.report import build_report, write_report
-from mt.train import train
+from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
 from tests.test_cli import ROOT
 
@@ -110,7 +110,7 @@ def test_test_splits_of_a_hub_dataset_are_the_hubs_splits(tmp_path):
 
 
 def test_test_files_of_the_same_name_keep_their_own_scores_and_empty_ones_are_refused(tmp_path):
-    from mt.data import DataError
+    from mt.errors import DataError
     from mt.report import load_test_sets
 
     for year, pairs in (("wmt14", toy_pairs(2, seed=1)), ("wmt17", toy_pairs(3, seed=2))):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.checkpoint_io import AtomicCheckpointIO
-from mt.train import train
+from mt.training.checkpointing import AtomicCheckpointIO
+from mt.training.run import train
 from tests.conftest import tiny_train_config
 
 
@@ -134,7 +134,7 @@ def test_last_checkpoint_follows_every_validation_epoch_and_the_end(tmp_path, ev
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from mt.train import LastCheckpoint
+    from mt.training.checkpointing import LastCheckpoint
 
     class Toy(L.LightningModule):
         def __init__(self) -> None:
@@ -190,19 +190,20 @@ def test_last_checkpoint_follows_every_validation_epoch_and_the_end(tmp_path, ev
 
 
 def test_a_requeued_job_goes_on_from_its_own_last_checkpoint(tmp_path, monkeypatch):
-    import mt.train
+    import mt.training.resume
+    import mt.training.run
 
-    monkeypatch.setattr(mt.train, "verify_checkpoint", lambda path: None)
+    monkeypatch.setattr(mt.training.resume, "verify_checkpoint", lambda path: None)
     started_from = tmp_path / "other_run.ckpt"
     started_from.touch()
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     # requeued before its first save: the checkpoint it was started from, or a fresh start
-    assert mt.train.resume_checkpoint(str(started_from), checkpoints) == str(started_from)
-    assert mt.train.resume_checkpoint(None, checkpoints) is None
+    assert mt.training.resume.resume_checkpoint(str(started_from), checkpoints) == str(started_from)
+    assert mt.training.resume.resume_checkpoint(None, checkpoints) is None
     (checkpoints / "last.ckpt").touch()
     for resume in (None, "auto", str(started_from)):
-        assert mt.train.resume_checkpoint(resume, checkpoints) == str(checkpoints / "last.ckpt")
+        assert mt.training.resume.resume_checkpoint(resume, checkpoints) == str(checkpoints / "last.ckpt")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # a first start does as told
-    assert mt.train.resume_checkpoint(str(started_from), checkpoints) == str(started_from)
+    assert mt.training.resume.resume_checkpoint(str(started_from), checkpoints) == str(started_from)

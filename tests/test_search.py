@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from mt.search import beam_search, filter_logits, greedy_search, length_penalty, sample
-from mt.tokenizer import BOS_ID, EOS_ID
+from mt.data.tokenizer import BOS_ID, EOS_ID
+from mt.decode.search import beam_search, filter_logits, greedy_search, length_penalty, sample
 from tests.conftest import random_batch, random_model
 
 A, B = 4, 5  # the scripted vocabulary: PAD UNK BOS EOS A B
@@ -186,7 +186,7 @@ def test_sampling_is_reproducible_from_its_seed():
 def test_sampling_batches_of_one_call_draw_different_numbers_and_the_call_is_reproducible():
     """Batches of one decoding run continue one random stream: the same sentence in the same row of
     two batches gets its own draw (a stream seeded again at each batch would repeat it)."""
-    import mt.inference
+    import mt.decode.translator
     from mt.config import SearchConfig
 
     model = random_model(33, vocab=30)
@@ -194,14 +194,14 @@ def test_sampling_batches_of_one_call_draw_different_numbers_and_the_call_is_rep
     search = SearchConfig(sampling=True, temperature=3.0, max_tokens=10, max_len_a=0.0, max_len_b=8, seed=5)
 
     def draw():
-        return [nbest[0].tokens for nbest in mt.inference.decode_ids(model, sources, search)]
+        return [nbest[0].tokens for nbest in mt.decode.translator.decode_ids(model, sources, search)]
 
     first = draw()
     assert draw() == first
     assert len({tuple(tokens) for tokens in first[0::2]}) > 1  # row 0 of each of the 6 batches
     # a run continued across calls (mt.translate's chunks) goes on drawing, rather than starting again
-    generator = mt.inference.sampling_generator(search, "cpu")
-    halves = [mt.inference.decode_ids(model, sources[:6], search, generator=generator) for _ in range(2)]
+    generator = mt.decode.translator.sampling_generator(search, "cpu")
+    halves = [mt.decode.translator.decode_ids(model, sources[:6], search, generator=generator) for _ in range(2)]
     assert [nbest[0].tokens for half in halves for nbest in half] == first
 
 
@@ -283,7 +283,7 @@ def test_top_sums_equals_topk_over_all_the_sums(sources, width, vocab, k):
     """The block-pruned top-k (token blocks of 64, 50 ...; plain topk for a vocabulary no block divides,
     97, or too few blocks, 2 x 1) gives topk's values and indices over the flattened sums, with masked
     tokens, a row where only EOS is allowed and a hypothesis already impossible."""
-    from mt.search import _top_sums
+    from mt.decode.search import _top_sums
 
     generator = torch.Generator().manual_seed(vocab + width)
     log_probs = torch.randn(sources * width, vocab, generator=generator).log_softmax(dim=-1)
@@ -302,7 +302,7 @@ def test_top_sums_equals_topk_over_all_the_sums(sources, width, vocab, k):
 def test_beam_search_over_token_blocks_finds_what_plain_top_k_finds(monkeypatch):
     """A vocabulary of 320 takes the block-pruned top-k (5 blocks of 64 per row); with block sizes
     switched off the same search takes topk over all sums: same n-best, same scores."""
-    import mt.search
+    import mt.decode.search
 
     model = random_model(3, vocab=320)
     src_ids, src_pad_mask = random_batch(3, [5, 9, 2, 7], vocab=320)
@@ -312,7 +312,7 @@ def test_beam_search_over_token_blocks_finds_what_plain_top_k_finds(monkeypatch)
     blocked = beam_search(model, src_ids, src_pad_mask, beam=5, nbest=5, max_len_a=1.5, max_len_b=4)
     assert block_maxima, "the block path did not run"
     taken = len(block_maxima)
-    monkeypatch.setattr(mt.search, "_BLOCK_SIZES", ())
+    monkeypatch.setattr(mt.decode.search, "_BLOCK_SIZES", ())
     plain = beam_search(model, src_ids, src_pad_mask, beam=5, nbest=5, max_len_a=1.5, max_len_b=4)
     assert len(block_maxima) == taken, "the plain path ran blocks"
     assert [[h.tokens for h in nbest] for nbest in blocked] == [[h.tokens for h in nbest] for nbest in plain]
@@ -323,11 +323,11 @@ def test_beam_search_over_token_blocks_finds_what_plain_top_k_finds(monkeypatch)
 def test_decode_budget_counts_each_source_as_beam_rows(monkeypatch, beam, sampling):
     """``search.max_tokens`` bounds padded source tokens x rows a source: ``beam`` rows in beam search,
     one in sampling (whatever ``beam`` says); every source is decoded once, results in input order."""
-    import mt.inference
+    import mt.decode.translator
     from mt.config import SearchConfig
 
     batch_rows: list[int] = []
-    search_batch = mt.inference.search_batch
+    search_batch = mt.decode.translator.search_batch
     rows_per_source = 1 if sampling else beam
 
     def recording(model, src_ids, src_pad_mask, search, generator=None, **options):
@@ -335,17 +335,17 @@ def test_decode_budget_counts_each_source_as_beam_rows(monkeypatch, beam, sampli
         assert src_ids.size(1) * src_ids.size(0) * rows_per_source <= 80
         return search_batch(model, src_ids, src_pad_mask, search, generator, **options)
 
-    monkeypatch.setattr(mt.inference, "search_batch", recording)
+    monkeypatch.setattr(mt.decode.translator, "search_batch", recording)
     model = random_model()
     generator = torch.Generator().manual_seed(0)
     sources = [torch.randint(4, 40, (9,), generator=generator).tolist() for _ in range(8)]  # 10 tokens with EOS
     search = SearchConfig(
         beam=beam, sampling=sampling, top_k=1, max_tokens=80, max_len_a=0.0, max_len_b=4, parallel_batches=1
     )
-    hyps = mt.inference.decode_ids(model, sources, search)
+    hyps = mt.decode.translator.decode_ids(model, sources, search)
     # 80 // rows tokens: 8 // rows sources of 10 tokens, so 8 rows a batch
     assert batch_rows == [8] * rows_per_source
-    alone = [mt.inference.decode_ids(model, [source], search)[0] for source in sources]
+    alone = [mt.decode.translator.decode_ids(model, [source], search)[0] for source in sources]
     assert [[h.tokens for h in nbest] for nbest in hyps] == [[h.tokens for h in nbest] for nbest in alone]
 
 
@@ -353,7 +353,7 @@ def test_decode_budget_counts_each_source_as_beam_rows(monkeypatch, beam, sampli
 def test_parallel_batches_equal_one_batch_at_a_time(monkeypatch, beam):
     """Batches decoded at once on threads of one core give the same outputs as batches decoded in turn,
     under the caller's autocast too; max_tokens bounds the batches in flight; torch's threads come back."""
-    import mt.inference
+    import mt.decode.translator
     from mt.config import SearchConfig
 
     model = random_model(35, vocab=40)
@@ -362,18 +362,18 @@ def test_parallel_batches_equal_one_batch_at_a_time(monkeypatch, beam):
     search = SearchConfig(beam=beam, nbest=beam, max_tokens=120, max_len_a=1.0, max_len_b=3)
     torch.set_num_threads(2)
     batches: list[tuple[int, int]] = []  # padded source tokens, torch threads
-    search_batch = mt.inference.search_batch
+    search_batch = mt.decode.translator.search_batch
 
     def recording(model, src_ids, src_pad_mask, search, generator=None, **options):
         batches.append((src_ids.numel(), torch.get_num_threads()))
         return search_batch(model, src_ids, src_pad_mask, search, generator, **options)
 
-    monkeypatch.setattr(mt.inference, "search_batch", recording)
+    monkeypatch.setattr(mt.decode.translator, "search_batch", recording)
 
     def decode(workers: int, bf16: bool = False):
         parallel = dataclasses.replace(search, parallel_batches=workers)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            nbests = mt.inference.decode_ids(model, sources, parallel)
+            nbests = mt.decode.translator.decode_ids(model, sources, parallel)
         return [[h.tokens for h in nbest] for nbest in nbests], [h.score for nbest in nbests for h in nbest]
 
     in_turn, in_turn_scores = decode(1)
@@ -393,7 +393,7 @@ def test_parallel_batches_equal_one_batch_at_a_time(monkeypatch, beam):
 def test_unscored_search_gives_the_scored_outputs(sampling, ensemble):
     """``return_scores=False`` skips the log-softmax of each step, not a choice: the same outputs (and,
     sampling, the same draws from the same seed), with scores ``None``; an ensemble's too."""
-    from mt.ensemble import Ensemble
+    from mt.model.ensemble import Ensemble
 
     model = (
         Ensemble([random_model(37, vocab=30), random_model(39, vocab=30)]) if ensemble else random_model(37, vocab=30)

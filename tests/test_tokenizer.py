@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError, train_tokenizer
+from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
+from mt.errors import TokenizerError
 from tests.conftest import toy_pairs
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mt.data import DataError, EncodedCorpus
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mt.data.corpus import EncodedCorpus
+from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mt.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A split is aligned text files ``{split}.{lang}`` (optionally ``.gz``), or one ``{split}.tsv``
 (source TAB target) or ``{split}.jsonl``, whose lines are ``{"translation": {"de": ..., "en": ...}}``
 (the hub's shape) or ``{"de": ..., "en": ...}``. Files are decoded in blocks of ``READ_BYTES``, so
-that ``mt.preprocess`` streams corpora of any size; ``mt.data`` reads small splits into lists with
+that ``mt.data.preprocess`` streams corpora of any size; ``mt.data.corpus`` reads small splits into lists with
 the same functions. Every error is a ``DataError`` naming the file and line.
 """
 
@@ -18,13 +18,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mt.config import DataConfig
+from mt.errors import DataError
 
 READ_BYTES = 16 << 20  # bytes of text decoded at once
 BOM = "\ufeff".encode()  # a UTF-8 byte order mark, dropped at the start of a file
-
-
-class DataError(ValueError):
-    """A corpus that cannot be read as configured; the message names the file or field."""
 
 
 def read_lines(path: str | Path) -> list[str]:

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mt.config import ModelConfig
-from mt.layers import (
+from mt.data.tokenizer import PAD_ID
+from mt.model.layers import (
     CrossAttention,
     Embedding,
     FeedForward,
@@ -27,7 +28,6 @@ from mt.layers import (
     SelfAttention,
     attention_mask,
 )
-from mt.tokenizer import PAD_ID
 
 
 class EncoderLayer(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mt.checkpoint_io import AtomicCheckpointIO
+from mt.training.checkpointing import AtomicCheckpointIO
 
 
 def test_save_then_failed_save_keeps_the_previous_checkpoint(tmp_path):

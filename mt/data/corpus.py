@@ -1,6 +1,6 @@
 """Parallel corpora: loading (local files or the Hugging Face hub), cleaning, encoding, caching.
 
-Local corpora are read by ``mt.readers`` (aligned text files, TSV or JSONL, optionally ``.gz``).
+Local corpora are read by ``mt.data.readers`` (aligned text files, TSV or JSONL, optionally ``.gz``).
 Hub corpora are read through ``datasets.load_dataset``, with records of the hub's shape
 ``{"translation": {"de": ..., "en": ...}}`` or one column per language.
 
@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from mt.atomic import atomic_write
 from mt.config import DataConfig
-from mt.readers import DataError, local_split
-from mt.tokenizer import Tokenizer
+from mt.data.readers import local_split
+from mt.data.tokenizer import Tokenizer
+from mt.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def hub_origin(cfg: DataConfig, split: str) -> str:
 
 
 def load_hub(cfg: DataConfig, split: str) -> ParallelText:
-    """One split of a Hugging Face dataset, as lists (for test sets; training splits go through mt.preprocess)."""
+    """One split of a Hugging Face dataset, as lists (for test sets; training splits go through mt.data.preprocess)."""
     dataset, origin, nested = open_hub_split(cfg, split)
     if nested:
         pairs = dataset["translation"]

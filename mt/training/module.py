@@ -1,56 +1,39 @@
 """The LightningModule: loss, optimizer and schedule, logging, validation decoding and BLEU.
 
 The module builds its own network from plain config values saved as hyperparameters, and stores
-the tokenizer's models in every checkpoint, so ``load_from_checkpoint`` rebuilds a working
-translator from the ``.ckpt`` file alone.
+the tokenizer's models in every checkpoint, so ``mt.model.checkpoint.load_checkpoint`` rebuilds a
+working translator from the ``.ckpt`` file alone (and Lightning's ``load_from_checkpoint`` the module).
+Each reliability guarantee lives in a component of its own: ``NonFiniteGuard`` (skipped non-finite
+updates, clipping), ``StepLog`` (logs that reach as far as the checkpoints), ``Throughput``; the random
+states and ``last.ckpt`` are callbacks (``mt.training.rng``, ``mt.training.checkpointing``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import math
-import random
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mt.batching import Batch
-from mt.cli import RunError
+from mt.compat import raise_recompile_limit
 from mt.config import ModelConfig, OptimConfig, SearchConfig, ValidationConfig, from_dict
-from mt.distributed import gather_objects, gather_strided
-from mt.inference import decode_ids
-from mt.metrics import bleu
-from mt.model import Transformer
-from mt.tokenizer import PAD_ID, Tokenizer
-
-log = logging.getLogger(__name__)
-# Values logged under DDP are already reduced by hand (all-reduce of sums, gathered hypotheses).
-warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
-
-
-class NonFiniteLossError(RunError):
-    """Too many consecutive steps with a NaN or infinite loss."""
-
-
-def _total_norm(grads: list[Tensor]) -> Tensor:
-    """The 2-norm of all ``grads`` together: infinite or NaN when any element is."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # as clip_grad_norm_ forms it
-
-
-def clip_by_total_norm_(grads: list[Tensor], total_norm: Tensor, max_norm: float) -> None:
-    """Scale ``grads`` in place so that their total norm is at most ``max_norm``, given that norm
-    (``torch.nn.utils.clip_grad_norm_``'s arithmetic, without its second pass over the gradients
-    or a host sync)."""
-    torch._foreach_mul_(grads, (max_norm / (total_norm + 1e-6)).clamp(max=1.0))
+from mt.data.batching import Batch
+from mt.data.tokenizer import PAD_ID, Tokenizer
+from mt.decode.metrics import bleu
+from mt.decode.translator import decode_ids
+from mt.errors import RunError
+from mt.model.checkpoint import read_checkpoint
+from mt.model.transformer import Transformer
+from mt.training.distributed import gather_objects, gather_strided
+from mt.training.guards import NonFiniteGuard
+from mt.training.step_log import StepLog
+from mt.training.throughput import Throughput
 
 
 def label_smoothed_nll(
@@ -113,20 +96,13 @@ class TranslationModule(L.LightningModule):
         self.validation_cfg = from_dict(ValidationConfig, validation)
         self.model = Transformer(self.model_cfg, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size)
         self.tokenizer: Tokenizer | None = None  # set before training; restored from checkpoints
-        self._throughput = _Throughput()
+        self.throughput = Throughput()
+        self.nonfinite = NonFiniteGuard(self.optim_cfg.max_consecutive_nonfinite, self.optim_cfg.clip_norm)
+        self.step_log = StepLog()
         self._val_sums: list[Tensor] = []
-        self._rng_states_to_restore: list[dict[str, Any]] | None = None
-        self._nonfinite_in_window = torch.zeros(())
-        self._nonfinite_run = 0  # consecutive skipped updates
-        self._nonfinite_total = 0
         self._validated_at_step = -1
-        # This update's logged values until Lightning writes them (after the checkpoint callbacks), and
-        # the values a resumed run writes for the step its checkpoint was saved at (see on_save_checkpoint).
-        self._unwritten_step_log: dict[str, Tensor | float] | None = None
-        self._step_log_to_write: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
-        self._nonfinite_in_window = torch.zeros((), device=self.device)
         if self.trainer.world_size > 1:  # e.g. torchrun ranks that each made their own timestamped run dir
             run_dirs = gather_objects(str(Path(self.trainer.default_root_dir).resolve()))
             if len(set(run_dirs)) > 1:
@@ -152,10 +128,7 @@ class TranslationModule(L.LightningModule):
         3+3 layers: 79 s against 155 s for the whole forward). ``nn.Module.compile`` keeps parameter
         names and checkpoints; embeddings, output projection and loss stay eager. Decoding for
         validation BLEU runs the layers eagerly (its cached steps have other shapes)."""
-        # All layers run through one function (Module._call_impl), whose compiled versions share one
-        # recompile limit: train and eval mode of each layer kind, plus batches of one row (specialised
-        # even when dynamic), would reach torch's default of 8 and fall back to eager without a word.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+        raise_recompile_limit(32)  # train and eval mode of each layer kind share one limit
         for layer in (*self.model.encoder_layers, *self.model.decoder_layers):
             layer.compile(backend=backend, dynamic=True)
 
@@ -173,73 +146,48 @@ class TranslationModule(L.LightningModule):
         if world_size > 1:
             torch.distributed.all_reduce(stats)
         total_loss, total_nll, total_tokens, nonfinite = stats.unbind()
-        self._nonfinite_in_window = self._nonfinite_in_window + nonfinite
+        self.nonfinite.observe_loss(nonfinite)
         loss = loss_sum * (world_size / total_tokens)
-        self._unwritten_step_log = {}
+        self.step_log.start_update()
         self._log_step("train/loss", total_loss / total_tokens, prog_bar=True)
         self._log_step("train/ppl", torch.exp(total_nll / total_tokens))
         self._log_step("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
-        tokens_per_s = self._throughput.update(batch.tgt_token_count)
+        tokens_per_s = self.throughput.update(batch.tgt_token_count)
         if tokens_per_s is not None:
             self._log_step("train/tgt_tokens_per_s", tokens_per_s)
         return loss
 
     def _log_step(self, name: str, value: Tensor | float, prog_bar: bool = False) -> None:
         self.log(name, value, prog_bar=prog_bar)
-        if self._unwritten_step_log is not None:
-            self._unwritten_step_log[name] = value
+        self.step_log.record(name, value)
 
     def on_train_batch_end(self, *args: Any) -> None:
         # Runs after the callbacks' hooks (checkpoints) and before Lightning writes this step's logs.
-        self._unwritten_step_log = None
+        self.step_log.end_update()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the update when a loss in the accumulation window, or a gradient, was not finite (on any
-        rank: the gradients are already all-reduced); else clip the gradients to ``optim.clip_norm``.
-        One pass over the gradients gives the norm for both, so the check comes before clipping (which
-        would spread a NaN to every weight) and Lightning's clipping, a second pass, is not used.
-        With fp16 the grad scaler skips overflowing steps itself and tunes its scale on them, and
-        Lightning clips after unscaling (``clips_itself``)."""
-        flags = self._nonfinite_in_window
+        rank: the gradients are already all-reduced); else clip the gradients to ``optim.clip_norm``
+        (``NonFiniteGuard``). Under fp16 the grad scaler skips overflowing steps itself and Lightning
+        clips after unscaling (``clips_itself``)."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         clips_itself = self.clips_itself(str(self.trainer.precision))
-        total_norm = None
-        if grads and clips_itself:
-            total_norm = _total_norm(grads)
-            flags = flags + (~total_norm.isfinite()).float()
-            self._log_step("train/grad_norm", total_norm)
-        nonfinite = bool(flags.item())  # the step's one host sync, after backward
-        self._nonfinite_in_window = torch.zeros((), device=self.device)
-        if not nonfinite:
-            self._nonfinite_run = 0
-            if total_norm is not None and self.optim_cfg.clip_norm > 0:
-                clip_by_total_norm_(grads, total_norm, self.optim_cfg.clip_norm)
+        skip, norm = self.nonfinite.before_step(grads, check_grads=clips_itself)
+        if norm is not None:
+            self._log_step("train/grad_norm", norm)
+        if not skip:
             return
-        self._nonfinite_run += 1
-        self._nonfinite_total += 1
-        step = self.trainer.global_step
         if clips_itself:  # (with fp16 the grad scaler skips the step)
             optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without gradients untouched
-        self._log_step("train/nonfinite_steps", float(self._nonfinite_total))
-        limit = self.optim_cfg.max_consecutive_nonfinite
-        log.warning(
-            "step %d: the loss or a gradient is not finite; update skipped (%d in a row, limit %d)",
-            step,
-            self._nonfinite_run,
-            limit,
-        )
-        if self._nonfinite_run >= limit:
-            raise NonFiniteLossError(
-                f"the loss or a gradient was not finite for {self._nonfinite_run} steps in a row (steps "
-                f"{step - self._nonfinite_run + 1}-{step}); the last good checkpoint is {self._last_checkpoint()}: "
-                f"lower optim.lr, raise optim.warmup_steps or use trainer.precision=bf16-mixed/32-true"
-            )
+        self.nonfinite.skipped(self.trainer.global_step)
+        self._log_step("train/nonfinite_steps", float(self.nonfinite.total))
+        self.nonfinite.stop_at_limit(self.trainer.global_step, self._last_checkpoint)
 
     def _last_checkpoint(self) -> str:
         for callback in self.trainer.checkpoint_callbacks:
             path = getattr(callback, "last_model_path", "")
             if path and Path(path).is_file():
-                step = torch.load(path, map_location="cpu", weights_only=False).get("global_step")
+                step = read_checkpoint(path).get("global_step")
                 return f"{path} (step {step})"
         return "none (no checkpoint was saved yet)"
 
@@ -273,23 +221,8 @@ class TranslationModule(L.LightningModule):
         return self.clips_itself(precision) or self.optim_cfg.clip_norm <= 0
 
     def on_train_start(self) -> None:
-        self._throughput.reset()
-        states, self._rng_states_to_restore = self._rng_states_to_restore, None
-        if states is not None:  # continue each rank's random stream (dropout) exactly
-            if len(states) == self.trainer.world_size:
-                _set_rng_state(states[self.trainer.global_rank])
-            elif self.trainer.is_global_zero:
-                log.warning(
-                    "the checkpoint holds the random states of %d ranks and this run has %d: "
-                    "dropout streams start afresh (the data order goes on where it stopped)",
-                    len(states),
-                    self.trainer.world_size,
-                )
-        step_log, self._step_log_to_write = self._step_log_to_write, None
-        if step_log is not None:
-            for logger in self.trainer.loggers:
-                logger.log_metrics({**step_log["metrics"], "epoch": step_log["epoch"]}, step=step_log["step"])
-                logger.save()
+        self.throughput.reset()
+        self.step_log.replay(self.trainer)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -310,7 +243,7 @@ class TranslationModule(L.LightningModule):
         num_tokens = sums[2].clamp(min=1)
         self.log("val/loss", sums[0] / num_tokens, prog_bar=True, sync_dist=False)
         self.log("val/ppl", torch.exp(sums[1] / num_tokens), sync_dist=False)
-        self.log("time/train_hours", self._throughput.elapsed_hours())
+        self.log("time/train_hours", self.throughput.elapsed_hours())
         if self.validation_cfg.decode != "none" and not self.trainer.sanity_checking:
             self.log("val/bleu", self.validation_bleu(), prog_bar=True)
         if not self.trainer.sanity_checking:
@@ -351,83 +284,17 @@ class TranslationModule(L.LightningModule):
     # -- checkpoints ---------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Flush the logs with every checkpoint: after a crash, the log reaches at least as far as
-        # the checkpoint the run resumes from, so the learning curve has no hole.
-        for logger in self.trainer.loggers:
-            logger.save()
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_state()
-        checkpoint["train_seconds"] = self._throughput.elapsed_seconds()
+        checkpoint["train_seconds"] = self.throughput.elapsed_seconds()
         if self._validated_at_step == self.trainer.global_step:  # these weights were just validated
             checkpoint["val_metrics"] = {
                 name: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith("val/")
             }
-        checkpoint["rng_states"] = gather_objects(_get_rng_state())  # one per rank (every rank runs this hook)
-        # A save from a callback's on_train_batch_end precedes Lightning's writing of that step's logs:
-        # a kill in between would leave the step out of the logs for good (the resumed run starts after
-        # it). The checkpoint carries those values, and the resumed run writes them.
-        if self._unwritten_step_log is not None and self.trainer.training:
-            step = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs at
-            if (step + 1) % self.trainer.log_every_n_steps == 0 or self.trainer.should_stop:
-                checkpoint["unwritten_step_log"] = {
-                    "step": int(step),
-                    "epoch": int(self.trainer.current_epoch),
-                    "metrics": {name: float(value) for name, value in self._unwritten_step_log.items()},
-                }
+        self.step_log.save(self.trainer, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "tokenizer" in checkpoint:
             self.tokenizer = Tokenizer.from_state(checkpoint["tokenizer"])
-        self._throughput.previous_seconds = float(checkpoint.get("train_seconds", 0.0))
-        self._rng_states_to_restore = checkpoint.get("rng_states")
-        self._step_log_to_write = checkpoint.get("unwritten_step_log")
-
-
-def _get_rng_state() -> dict[str, Any]:
-    # Plain types only, so that ``torch.load(weights_only=True)`` (Lightning's resume) accepts them.
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    numpy_state = [kind, keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)]
-    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-class _Throughput:
-    """Target tokens per second between log points, and training wall time (across resumes)."""
-
-    def __init__(self, every: int = 50) -> None:
-        self.every = every
-        self.previous_seconds = 0.0
-        self.reset()
-
-    def reset(self) -> None:
-        self.start = time.perf_counter()
-        self.window_start = self.start
-        self.window_tokens = 0
-        self.window_steps = 0
-
-    def update(self, tokens: int) -> float | None:
-        self.window_tokens += tokens
-        self.window_steps += 1
-        if self.window_steps < self.every:
-            return None
-        now = time.perf_counter()
-        rate = self.window_tokens / max(now - self.window_start, 1e-9)
-        self.window_start, self.window_tokens, self.window_steps = now, 0, 0
-        return rate
-
-    def elapsed_seconds(self) -> float:
-        return self.previous_seconds + time.perf_counter() - self.start
-
-    def elapsed_hours(self) -> float:
-        return self.elapsed_seconds() / 3600.0
+        self.throughput.previous_seconds = float(checkpoint.get("train_seconds", 0.0))
+        self.step_log.load(checkpoint)

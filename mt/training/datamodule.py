@@ -13,11 +13,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from mt.atomic import atomic_write
-from mt.batching import Batch, PairDataset, ResumableLoader, TokenBatchSampler
 from mt.config import DataConfig, TokenizerConfig
-from mt.data import DataError, EncodedCorpus, data_identity
-from mt.preprocess import describe_source, prepare_split_arrow, raw_dataset, sample_sentences
-from mt.tokenizer import Tokenizer, TokenizerError, train_tokenizer
+from mt.data.batching import Batch, PairDataset, ResumableLoader, TokenBatchSampler
+from mt.data.corpus import EncodedCorpus, data_identity
+from mt.data.preprocess import describe_source, prepare_split_arrow, raw_dataset, sample_sentences
+from mt.data.tokenizer import Tokenizer, train_tokenizer
+from mt.errors import DataError, TokenizerError
 
 log = logging.getLogger(__name__)
 

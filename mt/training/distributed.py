@@ -17,13 +17,9 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
-from mt.cli import RunError
+from mt.errors import RunDirectoryBusy
 
 T = TypeVar("T")
-
-
-class RunDirectoryBusy(RunError):
-    """Another live training process holds the run directory."""
 
 
 def is_global_zero_from_env() -> bool:

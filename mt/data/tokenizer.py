@@ -16,6 +16,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from mt.atomic import atomic_write
+from mt.errors import TokenizerError
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,6 @@ PAD_ID = 0
 UNK_ID = 1
 BOS_ID = 2
 EOS_ID = 3
-
-
-class TokenizerError(ValueError):
-    """A tokenizer model that cannot be used."""
 
 
 def _processor(model_proto: bytes, origin: str) -> spm.SentencePieceProcessor:

@@ -7,13 +7,13 @@ The path never holds the corpus in Python lists:
    cached under ``cache_dir`` and keyed by the files' names, sizes and modification times.
 2. ``prepare_split_arrow``: ``datasets.map`` encodes it in batches (in ``num_proc`` processes, each
    building its own SentencePiece processors from the models' bytes); the training split is cleaned
-   with ``mt.data.cleaning_mask`` on lengths read from the Arrow list offsets; the flat arrays of
-   ``EncodedCorpus`` are streamed into ``.npy`` files in a folder keyed by ``mt.data.cache_key`` and
+   with ``mt.data.corpus.cleaning_mask`` on lengths read from the Arrow list offsets; the flat arrays of
+   ``EncodedCorpus`` are streamed into ``.npy`` files in a folder keyed by ``mt.data.corpus.cache_key`` and
    renamed into place when complete. Every rank and later run memory-maps those files.
 3. ``sample_sentences``: a seeded reservoir sample of pairs, for training SentencePiece on
    ``input_sentence_size`` pairs.
 
-The results equal ``mt.data.prepare_split``'s (same ids, offsets and index); only the token dtype
+The results equal ``mt.data.corpus.prepare_split``'s (same ids, offsets and index); only the token dtype
 may be narrower (``uint16`` when the vocabulary fits).
 """
 
@@ -34,10 +34,12 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from mt.compat import dataset_fingerprint, has_indices_mapping, set_dataset_fingerprint
 from mt.config import DataConfig
-from mt.data import SPLITS, DataError, EncodedCorpus, cache_key, cleaning_mask, hub_origin, open_hub_split
-from mt.readers import LocalSplit, local_split
-from mt.tokenizer import Tokenizer
+from mt.data.corpus import SPLITS, EncodedCorpus, cache_key, cleaning_mask, hub_origin, open_hub_split
+from mt.data.readers import LocalSplit, local_split
+from mt.data.tokenizer import Tokenizer
+from mt.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def _flatten_columns(table: pa.Table, src_lang: str, tgt_lang: str) -> pa.Table:
 
 
 def _string_table(src: pa.Array | pa.ChunkedArray, tgt: pa.Array | pa.ChunkedArray) -> pa.Table:
-    """``src`` and ``tgt`` as strings, a missing value as "" (as ``mt.data.load_hub`` reads them)."""
+    """``src`` and ``tgt`` as strings, a missing value as "" (as ``mt.data.corpus.load_hub`` reads them)."""
     import pyarrow.compute as pc
 
     return pa.table({"src": pc.fill_null(src.cast(pa.string()), ""), "tgt": pc.fill_null(tgt.cast(pa.string()), "")})
@@ -100,7 +102,9 @@ def _hub_dataset(cfg: DataConfig, split: str, cache_dir: Path):
     columns = dataset.column_names
     flatten = _flatten_translation if nested else _flatten_columns
     fingerprint = hashlib.sha256(
-        json.dumps([LAYOUT_VERSION, dataset._fingerprint, flatten.__name__, cfg.src_lang, cfg.tgt_lang]).encode()
+        json.dumps(
+            [LAYOUT_VERSION, dataset_fingerprint(dataset), flatten.__name__, cfg.src_lang, cfg.tgt_lang]
+        ).encode()
     ).hexdigest()[:16]
     flat = dataset.with_format("arrow").map(
         flatten,
@@ -168,7 +172,7 @@ def _local_dataset(files: LocalSplit, split: str, directory: Path):
                 finally:
                     tmp.unlink(missing_ok=True)
     dataset = datasets.Dataset.from_file(str(path), info=datasets.DatasetInfo(features=features))
-    dataset._fingerprint = fingerprint
+    set_dataset_fingerprint(dataset, fingerprint)
     return dataset
 
 
@@ -184,7 +188,7 @@ def _arrow_batches(dataset) -> Iterator[pa.RecordBatch]:
     does not leave its pages resident in this process (they stay in the page cache).
     """
     files = [entry["filename"] for entry in dataset.cache_files]
-    if dataset._indices is not None or not files:
+    if has_indices_mapping(dataset) or not files:
         for table in dataset.with_format("arrow").iter(batch_size=BATCH_SIZE):
             yield from table.to_batches()
         return
@@ -412,7 +416,7 @@ def prepare_split_arrow(
 ) -> EncodedCorpus:
     """Encode one split (cleaning the training split) into a memory-mapped ``EncodedCorpus``.
 
-    Same pairs, ids, offsets and index as ``mt.data.prepare_split``, without loading the corpus into
+    Same pairs, ids, offsets and index as ``mt.data.corpus.prepare_split``, without loading the corpus into
     Python: the raw split is encoded by ``datasets.map`` in ``num_proc`` processes and written as
     ``.npy`` files in ``cache_folder(...)``; a later call (any rank, any run) only memory-maps them.
     Concurrent callers wait on a file lock, and one of them does the work.
@@ -467,7 +471,7 @@ def _encode_into(
         remove_columns=raw.column_names,
         features=features,
         cache_file_name=str(folder / "encoded.arrow"),
-        new_fingerprint=f"{raw._fingerprint}-{cache_key(cfg, split, tokenizer)}-{LAYOUT_VERSION}",
+        new_fingerprint=f"{dataset_fingerprint(raw)}-{cache_key(cfg, split, tokenizer)}-{LAYOUT_VERSION}",
         desc=f"encode {split}",
     )
     src_lengths = np.empty(len(raw), dtype=np.int64)

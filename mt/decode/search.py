@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass

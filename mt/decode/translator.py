@@ -1,111 +1,22 @@
 """Translating many sentences with a trained model: length-sorted batches, search, detokenization.
 
-Shared by validation, ``mt.evaluate`` and ``mt.translate``; ``load_checkpoint`` is the one way a
-``.ckpt`` file becomes a model (with its tokenizer) outside training.
+Shared by validation, ``mt.evaluate``, ``mt.translate`` and ``mt.report``; checkpoints become models in
+``mt.model.checkpoint``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mt.batching import collate, token_batches
 from mt.config import SearchConfig
-from mt.search import Decoder, Hypothesis, beam_search, greedy_search, sample
-from mt.tokenizer import Tokenizer, TokenizerError
-
-if TYPE_CHECKING:
-    from mt.module import TranslationModule
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing or cannot be loaded."""
-
-
-def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> TranslationModule:
-    """The ``TranslationModule`` (model and tokenizer) stored in ``path``, in eval mode.
-
-    Raises ``CheckpointError`` (one line, naming the file) for a missing, truncated or foreign file,
-    weights that do not fit the stored hyperparameters, and a tokenizer whose vocabulary does not fit
-    the model's embeddings.
-    """
-    from mt.module import TranslationModule
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
-    try:
-        module = TranslationModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # torch raises many kinds for truncated or foreign files
-        raise CheckpointError(_load_failure(path, error)) from None
-    if module.tokenizer is None:
-        raise CheckpointError(f"checkpoint {path}: holds no tokenizer")
-    _check_vocabularies(path, module)
-    return module.eval()
-
-
-def load_translator(checkpoint: str | Path, ensemble: Sequence[str | Path] = ()) -> tuple[Decoder, TranslationModule]:
-    """The model that decodes ``checkpoint`` (an ``Ensemble`` with the ``ensemble`` checkpoints, if
-    any, which must share its tokenizer), and the module of ``checkpoint`` (tokenizer, data config)."""
-    from mt.ensemble import Ensemble
-
-    module = load_checkpoint(checkpoint)
-    if not ensemble:
-        return module.model, module
-    members = [module.model]
-    for path in ensemble:
-        other = load_checkpoint(path)
-        if other.tokenizer.to_state() != module.tokenizer.to_state():
-            raise CheckpointError(
-                f"checkpoint {path}: its tokenizer differs from that of {checkpoint}; an ensemble needs one vocabulary"
-            )
-        members.append(other.model)
-    return Ensemble(members).eval(), module
-
-
-def _load_failure(path: Path, error: Exception) -> str:
-    """One line saying why ``path`` could not be loaded."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if isinstance(error, RuntimeError) and lines and lines[0].startswith("Error(s) in loading state_dict"):
-        detail = lines[1] if len(lines) > 1 else lines[0]
-        shapes = re.match(
-            r"size mismatch for (\S+): copying a param with shape torch.Size\((\[.*?\])\) from checkpoint, "
-            r"the shape in current model is torch.Size\((\[.*?\])\)",
-            detail,
-        )
-        if shapes:
-            name, stored, expected = shapes.groups()
-            detail = f"{name} has shape {stored}, its hyperparameters give {expected}"
-        return (
-            f"checkpoint {path}: its weights do not fit its model hyperparameters "
-            f"(a different model size?): {detail[:200]}"
-        )
-    first = lines[0] if lines else ""
-    if isinstance(error, TokenizerError):
-        return f"checkpoint {path}: its tokenizer cannot be used ({first[:200]})"
-    first = first.split(". ")[0][:200]  # the first sentence; torch appends paragraphs of advice
-    return f"checkpoint {path}: cannot be loaded, truncated or not a checkpoint ({type(error).__name__}: {first})"
-
-
-def _check_vocabularies(path: Path, module: TranslationModule) -> None:
-    """The stored tokenizer must produce exactly the ids the stored embeddings have rows for."""
-    sides = (
-        ("source", module.tokenizer.src_vocab_size, "source embedding", module.model.src_embed.tokens.num_embeddings),
-        ("target", module.tokenizer.tgt_vocab_size, "output layer", module.model.output.out_features),
-    )
-    for side, tokenizer_size, layer, model_size in sides:
-        if tokenizer_size != model_size:
-            raise CheckpointError(
-                f"checkpoint {path}: its tokenizer has a {side} vocabulary of {tokenizer_size} pieces but the "
-                f"model's {layer} has {model_size} rows (tokenizer and weights from different runs?)"
-            )
+from mt.data.batching import collate, token_batches
+from mt.data.tokenizer import Tokenizer
+from mt.decode.search import Decoder, Hypothesis, beam_search, greedy_search, sample
 
 
 def search_batch(

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mt.compat import onednn_linear, onednn_linear_available, onednn_pack_linear_weight
+
 
 def attention_mask(key_pad_mask: Tensor | None) -> Tensor | None:
     """(B, S) pad mask (``True`` = padding) -> (B, 1, 1, S) SDPA mask (``True`` = attend).
@@ -244,7 +246,7 @@ class OutputProjection(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if _ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32:
             if not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
-                return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, "none", [], "")
+                return onednn_linear(x, self._packed_weight(), self.bias)
         return F.linear(x, self.weight, self.bias)
 
     def _packed_weight(self) -> Tensor:
@@ -255,16 +257,8 @@ class OutputProjection(nn.Linear):
             version = -1
         key = (weight.data_ptr(), version, weight.shape)
         if self._packed is None or self._packed[0] != key:
-            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 64))
+            self._packed = (key, onednn_pack_linear_weight(weight, 64))
         return self._packed[1]
 
 
-def _onednn_linear_available() -> bool:
-    """Whether this torch build has oneDNN's packed linear (CPU builds with mkldnn, torch >= 2.1)."""
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_ONEDNN_LINEAR = _onednn_linear_available()
+_ONEDNN_LINEAR = onednn_linear_available()

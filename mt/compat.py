@@ -1,0 +1,125 @@
+"""The private APIs of torch, Lightning, datasets and CTranslate2 that mt still needs, each behind one
+function here and nowhere else.
+
+A library may change any of these in a minor release. ``tests/unit/test_compat.py`` calls each one
+against the installed library and checks the behaviour mt relies on, so an upgrade that breaks one
+fails there, by name, rather than silently somewhere in a training run. docs/design.md lists them
+and why each is needed. This module imports only torch at import time (decoding imports it through
+``mt.model.layers``); the others are reached through the objects passed in.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# -- torch ----------------------------------------------------------------------------------------
+
+
+def foreach_norm(tensors: list[Tensor]) -> list[Tensor]:
+    """The 2-norm of each tensor in one fused pass (``torch._foreach_norm``, as ``clip_grad_norm_``)."""
+    return torch._foreach_norm(tensors)
+
+
+def foreach_mul_(tensors: list[Tensor], scalar: Tensor) -> None:
+    """Multiply every tensor in place by one (device) scalar (``torch._foreach_mul_``, as ``clip_grad_norm_``)."""
+    torch._foreach_mul_(tensors, scalar)
+
+
+def raise_recompile_limit(limit: int) -> None:
+    """Let dynamo compile a function at least ``limit`` times before falling back to eager.
+
+    All compiled layers run through one function (``Module._call_impl``), whose versions share one limit:
+    train and eval mode of each layer kind, plus batches of one row, would reach torch's default of 8.
+    """
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, limit)
+
+
+def onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN's packed linear (CPU builds with mkldnn, torch >= 2.1)."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def onednn_pack_linear_weight(weight: Tensor, rows: int) -> Tensor:
+    """``weight`` (out, in) reordered once into oneDNN's blocked layout for about ``rows`` input rows."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+
+
+def onednn_linear(x: Tensor, packed_weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)`` through oneDNN with a weight from ``onednn_pack_linear_weight``."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
+
+
+# -- Lightning ------------------------------------------------------------------------------------
+
+
+def logged_step(trainer: Any) -> int:
+    """The step at which Lightning writes this update's logged values (its count of optimizer steps
+    taken, before this one's: ``fit_loop.epoch_loop._batches_that_stepped``)."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
+def save_last_checkpoint(callback: Any, trainer: Any) -> None:
+    """Let a ``ModelCheckpoint`` write its ``last.ckpt`` now, unless this step is already saved or the
+    trainer must not save (sanity check, ``fast_dev_run``): its own ``save_last`` logic, called from
+    hooks where Lightning does not call it."""
+    if not callback._should_skip_saving_checkpoint(trainer):
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def mark_checkpoint_saved(callback: Any, step: int) -> None:
+    """Tell a ``ModelCheckpoint`` that ``step`` is saved already (Lightning forgets it across a resume)."""
+    callback._last_global_step_saved = step
+
+
+VAL_CHECK_INTERVAL_MESSAGE = re.compile(r"val_check_interval` \(\d+\) must be .* training batches \((\d+)\)")
+
+
+def val_check_interval_overflow(error: BaseException) -> int | None:
+    """The number of batches in an epoch, if ``error`` is Lightning's refusal of a ``val_check_interval``
+    larger than an epoch (a ValueError raised inside ``fit``, recognised by its message), else None."""
+    match = VAL_CHECK_INTERVAL_MESSAGE.search(str(error)) if isinstance(error, ValueError) else None
+    return int(match[1]) if match else None
+
+
+# -- datasets -------------------------------------------------------------------------------------
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """The fingerprint ``datasets`` keys a dataset's cached transforms by (``Dataset._fingerprint``)."""
+    return dataset._fingerprint
+
+
+def set_dataset_fingerprint(dataset: Any, fingerprint: str) -> None:
+    """Give a dataset opened from a file the fingerprint of its content, so the transforms cached for that
+    content are found again (``Dataset.from_file`` fingerprints the path and its modification time)."""
+    dataset._fingerprint = fingerprint
+
+
+def has_indices_mapping(dataset: Any) -> bool:
+    """Whether the dataset reads its rows through an indices mapping (after ``select``, ``shuffle``, ...),
+    so its Arrow files are not its rows in order (``Dataset._indices``)."""
+    return dataset._indices is not None
+
+
+# -- CTranslate2 ----------------------------------------------------------------------------------
+
+
+def ctranslate2_convert(spec: Any, output: str, *, quantization: str | None) -> None:
+    """Write a built CTranslate2 model ``spec`` into the directory ``output`` through CTranslate2's own
+    converter, which validates and quantizes it (a ``Converter`` whose ``_load`` returns the spec: the
+    hook CTranslate2's converters implement)."""
+    import ctranslate2
+
+    class _SpecConverter(ctranslate2.converters.Converter):
+        def _load(self):
+            return spec
+
+    _SpecConverter().convert(output, quantization=quantization, force=True)

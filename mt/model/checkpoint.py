@@ -1,0 +1,221 @@
+"""Checkpoint files as models: the one home of ``torch.load`` for ``.ckpt`` files.
+
+A checkpoint written by training holds the network's weights (``state_dict``, names prefixed
+``model.``), the configs it was built and trained with (``hyper_parameters``), the tokenizer's
+SentencePiece models, and training state (optimizer, loops, random states). Decoding, evaluation,
+export, averaging and the resume checks read it here, without Lightning or mt's training code:
+``load_checkpoint`` builds the ``Transformer`` and ``Tokenizer`` straight from the file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mt.config import ModelConfig, from_dict
+from mt.data.tokenizer import Tokenizer
+from mt.errors import CheckpointError, ConfigError, RunError, TokenizerError
+from mt.model.transformer import Transformer
+
+WEIGHTS_PREFIX = "model."  # the network's parameter names inside the training module's state_dict
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw contents of a checkpoint file (tensors memory-mapped, on the CPU).
+
+    Loads with ``weights_only=True``: checkpoints hold plain types, tensors and bytes only, so nothing
+    in them can run code, and no class of Lightning's or mt's must be importable to read them.
+    Raises ``CheckpointError`` (one line, naming the file) for a missing, truncated or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as error:  # torch raises many kinds for truncated or foreign files
+        first = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:200]  # torch appends advice
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be loaded, truncated or not a checkpoint ({type(error).__name__}: {first})"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path}: cannot be loaded, holds no state_dict (not an mt checkpoint?)")
+    return checkpoint
+
+
+@dataclass
+class Checkpoint:
+    """A trained model as decoding needs it. ``data`` and ``search`` are the configs (plain dicts) the
+    model was trained and validated with; ``val_metrics`` its validation scores, where it was saved
+    right after a validation."""
+
+    path: Path
+    model: Transformer
+    tokenizer: Tokenizer
+    model_config: ModelConfig
+    step: int | None = None
+    data: dict | None = None
+    search: dict | None = None
+    val_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """The model (in eval mode) and tokenizer stored in ``path``.
+
+    Raises ``CheckpointError`` (one line, naming the file) for a missing, truncated or foreign file,
+    weights that do not fit the stored hyperparameters, and a tokenizer whose vocabulary does not fit
+    the model's embeddings.
+    """
+    path = Path(path)
+    stored = read_checkpoint(path)
+    hyper = stored.get("hyper_parameters") or {}
+    if "tokenizer" not in stored:
+        raise CheckpointError(f"checkpoint {path}: holds no tokenizer")
+    try:
+        tokenizer = Tokenizer.from_state(stored["tokenizer"], origin=str(path))
+        model_config = from_dict(ModelConfig, hyper.get("model", {}))
+        model = Transformer(
+            model_config, src_vocab_size=hyper["src_vocab_size"], tgt_vocab_size=hyper["tgt_vocab_size"]
+        )
+    except TokenizerError as error:
+        raise CheckpointError(f"checkpoint {path}: its tokenizer cannot be used ({str(error)[:200]})") from None
+    except (ConfigError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path}: its model hyperparameters are not usable ({error})") from None
+    weights = {
+        name[len(WEIGHTS_PREFIX) :]: tensor
+        for name, tensor in stored["state_dict"].items()
+        if name.startswith(WEIGHTS_PREFIX)
+    }
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(_weights_mismatch(path, error)) from None
+    _check_vocabularies(path, model, tokenizer)
+    return Checkpoint(
+        path=path,
+        model=model.to(map_location).eval(),
+        tokenizer=tokenizer,
+        model_config=model_config,
+        step=stored.get("global_step"),
+        data=hyper.get("data"),
+        search=hyper.get("search"),
+        val_metrics=dict(stored.get("val_metrics") or {}),
+    )
+
+
+def load_translator(checkpoint: str | Path, ensemble: Sequence[str | Path] = ()) -> tuple[nn.Module, Checkpoint]:
+    """The model that decodes ``checkpoint`` (an ``Ensemble`` with the ``ensemble`` checkpoints, if
+    any, which must share its tokenizer), and the loaded ``checkpoint`` (tokenizer, data config)."""
+    from mt.model.ensemble import Ensemble
+
+    loaded = load_checkpoint(checkpoint)
+    if not ensemble:
+        return loaded.model, loaded
+    members = [loaded.model]
+    for path in ensemble:
+        other = load_checkpoint(path)
+        if other.tokenizer.to_state() != loaded.tokenizer.to_state():
+            raise CheckpointError(
+                f"checkpoint {path}: its tokenizer differs from that of {checkpoint}; an ensemble needs one vocabulary"
+            )
+        members.append(other.model)
+    return Ensemble(members).eval(), loaded
+
+
+def _weights_mismatch(path: Path, error: RuntimeError) -> str:
+    """One line saying which stored weight does not fit the model its hyperparameters describe."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+    shapes = re.match(
+        r"size mismatch for (\S+): copying a param with shape torch.Size\((\[.*?\])\) from checkpoint, "
+        r"the shape in current model is torch.Size\((\[.*?\])\)",
+        detail,
+    )
+    if shapes:
+        name, stored, expected = shapes.groups()
+        detail = f"{name} has shape {stored}, its hyperparameters give {expected}"
+    return (
+        f"checkpoint {path}: its weights do not fit its model hyperparameters (a different model size?): {detail[:200]}"
+    )
+
+
+def _check_vocabularies(path: Path, model: Transformer, tokenizer: Tokenizer) -> None:
+    """The stored tokenizer must produce exactly the ids the stored embeddings have rows for."""
+    sides = (
+        ("source", tokenizer.src_vocab_size, "source embedding", model.src_embed.tokens.num_embeddings),
+        ("target", tokenizer.tgt_vocab_size, "output layer", model.output.out_features),
+    )
+    for side, tokenizer_size, layer, model_size in sides:
+        if tokenizer_size != model_size:
+            raise CheckpointError(
+                f"checkpoint {path}: its tokenizer has a {side} vocabulary of {tokenizer_size} pieces but the "
+                f"model's {layer} has {model_size} rows (tokenizer and weights from different runs?)"
+            )
+
+
+# -- averaging ---------------------------------------------------------------------------------
+
+KEPT_KEYS = ("state_dict", "hyper_parameters", "tokenizer", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def step_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The step checkpoints (``step{N}.ckpt``) of ``run_dir``, by step (past 10^7 steps too)."""
+    found = [path for path in Path(run_dir, "checkpoints").glob("step*.ckpt") if path.stem[4:].isdigit()]
+    return sorted(found, key=lambda path: int(path.stem[4:]))
+
+
+def newest_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
+    """The ``count`` step checkpoints of ``run_dir`` with the highest steps, oldest first."""
+    found = step_checkpoints(run_dir)
+    if len(found) < count:
+        raise RunError(
+            f"{run_dir}/checkpoints holds {len(found)} step*.ckpt files, fewer than last={count} "
+            f"(train with trainer.keep_checkpoints=N to keep them)"
+        )
+    return found[-count:]
+
+
+def average_checkpoints(paths: list[Path]) -> dict:
+    """A checkpoint whose floating-point parameters are the mean of those in ``paths``.
+
+    It carries the first checkpoint's configs and tokenizer and no optimizer state (it is for
+    decoding, not for resuming); its ``global_step`` is that of the last (newest) one.
+    """
+    first = read_checkpoint(paths[0])
+    sums = {
+        name: tensor.double() if tensor.is_floating_point() else tensor for name, tensor in first["state_dict"].items()
+    }
+    last_step = first.get("global_step")
+    for path in paths[1:]:
+        checkpoint = read_checkpoint(path)
+        state, last_step = checkpoint["state_dict"], checkpoint.get("global_step", last_step)
+        if state.keys() != sums.keys() or any(state[k].shape != sums[k].shape for k in sums):
+            raise CheckpointError(f"checkpoint {path}: its parameters differ in names or shapes from {paths[0]}")
+        for what, value in (("model config", _model_config), ("tokenizer", _tokenizer)):
+            if value(checkpoint) != value(first):
+                raise CheckpointError(f"checkpoint {path}: its {what} differs from {paths[0]}'s (another run?)")
+        for name, tensor in state.items():
+            if tensor.is_floating_point():
+                sums[name] += tensor.double()
+    averaged = {
+        name: (total / len(paths)).to(first["state_dict"][name].dtype) if total.is_floating_point() else total
+        for name, total in sums.items()
+    }
+    out = {key: first[key] for key in KEPT_KEYS if key in first}
+    out["state_dict"] = averaged
+    out["global_step"] = last_step  # the step of the newest weights (paths are oldest first)
+    out["averaged_from"] = [str(p) for p in paths]
+    return out
+
+
+def _model_config(checkpoint: dict) -> object:
+    return checkpoint.get("hyper_parameters", {}).get("model")
+
+
+def _tokenizer(checkpoint: dict) -> object:
+    return checkpoint.get("tokenizer")

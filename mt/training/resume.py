@@ -1,0 +1,95 @@
+"""Which checkpoint a run starts from, and the checks that keep a resume from going wrong.
+
+A new run refuses a run directory that holds checkpoints unless told to resume; ``resume=auto``
+takes ``last.ckpt`` (and a SLURM-requeued job always its own); every checkpoint is CRC-checked and
+compared with this run's model and tokenizer before Lightning loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+from mt.config import ModelConfig, from_dict
+from mt.data.tokenizer import Tokenizer
+from mt.errors import RunError
+from mt.model.checkpoint import read_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
+    """The checkpoint to resume from, refusing to train over an existing run by accident."""
+    existing = sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 and (
+        resume is None or (checkpoint_dir / "last.ckpt").is_file()
+    ):
+        # A requeued job goes on from its own last.ckpt, also when it was first started from resume=PATH
+        # (which would repeat all the training since).
+        log.info("SLURM requeued this job (restart %s): resume=auto", os.environ["SLURM_RESTART_COUNT"])
+        resume = "auto"
+    if resume is None:
+        if existing:
+            raise RunError(
+                f"{checkpoint_dir} already holds checkpoints ({existing[0].name}, ...): "
+                f"pass resume=auto to continue that run, or choose another hydra.run.dir"
+            )
+        return None
+    if resume == "auto":
+        last = checkpoint_dir / "last.ckpt"
+        if last.is_file():
+            verify_checkpoint(last)
+            return str(last)
+        if existing:
+            raise RunError(f"resume=auto: {checkpoint_dir} has checkpoints but no last.ckpt; pass resume=PATH")
+        return None
+    if not Path(resume).is_file():
+        raise RunError(f"resume={resume}: no such checkpoint file")
+    verify_checkpoint(Path(resume))
+    return resume
+
+
+# The model options that decide its parameters' names and shapes (or their meaning); dropout may change.
+ARCHITECTURE = (
+    "d_model",
+    "n_heads",
+    "encoder_layers",
+    "decoder_layers",
+    "d_ff",
+    "activation",
+    "pre_norm",
+    "share_all_embeddings",
+    "share_decoder_input_output",
+)
+
+
+def check_same_model(checkpoint: Path, model: ModelConfig, tokenizer: Tokenizer) -> None:
+    """Refuse to resume from a checkpoint of another architecture or vocabulary (before Lightning loads it)."""
+    stored = read_checkpoint(checkpoint)
+    if "tokenizer" in stored and stored["tokenizer"] != tokenizer.to_state():
+        raise RunError(
+            f"resume={checkpoint}: the checkpoint's tokenizer differs from this run's ({tokenizer.origin}); "
+            f"resume in the run directory that trained it"
+        )
+    saved = stored.get("hyper_parameters", {})
+    saved_model = from_dict(ModelConfig, saved.get("model", {}))
+    differences = [
+        f"model.{name}={getattr(saved_model, name)} there, {getattr(model, name)} here"
+        for name in ARCHITECTURE
+        if getattr(saved_model, name) != getattr(model, name)
+    ]
+    if differences:
+        raise RunError(f"resume={checkpoint}: the checkpoint is of another model ({'; '.join(differences)})")
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Check every record of a checkpoint (a zip archive) against its CRC before resuming from it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise RunError(f"{path} is not a readable checkpoint ({error}); pass resume=PATH to another one") from None
+    if bad is not None:
+        raise RunError(f"{path} is corrupt (CRC mismatch in {bad}); pass resume=PATH to another checkpoint")

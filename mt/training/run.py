@@ -1,0 +1,163 @@
+"""A training run: from a typed config and a run directory to the best checkpoint's test scores.
+
+The run directory (``hydra.run.dir``) receives ``config.yaml`` (the resolved config),
+``tokenizer/``, ``checkpoints/{best,last}.ckpt``, ``csv/`` and ``tb/`` logs, ``curve.png`` and
+``test_scores.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import OmegaConf
+
+from mt.atomic import atomic_write
+from mt.compat import val_check_interval_overflow
+from mt.config import TrainConfig, to_dict
+from mt.data.readers import local_split
+from mt.data.tokenizer import Tokenizer
+from mt.decode.scoring import score_checkpoint
+from mt.device import prepare_cuda, set_threads
+from mt.errors import RunError
+from mt.training.datamodule import TranslationDataModule
+from mt.training.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
+from mt.training.module import TranslationModule
+from mt.training.plots import plot_learning_curve
+from mt.training.preemption import REQUEUE_SIGNALS, Preempted, PreemptionCallback, requeue_slurm_job
+from mt.training.resume import check_same_model, resume_checkpoint
+from mt.training.trainer import build_trainer, is_collective_failure
+
+log = logging.getLogger(__name__)
+
+
+def train(config: TrainConfig, run_dir: Path) -> dict | None:
+    """Train as configured in ``run_dir``; return the test scores of the best checkpoint (rank 0)."""
+    set_threads(config.threads)
+    if config.data.path:  # checkpoints record where their data is: make it valid from any directory
+        config.data.path = str(Path(config.data.path).expanduser().resolve())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunDirectoryLock(run_dir)
+    if is_global_zero_from_env():  # one job per run directory; its other ranks share it
+        lock.acquire()
+    try:
+        return _train(config, run_dir)
+    finally:
+        lock.release()
+
+
+def _train(config: TrainConfig, run_dir: Path) -> dict | None:
+    preemption = PreemptionCallback(run_dir / "checkpoints" / "last.ckpt") if config.trainer.handle_signals else None
+    if preemption is not None:
+        preemption.install()
+    try:
+        return _train_with(config, run_dir, preemption)
+    finally:
+        if preemption is not None:
+            preemption.uninstall()
+
+
+def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallback | None) -> dict | None:
+    ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
+    config_path = run_dir / "config.yaml"
+    if ckpt_path is None or not config_path.exists():  # a fresh start (in a run directory without checkpoints too)
+        with atomic_write(config_path) as handle:
+            handle.write(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))).encode())
+    if config.test_after_training and not config.trainer.fast_dev_run and config.data.path:
+        local_split(config.data, "test")  # a missing test split fails now, not after the training
+    L.seed_everything(config.seed, workers=True)
+
+    datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)
+    with exclusive(run_dir / ".prepare.lock"):  # ranks started together: one trains, the others load
+        tokenizer = datamodule.prepare_tokenizer()
+    module = build_module(config, tokenizer)
+    prepare_cuda(tf32=config.trainer.tf32)
+    if ckpt_path is not None:
+        check_same_model(Path(ckpt_path), config.model, tokenizer)
+    if preemption is not None and preemption.received:
+        # Nothing trained yet, so nothing to save; a time-limit warning still requeues the job (rank 0).
+        requeued = preemption.received in REQUEUE_SIGNALS and is_global_zero_from_env() and requeue_slurm_job()
+        print(
+            f"preempted: {signal.Signals(preemption.received).name} received before training started"
+            + ("; the job was requeued" if requeued else ""),
+            file=sys.stderr,
+        )
+        return None
+    trainer = None
+    try:
+        trainer, best_checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None, preemption=preemption)
+        with warnings.catch_warnings():
+            # Values logged under DDP are already reduced by hand (all-reduce of sums, gathered hypotheses).
+            warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except Preempted as stop:
+        if trainer.is_global_zero:
+            print(f"preempted: {stop}", file=sys.stderr, flush=True)
+        return None
+    except (MisconfigurationException, ValueError, RuntimeError) as error:
+        user_error = as_run_error(error, config, rank=trainer.global_rank if trainer is not None else 0)
+        if user_error is None:
+            raise
+        raise user_error from None
+
+    if not trainer.is_global_zero:
+        return None
+    plot_learning_curve(run_dir / "csv", run_dir / "curve.png")
+    if not config.test_after_training or config.trainer.fast_dev_run:
+        return None
+    best = best_checkpoint.best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
+    scores = score_checkpoint(best, split="test", search=config.search, progress=config.trainer.enable_progress_bar)
+    (run_dir / "test_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    print(json.dumps(scores), flush=True)
+    return scores
+
+
+def build_module(config: TrainConfig, tokenizer: Tokenizer) -> TranslationModule:
+    """The LightningModule of ``config``, with ``tokenizer`` (and its layers compiled, if asked)."""
+    module = TranslationModule(
+        to_dict(config.model),
+        to_dict(config.optim),
+        to_dict(config.search),
+        to_dict(config.validation),
+        src_vocab_size=tokenizer.src_vocab_size,
+        tgt_vocab_size=tokenizer.tgt_vocab_size,
+        data=to_dict(config.data),
+    )
+    module.tokenizer = tokenizer
+    if config.trainer.compile:
+        backends = torch.compiler.list_backends(exclude_tags=())
+        if config.trainer.compile_backend not in backends:
+            raise RunError(
+                f"trainer.compile_backend={config.trainer.compile_backend!r}: expected one of {', '.join(backends)}"
+            )
+        module.compile_layers(config.trainer.compile_backend)
+    return module
+
+
+def as_run_error(error: Exception, config: TrainConfig, *, rank: int) -> RunError | None:
+    """The one-line error for what went wrong inside ``fit`` because of the config or the cluster, or
+    None for anything else (a bug, which keeps its traceback)."""
+    if isinstance(error, RunError):
+        return error
+    if isinstance(error, MisconfigurationException):  # e.g. trainer=gpu on a machine without one
+        return RunError(f"trainer: {str(error).splitlines()[0]}")
+    batches = val_check_interval_overflow(error)
+    if batches is not None:  # Lightning's check, made once the epoch's batch count is known
+        return RunError(
+            f"trainer.val_check_interval={config.trainer.val_check_interval}: more than the {batches} batches of "
+            f"an epoch (per rank); lower it, or set trainer.check_val_every_n_epoch=null to count across epochs"
+        )
+    if isinstance(error, RuntimeError) and is_collective_failure(error):
+        first_line = str(error).strip().splitlines()[0]
+        return RunError(
+            f"rank {rank}: a collective operation failed, so another rank died or stopped responding "
+            f"(timeout trainer.collective_timeout_s={config.trainer.collective_timeout_s}): {first_line}"
+        )
+    return None

@@ -1,0 +1,126 @@
+"""The Lightning ``Trainer`` as mt runs it: callbacks, loggers, strategy and checkpoint I/O."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
+
+from mt.config import TrainConfig, TrainerConfig
+from mt.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from mt.training.module import TranslationModule
+from mt.training.preemption import PreemptionCallback
+from mt.training.rng import RngStateCallback
+
+
+def build_trainer(
+    config: TrainConfig, run_dir: Path, *, resuming: bool = False, preemption: PreemptionCallback | None = None
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    cfg = config.trainer
+    decoding = config.validation.decode != "none"
+    monitor, mode = ("val/bleu", "max") if decoding else ("val/loss", "min")
+    best = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,  # one best.ckpt, never best-v1
+    )
+    # One writer owns last.ckpt: after every validation, or every N steps when asked (for resuming).
+    last = LastCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=cfg.checkpoint_every_n_steps,
+        enable_version_counter=False,
+    )
+    callbacks: list[L.Callback] = [RngStateCallback(), best, last]
+    if preemption is not None:
+        callbacks.append(preemption)
+    if cfg.keep_checkpoints:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="step{step:07d}",
+                monitor="step",
+                mode="max",
+                save_top_k=cfg.keep_checkpoints,
+                auto_insert_metric_name=False,
+            )
+        )
+    if cfg.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
+    version = log_version(run_dir, resuming)
+    loggers = [CSVLogger(run_dir, name="csv", version=version), TensorBoardLogger(run_dir, name="tb", version=version)]
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # our PreemptionCallback saves and requeues, not Lightning's handler
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=build_strategy(cfg),
+        precision=cfg.precision,
+        max_steps=cfg.max_steps,
+        max_epochs=cfg.max_epochs,
+        max_time=cfg.max_time,
+        val_check_interval=cfg.val_check_interval,
+        check_val_every_n_epoch=cfg.check_val_every_n_epoch,
+        limit_val_batches=cfg.limit_val_batches,
+        log_every_n_steps=cfg.log_every_n_steps,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        # The module clips (one pass over the gradients with its finiteness check), except under fp16.
+        gradient_clip_val=None if TranslationModule.clips_itself(cfg.precision) else (config.optim.clip_norm or None),
+        num_sanity_val_steps=cfg.num_sanity_val_steps,
+        fast_dev_run=cfg.fast_dev_run,
+        enable_progress_bar=cfg.enable_progress_bar,
+        deterministic=cfg.deterministic,
+        default_root_dir=run_dir,
+        callbacks=callbacks,
+        logger=loggers,
+        use_distributed_sampler=False,  # TokenBatchSampler shards batches itself
+        plugins=plugins,
+    )
+    return trainer, best
+
+
+def build_strategy(cfg: TrainerConfig) -> str | Strategy:
+    """``trainer.strategy``, with DDP configured: a collective timeout (a dead rank fails the run
+    instead of hanging it) and no per-forward buffer broadcast (the buffers are constants, and
+    validation may give ranks different numbers of batches)."""
+    if cfg.strategy != "ddp":
+        return cfg.strategy
+    return DDPStrategy(
+        timeout=timedelta(seconds=cfg.collective_timeout_s),
+        broadcast_buffers=False,
+        gradient_as_bucket_view=True,
+    )
+
+
+def log_version(run_dir: Path, resuming: bool) -> str:
+    """The CSV log folder of this process: ``csv/`` for a fresh run, ``csv/resume_K`` for the K-th resume.
+
+    Lightning's CSV logger empties an existing folder, so each resume logs into a new one.
+    """
+    if not resuming:
+        return ""
+    k = 1
+    while (run_dir / "csv" / f"resume_{k}").exists():
+        k += 1
+    return f"resume_{k}"
+
+
+def is_collective_failure(error: RuntimeError) -> bool:
+    """Whether ``error`` comes from torch.distributed: a peer that died, hung or timed out."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    text = str(error)
+    return any(marker in text for marker in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer"))

@@ -1,0 +1,162 @@
+"""Each private API behind ``mt.compat`` against the installed library: a library upgrade that changes
+one fails here, by name, instead of somewhere inside a training run.
+
+(``ctranslate2_convert`` is exercised by the CTranslate2 export tests, which need the package.)
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers.logger import Logger
+from torch.utils.data import DataLoader, TensorDataset
+
+from mt import compat
+
+
+def test_foreach_norm_and_mul_are_the_per_tensor_norms_and_an_in_place_scale():
+    torch.manual_seed(0)
+    tensors = [torch.randn(4, 3), torch.randn(7), torch.randn(2, 2, 2)]
+    norms = compat.foreach_norm(tensors)
+    torch.testing.assert_close(torch.stack(norms), torch.stack([t.norm() for t in tensors]))
+    expected = [t * 0.5 for t in tensors]
+    compat.foreach_mul_(tensors, torch.tensor(0.5))
+    for got, want in zip(tensors, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_raise_recompile_limit_raises_and_never_lowers_it():
+    config = torch._dynamo.config
+    before = config.recompile_limit
+    try:
+        compat.raise_recompile_limit(before + 5)
+        assert config.recompile_limit == before + 5
+        compat.raise_recompile_limit(1)
+        assert config.recompile_limit == before + 5
+    finally:
+        config.recompile_limit = before
+
+
+def test_onednn_packed_linear_equals_f_linear():
+    if not compat.onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN packed linear")
+    torch.manual_seed(0)
+    weight, bias, x = torch.randn(300, 32), torch.randn(300), torch.randn(64, 32)
+    with torch.no_grad():
+        packed = compat.onednn_pack_linear_weight(weight, 64)
+        torch.testing.assert_close(compat.onednn_linear(x, packed, bias), F.linear(x, weight, bias))
+        torch.testing.assert_close(compat.onednn_linear(x, packed, None), F.linear(x, weight))
+
+
+class _Toy(L.LightningModule):
+    def __init__(self, seen_steps: list[int] | None = None) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.seen_steps = seen_steps
+
+    def training_step(self, batch, batch_idx):
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("loss", loss)
+        if self.seen_steps is not None:
+            self.seen_steps.append(compat.logged_step(self.trainer))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _StepRecorder(Logger):
+    """A logger that records the step each ``log_metrics`` call is made at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[int] = []
+
+    name = "recorder"
+    version = 0
+
+    def log_metrics(self, metrics, step=None):
+        if "loss" in metrics:
+            self.steps.append(step)
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def _trainer(**options) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+    )
+    return L.Trainer(**{**defaults, **options})
+
+
+def test_logged_step_is_the_step_lightning_writes_the_updates_logs_at():
+    """With gradient accumulation, the step Lightning passes to the loggers for an update's values is
+    what ``logged_step`` reads during that update."""
+    seen: list[int] = []
+    recorder = _StepRecorder()
+    loader = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=2)  # 8 batches, 4 updates
+    trainer = _trainer(max_epochs=1, logger=recorder, log_every_n_steps=1, accumulate_grad_batches=2)
+    trainer.fit(_Toy(seen), loader)
+    assert recorder.steps == [0, 1, 2, 3]
+    assert seen[1::2] == recorder.steps  # the last micro-batch of each update
+
+
+def test_save_last_checkpoint_writes_once_per_step_and_mark_saved_suppresses_it(tmp_path, monkeypatch):
+    """``save_last_checkpoint`` makes a ``save_top_k=0`` writer save ``last.ckpt`` where Lightning's own
+    hooks would not; it does not save a step twice, nor a step marked saved."""
+    saves: list[int] = []
+    save = L.Trainer.save_checkpoint
+    monkeypatch.setattr(
+        L.Trainer, "save_checkpoint", lambda self, *a, **k: saves.append(self.global_step) or save(self, *a, **k)
+    )
+
+    class Probe(L.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            if trainer.global_step == 1:
+                compat.mark_checkpoint_saved(writer, 1)
+            compat.save_last_checkpoint(writer, trainer)
+            compat.save_last_checkpoint(writer, trainer)  # again at the same step: nothing
+
+    writer = ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True)
+    loader = DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2)  # 3 updates
+    trainer = _trainer(max_epochs=1, callbacks=[writer, Probe()], enable_checkpointing=True)
+    trainer.fit(_Toy(), loader)
+    assert saves == [2, 3]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_val_check_interval_overflow_reads_lightnings_refusal():
+    loader = DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2)  # 3 batches an epoch
+
+    class WithValidation(_Toy):
+        def validation_step(self, batch, batch_idx):
+            self.log("val", self.layer(batch[0]).mean())
+
+    trainer = _trainer(max_epochs=1, val_check_interval=10)
+    with pytest.raises(ValueError) as caught:
+        trainer.fit(WithValidation(), loader, loader)
+    assert compat.val_check_interval_overflow(caught.value) == 3
+    assert compat.val_check_interval_overflow(ValueError("something else")) is None
+
+
+def test_dataset_fingerprint_and_indices_mapping():
+    import datasets
+
+    dataset = datasets.Dataset.from_dict({"src": ["a", "b", "c"], "tgt": ["x", "y", "z"]})
+    fingerprint = compat.dataset_fingerprint(dataset)
+    assert isinstance(fingerprint, str) and fingerprint
+    assert compat.dataset_fingerprint(dataset.map(lambda row: row)) != fingerprint  # a transform is a new one
+    compat.set_dataset_fingerprint(dataset, "content-of-the-files")
+    assert compat.dataset_fingerprint(dataset) == "content-of-the-files"
+    assert compat.dataset_fingerprint(dataset.map(lambda row: row, new_fingerprint="next")) == "next"
+    assert not compat.has_indices_mapping(dataset)
+    assert compat.has_indices_mapping(dataset.select([2, 0]))
