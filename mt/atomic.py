@@ -13,6 +13,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from mt.errors import RunError
+
+
+def refuse_to_overwrite(path: str | Path, *, overwrite: bool, directory: bool = False) -> None:
+    """Refuse, before any work, an output that exists (unless ``overwrite``) or is of the wrong kind: a
+    directory where a file is written, or a file where a directory is (``directory=True``)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        kind, expected = ("file", "directory") if directory else ("directory", "file")
+        raise RunError(f"output {path} is a {kind}; expected a {expected} name")
+    if path.exists() and not overwrite:
+        raise RunError(f"{path} exists; pass overwrite=true to replace it")
+
 
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:

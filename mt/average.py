@@ -13,18 +13,16 @@ from pathlib import Path
 
 import torch
 
-from mt.atomic import atomic_write
+from mt.atomic import atomic_write, refuse_to_overwrite
 from mt.cli import entry_point
 from mt.config import AverageConfig
-from mt.errors import RunError
 from mt.model.checkpoint import average_checkpoints, newest_checkpoints
 
 
 @entry_point("average", AverageConfig)
 def main(config: AverageConfig) -> None:
     output = Path(config.output)
-    if output.exists() and not config.overwrite:
-        raise RunError(f"{output} exists; pass overwrite=true to replace it")
+    refuse_to_overwrite(output, overwrite=config.overwrite)
     paths = [Path(p) for p in config.checkpoints] or newest_checkpoints(config.run, config.last)
     checkpoint = average_checkpoints(paths)
     with atomic_write(output) as handle:

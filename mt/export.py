@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mt.atomic import refuse_to_overwrite
 from mt.cli import entry_point, quiet_library_logs
 from mt.compat import ctranslate2_convert
 from mt.config import ExportConfig, ModelConfig
@@ -115,8 +116,7 @@ def export_ctranslate2(checkpoint: str | Path, output: str | Path, *, quantizati
 def main(config: ExportConfig) -> None:
     quiet_library_logs()
     output = Path(config.output)
-    if output.exists() and not config.overwrite:
-        raise RunError(f"{output} exists; pass overwrite=true to replace it")
+    refuse_to_overwrite(output, overwrite=config.overwrite, directory=True)
     try:
         import ctranslate2  # noqa: F401
     except ImportError:

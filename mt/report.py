@@ -22,8 +22,8 @@ from mt.atomic import atomic_write
 from mt.cli import entry_point, quiet_library_logs
 from mt.config import DataConfig, ReportConfig, SearchConfig, from_dict
 from mt.data.corpus import load_split
-from mt.data.readers import read_lines
 from mt.decode.metrics import scores
+from mt.decode.scoring import read_source_and_reference
 from mt.decode.translator import translate
 from mt.device import best_device, set_threads
 from mt.errors import DataError, RunError
@@ -115,9 +115,7 @@ def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:
             text = load_split(split_cfg, "test")
             add(split_name, split_name, text.src, text.tgt, text.origin)
     for source, reference in zip(config.sources, config.references):
-        sources, references = read_lines(source), read_lines(reference)
-        if len(sources) != len(references):
-            raise DataError(f"reference {reference} has {len(references)} lines but source {source} has {len(sources)}")
+        sources, references = read_source_and_reference(source, reference)
         add(Path(source).name, source, sources, references, source)
     if not sets:
         raise RunError("no test set: the checkpoints record no data config; pass sources=[...] references=[...]")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from mt.config import DataConfig, from_dict
-from mt.data.corpus import EncodedCorpus, cleaning_mask, load_split, prepare_split
-from mt.data.tokenizer import train_tokenizer
+from mt.data.corpus import cleaning_mask, load_split
 from mt.errors import DataError
 from tests.conftest import toy_pairs, write_text_corpus
+from tests.reference_encoder import from_lists
 
 
 def data_config(path, **values) -> DataConfig:
@@ -97,33 +97,8 @@ def test_cleaning_counts_each_reason():
     assert (report.empty, report.too_short, report.too_long, report.bad_ratio, report.kept) == (2, 0, 1, 1, 2)
 
 
-def test_empty_corpus_after_cleaning_is_an_error(tmp_path):
-    write_text_corpus(tmp_path, {"train": toy_pairs(20)})
-    cfg = data_config(tmp_path, min_len=1, max_len=2)
-    text = load_split(cfg, "train")
-    tokenizer = train_tokenizer(text.src, text.tgt, vocab_size=60)
-    with pytest.raises(DataError, match="no pair is left after cleaning"):
-        prepare_split(cfg, "train", tokenizer)
-
-
-def test_encoded_corpus_is_cached_and_reused(tmp_path):
-    write_text_corpus(tmp_path / "data", {"train": toy_pairs(50)})
-    cfg = data_config(tmp_path / "data")
-    text = load_split(cfg, "train")
-    tokenizer = train_tokenizer(text.src, text.tgt, vocab_size=60)
-    first = prepare_split(cfg, "train", tokenizer, cache_dir=tmp_path / "cache")
-    (cached_file,) = (tmp_path / "cache").glob("*.npz")
-    second = prepare_split(cfg, "train", tokenizer, cache_dir=tmp_path / "cache")
-    for name in ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets", "index"):
-        assert np.array_equal(getattr(first, name), getattr(second, name))
-    assert first.src(3).tolist() == tokenizer.encode_src([text.src[3]])[0]
-    # A different cleaning setting is a different cache entry.
-    prepare_split(data_config(tmp_path / "data", max_len=50), "train", tokenizer, cache_dir=tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 and cached_file.exists()
-
-
 def test_encoded_corpus_select_keeps_original_line_numbers():
-    corpus = EncodedCorpus.from_lists([[5], [6, 7], [8]], [[9], [10], [11, 12]])
+    corpus = from_lists([[5], [6, 7], [8]], [[9], [10], [11, 12]])
     chosen = corpus.select(np.array([0, 2]))
     assert chosen.index.tolist() == [0, 2]
     assert chosen.tgt(1).tolist() == [11, 12] and chosen.src_lengths.tolist() == [1, 1]

@@ -14,12 +14,14 @@ import mt.data.preprocess as preprocess
 import mt.data.readers as readers
 from mt.config import DataConfig, from_dict
 from mt.data.batching import PairDataset
-from mt.data.corpus import load_split, prepare_split
-from mt.data.preprocess import _Reservoir, prepare_split_arrow, raw_dataset, sample_sentences
+from mt.data.corpus import load_split
+from mt.data.preprocess import prepare_split_arrow, raw_dataset, sample_sentences
 from mt.data.readers import read_lines
+from mt.data.sampling import Reservoir, reservoir_sample
 from mt.data.tokenizer import train_tokenizer
 from mt.errors import DataError
 from tests.conftest import toy_pairs, write_text_corpus
+from tests.reference_encoder import prepare_split
 
 ARRAYS = ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets", "index")
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,16 +186,18 @@ def test_reservoir_sample_size_determinism_and_sources(corpus_dir, tmp_path):
 
 def test_reservoir_is_uniform_and_independent_of_chunking():
     def run(size: int, total: int, seed: int, chunks: list[int]) -> list[int]:
-        reservoir = _Reservoir(size, seed)
+        reservoir = Reservoir(size, seed)
         start = 0
         for chunk in chunks:
             rows = list(range(start, start + chunk))
-            reservoir.add(chunk, lambda picked, rows=rows: ([rows[i] for i in picked], [rows[i] for i in picked]))
+            reservoir.add(chunk, lambda picked, rows=rows: [rows[i] for i in picked])
             start += chunk
         assert start == total
-        return reservoir.src
+        return reservoir.items
 
     assert run(10, 100, 1, [100]) == run(10, 100, 1, [3, 30, 1, 66]) == run(10, 100, 1, [1] * 100)
+    assert reservoir_sample(iter(range(100)), 10, 1, chunk=7) == run(10, 100, 1, [100])  # the tokenizer's sample
+    assert reservoir_sample(range(5), 10, 1) == [0, 1, 2, 3, 4]  # fewer than asked: all, in order
     counts = np.zeros(100)
     for seed in range(2000):
         sample = run(10, 100, seed, [7, 50, 43])

@@ -125,5 +125,5 @@ def test_test_files_of_the_same_name_keep_their_own_scores_and_empty_ones_are_re
     (tmp_path / "empty.de").write_text("")
     (tmp_path / "empty.en").write_text("")
     config = ReportConfig(run="r", sources=[str(tmp_path / "empty.de")], references=[str(tmp_path / "empty.en")])
-    with pytest.raises(DataError, match=r"empty.de: empty test set"):
+    with pytest.raises(DataError, match=r"empty.de is empty"):
         load_test_sets(config, None)

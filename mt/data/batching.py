@@ -28,14 +28,14 @@ class Batch:
     """Padded tensors of one batch; ``True`` in a pad mask marks padding.
 
     Shapes: ``src_ids`` (B, S) ends each sentence with EOS; ``tgt_in`` (B, T) is BOS + target;
-    ``tgt_out`` (B, T) is target + EOS; ``ids`` (B,) are the pairs' positions in their corpus.
+    ``tgt_out`` (B, T) is target + EOS; ``positions`` (B,) are the pairs' positions in their corpus.
     """
 
     src_ids: torch.Tensor
     src_pad_mask: torch.Tensor
     tgt_in: torch.Tensor | None
     tgt_out: torch.Tensor | None
-    ids: torch.Tensor
+    positions: torch.Tensor
     tgt_token_count: int = 0  # non-pad target tokens (EOS included), known on the host at collation
 
     @property
@@ -52,7 +52,7 @@ class Batch:
             move(self.src_pad_mask),
             move(self.tgt_in),
             move(self.tgt_out),
-            move(self.ids),
+            move(self.positions),
             self.tgt_token_count,
         )
 
@@ -79,7 +79,7 @@ def pad_sequences(
     return out
 
 
-def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]] | None, ids: Sequence[int]) -> Batch:
+def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]] | None, positions: Sequence[int]) -> Batch:
     """A ``Batch`` from unpadded subword ids (no BOS/EOS); ``tgt`` is ``None`` for translation."""
     src_ids = pad_sequences(src, suffix=EOS_ID)
     tgt_in = tgt_out = None
@@ -88,8 +88,8 @@ def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]] | None, i
         tgt_in = pad_sequences(tgt, prefix=BOS_ID)
         tgt_out = pad_sequences(tgt, suffix=EOS_ID)
         tgt_token_count = sum(len(t) for t in tgt) + len(tgt)
-    ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-    return Batch(src_ids, src_ids == PAD_ID, tgt_in, tgt_out, ids, tgt_token_count)
+    positions_tensor = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+    return Batch(src_ids, src_ids == PAD_ID, tgt_in, tgt_out, positions_tensor, tgt_token_count)
 
 
 class PairDataset(torch.utils.data.Dataset):

@@ -1,11 +1,12 @@
-"""Parallel corpora: loading (local files or the Hugging Face hub), cleaning, encoding, caching.
+"""Parallel corpora: loading splits (local files or the Hugging Face hub), the encoded corpus, cleaning rules
+and cache keys.
 
 Local corpora are read by ``mt.data.readers`` (aligned text files, TSV or JSONL, optionally ``.gz``).
 Hub corpora are read through ``datasets.load_dataset``, with records of the hub's shape
 ``{"translation": {"de": ..., "en": ...}}`` or one column per language.
 
-Encoded splits are stored as flat token arrays with offsets (``EncodedCorpus``), cached on disk
-under a key of the data and tokenizer, so later runs and other ranks reuse them.
+Encoded splits are flat token arrays with offsets (``EncodedCorpus``), written by ``mt.data.preprocess``
+under a key of the data and tokenizer (``cache_key``), so later runs and other ranks reuse them.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from mt.atomic import atomic_write
 from mt.config import DataConfig
 from mt.data.readers import local_split
 from mt.data.tokenizer import Tokenizer
@@ -153,20 +152,6 @@ class EncodedCorpus:
     def tgt(self, i: int) -> np.ndarray:
         return self.tgt_tokens[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
 
-    @classmethod
-    def from_lists(cls, src: list[list[int]], tgt: list[list[int]], index: np.ndarray | None = None) -> EncodedCorpus:
-        def flat(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-            offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-            np.cumsum([len(s) for s in seqs], out=offsets[1:])
-            tokens = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
-            return tokens, offsets
-
-        src_tokens, src_offsets = flat(src)
-        tgt_tokens, tgt_offsets = flat(tgt)
-        if index is None:
-            index = np.arange(len(src), dtype=np.int64)
-        return cls(src_tokens, src_offsets, tgt_tokens, tgt_offsets, np.asarray(index, dtype=np.int64))
-
     def select(self, keep: np.ndarray) -> EncodedCorpus:
         """The pairs at positions ``keep`` (sorted, unique), without a Python loop over pairs."""
         chosen = np.zeros(len(self), dtype=bool)
@@ -181,15 +166,6 @@ class EncodedCorpus:
         src_tokens, src_offsets = pick(self.src_tokens, self.src_offsets)
         tgt_tokens, tgt_offsets = pick(self.tgt_tokens, self.tgt_offsets)
         return EncodedCorpus(src_tokens, src_offsets, tgt_tokens, tgt_offsets, self.index[chosen])
-
-    def save(self, path: Path) -> None:
-        with atomic_write(path) as handle:
-            np.savez(handle, **asdict(self))
-
-    @classmethod
-    def load(cls, path: Path) -> EncodedCorpus:
-        with np.load(path) as arrays:
-            return cls(**{name: arrays[name] for name in arrays.files})
 
 
 @dataclass
@@ -227,18 +203,6 @@ def cleaning_mask(
     return keep, report
 
 
-def encode(text: ParallelText, tokenizer: Tokenizer, *, chunk: int = 10_000, desc: str = "encode") -> EncodedCorpus:
-    """Subword ids of every pair (no BOS/EOS), in order, with a progress bar."""
-    src: list[list[int]] = []
-    tgt: list[list[int]] = []
-    for start in tqdm(
-        range(0, len(text), chunk), desc=desc, unit_scale=chunk, leave=False, disable=len(text) < 5 * chunk
-    ):
-        src.extend(tokenizer.encode_src(text.src[start : start + chunk]))
-        tgt.extend(tokenizer.encode_tgt(text.tgt[start : start + chunk]))
-    return EncodedCorpus.from_lists(src, tgt)
-
-
 def data_identity(cfg: DataConfig, split: str) -> dict:
     """What decides the pairs of ``split``: the config fields that choose and clean them (not those
     that batch or cache them) and, for local files, each file's name, size and modification time."""
@@ -262,45 +226,3 @@ def cache_key(cfg: DataConfig, split: str, tokenizer: Tokenizer) -> str:
     digest.update(tokenizer.src_model)
     digest.update(tokenizer.tgt_model)
     return digest.hexdigest()[:16]
-
-
-def prepare_split(
-    cfg: DataConfig,
-    split: str,
-    tokenizer: Tokenizer,
-    *,
-    cache_dir: Path | None = None,
-    text: ParallelText | None = None,
-) -> EncodedCorpus:
-    """Encode one split (cleaning the training split), reusing a cached copy when one exists."""
-    cache_path = None
-    if cache_dir is not None:
-        cache_path = (
-            Path(cache_dir) / f"{cfg.name}.{split}.{cfg.src_lang}-{cfg.tgt_lang}.{cache_key(cfg, split, tokenizer)}.npz"
-        )
-        if cache_path.exists():
-            return EncodedCorpus.load(cache_path)
-    text = text if text is not None else load_split(cfg, split)
-    if len(text) == 0:
-        raise DataError(f"{text.origin}: the {split} split is empty")
-    corpus = encode(text, tokenizer, desc=f"encode {split}")
-    if split == "train":
-        keep, report = cleaning_mask(
-            corpus.src_lengths,
-            corpus.tgt_lengths,
-            min_len=cfg.min_len,
-            max_len=cfg.max_len,
-            max_ratio=cfg.max_len_ratio,
-        )
-        log.info("cleaning %s: %s", text.origin, report)
-        if report.kept == 0:
-            raise DataError(
-                f"{text.origin}: no pair is left after cleaning ({report}); check data.min_len, "
-                f"data.max_len and data.max_len_ratio"
-            )
-        if report.kept < report.total:
-            corpus = corpus.select(np.flatnonzero(keep))
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        corpus.save(cache_path)
-    return corpus

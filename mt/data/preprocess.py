@@ -13,8 +13,8 @@ The path never holds the corpus in Python lists:
 3. ``sample_sentences``: a seeded reservoir sample of pairs, for training SentencePiece on
    ``input_sentence_size`` pairs.
 
-The results equal ``mt.data.corpus.prepare_split``'s (same ids, offsets and index); only the token dtype
-may be narrower (``uint16`` when the vocabulary fits).
+The results equal those of a plain in-memory encoder (``tests/reference_encoder.py``: same ids, offsets
+and index); only the token dtype may be narrower (``uint16`` when the vocabulary fits).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from mt.compat import dataset_fingerprint, has_indices_mapping, set_dataset_fing
 from mt.config import DataConfig
 from mt.data.corpus import SPLITS, EncodedCorpus, cache_key, cleaning_mask, hub_origin, open_hub_split
 from mt.data.readers import LocalSplit, local_split
+from mt.data.sampling import Reservoir
 from mt.data.tokenizer import Tokenizer
 from mt.errors import DataError
 
@@ -220,48 +221,6 @@ def _rechunk(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]
 # Sampling
 
 
-class _Reservoir:
-    """A uniform sample of ``size`` pairs from a stream of unknown length (Vitter's algorithm R).
-
-    One uniform draw per streamed pair, so the sample depends on the seed and the stream only, not
-    on how the stream is chunked; chunks are processed with numpy, and only the pairs that enter
-    the sample become Python strings.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size = size
-        self.rng = np.random.default_rng(seed)
-        self.src: list[str] = []
-        self.tgt: list[str] = []
-        self.seen = 0
-
-    def add(self, count: int, take: Callable[[np.ndarray], tuple[list[str], list[str]]]) -> None:
-        """Offer the next ``count`` pairs; ``take(rows)`` returns the pairs at those chunk positions."""
-        start = self.seen
-        self.seen += count
-        draws = self.rng.random(count)  # PCG64 doubles: chunking does not change the sequence
-        fill = min(count, max(0, self.size - start))
-        if fill:
-            src, tgt = take(np.arange(fill))
-            self.src.extend(src)
-            self.tgt.extend(tgt)
-        if fill == count:
-            return
-        positions = np.arange(start + fill, start + count, dtype=np.int64)
-        slots = np.minimum((draws[fill:] * (positions + 1)).astype(np.int64), positions)  # uniform in 0..position
-        hits = np.flatnonzero(slots < self.size)
-        if not len(hits):
-            return
-        # Within a chunk a later pair replaces an earlier one in the same slot: keep each slot's last hit.
-        reversed_slots = slots[hits][::-1]
-        slot_ids, first_in_reversed = np.unique(reversed_slots, return_index=True)
-        rows = hits[len(hits) - 1 - first_in_reversed] + fill
-        src, tgt = take(rows)
-        for slot, s, t in zip(slot_ids.tolist(), src, tgt):
-            self.src[slot] = s
-            self.tgt[slot] = t
-
-
 def sample_sentences(
     cfg: DataConfig, split: str, n: int, seed: int, *, cache_dir: str | Path | None = None
 ) -> tuple[list[str], list[str]]:
@@ -275,28 +234,33 @@ def sample_sentences(
     if n < 0:
         raise ValueError(f"n={n}: expected >= 0")
     _check_split(cfg, split)
-    reservoir = _Reservoir(n, seed)
+    reservoir: Reservoir[tuple[str, str]] = Reservoir(n, seed)
     if cache_dir is None and cfg.path:
         for src, tgt in local_split(cfg, split).pair_chunks():
 
-            def take(rows: np.ndarray, src: list[str] = src, tgt: list[str] = tgt) -> tuple[list[str], list[str]]:
-                picked = rows.tolist()
-                return [src[i] for i in picked], [tgt[i] for i in picked]
+            def take(rows: np.ndarray, src: list[str] = src, tgt: list[str] = tgt) -> list[tuple[str, str]]:
+                return [(src[i], tgt[i]) for i in rows.tolist()]
 
             reservoir.add(len(src), take)
-        return reservoir.src, reservoir.tgt
+        return _unzip(reservoir.items)
     if cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="mt-hub-") as temporary:
             return sample_sentences(cfg, split, n, seed, cache_dir=temporary)
     dataset = raw_dataset(cfg, split, cache_dir=cache_dir)
     for table in _rechunk(_arrow_batches(dataset), BATCH_SIZE):
 
-        def take(rows: np.ndarray, table: pa.Table = table) -> tuple[list[str], list[str]]:
+        def take(rows: np.ndarray, table: pa.Table = table) -> list[tuple[str, str]]:
             indices = pa.array(rows)
-            return table.column("src").take(indices).to_pylist(), table.column("tgt").take(indices).to_pylist()
+            return list(
+                zip(table.column("src").take(indices).to_pylist(), table.column("tgt").take(indices).to_pylist())
+            )
 
         reservoir.add(table.num_rows, take)
-    return reservoir.src, reservoir.tgt
+    return _unzip(reservoir.items)
+
+
+def _unzip(pairs: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    return [src for src, _ in pairs], [tgt for _, tgt in pairs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,9 +380,9 @@ def prepare_split_arrow(
 ) -> EncodedCorpus:
     """Encode one split (cleaning the training split) into a memory-mapped ``EncodedCorpus``.
 
-    Same pairs, ids, offsets and index as ``mt.data.corpus.prepare_split``, without loading the corpus into
-    Python: the raw split is encoded by ``datasets.map`` in ``num_proc`` processes and written as
-    ``.npy`` files in ``cache_folder(...)``; a later call (any rank, any run) only memory-maps them.
+    Same pairs, ids, offsets and index as a plain in-memory encoder (``tests/reference_encoder.py``), without
+    loading the corpus into Python: the raw split is encoded by ``datasets.map`` in ``num_proc`` processes and
+    written as ``.npy`` files in ``cache_folder(...)``; a later call (any rank, any run) only memory-maps them.
     Concurrent callers wait on a file lock, and one of them does the work.
 
     Raises:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import logging
-import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
 from mt.atomic import atomic_write
+from mt.data.sampling import reservoir_sample
 from mt.errors import TokenizerError
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def train_sentencepiece(
     Sentences beyond ``input_sentence_size`` are subsampled (reservoir sampling, seeded), so a
     corpus of millions of pairs trains on a bounded sample.
     """
-    sample = _reservoir_sample(sentences, input_sentence_size, seed)
+    sample = reservoir_sample(sentences, input_sentence_size, seed)
     if not sample:
         raise TokenizerError("cannot train SentencePiece on an empty corpus")
     model = io.BytesIO()
@@ -172,19 +172,6 @@ def train_sentencepiece(
             f"raise tokenizer.vocab_size or lower tokenizer.character_coverage"
         ) from None
     return model.getvalue()
-
-
-def _reservoir_sample(sentences: Iterable[str], size: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    sample: list[str] = []
-    for index, sentence in enumerate(sentences):
-        if index < size:
-            sample.append(sentence)
-        else:
-            slot = rng.randint(0, index)
-            if slot < size:
-                sample[slot] = sentence
-    return sample
 
 
 def train_tokenizer(

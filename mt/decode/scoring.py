@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from mt.atomic import atomic_write
+from mt.atomic import atomic_write, refuse_to_overwrite
 from mt.config import DataConfig, SearchConfig, from_dict
 from mt.data.corpus import load_split
 from mt.data.readers import read_lines
@@ -39,10 +39,7 @@ def score_checkpoint(
     """
     outputs = [] if output is None else [Path(output), Path(f"{output}.scores.json")]
     for path in outputs:  # refuse before spending time decoding
-        if path.is_dir():
-            raise RunError(f"output {path} is a directory; expected a file name")
-        if path.exists() and not overwrite:
-            raise RunError(f"{path} exists; pass overwrite=true to replace it")
+        refuse_to_overwrite(path, overwrite=overwrite)
     if source is not None:  # read and check the input before loading the checkpoint
         sources, references = read_source_and_reference(source, reference)
         origin = source

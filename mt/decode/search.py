@@ -1,6 +1,6 @@
 """Greedy and batched beam search over any model with ``encode`` / ``decode_step``.
 
-The search knows nothing of layers: it sees a ``Decoder`` (encode, decode_step) and a cache with
+The search knows nothing of layers: it sees a ``Decodable`` (encode, decode_step) and a cache with
 ``reorder(row_idx)`` and ``select_sources(src_idx, row_idx)``. Hypotheses of one source sit in
 adjacent rows (source-major), so a source with K beams owns rows ``s*K .. s*K+K-1``.
 
@@ -32,7 +32,10 @@ class Hypothesis:
     log_prob: float | None
 
 
-class Decoder(Protocol):
+class Decodable(Protocol):
+    """Any model the search decodes from (a ``Transformer``, an ``Ensemble``): ``encode`` once, then
+    ``decode_step`` with a cache that has ``reorder`` and ``select_sources``."""
+
     def encode(self, src_ids: Tensor, src_pad_mask: Tensor) -> Tensor: ...
 
     def decode_step(
@@ -93,7 +96,7 @@ def _argmax(next_scores: Tensor) -> Tensor:
 
 
 def _single_path(
-    model: Decoder,
+    model: Decodable,
     src_ids: Tensor,
     src_pad_mask: Tensor,
     choose,
@@ -152,7 +155,7 @@ def _single_path(
 
 @torch.inference_mode()
 def greedy_search(
-    model: Decoder,
+    model: Decodable,
     src_ids: Tensor,
     src_pad_mask: Tensor,
     *,
@@ -200,7 +203,7 @@ def filter_logits(logits: Tensor, *, top_k: int = 0, top_p: float = 1.0) -> Tens
 
 @torch.inference_mode()
 def sample(
-    model: Decoder,
+    model: Decodable,
     src_ids: Tensor,
     src_pad_mask: Tensor,
     *,
@@ -354,7 +357,7 @@ def _drop_done(state: _BeamState, done: Tensor, beam: int, cache_rows: Tensor) -
 
 @torch.inference_mode()
 def beam_search(
-    model: Decoder,
+    model: Decodable,
     src_ids: Tensor,
     src_pad_mask: Tensor,
     *,

@@ -16,11 +16,11 @@ from tqdm import tqdm
 from mt.config import SearchConfig
 from mt.data.batching import collate, token_batches
 from mt.data.tokenizer import Tokenizer
-from mt.decode.search import Decoder, Hypothesis, beam_search, greedy_search, sample
+from mt.decode.search import Decodable, Hypothesis, beam_search, greedy_search, sample
 
 
 def search_batch(
-    model: Decoder,
+    model: Decodable,
     src_ids: torch.Tensor,
     src_pad_mask: torch.Tensor,
     search: SearchConfig,
@@ -66,7 +66,7 @@ def sampling_generator(search: SearchConfig, device: torch.device | str) -> torc
 
 
 def decode_ids(
-    model: Decoder,
+    model: Decodable,
     src: Sequence[Sequence[int]],
     search: SearchConfig,
     *,
@@ -138,7 +138,7 @@ def _map_on_threads(function, items: list, workers: int):
 
 
 def translate(
-    model: Decoder,
+    model: Decodable,
     tokenizer: Tokenizer,
     sentences: Sequence[str],
     search: SearchConfig,

@@ -1,4 +1,4 @@
-"""An ensemble of models with one vocabulary, seen by the search as a single ``Decoder``.
+"""An ensemble of models with one vocabulary, seen by the search as a single ``Decodable``.
 
 Each step averages the members' log-probabilities and renormalises them (a log-linear combination;
 for one member it is that member exactly). The search needs nothing new: the ensemble's memory

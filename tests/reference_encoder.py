@@ -1,0 +1,37 @@
+"""The plain in-memory encoder that ``mt.data.preprocess`` (the only encoder mt trains with) is held
+against: read a split into lists, encode pair by pair, clean, flatten. Test code only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mt.config import DataConfig
+from mt.data.corpus import EncodedCorpus, ParallelText, cleaning_mask, load_split
+from mt.data.tokenizer import Tokenizer
+
+
+def from_lists(src: list[list[int]], tgt: list[list[int]], index: np.ndarray | None = None) -> EncodedCorpus:
+    """An ``EncodedCorpus`` of token lists (``index``: each pair's line, default 0..n-1)."""
+
+    def flat(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum([len(s) for s in seqs], out=offsets[1:])
+        tokens = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
+        return tokens, offsets
+
+    src_tokens, src_offsets = flat(src)
+    tgt_tokens, tgt_offsets = flat(tgt)
+    index = np.arange(len(src), dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+    return EncodedCorpus(src_tokens, src_offsets, tgt_tokens, tgt_offsets, index)
+
+
+def prepare_split(cfg: DataConfig, split: str, tokenizer: Tokenizer, *, text: ParallelText | None = None):
+    """Every pair of ``split`` encoded (no BOS/EOS), the training split cleaned as ``cfg`` says."""
+    text = text if text is not None else load_split(cfg, split)
+    corpus = from_lists(tokenizer.encode_src(text.src), tokenizer.encode_tgt(text.tgt))
+    if split != "train":
+        return corpus
+    keep, _ = cleaning_mask(
+        corpus.src_lengths, corpus.tgt_lengths, min_len=cfg.min_len, max_len=cfg.max_len, max_ratio=cfg.max_len_ratio
+    )
+    return corpus.select(np.flatnonzero(keep))
