@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-GPU check, about 5 minutes on an H100/H200:
-#   1. tests/test_gpu.py (SDPA kernels, cached decoding and search against the CPU, bf16 training with
+#   1. tests/integration/test_gpu.py (SDPA kernels, cached decoding and search against the CPU, bf16 training with
 #      fused AdamW, inductor-compiled training against eager), in the background while data is prepared;
 #   2. model=base in bf16 for $STEPS steps on synthetic pairs: target tokens/s and model FLOPs utilisation;
 #   3. greedy and beam decoding speed of those weights, fp32 and bf16 autocast;
@@ -34,8 +34,8 @@ $PY -c "import torch; cuda = torch.cuda.is_available(); print('torch', torch.__v
 
 phase() { echo; echo "== $* ($(date +%T))"; }
 
-phase "tests/test_gpu.py (background)"
-$PY -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$WORK/pytest.log" 2>&1 &
+phase "tests/integration/test_gpu.py (background)"
+$PY -m pytest -q -p no:cacheprovider tests/integration/test_gpu.py >"$WORK/pytest.log" 2>&1 &
 tests=$!
 
 phase "model=$MODEL, $STEPS steps, bf16, synthetic data ($PAIRS pairs)"
@@ -52,7 +52,7 @@ train() {  # train RUN_NAME [overrides]: a short run on the synthetic corpus, th
 }
 train eager "$@" || status=1
 
-phase "tests/test_gpu.py"
+phase "tests/integration/test_gpu.py"
 wait $tests || status=1
 tail -15 "$WORK/pytest.log"
 

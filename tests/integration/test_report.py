@@ -13,7 +13,7 @@ from mt.config import ReportConfig, SearchConfig
 from mt.report import build_report, write_report
 from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
-from tests.test_cli import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mt"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "mt"
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = {

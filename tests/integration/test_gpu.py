@@ -13,7 +13,7 @@ from mt.decode.search import beam_search, greedy_search
 from mt.model.layers import attend, attention_mask
 from mt.training.run import train
 from tests.conftest import random_attention_inputs, random_batch, random_model, tiny_train_config
-from tests.test_resume import losses
+from tests.helpers import losses
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

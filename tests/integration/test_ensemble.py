@@ -17,8 +17,7 @@ from mt.errors import CheckpointError
 from mt.model.checkpoint import load_translator
 from mt.model.ensemble import Ensemble, combine
 from tests.conftest import random_batch, random_model, toy_pairs, write_text_corpus
-from tests.test_cli import ROOT
-from tests.test_pipeline import fit_tiny
+from tests.helpers import ROOT, fit_tiny
 
 
 def test_an_ensemble_of_one_equals_the_model_alone():

@@ -21,8 +21,7 @@ from mt.errors import NonFiniteLossError, RunDirectoryBusy, RunError
 from mt.training.module import TranslationModule
 from mt.training.run import train
 from tests.conftest import tiny_train_config
-from tests.test_distributed import ROOT, ddp_args, toy_args
-from tests.test_resume import losses
+from tests.helpers import ROOT, ddp_args, losses, toy_args
 
 
 def poisoned_module(

@@ -9,7 +9,7 @@ from mt.config import SearchConfig
 from mt.decode.translator import translate
 from mt.errors import CheckpointError, RunError
 from mt.model.checkpoint import average_checkpoints, load_checkpoint, newest_checkpoints
-from tests.test_pipeline import fit_tiny
+from tests.helpers import fit_tiny
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""One optimizer step of the TranslationModule, for ``tests/test_distributed.py``.
+"""One optimizer step of the TranslationModule, for ``tests/system/test_distributed.py``.
 
-``python -m tests.ddp_step OUT ddp``: 2 CPU processes (gloo), rank r trains on batch r.
-``python -m tests.ddp_step OUT single``: 1 process trains on both batches joined into one.
+``python -m tests.system.ddp_step OUT ddp``: 2 CPU processes (gloo), rank r trains on batch r.
+``python -m tests.system.ddp_step OUT single``: 1 process trains on both batches joined into one.
 Rank 0 saves the gradients (after DDP's all-reduce, before clipping and the update) and the
 parameters after the step to ``OUT/<mode>.pt``.
 """

@@ -27,10 +27,8 @@ from mt.errors import USER_ERRORS, CheckpointError, DataError, RunError
 from mt.model.checkpoint import load_checkpoint
 from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
-from tests.test_configs import compose_config
-from tests.test_pipeline import fit_tiny
+from tests.helpers import ROOT, compose_config, fit_tiny
 
-ROOT = Path(__file__).resolve().parents[1]
 # Short outputs keep decoding with the (barely trained) tiny model fast.
 FAST_SEARCH = SearchConfig(beam=2, max_len_a=0.0, max_len_b=8)
 CLI_SEARCH = ("beam=2", "search.max_len_a=0", "search.max_len_b=8", "threads=1")

@@ -21,10 +21,10 @@ from mt.data.sampling import Reservoir, reservoir_sample
 from mt.data.tokenizer import train_tokenizer
 from mt.errors import DataError
 from tests.conftest import toy_pairs, write_text_corpus
+from tests.helpers import ROOT
 from tests.reference_encoder import prepare_split
 
 ARRAYS = ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets", "index")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def noisy_pairs(count: int, seed: int) -> list[tuple[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,7 @@ import torch
 from mt.training.checkpointing import AtomicCheckpointIO
 from mt.training.run import train
 from tests.conftest import tiny_train_config
-
-
-def losses(csv_file: Path) -> dict[int, float]:
-    with open(csv_file, newline="") as handle:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
+from tests.helpers import losses
 
 
 def run(

@@ -59,7 +59,7 @@ def test_fully_padded_rows_stay_finite_in_half_precision(dtype):
 def test_compiled_training_has_the_eager_losses_and_the_same_checkpoint_names(toy_corpus_dir, tmp_path):
     """trainer.compile goes through torch.compile (AOTAutograd here: inductor would need minutes of C++
     compilation on CPU); the losses equal eager training's and the checkpoint's parameter names do not change."""
-    from tests.test_resume import losses
+    from tests.helpers import losses
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

@@ -11,10 +11,9 @@ from mt.decode.scoring import score_checkpoint
 from mt.decode.translator import translate
 from mt.errors import CheckpointError, RunError
 from mt.model.checkpoint import load_checkpoint
-from mt.training.datamodule import TranslationDataModule
-from mt.training.module import TranslationModule
 from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
+from tests.helpers import fit_tiny
 
 
 def test_tiny_model_overfits_64_pairs(tmp_path):
@@ -43,33 +42,6 @@ def test_tiny_model_overfits_64_pairs(tmp_path):
     )
     assert scores["sentences"] == 64
     assert scores["bleu"] > 90, scores
-
-
-def fit_tiny(data_dir, run_dir, **trainer_options) -> tuple[TranslationModule, L.Trainer]:
-    """A tiny module trained briefly with a plain Lightning Trainer on ``data_dir``."""
-    config = tiny_train_config(data_dir)
-    datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=1)
-    tokenizer = datamodule.prepare_tokenizer()
-    module = TranslationModule(
-        {"d_model": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 64},
-        {"lr": 1e-2, "warmup_steps": 5},
-        {},
-        {"decode": "none"},
-        src_vocab_size=tokenizer.src_vocab_size,
-        tgt_vocab_size=tokenizer.tgt_vocab_size,
-    )
-    module.tokenizer = tokenizer
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        **trainer_options,
-    )
-    trainer.fit(module, datamodule=datamodule)
-    return module, trainer
 
 
 def test_batches_are_reshuffled_every_epoch_under_the_trainer(toy_corpus_dir, tmp_path):

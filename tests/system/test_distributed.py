@@ -18,35 +18,9 @@ from omegaconf import OmegaConf
 
 from mt.config import SearchConfig
 from mt.decode.scoring import score_checkpoint
+from tests.helpers import ROOT, ddp_args, toy_args
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def toy_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    """mt.train overrides for a tiny model on the toy corpus, on CPU."""
-    return [
-        "data=local",
-        f"data.path={data_dir}",
-        "data.max_tokens=512",
-        "data.max_len=64",
-        "tokenizer.vocab_size=64",
-        "model=tiny",
-        "model.dropout=0.0",
-        "optim.lr=3e-3",
-        "optim.warmup_steps=20",
-        "trainer.accelerator=cpu",
-        "trainer.precision=32-true",
-        "trainer.enable_progress_bar=false",
-        "trainer.max_time=null",
-        "test_after_training=false",
-        "threads=1",
-        f"hydra.run.dir={run_dir}",
-        *extra,
-    ]
-
-
-def ddp_args(devices: int = 2) -> list[str]:
-    return ["trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={devices}", "trainer.precision=32-true"]
+pytestmark = pytest.mark.slow  # the system tier: whole commands in subprocesses, run in CI
 
 
 def run(command: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
@@ -70,7 +44,7 @@ def metric_rows(run_dir: Path, name: str) -> list[tuple[int, float]]:
 def test_two_ranks_of_b_make_the_same_step_as_one_rank_of_2b(tmp_path):
     """The loss is normalised by the tokens of all ranks, so DDP's averaged gradient equals one big batch's."""
     for mode in ("ddp", "single"):
-        result = run([sys.executable, "-m", "tests.ddp_step", str(tmp_path), mode])
+        result = run([sys.executable, "-m", "tests.system.ddp_step", str(tmp_path), mode])
         assert result.returncode == 0, result.stderr[-3000:]
     ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
     assert ddp["gradients"].keys() == single["gradients"].keys()
@@ -104,7 +78,6 @@ def test_ddp_training_and_validation_bleu_equal_a_single_process_decode(toy_corp
     assert single["bleu"] == pytest.approx(best, abs=0.006)  # evaluate rounds to 2 decimals
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["rank 1", "rank 0"])
 def test_a_dead_rank_stops_the_others_instead_of_hanging(toy_corpus_dir, tmp_path, victim):
     run_dir = tmp_path / "run"
@@ -173,7 +146,6 @@ class psutil_free_process:
         os.kill(self.pid, signal.SIGKILL)
 
 
-@pytest.mark.slow
 def test_ranks_that_disagree_on_the_run_directory_are_an_error(toy_corpus_dir, tmp_path):
     """torchrun without hydra.run.dir: each rank would make its own timestamped directory."""
     port = free_port()
@@ -204,7 +176,6 @@ def test_ranks_that_disagree_on_the_run_directory_are_an_error(toy_corpus_dir, t
     assert "hydra.run.dir" in errors[0].splitlines()[-1]
 
 
-@pytest.mark.slow
 def test_torchrun_trains_two_processes(toy_corpus_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = run(
@@ -225,7 +196,6 @@ def test_torchrun_trains_two_processes(toy_corpus_dir, tmp_path):
     assert not list(run_dir.glob("train_ddp_process_*"))  # torchrun started both ranks, Lightning none
 
 
-@pytest.mark.slow
 def test_two_node_rendezvous_on_localhost(toy_corpus_dir, tmp_path):
     """Two torchrun agents (one per "node", one process each) meet at a c10d rendezvous."""
     run_dir = tmp_path / "run"
@@ -261,7 +231,6 @@ def test_two_node_rendezvous_on_localhost(toy_corpus_dir, tmp_path):
     assert checkpoint["global_step"] == 12
 
 
-@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_two_job_sweep(toy_corpus_dir, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep_dir = tmp_path / "sweep"
@@ -284,7 +253,6 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(toy_corpus_dir, tmp_path):
     assert {OmegaConf.load(sweep_dir / job / "config.yaml").seed for job in ("0", "1")} == {1, 2}
 
 
-@pytest.mark.slow
 def test_sbatch_script_runs_two_slurm_tasks_and_a_requeued_job_resumes(toy_corpus_dir, tmp_path):
     """scripts/slurm/train.sbatch under a stand-in ``srun`` that starts 2 tasks with SLURM's variables."""
     fake_bin = tmp_path / "bin"

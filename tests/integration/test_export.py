@@ -12,8 +12,7 @@ from mt.data.tokenizer import EOS_ID, PAD_ID
 from mt.decode.search import beam_search, greedy_search
 from mt.model.checkpoint import load_checkpoint
 from tests.conftest import toy_pairs
-from tests.test_cli import ROOT
-from tests.test_pipeline import fit_tiny
+from tests.helpers import ROOT, fit_tiny
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 
 from mt.cli import to_typed
 from mt.config import EvaluateConfig, TrainConfig, TranslateConfig, register_configs
 from mt.errors import ConfigError
+from tests.helpers import CONF, compose_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()
-
-
-def compose_config(name: str, overrides: list[str]):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(name, overrides=overrides)
 
 
 def options(group: str) -> list[str]:
