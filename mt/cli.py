@@ -10,7 +10,6 @@ stderr, ``error: <message>``, and exit status 2.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -42,15 +41,16 @@ def to_typed(cfg: DictConfig, cls: type[T]) -> T:
     return config
 
 
-def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]], Callable[[], R | None]]:
+def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]], Callable[[], None]]:
     """Make ``run(config: schema)`` the command ``python -m mt.<config_name>``; returns its ``main()``.
 
-    ``main()`` is what the console script and ``__main__`` call. Its return value is ``run``'s (Hydra
-    sweepers optimise it). Hydra prints its own errors over several lines and exits with 1 unless
-    ``HYDRA_FULL_ERROR`` makes it raise them: set for the call, they are caught and reported here.
+    ``main()`` is what the console script and ``__main__`` call. What ``run`` returns goes to Hydra, whose
+    sweepers optimise it (``main()`` itself returns nothing). Hydra prints its own errors over several lines
+    and exits with 1 unless ``HYDRA_FULL_ERROR`` makes it raise them: set for the call, they are caught and
+    reported here.
     """
 
-    def decorate(run: Callable[[T], R]) -> Callable[[], R | None]:
+    def decorate(run: Callable[[T], R]) -> Callable[[], None]:
         import hydra
 
         @functools.wraps(run)
@@ -64,14 +64,14 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
         hydra_task = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
 
         @functools.wraps(run)
-        def main() -> R | None:
+        def main() -> None:
             from hydra.errors import HydraException
 
             register_configs()
             previous = os.environ.get("HYDRA_FULL_ERROR")
             os.environ["HYDRA_FULL_ERROR"] = "1"
             try:
-                return hydra_task()
+                hydra_task()
             except (HydraException, OmegaConfBaseException) as error:
                 print(f"error: {_one_line(error)}", file=sys.stderr)
                 sys.exit(2)
@@ -93,9 +93,3 @@ def _one_line(error: BaseException) -> str:
     if cause is not None and str(cause).strip():
         message += f" ({str(cause).strip().splitlines()[0]})"
     return message
-
-
-def quiet_library_logs() -> None:
-    """Keep third-party info chatter off the console of the evaluation tools."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)

@@ -39,6 +39,15 @@ def raise_recompile_limit(limit: int) -> None:
     config.recompile_limit = max(config.recompile_limit, limit)
 
 
+def tensor_version(tensor: Tensor) -> int:
+    """The in-place modification counter of ``tensor`` (``Tensor._version``), -1 for an inference tensor
+    (which has none): a cache keyed by it is rebuilt after an optimiser step changes the weight in place."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
+
+
 def onednn_linear_available() -> bool:
     """Whether this torch build has oneDNN's packed linear (CPU builds with mkldnn, torch >= 2.1)."""
     try:

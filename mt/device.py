@@ -23,9 +23,6 @@ def prepare_cuda(*, tf32: bool = True) -> None:
       ``torch.set_float32_matmul_precision``, the API Lightning reads: setting the newer
       ``torch.backends.cuda.matmul.fp32_precision`` instead makes torch >= 2.9 raise when Lightning then
       calls ``torch.get_float32_matmul_precision()`` ("mix of the legacy and new APIs"), at every GPU start.
-
-    (Here, not in mt.train: Hydra's submitit launcher pickles mt.train's functions by value when it
-    runs as __main__, and torch.backends is a module object that cannot be pickled.)
     """
     if not torch.cuda.is_available():
         return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from mt.cli import entry_point, quiet_library_logs
+from mt.cli import entry_point
 from mt.config import EvaluateConfig, with_beam
 from mt.decode.scoring import score_checkpoint
 from mt.device import set_threads
@@ -18,7 +18,6 @@ from mt.device import set_threads
 @entry_point("evaluate", EvaluateConfig)
 def main(config: EvaluateConfig) -> None:
     set_threads(config.threads)
-    quiet_library_logs()
     result = score_checkpoint(
         config.checkpoint,
         search=with_beam(config.search, config.beam),

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mt.atomic import refuse_to_overwrite
-from mt.cli import entry_point, quiet_library_logs
+from mt.cli import entry_point
 from mt.compat import ctranslate2_convert
 from mt.config import ExportConfig, ModelConfig
 from mt.data.tokenizer import Tokenizer
@@ -114,7 +114,6 @@ def export_ctranslate2(checkpoint: str | Path, output: str | Path, *, quantizati
 
 @entry_point("export", ExportConfig)
 def main(config: ExportConfig) -> None:
-    quiet_library_logs()
     output = Path(config.output)
     refuse_to_overwrite(output, overwrite=config.overwrite, directory=True)
     try:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from mt.atomic import atomic_write
-from mt.cli import entry_point, quiet_library_logs
+from mt.cli import entry_point
 from mt.config import DataConfig, ReportConfig, SearchConfig, from_dict
 from mt.data.corpus import load_split
 from mt.decode.metrics import scores
@@ -233,7 +233,6 @@ def write_report(report: dict, output_dir: Path) -> None:
 @entry_point("report", ReportConfig)
 def main(config: ReportConfig) -> None:
     set_threads(config.threads)
-    quiet_library_logs()
     report = build_report(config)
     output_dir = Path(config.output_dir or config.run or config.runs[0])
     write_report(report, output_dir)

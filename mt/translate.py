@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from mt.cli import entry_point, quiet_library_logs
+from mt.cli import entry_point
 from mt.config import TranslateConfig, with_beam, with_nbest
 from mt.data.readers import read_lines
 from mt.decode.translator import sampling_generator, translate
@@ -52,7 +52,6 @@ def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 @entry_point("translate", TranslateConfig)
 def main(config: TranslateConfig) -> None:
     set_threads(config.threads)
-    quiet_library_logs()
     search = with_nbest(with_beam(config.search, config.beam), config.nbest)
     lines = read_lines(config.input) if config.input else stdin_lines()  # a bad input= fails before the load
     model, loaded = load_translator(config.checkpoint, config.ensemble)

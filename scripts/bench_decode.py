@@ -162,12 +162,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    module = load_checkpoint(args.checkpoint)
-    tokenizer, model = module.tokenizer, module.model
+    loaded = load_checkpoint(args.checkpoint)
+    tokenizer, model = loaded.tokenizer, loaded.model
     if args.source:
         sources, references = read_lines(args.source), read_lines(args.reference)
     else:
-        text = load_split(from_dict(DataConfig, module.data), "test")
+        text = load_split(from_dict(DataConfig, loaded.data), "test")
         sources, references = text.src, text.tgt
     sources, references = sources[: args.sentences], references[: args.sentences]
     src_ids = tokenizer.encode_src(sources)
@@ -203,9 +203,9 @@ def main() -> None:
     forced_ids = sorted(src_ids[: args.forced_sentences], key=len)
     torch.manual_seed(0)
     vocab = {"src_vocab_size": tokenizer.src_vocab_size, "tgt_vocab_size": tokenizer.tgt_vocab_size}
-    random_mt = Transformer(module.model_config, **vocab).eval()
+    random_mt = Transformer(loaded.model_config, **vocab).eval()
     torch.manual_seed(0)
-    marian = hf_marian(module.model_config, tokenizer.tgt_vocab_size)
+    marian = hf_marian(loaded.model_config, tokenizer.tgt_vocab_size)
     forced_search = {  # length - 1 tokens, then EOS: ``length`` decoder steps, as HF's ``length`` new tokens
         beam: SearchConfig(beam=beam, length_penalty_type="none", min_len=length - 1, max_len_a=0.0, max_len_b=length)
         for beam in (1, 5)

@@ -35,7 +35,9 @@ def train_report(run_dir: Path, peak_tflops: float | None) -> None:
     rates = [row["train/tgt_tokens_per_s"] for row in rows]
     if not rates:
         raise SystemExit(f"{run_dir}/csv/metrics.csv: no train/tgt_tokens_per_s rows")
-    ckpt = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    from mt.model.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(run_dir / "checkpoints/last.ckpt")
     hparams = ckpt["hyper_parameters"]
     m, vocab = hparams["model"], hparams["tgt_vocab_size"]
     d, ff = m["d_model"], m["d_ff"]
@@ -65,10 +67,10 @@ def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: in
 
     logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # synthetic references end in a spaced period
     device = best_device()
-    model, module = load_translator(checkpoint)
+    model, loaded = load_translator(checkpoint)
     model = model.to(device)
     src_text, ref_text = read_lines(str(source))[:sentences], read_lines(str(reference))[:sentences]
-    src = module.tokenizer.encode_src(src_text)
+    src = loaded.tokenizer.encode_src(src_text)
     print(f"decode {len(src)} sentences on {device}: sentences/s, output tokens/s, BLEU", flush=True)
     for bf16 in (False, True):
         for beam in beams:
@@ -85,7 +87,7 @@ def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: in
                         torch.cuda.synchronize()
                     seconds = time.perf_counter() - start
                 tokens = sum(len(n[0].tokens) + 1 for n in hyps)
-                bleu = scores(module.tokenizer.decode_tgt([n[0].tokens for n in hyps]), ref_text)["bleu"]
+                bleu = scores(loaded.tokenizer.decode_tgt([n[0].tokens for n in hyps]), ref_text)["bleu"]
                 name = "bfloat16" if bf16 else "float32"
                 print(
                     f"  {name:8s} beam {beam}  {source_tokens:5d} source tokens a batch: "

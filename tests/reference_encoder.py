@@ -25,6 +25,22 @@ def from_lists(src: list[list[int]], tgt: list[list[int]], index: np.ndarray | N
     return EncodedCorpus(src_tokens, src_offsets, tgt_tokens, tgt_offsets, index)
 
 
+def select(corpus: EncodedCorpus, keep: np.ndarray) -> EncodedCorpus:
+    """The pairs at positions ``keep`` (sorted, unique), keeping their line numbers (``index``)."""
+    chosen = np.zeros(len(corpus), dtype=bool)
+    chosen[keep] = True
+
+    def pick(tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lengths = np.diff(offsets)
+        new_offsets = np.zeros(int(chosen.sum()) + 1, dtype=np.int64)
+        np.cumsum(lengths[chosen], out=new_offsets[1:])
+        return tokens[np.repeat(chosen, lengths)], new_offsets
+
+    src_tokens, src_offsets = pick(corpus.src_tokens, corpus.src_offsets)
+    tgt_tokens, tgt_offsets = pick(corpus.tgt_tokens, corpus.tgt_offsets)
+    return EncodedCorpus(src_tokens, src_offsets, tgt_tokens, tgt_offsets, corpus.index[chosen])
+
+
 def prepare_split(cfg: DataConfig, split: str, tokenizer: Tokenizer, *, text: ParallelText | None = None):
     """Every pair of ``split`` encoded (no BOS/EOS), the training split cleaned as ``cfg`` says."""
     text = text if text is not None else load_split(cfg, split)
@@ -34,4 +50,4 @@ def prepare_split(cfg: DataConfig, split: str, tokenizer: Tokenizer, *, text: Pa
     keep, _ = cleaning_mask(
         corpus.src_lengths, corpus.tgt_lengths, min_len=cfg.min_len, max_len=cfg.max_len, max_ratio=cfg.max_len_ratio
     )
-    return corpus.select(np.flatnonzero(keep))
+    return select(corpus, np.flatnonzero(keep))

@@ -28,14 +28,15 @@ class Batch:
     """Padded tensors of one batch; ``True`` in a pad mask marks padding.
 
     Shapes: ``src_ids`` (B, S) ends each sentence with EOS; ``tgt_in`` (B, T) is BOS + target;
-    ``tgt_out`` (B, T) is target + EOS; ``positions`` (B,) are the pairs' positions in their corpus.
+    ``tgt_out`` (B, T) is target + EOS; ``corpus_positions`` (B,) are the pairs' positions in their
+    corpus (kept on the host).
     """
 
     src_ids: torch.Tensor
     src_pad_mask: torch.Tensor
     tgt_in: torch.Tensor | None
     tgt_out: torch.Tensor | None
-    positions: torch.Tensor
+    corpus_positions: torch.Tensor
     tgt_token_count: int = 0  # non-pad target tokens (EOS included), known on the host at collation
 
     @property
@@ -52,7 +53,7 @@ class Batch:
             move(self.src_pad_mask),
             move(self.tgt_in),
             move(self.tgt_out),
-            move(self.positions),
+            self.corpus_positions,
             self.tgt_token_count,
         )
 
@@ -106,8 +107,8 @@ class PairDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def collate(items: list[tuple[np.ndarray, np.ndarray, int]]) -> Batch:
-        src, tgt, ids = zip(*items)
-        return collate(src, tgt, ids)
+        src, tgt, positions = zip(*items)
+        return collate(src, tgt, positions)
 
 
 def token_batches(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from mt.config import DataConfig
 from mt.data.readers import local_split
 from mt.data.tokenizer import Tokenizer
 from mt.errors import DataError
-
-log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 CACHE_LAYOUT = 2  # bump when the encoded cache's format changes: old caches are then rebuilt
@@ -151,21 +148,6 @@ class EncodedCorpus:
 
     def tgt(self, i: int) -> np.ndarray:
         return self.tgt_tokens[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
-
-    def select(self, keep: np.ndarray) -> EncodedCorpus:
-        """The pairs at positions ``keep`` (sorted, unique), without a Python loop over pairs."""
-        chosen = np.zeros(len(self), dtype=bool)
-        chosen[keep] = True
-
-        def pick(tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            lengths = np.diff(offsets)
-            new_offsets = np.zeros(int(chosen.sum()) + 1, dtype=np.int64)
-            np.cumsum(lengths[chosen], out=new_offsets[1:])
-            return tokens[np.repeat(chosen, lengths)], new_offsets
-
-        src_tokens, src_offsets = pick(self.src_tokens, self.src_offsets)
-        tgt_tokens, tgt_offsets = pick(self.tgt_tokens, self.tgt_offsets)
-        return EncodedCorpus(src_tokens, src_offsets, tgt_tokens, tgt_offsets, self.index[chosen])
 
 
 @dataclass

@@ -8,7 +8,6 @@ alone is enough to translate.
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,8 +16,6 @@ import sentencepiece as spm
 from mt.atomic import atomic_write
 from mt.data.sampling import reservoir_sample
 from mt.errors import TokenizerError
-
-log = logging.getLogger(__name__)
 
 # Special ids, fixed for every model this package trains.
 PAD_ID = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,22 +50,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class Checkpoint:
-    """A trained model as decoding needs it. ``data`` and ``search`` are the configs (plain dicts) the
-    model was trained and validated with; ``val_metrics`` its validation scores, where it was saved
-    right after a validation."""
+    """A trained model as decoding needs it; ``data`` is the data config (a plain dict) it was trained on."""
 
-    path: Path
     model: Transformer
     tokenizer: Tokenizer
     model_config: ModelConfig
-    step: int | None = None
     data: dict | None = None
-    search: dict | None = None
-    val_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """The model (in eval mode) and tokenizer stored in ``path``.
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """The model (in eval mode, on the CPU) and tokenizer stored in ``path``.
 
     Raises ``CheckpointError`` (one line, naming the file) for a missing, truncated or foreign file,
     weights that do not fit the stored hyperparameters, and a tokenizer whose vocabulary does not fit
@@ -96,16 +90,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     except RuntimeError as error:
         raise CheckpointError(_weights_mismatch(path, error)) from None
     _check_vocabularies(path, model, tokenizer)
-    return Checkpoint(
-        path=path,
-        model=model.to(map_location).eval(),
-        tokenizer=tokenizer,
-        model_config=model_config,
-        step=stored.get("global_step"),
-        data=hyper.get("data"),
-        search=hyper.get("search"),
-        val_metrics=dict(stored.get("val_metrics") or {}),
-    )
+    return Checkpoint(model=model.eval(), tokenizer=tokenizer, model_config=model_config, data=hyper.get("data"))
 
 
 def load_translator(checkpoint: str | Path, ensemble: Sequence[str | Path] = ()) -> tuple[nn.Module, Checkpoint]:

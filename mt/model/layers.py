@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mt.compat import onednn_linear, onednn_linear_available, onednn_pack_linear_weight
+from mt.compat import onednn_linear, onednn_linear_available, onednn_pack_linear_weight, tensor_version
 
 
 def attention_mask(key_pad_mask: Tensor | None) -> Tensor | None:
@@ -251,11 +251,7 @@ class OutputProjection(nn.Linear):
 
     def _packed_weight(self) -> Tensor:
         weight = self.weight
-        try:
-            version = weight._version
-        except RuntimeError:  # an inference tensor has no version counter
-            version = -1
-        key = (weight.data_ptr(), version, weight.shape)
+        key = (weight.data_ptr(), tensor_version(weight), weight.shape)
         if self._packed is None or self._packed[0] != key:
             self._packed = (key, onednn_pack_linear_weight(weight, 64))
         return self._packed[1]

@@ -2,7 +2,7 @@
 
 The module builds its own network from plain config values saved as hyperparameters, and stores
 the tokenizer's models in every checkpoint, so ``mt.model.checkpoint.load_checkpoint`` rebuilds a
-working translator from the ``.ckpt`` file alone (and Lightning's ``load_from_checkpoint`` the module).
+working translator from the ``.ckpt`` file alone.
 Each reliability guarantee lives in a component of its own: ``NonFiniteGuard`` (skipped non-finite
 updates, clipping), ``StepLog`` (logs that reach as far as the checkpoints), ``Throughput``; the random
 states and ``last.ckpt`` are callbacks (``mt.training.rng``, ``mt.training.checkpointing``).
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,8 @@ class TranslationModule(L.LightningModule):
         self._validated_at_step = -1
 
     def setup(self, stage: str) -> None:
+        # Values logged under DDP are already reduced by hand (all-reduce of sums, gathered hypotheses).
+        warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
         if self.trainer.world_size > 1:  # e.g. torchrun ranks that each made their own timestamped run dir
             run_dirs = gather_objects(str(Path(self.trainer.default_root_dir).resolve()))
             if len(set(run_dirs)) > 1:
@@ -217,7 +220,10 @@ class TranslationModule(L.LightningModule):
         (the fused kernel unscales them itself)."""
         if self.device.type != "cuda":
             return False
-        precision = str(self.trainer.precision) if self._trainer is not None else ""
+        try:
+            precision = str(self.trainer.precision)
+        except RuntimeError:  # no trainer attached (e.g. the optimizers built outside fit)
+            precision = ""
         return self.clips_itself(precision) or self.optim_cfg.clip_norm <= 0
 
     def on_train_start(self) -> None:

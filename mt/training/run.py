@@ -8,10 +8,8 @@ The run directory (``hydra.run.dir``) receives ``config.yaml`` (the resolved con
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -33,9 +31,7 @@ from mt.training.module import TranslationModule
 from mt.training.plots import plot_learning_curve
 from mt.training.preemption import REQUEUE_SIGNALS, Preempted, PreemptionCallback, requeue_slurm_job
 from mt.training.resume import check_same_model, resume_checkpoint
-from mt.training.trainer import build_trainer, is_collective_failure
-
-log = logging.getLogger(__name__)
+from mt.training.trainer import build_trainer
 
 
 def train(config: TrainConfig, run_dir: Path) -> dict | None:
@@ -93,10 +89,9 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     trainer = None
     try:
         trainer, best_checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None, preemption=preemption)
-        with warnings.catch_warnings():
-            # Values logged under DDP are already reduced by hand (all-reduce of sums, gathered hypotheses).
-            warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except RunError:
+        raise
     except Preempted as stop:
         if trainer.is_global_zero:
             print(f"preempted: {stop}", file=sys.stderr, flush=True)
@@ -144,8 +139,6 @@ def build_module(config: TrainConfig, tokenizer: Tokenizer) -> TranslationModule
 def as_run_error(error: Exception, config: TrainConfig, *, rank: int) -> RunError | None:
     """The one-line error for what went wrong inside ``fit`` because of the config or the cluster, or
     None for anything else (a bug, which keeps its traceback)."""
-    if isinstance(error, RunError):
-        return error
     if isinstance(error, MisconfigurationException):  # e.g. trainer=gpu on a machine without one
         return RunError(f"trainer: {str(error).splitlines()[0]}")
     batches = val_check_interval_overflow(error)
@@ -161,3 +154,11 @@ def as_run_error(error: Exception, config: TrainConfig, *, rank: int) -> RunErro
             f"(timeout trainer.collective_timeout_s={config.trainer.collective_timeout_s}): {first_line}"
         )
     return None
+
+
+def is_collective_failure(error: RuntimeError) -> bool:
+    """Whether ``error`` comes from torch.distributed: a peer that died, hung or timed out."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    text = str(error)
+    return any(marker in text for marker in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer"))

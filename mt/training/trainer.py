@@ -6,7 +6,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -116,11 +115,3 @@ def log_version(run_dir: Path, resuming: bool) -> str:
     while (run_dir / "csv" / f"resume_{k}").exists():
         k += 1
     return f"resume_{k}"
-
-
-def is_collective_failure(error: RuntimeError) -> bool:
-    """Whether ``error`` comes from torch.distributed: a peer that died, hung or timed out."""
-    if isinstance(error, torch.distributed.DistError):
-        return True
-    text = str(error)
-    return any(marker in text for marker in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer"))

@@ -69,7 +69,7 @@ def with_changes(checkpoint: Path, target: Path, **changes) -> Path:
 
 
 def assert_user_error(error: BaseException, *fragments: str) -> None:
-    """What ``mt.cli.reports_errors`` prints as one ``error: ...`` line with exit status 2."""
+    """What ``mt.cli.entry_point`` prints as one ``error: ...`` line with exit status 2."""
     assert isinstance(error, (*USER_ERRORS, RunError)), f"{type(error).__name__}: {error}"
     message = str(error)
     assert "\n" not in message, message

@@ -50,7 +50,7 @@ def test_batches_are_reshuffled_every_epoch_under_the_trainer(toy_corpus_dir, tm
             self.epochs: dict[int, list[list[int]]] = {}
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self.epochs.setdefault(trainer.current_epoch, []).append(batch.positions.tolist())
+            self.epochs.setdefault(trainer.current_epoch, []).append(batch.corpus_positions.tolist())
 
     recorder = Recorder()
     fit_tiny(toy_corpus_dir, tmp_path, max_epochs=2, callbacks=[recorder])

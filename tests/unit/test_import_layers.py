@@ -79,6 +79,46 @@ def test_no_module_imports_a_higher_layer(module):
     assert upward == [], f"{module} ({list(LAYERS)[rank or 0]}) imports {upward}"
 
 
+DECODING = ("mt.translate", "mt.evaluate", "mt.report", "mt.average", "mt.export")
+
+
+def closure(module: str) -> set[str]:
+    """``module`` and every mt module it imports, directly or not."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in MODULES:
+            continue
+        seen.add(name)
+        todo.extend(GRAPH[name])
+    return seen
+
+
+def libraries_in(module: str) -> set[str]:
+    """The top-level packages that ``module`` imports anywhere in its source."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("command", DECODING)
+def test_decoding_commands_reach_neither_lightning_nor_the_training_code(command):
+    """Everything a decoding command can import, in any function, holds no Lightning and no mt.training:
+    a checkpoint loads straight into the model and tokenizer."""
+    reached = closure(command)
+    assert sorted(m for m in reached if m == "mt.training" or m.startswith("mt.training.")) == []
+    lightning = sorted(m for m in reached if libraries_in(m) & {"lightning", "lightning_fabric", "pytorch_lightning"})
+    assert lightning == []
+
+
+def test_the_entry_point_shape_imports_only_the_core():
+    assert GRAPH["mt.cli"] <= set(LAYERS["core"])
+
+
 def test_the_leaves_import_nothing_of_mt():
     assert {leaf: sorted(GRAPH[leaf]) for leaf in LEAVES} == {leaf: [] for leaf in LEAVES}
     assert GRAPH["mt.config"] <= {"mt.errors"} and GRAPH["mt.atomic"] <= {"mt.errors"}
@@ -108,4 +148,3 @@ def test_the_walker_sees_imports_in_functions_type_checking_blocks_and_relative_
         "class C:\n    def g(self):\n        from ..decode.search import beam_search\n"
     )
     assert imports_in(source, "mt.model") == {"mt.cli", "mt.training.run", "mt.train", "mt.decode.search"}
-    assert layer_of("mt.training.run") > layer_of("mt.model.layers")

@@ -89,7 +89,7 @@ def test_collate_adds_bos_eos_and_pads():
     assert batch.src_pad_mask.tolist() == [[False, False, False], [False, False, True]]
     assert batch.tgt_in.tolist() == [[BOS_ID, 8, PAD_ID, PAD_ID], [BOS_ID, 9, 10, 11]]
     assert batch.tgt_out.tolist() == [[8, EOS_ID, PAD_ID, PAD_ID], [9, 10, 11, EOS_ID]]
-    assert batch.positions.tolist() == [4, 2]
+    assert batch.corpus_positions.tolist() == [4, 2]
     assert batch.tgt_token_count == int(batch.num_tgt_tokens) == 6
     assert batch.to("cpu").src_ids.dtype == torch.long
 

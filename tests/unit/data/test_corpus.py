@@ -11,7 +11,7 @@ from mt.config import DataConfig, from_dict
 from mt.data.corpus import cleaning_mask, load_split
 from mt.errors import DataError
 from tests.conftest import toy_pairs, write_text_corpus
-from tests.reference_encoder import from_lists
+from tests.reference_encoder import from_lists, select
 
 
 def data_config(path, **values) -> DataConfig:
@@ -99,6 +99,6 @@ def test_cleaning_counts_each_reason():
 
 def test_encoded_corpus_select_keeps_original_line_numbers():
     corpus = from_lists([[5], [6, 7], [8]], [[9], [10], [11, 12]])
-    chosen = corpus.select(np.array([0, 2]))
+    chosen = select(corpus, np.array([0, 2]))
     assert chosen.index.tolist() == [0, 2]
     assert chosen.tgt(1).tolist() == [11, 12] and chosen.src_lengths.tolist() == [1, 1]

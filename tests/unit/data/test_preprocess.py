@@ -1,4 +1,4 @@
-"""The large-corpus path (mt.data.preprocess): same results as mt.data.corpus.prepare_split, cached, streamed."""
+"""The encoding path (mt.data.preprocess): the plain in-memory encoder's results, cached, streamed."""
 
 from __future__ import annotations
 
