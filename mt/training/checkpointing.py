@@ -34,13 +34,36 @@ class LastCheckpoint(ModelCheckpoint):
     below, a run killed before its end had no ``last.ckpt`` to resume from. And Lightning forgets the
     step it last saved at, so the first batch after a resume, inside an accumulation window, would
     save a checkpoint whose data position is ahead of its weights.
+
+    The final update and an epoch's last update are saved when they end (``on_train_batch_end``), not at
+    ``on_train_end`` / ``on_train_epoch_end``: from those, Lightning restarts in a loop state that does not
+    match the data position (a run stopped inside an epoch by ``max_steps`` or ``max_time`` counts as
+    having finished it, and a restart at an epoch's end trains one batch more in it), and the resumed run
+    differed from an uninterrupted one. Saved at the batch's end, the checkpoint resumes as every mid-run
+    save does.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._step_at_batch_end = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         mark_checkpoint_saved(self, trainer.global_step)
+        self._step_at_batch_end = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)  # the every_n_train_steps saves
+        stepped = trainer.global_step != self._step_at_batch_end  # an update ended (not inside accumulation)
+        self._step_at_batch_end = trainer.global_step
+        last_update = 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop
+        if stepped and (last_update or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+            save_last_checkpoint(self, trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After a validation at the step just saved (an epoch's last batch, the last update), save again:
+        # last.ckpt then carries the validation scores of its weights.
+        mark_checkpoint_saved(self, -1)
         super().on_validation_end(trainer, pl_module)
         save_last_checkpoint(self, trainer)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
+import mt.training.run
 from mt.training.checkpointing import AtomicCheckpointIO
 from mt.training.run import train
 from tests.conftest import tiny_train_config
@@ -14,7 +16,13 @@ from tests.helpers import losses
 
 
 def run(
-    data_dir: Path, run_dir: Path, max_steps: int, resume: str | None = None, every: int = 1, accumulate: int = 1
+    data_dir: Path,
+    run_dir: Path,
+    max_steps: int,
+    resume: str | None = None,
+    every: int | None = 1,
+    accumulate: int = 1,
+    **trainer: object,
 ) -> None:
     config = tiny_train_config(
         data_dir,
@@ -28,36 +36,96 @@ def run(
             "validation.decode": "none",
             "test_after_training": False,
             "resume": resume,
+            **{f"trainer.{key}": value for key, value in trainer.items()},
         },
     )
     train(config, run_dir)
 
 
-# The toy corpus makes 25 batches an epoch at max_tokens=300.
-@pytest.mark.parametrize(
-    "stop,every",
-    [(23, 1), (25, 5)],
-    ids=["mid-epoch", "last batch of an epoch"],
-)
-def test_resume_equals_uninterrupted_run(toy_corpus_dir, tmp_path, stop, every):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(toy_corpus_dir, straight, 40, every=every)
-    run(toy_corpus_dir, resumed, stop, every=every)
-    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == stop
-    run(toy_corpus_dir, resumed, 40, resume="auto", every=every)
-
+def assert_same_run(straight: Path, resumed: Path, steps: int) -> None:
+    """The same loss at every step, and the same final parameters, as the uninterrupted run."""
     expected = losses(straight / "csv/metrics.csv")
     got = {**losses(resumed / "csv/metrics.csv"), **losses(resumed / "csv/resume_1/metrics.csv")}
-    assert sorted(got) == sorted(expected) == list(range(40))
+    assert sorted(got) == sorted(expected) == list(range(steps))
     for step in expected:
         assert abs(got[step] - expected[step]) < 1e-5, (step, got[step], expected[step])
-
     final_straight = torch.load(straight / "checkpoints/last.ckpt", weights_only=False)
     final_resumed = torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)
-    assert final_resumed["global_step"] == final_straight["global_step"] == 40
+    assert final_resumed["global_step"] == final_straight["global_step"] == steps
     for name, tensor in final_straight["state_dict"].items():
         torch.testing.assert_close(final_resumed["state_dict"][name], tensor, rtol=1e-5, atol=1e-6)
-    assert not list(resumed.glob("checkpoints/.*tmp*"))  # no temporary files left behind
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAt(L.Callback):
+    """Stops the process (an exception) when the update ``step`` is about to start: a crash after every
+    checkpoint of the steps before it was written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise Killed
+
+
+class StopAt(L.Callback):
+    """Asks the trainer to stop after the update ``step``, as Lightning's time limit (``max_time``) and early
+    stopping do: from a callback that runs before the checkpoint writers."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+def with_callback(monkeypatch, callback: L.Callback) -> None:
+    """Runs of ``mt.training.run.train`` get ``callback`` first among their callbacks."""
+    build_trainer = mt.training.run.build_trainer
+
+    def with_it(*args, **kwargs):
+        trainer, best = build_trainer(*args, **kwargs)
+        trainer.callbacks.insert(0, callback)
+        return trainer, best
+
+    monkeypatch.setattr(mt.training.run, "build_trainer", with_it)
+
+
+# Each writer of last.ckpt, alone: the run stops (or is killed) after it wrote, and resumes from it. The toy corpus
+# makes 25 batches an epoch at max_tokens=300; validation (loss only) runs at each epoch end unless told otherwise.
+@pytest.mark.parametrize(
+    "writer,first_run,saved,trainer",
+    [
+        ("end of training at max_steps", {"max_steps": 23}, 23, {"limit_val_batches": 0}),
+        ("end of training, stopped early", {"stop": 17}, 17, {"limit_val_batches": 0}),
+        ("validation", {"kill": 24}, 21, {"val_check_interval": 7, "check_val_every_n_epoch": None}),
+        ("epoch end", {"kill": 27}, 25, {"limit_val_batches": 0}),
+        ("validation at the epoch end", {"kill": 27}, 25, {}),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_resume_from_each_writer_of_last_ckpt_equals_uninterrupted_run(
+    toy_corpus_dir, tmp_path, monkeypatch, writer, first_run, saved, trainer
+):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(toy_corpus_dir, straight, 40, every=None, **trainer)
+    if "kill" in first_run:
+        with_callback(monkeypatch, KillAt(first_run["kill"]))
+        with pytest.raises(Killed):
+            run(toy_corpus_dir, resumed, 40, every=None, **trainer)
+    else:
+        if "stop" in first_run:
+            with_callback(monkeypatch, StopAt(first_run["stop"]))
+        run(toy_corpus_dir, resumed, first_run.get("max_steps", 40), every=None, **trainer)
+    monkeypatch.undo()
+    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == saved
+    run(toy_corpus_dir, resumed, 40, resume="auto", every=None, **trainer)
+    assert_same_run(straight, resumed, 40)
 
 
 def test_resume_with_gradient_accumulation_never_saves_inside_a_window(toy_corpus_dir, tmp_path, monkeypatch):
@@ -86,10 +154,6 @@ def test_resume_with_gradient_accumulation_never_saves_inside_a_window(toy_corpu
     final_resumed = torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
     for name, tensor in final_straight.items():
         torch.testing.assert_close(final_resumed[name], tensor, rtol=1e-5, atol=1e-6)
-
-
-class Killed(Exception):
-    pass
 
 
 def test_a_crash_between_a_checkpoint_and_its_step_log_leaves_no_hole_in_the_log(toy_corpus_dir, tmp_path, monkeypatch):
