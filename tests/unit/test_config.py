@@ -30,6 +30,41 @@ def test_every_trainer_search_and_debug_option_composes(group):
         assert isinstance(config, TrainConfig)
 
 
+def leaves(node, prefix: str = "") -> dict:
+    """The dotted keys and values of a plain nested dict."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_with_each_value_its_file_sets(experiment):
+    """Each value an experiment file (and the experiment it extends) sets arrives in the typed config."""
+    from omegaconf import OmegaConf
+
+    config = to_typed(compose_config("train", [f"experiment={experiment}"]), TrainConfig)
+    composed = leaves(OmegaConf.to_container(OmegaConf.structured(config)))
+    files, expected = [experiment], {}
+    while files:  # an experiment's own defaults list may name another experiment, which it overrides
+        values = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{files.pop()}.yaml"))
+        defaults = values.pop("defaults", [])
+        expected = {**leaves(values), **expected}
+        files += [d for d in defaults if isinstance(d, str) and (CONF / "experiment" / f"{d}.yaml").is_file()]
+    assert expected
+    assert {key: composed.get(key, "<missing>") for key in expected} == expected
+
+
+def test_the_slurm_launcher_composes_into_submitits_launcher():
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.tasks_per_node, launcher.signal_delay_s) == ("gpu", 8, 120)
+
+
 def test_defaults_and_fixed_override_order():
     config = to_typed(compose_config("train", []), TrainConfig)
     assert (config.data.name, config.data.src_lang, config.data.tgt_lang) == ("multi30k", "de", "en")

@@ -421,3 +421,63 @@ def test_unscored_search_gives_the_scored_outputs(sampling, ensemble):
     assert [h.tokens for h in unscored] == [h.tokens for h in scored]
     assert all(h.score is None and h.log_prob is None for h in unscored)
     assert all(isinstance(h.score, float) for h in scored)
+
+
+def brute_force_outputs(model, src_ids, src_pad_mask, *, vocab: int, max_len: int) -> list[tuple[list[int], float]]:
+    """Every output a search may give (tokens other than PAD/BOS, EOS last, at most ``max_len`` tokens), each
+    with its log-probability from one teacher-forced forward pass (no cache, no search code), best first."""
+    import itertools
+
+    body_tokens = [t for t in range(vocab) if t not in (0, BOS_ID, EOS_ID)]  # PAD is 0
+    outputs = [[*body, EOS_ID] for length in range(max_len) for body in itertools.product(body_tokens, repeat=length)]
+    scored = []
+    with torch.no_grad():
+        for output in outputs:
+            tgt_in = torch.tensor([[BOS_ID, *output[:-1]]])
+            log_probs = model(src_ids, src_pad_mask, tgt_in).log_softmax(-1)[0]
+            scored.append((output, sum(log_probs[i, token].item() for i, token in enumerate(output))))
+    return sorted(scored, key=lambda item: -item[1])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_a_beam_wide_enough_returns_the_brute_force_ranking_of_every_output(alpha):
+    """On a small real model (6 tokens, outputs of at most 4), a beam wider than every set of candidates
+    keeps all of them: its n-best list is the exhaustive ranking, by log-probability, or with the GNMT
+    length penalty ((5 + length) / 6) ** alpha computed here by hand."""
+    model = random_model(3, vocab=6)
+    src_ids = torch.tensor([[4, 5, 4, EOS_ID]])
+    src_pad_mask = src_ids == 0
+    everything = brute_force_outputs(model, src_ids, src_pad_mask, vocab=6, max_len=4)
+    assert len(everything) == 1 + 3 + 9 + 27
+
+    def gnmt(output: list[int], log_prob: float) -> float:
+        return log_prob / ((5 + len(output)) / 6) ** alpha
+
+    expected = sorted(everything, key=lambda item: -gnmt(*item))[:10]
+    (nbest,) = beam_search(
+        model,
+        src_ids,
+        src_pad_mask,
+        beam=128,
+        nbest=10,
+        max_len_a=0.0,
+        max_len_b=4,
+        length_penalty_alpha=alpha,
+        length_penalty_type="gnmt",
+    )
+    assert [hyp.tokens for hyp in nbest] == [output[:-1] for output, _ in expected]  # tokens leave out EOS
+    assert_close(torch.tensor([hyp.score for hyp in nbest]), torch.tensor([gnmt(*item) for item in expected]))
+    (greedy,) = greedy_search(model, src_ids, src_pad_mask, max_len_a=0.0, max_len_b=4)
+    assert greedy.tokens == greedy_by_hand(model, src_ids, max_len=4)
+
+
+def greedy_by_hand(model, src_ids, *, max_len: int) -> list[int]:
+    """The most probable allowed token at each step, from full (uncached) forward passes; EOS at the limit."""
+    prefix, output = [BOS_ID], []
+    with torch.no_grad():
+        while not output or output[-1] != EOS_ID:
+            log_probs = model(src_ids, src_ids == 0, torch.tensor([prefix]))[0, -1].log_softmax(-1)
+            log_probs[[0, BOS_ID]] = -torch.inf
+            output.append(EOS_ID if len(output) == max_len - 1 else int(log_probs.argmax()))
+            prefix.append(output[-1])
+    return output[:-1]  # as hypotheses hold them: without EOS
