@@ -15,7 +15,7 @@ from mt.decode.scoring import score_checkpoint
 from mt.decode.search import beam_search, greedy_search
 from mt.errors import CheckpointError
 from mt.model.checkpoint import load_translator
-from mt.model.ensemble import Ensemble, combine
+from mt.model.ensemble import Ensemble
 from tests.conftest import random_batch, random_model, toy_pairs, write_text_corpus
 from tests.helpers import ROOT, fit_tiny
 
@@ -50,7 +50,9 @@ def test_ensemble_scores_are_the_teacher_forced_mean_of_its_members():
             tgt = torch.tensor([[BOS_ID, *hyp.tokens, EOS_ID]])
             src, mask = src_ids[row : row + 1], src_pad_mask[row : row + 1]
             per_member = [torch.log_softmax(m(src, mask, tgt[:, :-1]).float(), -1)[0] for m in members]
-            forced = combine(per_member).gather(-1, tgt[0, 1:, None]).sum().item()
+            mean = torch.stack(per_member).mean(0)  # the log-linear mixture, renormalised, written out here
+            mixture = mean - torch.logsumexp(mean, dim=-1, keepdim=True)
+            forced = mixture.gather(-1, tgt[0, 1:, None]).sum().item()
             assert hyp.log_prob == pytest.approx(forced, abs=1e-4)
 
 

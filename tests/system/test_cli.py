@@ -82,7 +82,8 @@ def test_train_writes_the_run_directory_and_prints_test_scores(trained_run):
     ):
         assert (run_dir / name).is_file(), name
     scores = json.loads(result.stdout.strip().splitlines()[-1])
-    assert scores["sentences"] == 100 and 0 <= scores["bleu"] <= 100
+    assert scores["sentences"] == 100
+    assert json.loads((run_dir / "test_scores.json").read_text()) == scores  # the printed line is the file's
     assert scores["bleu_signature"].startswith("nrefs:1|case:mixed")
 
 
@@ -104,6 +105,19 @@ def test_evaluate_files_writes_hypotheses_and_refuses_to_overwrite(trained_run, 
     assert scores["sentences"] == 100 and scores["beam"] == 2
     assert len(output.read_text().splitlines()) == 100
     assert json.loads(Path(f"{output}.scores.json").read_text())["bleu"] == scores["bleu"]
+    # sacreBLEU's own command line on the written hypotheses and the reference gives the same BLEU and chrF.
+    reference = tmp_path / "ref.en"
+    with gzip.open(multi30k_slice / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as handle:
+        reference.write_text(handle.read(), encoding="utf-8")
+    cli = subprocess.run(
+        [sys.executable, "-m", "sacrebleu", str(reference), "-i", str(output), "-m", "bleu", "chrf", "-b", "-w", "4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    # sacreBLEU prints "[bleu, chrf]" to 4 decimals; mt.evaluate reports them to 2
+    assert json.loads(cli.stdout) == pytest.approx([scores["bleu"], scores["chrf"]], abs=0.0051)
     before = output.read_text()
     again = run(*args)
     assert again.returncode == 2 and "exists" in again.stderr and "overwrite=true" in again.stderr

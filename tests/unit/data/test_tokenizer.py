@@ -62,3 +62,35 @@ def test_corrupt_model_is_a_clear_error():
         Tokenizer(b"\x00garbage")
     with pytest.raises(TokenizerError, match="holds no tokenizer"):
         Tokenizer.from_state({})
+
+
+def test_round_trip_on_real_multi30k_lines_with_umlauts_quotes_and_nfkc(multi30k_dir):
+    """German and English Multi30k lines come back as written, up to NFKC and runs of spaces (computed here
+    with unicodedata, not SentencePiece's normaliser); text with characters the model never saw comes back
+    with its unknown pieces marked, and everything around them intact."""
+    import gzip
+    import unicodedata
+
+    def lines(name: str, count: int) -> list[str]:
+        with gzip.open(multi30k_dir / name, "rt", encoding="utf-8") as handle:
+            return [line.rstrip("\n") for line, _ in zip(handle, range(count))]
+
+    de, en = lines("train.de.gz", 3000), lines("train.en.gz", 3000)
+    tokenizer = train_tokenizer(de, en, vocab_size=2000, joint=False)
+    umlauts = [s for s in de if any(c in s for c in "äöüÄÖÜß")]
+    assert len(umlauts) > 100
+    quoted = [s for s in de if "„" in s]  # typographic quotes, as Multi30k writes them
+    extra = [
+        "Ein Hund\u00a0läuft  im   Park.",
+        "Ｅｉｎ Ｍａｎｎ ﬁndet einen Ball.",
+    ]  # NBSP, spaces, fullwidth, ligature
+    assert quoted
+    for side, texts in (("src", umlauts[:300] + quoted + extra), ("tgt", en[:300])):
+        model = getattr(tokenizer, side)
+        decoded = [model.decode(ids) for ids in getattr(tokenizer, f"encode_{side}")(texts)]
+        expected = [" ".join(unicodedata.normalize("NFKC", t).split()) for t in texts]
+        assert decoded == expected
+    (ids,) = tokenizer.encode_src(["Ein Hund 犬 läuft."])
+    assert UNK_ID in ids
+    text = tokenizer.src.decode(ids)
+    assert text.startswith("Ein Hund") and text.endswith("läuft.") and "犬" not in text

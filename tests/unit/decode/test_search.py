@@ -10,7 +10,7 @@ import torch
 from torch.testing import assert_close
 
 from mt.data.tokenizer import BOS_ID, EOS_ID
-from mt.decode.search import beam_search, filter_logits, greedy_search, length_penalty, sample
+from mt.decode.search import beam_search, filter_logits, greedy_search, sample
 from tests.conftest import random_batch, random_model
 
 A, B = 4, 5  # the scripted vocabulary: PAD UNK BOS EOS A B
@@ -130,7 +130,9 @@ def test_beam_scores_equal_teacher_forced_log_probabilities(alpha, kind):
             log_probs = torch.log_softmax(model(src_ids[row : row + 1], src_pad_mask[row : row + 1], tgt[:, :-1]), -1)
             forced = log_probs[0].gather(-1, tgt[0, 1:, None]).sum().item()
             assert hyp.log_prob == pytest.approx(forced, abs=1e-4)
-            assert hyp.score == pytest.approx(forced / length_penalty(len(hyp.tokens) + 1, alpha, kind), abs=1e-4)
+            length = len(hyp.tokens) + 1  # EOS counts
+            by_hand = ((5 + length) / 6) ** alpha if kind == "gnmt" else 1.0  # GNMT (Wu et al. 2016), or none
+            assert hyp.score == pytest.approx(forced / by_hand, abs=1e-4)
 
 
 def test_padded_batch_decodes_like_each_sentence_alone():
