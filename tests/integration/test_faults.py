@@ -140,11 +140,38 @@ def logged_losses(run_dir: Path) -> int:
     return sum(len(losses(path)) for path in run_dir.glob("csv/**/metrics.csv"))
 
 
-def wait_for_losses(process: subprocess.Popen, run_dir: Path, total: int, timeout: float = 120) -> None:
+class Running:
+    """A training subprocess whose stderr goes to a file: a pipe that nobody reads while the test polls could fill
+    and stall the process. As a context manager it is killed, and reaped, if the test ends while it runs."""
+
+    def __init__(self, command: list[str], log: Path, **kwargs) -> None:
+        self.log = log
+        self._file = open(log, "w")
+        self.process = subprocess.Popen(command, cwd=ROOT, stderr=self._file, text=True, **kwargs)
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._file.close()
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+    def finish(self, timeout: float) -> str:
+        """Wait for the process to end; its stderr."""
+        self.process.wait(timeout=timeout)
+        return self.stderr()
+
+
+def wait_for_losses(running: Running, run_dir: Path, total: int, timeout: float = 120) -> None:
     """Wait until the run has logged ``total`` training losses (failing if the process ends first)."""
     deadline = time.monotonic() + timeout
     while logged_losses(run_dir) < total:
-        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert running.process.poll() is None, running.stderr()[-3000:]
         assert time.monotonic() < deadline, "training made no progress"
         time.sleep(0.1)
 
@@ -171,13 +198,11 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
-    process = subprocess.Popen(
-        preemptible_args(toy_corpus_dir, preempted, 60), cwd=ROOT, stderr=subprocess.PIPE, text=True
-    )
-    wait_for_losses(process, preempted, 10)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr[-3000:]
+    with Running(preemptible_args(toy_corpus_dir, preempted, 60), tmp_path / "preempted.log") as running:
+        wait_for_losses(running, preempted, 10)
+        running.process.send_signal(signal.SIGTERM)
+        stderr = running.finish(timeout=60)
+    assert running.process.returncode == 0, stderr[-3000:]
     message = stderr.strip().splitlines()[-1]
     assert message.startswith("preempted: SIGTERM received: stopped after step ") and "resume=auto" in message
     step = torch.load(preempted / "checkpoints/last.ckpt", weights_only=False)["global_step"]
@@ -210,13 +235,11 @@ def test_sigusr1_under_slurm_saves_and_requeues_the_job(toy_corpus_dir, tmp_path
     (fake_bin / "scontrol").chmod(0o755)
     run_dir = tmp_path / "run"
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
-    process = subprocess.Popen(
-        preemptible_args(toy_corpus_dir, run_dir, 100000), cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env
-    )
-    wait_for_losses(process, run_dir, 3)
-    process.send_signal(signal.SIGUSR1)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr[-3000:]
+    with Running(preemptible_args(toy_corpus_dir, run_dir, 100000), tmp_path / "run.log", env=env) as running:
+        wait_for_losses(running, run_dir, 3)
+        running.process.send_signal(signal.SIGUSR1)
+        stderr = running.finish(timeout=60)
+    assert running.process.returncode == 0, stderr[-3000:]
     assert "the job was requeued" in stderr.strip().splitlines()[-1]
     assert calls.read_text().split() == ["requeue", "4242"]
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] >= 3
@@ -249,18 +272,14 @@ def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(toy_corpus_dir,
     kills = 0
     for attempt in range(8):
         extra = ["resume=auto"] if attempt else []
-        process = subprocess.Popen(
-            crash_args(toy_corpus_dir, crashed, *extra), cwd=ROOT, stderr=subprocess.PIPE, text=True
-        )
-        if kills == 3:  # the last run goes to the end
-            _, stderr = process.communicate(timeout=300)
-            assert process.returncode == 0, stderr[-3000:]
-            break
-        wait_for_losses(process, crashed, logged_losses(crashed) + rng.randint(3, 12))
-        time.sleep(rng.random() * 0.5)
-        process.kill()
-        process.wait()
-        kills += 1
+        with Running(crash_args(toy_corpus_dir, crashed, *extra), tmp_path / f"attempt{attempt}.log") as running:
+            if kills == 3:  # the last run goes to the end
+                stderr = running.finish(timeout=300)
+                assert running.process.returncode == 0, stderr[-3000:]
+                break
+            wait_for_losses(running, crashed, logged_losses(crashed) + rng.randint(3, 12))
+            time.sleep(rng.random() * 0.5)
+        kills += 1  # leaving the block killed the process
     assert kills == 3
 
     expected = losses(straight / "csv/metrics.csv")
@@ -297,11 +316,11 @@ def test_a_corrupt_last_checkpoint_is_refused_when_resuming(toy_corpus_dir, tmp_
 def test_sigterm_to_rank_0_of_a_ddp_run_stops_both_ranks_with_a_checkpoint(toy_corpus_dir, tmp_path):
     run_dir = tmp_path / "run"
     command = [*preemptible_args(toy_corpus_dir, run_dir, 100000), *ddp_args()]
-    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    wait_for_losses(process, run_dir, 3)
-    process.send_signal(signal.SIGTERM)  # rank 0 only: rank 1 learns of it at the next step
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-3000:]
+    with Running(command, tmp_path / "run.log") as running:
+        wait_for_losses(running, run_dir, 3)
+        running.process.send_signal(signal.SIGTERM)  # rank 0 only: rank 1 learns of it at the next step
+        stderr = running.finish(timeout=120)
+    assert running.process.returncode == 0, stderr[-3000:]
     assert "preempted: SIGTERM received" in stderr
     step = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"]
     assert step >= 3
@@ -326,7 +345,12 @@ def test_a_signal_during_data_preparation_stops_before_training_and_a_warning_re
 
     def prepare_then_signalled(self):
         tokenizer = prepare(self)
-        os.kill(os.getpid(), signum)  # e.g. SLURM's time-limit warning while the corpus is encoded
+        # SLURM's time-limit warning while the corpus is encoded: the handler installed for it is called as the
+        # OS would call it, without sending a real signal to the pytest process (with no handler installed, that
+        # would end the whole test session; here getsignal gives the default, which cannot be called).
+        handler = signal.getsignal(signum)
+        assert callable(handler), f"no handler for {signal.Signals(signum).name} during data preparation"
+        handler(signum, None)
         return tokenizer
 
     monkeypatch.setattr(mt.training.run.TranslationDataModule, "prepare_tokenizer", prepare_then_signalled)

@@ -85,7 +85,7 @@ def test_a_dead_rank_stops_the_others_instead_of_hanging(toy_corpus_dir, tmp_pat
         sys.executable,
         "-m",
         "mt.train",
-        *toy_args(toy_corpus_dir, run_dir, "trainer.max_steps=100000", "trainer.collective_timeout_s=60"),
+        *toy_args(toy_corpus_dir, run_dir, "trainer.max_steps=100000", "trainer.collective_timeout_s=600"),
         *ddp_args(),
     ]
     log = open(tmp_path / "stderr.txt", "w")
@@ -101,13 +101,17 @@ def test_a_dead_rank_stops_the_others_instead_of_hanging(toy_corpus_dir, tmp_pat
         time.sleep(2)
         dead, survivor = (rank1, main) if victim == "rank 1" else (main, rank1)
         os.kill(dead.pid, signal.SIGKILL)
-        start = time.monotonic()
-        survivor.wait(timeout=90)  # the collective fails, or Lightning's observer ends the job
-        assert survivor.returncode != 0
-        assert time.monotonic() - start < 90
+        # The collective timeout is 10 minutes: a survivor that ends at all within 2 found out by itself (gloo
+        # reports the closed connection) rather than by waiting for the timeout.
+        survivor.wait(timeout=120)
         if victim == "rank 1":
-            last_line = (tmp_path / "stderr.txt").read_text().strip().splitlines()[-1]
-            assert last_line.startswith("error: rank 0: a collective operation failed, so another rank died")
+            assert survivor.returncode == 2  # a one-line error, not a crash
+        survivor_rank = "rank 0" if victim == "rank 1" else "rank 1"
+        errors = [line for line in (tmp_path / "stderr.txt").read_text().splitlines() if line.startswith("error: ")]
+        assert any(
+            line.startswith(f"error: {survivor_rank}: a collective operation failed, so another rank died")
+            for line in errors
+        ), errors
     finally:
         for process in (main, rank1):
             if process is not None and process.poll() is None:

@@ -351,8 +351,16 @@ def test_decode_budget_counts_each_source_as_beam_rows(monkeypatch, beam, sampli
     assert [[h.tokens for h in nbest] for nbest in hyps] == [[h.tokens for h in nbest] for nbest in alone]
 
 
+@pytest.fixture
+def restore_threads():
+    """torch's thread count as it was before the test (set_num_threads is process-wide)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("beam", [1, 3])
-def test_parallel_batches_equal_one_batch_at_a_time(monkeypatch, beam):
+def test_parallel_batches_equal_one_batch_at_a_time(monkeypatch, restore_threads, beam):
     """Batches decoded at once on threads of one core give the same outputs as batches decoded in turn,
     under the caller's autocast too; max_tokens bounds the batches in flight; torch's threads come back."""
     import mt.decode.translator
