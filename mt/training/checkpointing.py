@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mt import faults
 from mt.atomic import atomic_write
 from mt.compat import mark_checkpoint_saved, save_last_checkpoint
 
@@ -23,6 +24,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_write(path) as handle:
             torch.save(checkpoint, handle)
+            faults.point("checkpoint_write")
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mt import faults
 from mt.compat import raise_recompile_limit
 from mt.config import ModelConfig, OptimConfig, SearchConfig, ValidationConfig, from_dict
 from mt.data.batching import Batch
@@ -142,6 +143,7 @@ class TranslationModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss_sum, nll_sum, num_tokens = self._loss(batch)
+        faults.point("training_step")
         # Sums over every rank's batch (one small all-reduce, no host sync): the loss is normalised by
         # the global token count, so W ranks x B equals one rank x W*B (DDP averages the gradients).
         stats = torch.stack([loss_sum.detach(), nll_sum.detach(), num_tokens.float(), (~loss_sum.isfinite()).float()])
@@ -166,6 +168,7 @@ class TranslationModule(L.LightningModule):
 
     def on_train_batch_end(self, *args: Any) -> None:
         # Runs after the callbacks' hooks (checkpoints) and before Lightning writes this step's logs.
+        faults.point("after_step_saves")
         self.step_log.end_update()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -234,6 +237,7 @@ class TranslationModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss_sum, nll_sum, num_tokens = self._loss(batch)
+        faults.point("validation_step")
         if batch_idx < self._num_real_val_batches():  # under DDP the last few may repeat others' batches
             self._val_sums.append(torch.stack([loss_sum, nll_sum, num_tokens.float()]))
 

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "mt"
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = {
-    "core": ("mt.errors", "mt.atomic", "mt.compat", "mt.config", "mt.device"),
+    "core": ("mt.errors", "mt.atomic", "mt.compat", "mt.config", "mt.device", "mt.faults"),
     "data": ("mt.data",),
     "model": ("mt.model",),
     "decode": ("mt.decode",),
@@ -25,7 +25,7 @@ LAYERS = {
     "entry points": ("mt.cli", "mt.train", "mt.evaluate", "mt.translate", "mt.report", "mt.average", "mt.export"),
 }
 RANK = {prefix: rank for rank, prefixes in enumerate(LAYERS.values()) for prefix in prefixes}
-LEAVES = ("mt.errors", "mt.compat", "mt.device")  # import nothing of mt
+LEAVES = ("mt.errors", "mt.compat", "mt.device", "mt.faults")  # import nothing of mt
 
 
 def module_name(path: Path) -> str:
