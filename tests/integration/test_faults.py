@@ -285,12 +285,12 @@ def test_kill_9_at_named_points_then_resume_equals_an_uninterrupted_run(toy_corp
     assert result.returncode == 0, result.stderr[-3000:]
 
     expected = losses(straight / "csv/metrics.csv")
-    got: dict[int, float] = {}
+    seen: set[int] = set()
     for path in [crashed / "csv/metrics.csv", *sorted(crashed.glob("csv/resume_*/metrics.csv"), key=resume_number)]:
-        got.update(losses(path))  # a step run again after a crash logs again, with the same value
-    assert sorted(got) == sorted(expected) == list(range(60))
-    for step in expected:
-        assert got[step] == pytest.approx(expected[step], abs=1e-5), step
+        for step, value in losses(path).items():  # every logged value, also of a step run again after a crash
+            assert value == pytest.approx(expected[step], abs=1e-5), (path, step)
+            seen.add(step)
+    assert sorted(seen) == sorted(expected) == list(range(60))
     final = torch.load(crashed / "checkpoints/last.ckpt", weights_only=False)
     assert final["global_step"] == 60
     for name, tensor in torch.load(straight / "checkpoints/last.ckpt", weights_only=False)["state_dict"].items():
