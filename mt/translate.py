@@ -39,9 +39,11 @@ def stdin_lines(stream: BinaryIO | None = None) -> Iterator[str]:
 
 
 def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    """``lines`` without their ending (``\n`` or ``\r\n``, as ``read_lines`` removes them) in lists of ``size``."""
     chunk: list[str] = []
     for line in lines:
-        chunk.append(line.rstrip("\r\n"))
+        line = line[:-1] if line.endswith("\n") else line
+        chunk.append(line[:-1] if line.endswith("\r") else line)
         if len(chunk) == size:
             yield chunk
             chunk = []

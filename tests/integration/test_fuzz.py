@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mt.config import ModelConfig, SearchConfig
@@ -13,7 +13,7 @@ from mt.data.tokenizer import train_tokenizer
 from mt.decode.translator import translate
 from mt.errors import DataError
 from mt.model.transformer import Transformer
-from mt.translate import chunks
+from mt.translate import chunks, stdin_lines
 from tests.conftest import toy_pairs
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -62,3 +62,21 @@ def test_translate_keeps_one_output_per_input_line(translator, sentences):
 )
 def test_translate_chunks_keep_every_line_in_order(lines, size):
     assert [line for chunk in chunks((f"{x}\n" for x in lines), size) for line in chunk] == lines
+
+
+@settings(FUZZ, max_examples=150)
+@given(st.text(alphabet=st.sampled_from(["a", "ß", " ", "\r", "\n", "\t", "é"]), max_size=60), st.integers(1, 4))
+@example("a\r\r\nb\r\n\r\n", 2)  # a doubled carriage return before the ending keeps one; a CRLF line stays empty
+def test_the_stdin_path_reads_the_lines_the_file_reader_reads(translator, tmp_path, text, size):
+    """Standard input, carriage returns included, gives the lines ``read_lines`` gives for the same bytes (one
+    ``\n`` or ``\r\n`` ending removed; a lone or doubled ``\r`` kept), and one translation for each."""
+    import io
+
+    payload = text.encode("utf-8")
+    (tmp_path / "input.txt").write_bytes(payload)
+    expected = read_lines(tmp_path / "input.txt")
+    got = [line for chunk in chunks(stdin_lines(io.BytesIO(payload)), size) for line in chunk]
+    assert got == expected
+    model, tokenizer = translator
+    outputs = translate(model, tokenizer, got, SearchConfig(beam=1, max_len_a=0.5, max_len_b=3), return_scores=False)
+    assert len(outputs) == len(expected)
