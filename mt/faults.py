@@ -1,6 +1,6 @@
 """Named fault points, for the reliability tests: with ``MT_FAULT=NAME:N`` in the environment the process
 kills itself (SIGKILL, as the OOM killer or a lost node would) the N-th time it reaches the point ``NAME``.
-Without it, ``point`` returns at once.
+The variable is read when the module is imported; without it, ``point`` returns at once.
 
 Points: ``checkpoint_write`` (a checkpoint's bytes written to its temporary file, not yet renamed over the
 old one), ``validation_step`` (inside a validation), ``after_step_saves`` (an update's checkpoints saved,
@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 import signal
 
-_counts: dict[str, int] = {}
+# Read once: ``point`` runs in every training step. "NAME:N" -> ("NAME", N); None without the variable.
+_TARGET, _, _NTH = os.environ.get("MT_FAULT", "").partition(":")
+_FAULT = (_TARGET, int(_NTH or 1)) if _TARGET else None
+_reached = 0
 
 
 def point(name: str) -> None:
-    spec = os.environ.get("MT_FAULT")
-    if not spec:
+    global _reached
+    if _FAULT is None or name != _FAULT[0]:
         return
-    target, _, nth = spec.partition(":")
-    if name != target:
-        return
-    _counts[name] = _counts.get(name, 0) + 1
-    if _counts[name] == int(nth or 1):
+    _reached += 1
+    if _reached == _FAULT[1]:
         os.kill(os.getpid(), signal.SIGKILL)
