@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import csv
+import os
+import random
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import lightning as L
@@ -80,3 +85,69 @@ def toy_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
 
 def ddp_args(devices: int = 2) -> list[str]:
     return ["trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={devices}", "trainer.precision=32-true"]
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, below the kernel's ephemeral range.
+
+    ``bind(("", 0))`` hands out ephemeral ports: one found that way and closed again can be handed to
+    another socket before the test's process binds it. A port below the range is only ever taken by a
+    program that asks for it by number.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    chooser = random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little"))
+    for _ in range(200):
+        port = chooser.randrange(20000, low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port found in 20000..{low - 1}")
+
+
+def ddp_env() -> dict[str, str]:
+    """The environment for a multi-process run on localhost, with a port of its own (see ``free_port``)."""
+    return {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+
+
+def logged_losses(run_dir: Path) -> int:
+    """Training losses in the run's CSV logs, resumed runs' included."""
+    return sum(len(losses(path)) for path in run_dir.glob("csv/**/metrics.csv"))
+
+
+class Running:
+    """A training subprocess whose stderr goes to a file: a pipe that nobody reads while the test polls could fill
+    and stall the process. As a context manager it is killed, and reaped, if the test ends while it runs."""
+
+    def __init__(self, command: list[str], log: Path, **kwargs) -> None:
+        self.log = log
+        self._file = open(log, "w")
+        self.process = subprocess.Popen(command, cwd=ROOT, stderr=self._file, text=True, **kwargs)
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._file.close()
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+    def finish(self, timeout: float) -> str:
+        """Wait for the process to end; its stderr."""
+        self.process.wait(timeout=timeout)
+        return self.stderr()
+
+
+def wait_for_losses(running: Running, run_dir: Path, total: int, timeout: float = 120) -> None:
+    """Wait until the run has logged ``total`` training losses (failing if the process ends first)."""
+    deadline = time.monotonic() + timeout
+    while logged_losses(run_dir) < total:
+        assert running.process.poll() is None, running.stderr()[-3000:]
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.1)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +19,7 @@ from mt.errors import NonFiniteLossError, RunDirectoryBusy, RunError
 from mt.training.module import TranslationModule
 from mt.training.run import train
 from tests.conftest import tiny_train_config
-from tests.helpers import ROOT, ddp_args, losses, toy_args
+from tests.helpers import ROOT, Running, ddp_args, ddp_env, losses, toy_args, wait_for_losses
 
 
 def poisoned_module(
@@ -132,47 +131,6 @@ def test_a_second_job_in_a_live_run_directory_is_refused(toy_corpus_dir, tmp_pat
     # The holder was killed: its lock went with it, and the directory can be used (here: a fresh run).
     train(tiny_train_config(toy_corpus_dir, **{"trainer.max_steps": 2, "test_after_training": False}), tmp_path)
     assert (tmp_path / "checkpoints/last.ckpt").is_file()
-
-
-def logged_losses(run_dir: Path) -> int:
-    """Training losses in the run's CSV logs, resumed runs' included."""
-    return sum(len(losses(path)) for path in run_dir.glob("csv/**/metrics.csv"))
-
-
-class Running:
-    """A training subprocess whose stderr goes to a file: a pipe that nobody reads while the test polls could fill
-    and stall the process. As a context manager it is killed, and reaped, if the test ends while it runs."""
-
-    def __init__(self, command: list[str], log: Path, **kwargs) -> None:
-        self.log = log
-        self._file = open(log, "w")
-        self.process = subprocess.Popen(command, cwd=ROOT, stderr=self._file, text=True, **kwargs)
-
-    def __enter__(self) -> Running:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self._file.close()
-
-    def stderr(self) -> str:
-        return self.log.read_text()
-
-    def finish(self, timeout: float) -> str:
-        """Wait for the process to end; its stderr."""
-        self.process.wait(timeout=timeout)
-        return self.stderr()
-
-
-def wait_for_losses(running: Running, run_dir: Path, total: int, timeout: float = 120) -> None:
-    """Wait until the run has logged ``total`` training losses (failing if the process ends first)."""
-    deadline = time.monotonic() + timeout
-    while logged_losses(run_dir) < total:
-        assert running.process.poll() is None, running.stderr()[-3000:]
-        assert time.monotonic() < deadline, "training made no progress"
-        time.sleep(0.1)
 
 
 def preemptible_args(data_dir: Path, run_dir: Path, max_steps: int, *extra: str) -> list[str]:
@@ -316,7 +274,7 @@ def test_a_corrupt_last_checkpoint_is_refused_when_resuming(toy_corpus_dir, tmp_
 def test_sigterm_to_rank_0_of_a_ddp_run_stops_both_ranks_with_a_checkpoint(toy_corpus_dir, tmp_path):
     run_dir = tmp_path / "run"
     command = [*preemptible_args(toy_corpus_dir, run_dir, 100000), *ddp_args()]
-    with Running(command, tmp_path / "run.log") as running:
+    with Running(command, tmp_path / "run.log", env=ddp_env()) as running:
         wait_for_losses(running, run_dir, 3)
         running.process.send_signal(signal.SIGTERM)  # rank 0 only: rank 1 learns of it at the next step
         stderr = running.finish(timeout=120)
@@ -330,6 +288,7 @@ def test_sigterm_to_rank_0_of_a_ddp_run_stops_both_ranks_with_a_checkpoint(toy_c
         capture_output=True,
         text=True,
         timeout=300,
+        env=ddp_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == step + 4

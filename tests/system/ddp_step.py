@@ -2,6 +2,7 @@
 
 ``python -m tests.system.ddp_step OUT ddp``: 2 CPU processes (gloo), rank r trains on batch r.
 ``python -m tests.system.ddp_step OUT single``: 1 process trains on both batches joined into one.
+Every rank saves the source sentences of its batch to ``OUT/<mode>.rank<R>.src``.
 Rank 0 saves the gradients (after DDP's all-reduce, before clipping and the update) and the
 parameters after the step to ``OUT/<mode>.pt``.
 """
@@ -47,6 +48,11 @@ class SaveGradients(L.Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.gradients: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Every rank saves the source sentences it trained on: the test checks the ranks' batches differ.
+        rows = [[t for t in row if t != 0] for row in batch.src_ids.tolist()]
+        torch.save(rows, self.path.with_suffix(f".rank{trainer.global_rank}.src"))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.gradients = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}

@@ -4,9 +4,10 @@ rendezvous on localhost; equal steps and equal validation BLEU against one proce
 from __future__ import annotations
 
 import csv
+import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,19 +19,14 @@ from omegaconf import OmegaConf
 
 from mt.config import SearchConfig
 from mt.decode.scoring import score_checkpoint
-from tests.helpers import ROOT, ddp_args, toy_args
+from tests.helpers import ROOT, Running, ddp_args, ddp_env, free_port, losses, toy_args, wait_for_losses
 
 pytestmark = pytest.mark.slow  # the system tier: whole commands in subprocesses, run in CI
 
 
 def run(command: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("env", ddp_env())
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metric_rows(run_dir: Path, name: str) -> list[tuple[int, float]]:
@@ -47,6 +43,11 @@ def test_two_ranks_of_b_make_the_same_step_as_one_rank_of_2b(tmp_path):
         result = run([sys.executable, "-m", "tests.system.ddp_step", str(tmp_path), mode])
         assert result.returncode == 0, result.stderr[-3000:]
     ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
+    # Each rank trained on its own batch, and the single process on both of them together.
+    rank0, rank1, both = (
+        torch.load(tmp_path / name) for name in ("ddp.rank0.src", "ddp.rank1.src", "single.rank0.src")
+    )
+    assert len(rank0) == 3 and len(rank1) == 6 and sorted(rank0 + rank1) == sorted(both)
     assert ddp["gradients"].keys() == single["gradients"].keys()
     for name, gradient in single["gradients"].items():
         torch.testing.assert_close(ddp["gradients"][name], gradient, rtol=1e-4, atol=1e-6)
@@ -89,7 +90,7 @@ def test_a_dead_rank_stops_the_others_instead_of_hanging(toy_corpus_dir, tmp_pat
         *ddp_args(),
     ]
     log = open(tmp_path / "stderr.txt", "w")
-    main = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    main = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env=ddp_env())
     rank1 = None
     try:
         deadline = time.monotonic() + 120
@@ -257,40 +258,162 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(toy_corpus_dir, tmp_path):
     assert {OmegaConf.load(sweep_dir / job / "config.yaml").seed for job in ("0", "1")} == {1, 2}
 
 
-def test_sbatch_script_runs_two_slurm_tasks_and_a_requeued_job_resumes(toy_corpus_dir, tmp_path):
-    """scripts/slurm/train.sbatch under a stand-in ``srun`` that starts 2 tasks with SLURM's variables."""
+FAKE_SRUN = r"""#!/bin/bash
+# A stand-in for srun: takes only the flags the sbatch script passes (records them), starts SLURM_NTASKS tasks
+# with the variables srun gives each (SLURM_PROCID, SLURM_LOCALID, SLURM_NODEID), forwards SIGUSR1 and
+# SIGTERM to them as srun does, and with --kill-on-bad-exit=1 kills the others when one fails.
+echo "$@" > "$SRUN_CALLS"
+kill_on_bad_exit=0
+while [[ $1 == -* ]]; do
+  case $1 in
+    --kill-on-bad-exit=1) kill_on_bad_exit=1 ;;
+    *) echo "srun: unrecognized option '$1'" >&2; exit 1 ;;
+  esac
+  shift
+done
+per_node=${SLURM_NTASKS_PER_NODE%%(*}
+pids=()
+for ((task = 0; task < SLURM_NTASKS; task++)); do
+  SLURM_PROCID=$task SLURM_LOCALID=$((task % per_node)) SLURM_NODEID=$((task / per_node)) "$@" &
+  pids+=($!)
+done
+forwarded=0
+trap 'forwarded=1; kill -USR1 "${pids[@]}" 2>/dev/null' USR1
+trap 'forwarded=1; kill -TERM "${pids[@]}" 2>/dev/null' TERM
+status=0
+remaining=$SLURM_NTASKS
+while ((remaining > 0)); do
+  forwarded=0
+  wait -n
+  code=$?
+  ((forwarded)) && continue  # wait was interrupted by a signal: no task ended
+  remaining=$((remaining - 1))
+  if ((code != 0)); then
+    status=$code
+    ((kill_on_bad_exit)) && kill -9 "${pids[@]}" 2>/dev/null
+  fi
+done
+exit $status
+"""
+
+
+def test_sbatch_script_on_two_nodes_requeued_by_a_signal_resumes_by_itself(toy_corpus_dir, tmp_path):
+    """scripts/slurm/train.sbatch on 2 "nodes" of 1 task each, under a stand-in ``srun`` and ``scontrol``: SIGUSR1
+    (what ``#SBATCH --signal=USR1@120`` sends before the time limit) saves and requeues; the job started again
+    with the same id and overrides and ``SLURM_RESTART_COUNT=1`` resumes from that checkpoint by itself."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    (fake_bin / "srun").write_text(
-        "#!/bin/sh\nshift  # --kill-on-bad-exit\n"
-        'SLURM_PROCID=0 SLURM_LOCALID=0 "$@" & first=$!\n'
-        'SLURM_PROCID=1 SLURM_LOCALID=1 "$@" & second=$!\n'
-        "wait $first && wait $second\n"
-    )
-    (fake_bin / "srun").chmod(0o755)
+    (fake_bin / "srun").write_text(FAKE_SRUN)
+    (fake_bin / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
+    for tool in ("srun", "scontrol"):
+        (fake_bin / tool).chmod(0o755)
+    run_dir = tmp_path / "run"
+    job_id = str(20000 + os.getpid() % 10000)
     slurm_env = {
-        **os.environ,
-        # the stand-in srun first, then this interpreter's bin: the script runs ``python`` (no venv is activated in CI)
+        **ddp_env(),
+        # the stand-ins first, then this interpreter's bin: the script runs ``python`` (no venv is activated in CI)
         "PATH": f"{fake_bin}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "SLURM_JOB_ID": str(20000 + os.getpid() % 10000),
+        "SRUN_CALLS": str(tmp_path / "srun.calls"),
+        "SLURM_JOB_ID": job_id,
         "SLURM_JOB_NAME": "mt",
         "SLURM_NTASKS": "2",
-        "SLURM_NTASKS_PER_NODE": "2",
-        "SLURM_NNODES": "1",
-        "SLURM_NODEID": "0",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NNODES": "2",
         "SLURM_NODELIST": "127.0.0.1",
-        "RUN_DIR": str(tmp_path / "run"),
+        "RUN_DIR": str(run_dir),
     }
     args = toy_args(toy_corpus_dir, tmp_path / "ignored")[:-1]  # the script sets hydra.run.dir
-    overrides = [*args, "trainer.accelerator=cpu", "trainer.precision=32-true"]
-    first = run(["bash", "scripts/slurm/train.sbatch", *overrides, "trainer.max_steps=6"], env=slurm_env)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
-    # The requeued job: same job id, so the same run directory, and resume=auto picks up last.ckpt.
-    again = run(
-        ["bash", "scripts/slurm/train.sbatch", *overrides, "trainer.max_steps=10"],
-        env={**slurm_env, "SLURM_RESTART_COUNT": "1"},
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["global_step"] == 10
-    assert (tmp_path / "run/csv/resume_1/metrics.csv").is_file()
+    # The same overrides both times, as a requeued job runs its script again: it only ends by a signal.
+    command = ["bash", "scripts/slurm/train.sbatch", *args, "trainer.max_steps=100000", "trainer.log_every_n_steps=1"]
+    with Running(command, tmp_path / "first.log", env=slurm_env) as job:
+        wait_for_losses(job, run_dir, 3)
+        job.process.send_signal(signal.SIGUSR1)  # to srun, which forwards it to the tasks
+        stderr = job.finish(timeout=120)
+    assert job.process.returncode == 0, stderr[-3000:]
+    assert (tmp_path / "srun.calls").read_text().split()[:4] == ["--kill-on-bad-exit=1", "python", "-m", "mt.train"]
+    assert "trainer.num_nodes=2" in (tmp_path / "srun.calls").read_text().split()
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", job_id]  # by rank 0 alone
+    saved = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"]
+    assert saved >= 3
+
+    with Running(command, tmp_path / "again.log", env={**slurm_env, "SLURM_RESTART_COUNT": "1"}) as job:
+        wait_for_losses(job, run_dir, saved + 3)
+        job.process.send_signal(signal.SIGTERM)  # a cancellation: saved, not requeued
+        stderr = job.finish(timeout=120)
+    assert job.process.returncode == 0, stderr[-3000:]
+    assert "SLURM requeued this job (restart 1): resume=auto" in (run_dir / "train.log").read_text()
+    resumed = losses(run_dir / "csv/resume_1/metrics.csv")
+    # Went on from the checkpoint, not from step 0. The log's step k is update k + 1; the checkpoint carries its
+    # last update's logged values and the resumed run writes them again (a kill may have come before the line).
+    assert min(resumed) == saved - 1 and saved in resumed
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] > saved
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", job_id]  # SIGTERM does not requeue
+
+
+def record(toy_corpus_dir: Path, run_dir: Path, ranks: int, steps: int, resume: bool = False) -> None:
+    """mt.train on ``ranks`` CPU processes up to ``steps`` updates, every rank recording its batches."""
+    args = [a for a in toy_args(toy_corpus_dir, run_dir) if not a.startswith("model.dropout=")]
+    args += ["model.dropout=0.2", "trainer.log_every_n_steps=1", f"trainer.max_steps={steps}"]
+    args += ["resume=auto"] if resume else []
+    if ranks > 1:
+        args += ddp_args(devices=ranks)
+    result = run([sys.executable, "-m", "tests.system.record_batches", *args])
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def batches(run_dir: Path, rank: int, from_step: int = 0) -> list[tuple[int, ...]]:
+    """The batches (as tuples of corpus positions) ``rank`` trained on, from update ``from_step`` on."""
+    lines = (run_dir / f"batches/rank{rank}.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return [tuple(r["positions"]) for r in records if r["step"] >= from_step]
+
+
+def all_losses(run_dir: Path) -> dict[int, float]:
+    found: dict[int, float] = {}
+    for path in sorted(run_dir.glob("csv/**/metrics.csv")):
+        found.update(losses(path))
+    return found
+
+
+def test_resume_on_two_ranks_and_on_other_rank_counts(toy_corpus_dir, tmp_path):
+    """Real rank counts, against the data order of one uninterrupted process (the epoch's batch order):
+
+    - 2 ranks: rank r trains on batches r, r+2, ... of that order (disjoint, different on the two ranks);
+    - 2 ranks stopped after 3 updates and resumed on 2 equal the uninterrupted 2-rank run: the same batches,
+      the same loss at every update, the same parameters (gloo sums 2 values: exact on CPU);
+    - 2 ranks resumed on 1: the 6 batches consumed are skipped, the one rank goes on with batch 6, 7, 8;
+    - 1 rank stopped after 3 updates, resumed on 2: the ranks go on from the last multiple of 2 batches
+      consumed (batch 2: one batch seen again, at most N-1 = 1), rank r with batches 2+r, 4+r.
+    """
+    order_dir, straight, stopped = tmp_path / "order", tmp_path / "straight", tmp_path / "stopped"
+    record(toy_corpus_dir, order_dir, ranks=1, steps=12)
+    order = batches(order_dir, 0)
+    assert len(order) == 12 and len(set(order)) == 12  # 16 batches an epoch: all 12 in the first epoch
+
+    record(toy_corpus_dir, straight, ranks=2, steps=6)
+    assert batches(straight, 0) == order[0:12:2] and batches(straight, 1) == order[1:12:2]
+
+    record(toy_corpus_dir, stopped, ranks=2, steps=3)
+    on_one = tmp_path / "on_one"
+    shutil.copytree(stopped, on_one)
+    record(toy_corpus_dir, stopped, ranks=2, steps=6, resume=True)
+    for rank in (0, 1):
+        assert batches(stopped, rank) == batches(straight, rank)
+    expected, got = all_losses(straight), all_losses(stopped)
+    assert sorted(expected) == sorted(got) == list(range(6))
+    assert got == expected  # bit for bit
+    final_straight = torch.load(straight / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    final_resumed = torch.load(stopped / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    for name, tensor in final_straight.items():
+        assert torch.equal(final_resumed[name], tensor), name
+
+    record(toy_corpus_dir, on_one, ranks=1, steps=6, resume=True)
+    assert batches(on_one, 0, from_step=3) == order[6:9]
+
+    from_one = tmp_path / "from_one"
+    record(toy_corpus_dir, from_one, ranks=1, steps=3)
+    assert batches(from_one, 0) == order[0:3]
+    record(toy_corpus_dir, from_one, ranks=2, steps=5, resume=True)
+    assert batches(from_one, 0, from_step=3) == [order[2], order[4]]
+    assert batches(from_one, 1, from_step=3) == [order[3], order[5]]
+    assert "(1 of them seen again)" in (from_one / "train.log").read_text()
