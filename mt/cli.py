@@ -41,6 +41,21 @@ def to_typed(cfg: DictConfig, cls: type[T]) -> T:
     return config
 
 
+def set_on_command_line(section: str) -> set[str] | None:
+    """The fields of the config node ``section`` that the command line set (``search.beam=10`` gives
+    ``{"beam"}``), or None when it chose the group itself (``search=greedy``: all of it is the user's choice)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    fields: set[str] = set()
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == section or key.startswith(f"{section}@"):
+            return None
+        if key.startswith(f"{section}."):
+            fields.add(key[len(section) + 1 :].split(".")[0])
+    return fields
+
+
 def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]], Callable[[], None]]:
     """Make ``run(config: schema)`` the command ``python -m mt.<config_name>``; returns its ``main()``.
 

@@ -211,17 +211,45 @@ class SearchConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """How translations are scored (sacreBLEU): in validation, after training, by evaluate and report."""
+
+    # sacreBLEU's BLEU tokenizer; null: sacreBLEU's choice for the target language (zh for Chinese, ja-mecab for
+    # Japanese, ko-mecab for Korean, 13a for the rest). Recorded in the BLEU signature.
+    bleu_tokenize: str | None = None
+
+
+SELECTION_METRICS = {"bleu": ("val/bleu", "max"), "chrf": ("val/chrf", "max"), "loss": ("val/loss", "min")}
+
+
+@dataclass
 class ValidationConfig:
     """What validation does besides the loss: decode the validation set and score it."""
 
     decode: str = "greedy"  # greedy | beam | none
     beam: int = 4
     max_sentences: int | None = None  # decode only the first N validation sentences
+    # What chooses best.ckpt, stops early, and what a Hydra sweep optimises: bleu | chrf | loss;
+    # null: bleu when validation decodes, else loss.
+    metric: str | None = None
+
+    @property
+    def selection(self) -> tuple[str, str]:
+        """The logged name of the selection metric and its direction (max or min)."""
+        return SELECTION_METRICS[self.metric or ("loss" if self.decode == "none" else "bleu")]
 
     def __post_init__(self) -> None:
         _require(
             self.decode in ("greedy", "beam", "none"),
             f"validation.decode={self.decode!r}: expected greedy, beam or none",
+        )
+        _require(
+            self.metric is None or self.metric in SELECTION_METRICS,
+            f"validation.metric={self.metric!r}: expected one of {', '.join(SELECTION_METRICS)} or null",
+        )
+        _require(
+            not (self.metric in ("bleu", "chrf") and self.decode == "none"),
+            f"validation.metric={self.metric} needs validation.decode=greedy or beam (decode=none scores no text)",
         )
         _require(self.beam >= 1, f"validation.beam={self.beam}: expected >= 1")
         _require(
@@ -314,6 +342,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 1
     resume: str | None = None  # null | auto | path to a checkpoint
@@ -336,18 +365,31 @@ class EvaluateConfig:
     ensemble: list[str] = field(default_factory=list)  # more checkpoints to decode with it (one vocabulary)
     source: str | None = None
     reference: str | None = None
+    references: list[str] = field(default_factory=list)  # several references of source= (reference= is one)
     split: str = "test"  # used when source is not given: train | valid | test of the checkpoint's data
     output: str | None = None
     overwrite: bool = False
+    # Another system's output of the same sentences: paired bootstrap resampling against it.
+    baseline: str | None = None
     beam: int | None = None  # overrides search.beam
+    # Decoding: the checkpoint's own search settings (saved in training), with what the command line sets here.
     search: SearchConfig = field(default_factory=SearchConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     threads: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.split in ("train", "valid", "test"), f"split={self.split!r}: expected train, valid or test")
         _require(self.beam is None or self.beam >= 1, f"beam={self.beam}: expected >= 1")
-        if self.reference is not None:
+        _require(
+            not (self.reference is not None and self.references),
+            "give reference=FILE or references=[FILE,...], not both",
+        )
+        if self.reference is not None or self.references:
             _require(self.source is not None, "reference= needs source= (the file it translates)")
+
+    @property
+    def reference_files(self) -> list[str]:
+        return [self.reference] if self.reference is not None else list(self.references)
 
 
 @dataclass
@@ -397,9 +439,14 @@ class ReportConfig:
     test_splits: list[str] = field(default_factory=list)  # split names of the checkpoints' data; [] = its test split
     include_data_splits: bool = True  # false: only the sources/references files
     sources: list[str] = field(default_factory=list)  # plain-text test sets, with references in the same order
-    references: list[str] = field(default_factory=list)
+    # One entry per source: a reference file, or a list of files (several references of that source).
+    references: list[Any] = field(default_factory=list)
+    # The checkpoint (a row's label, e.g. best) the others are tested against by paired bootstrap; null: none.
+    baseline: str | None = None
     output_dir: str | None = None  # default: the (first) run directory
+    # Decoding: each checkpoint's own search settings, with what the command line sets here.
     search: SearchConfig = field(default_factory=SearchConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -409,6 +456,16 @@ class ReportConfig:
             len(self.sources) == len(self.references),
             f"sources= has {len(self.sources)} files but references= has {len(self.references)}",
         )
+        for entry in self.references:
+            _require(
+                isinstance(entry, str) or (bool(entry) and all(isinstance(f, str) for f in entry)),
+                f"references: expected a file or a list of files for each source, got {entry!r}",
+            )
+
+    @property
+    def reference_files(self) -> list[list[str]]:
+        """For each source, its reference files."""
+        return [[entry] if isinstance(entry, str) else list(entry) for entry in self.references]
 
 
 @dataclass
@@ -441,6 +498,32 @@ CT2_QUANTIZATIONS = (
 )
 
 
+@dataclass
+class TrialsConfig:
+    """The root of ``conf/trials.yaml``: the table of a Hydra multirun's trials of mt.train."""
+
+    dir: str = MISSING  # the sweep directory (hydra.sweep.dir)
+    output: str | None = None  # default: DIR/trials.md
+
+
+def search_overrides(given: SearchConfig, fields: set[str] | None, beam: int | None = None) -> dict:
+    """What the command line set of the search: the ``fields`` of ``given`` (all of it when ``fields`` is None:
+    a ``search=`` preset was chosen), and ``beam=`` on top. Applied over a checkpoint's saved search."""
+    values = dataclasses.asdict(given)
+    chosen = dict(values) if fields is None else {name: values[name] for name in fields if name in values}
+    if beam is not None:
+        chosen["beam"] = beam
+    return chosen
+
+
+def saved_search(saved: dict | None, overrides: dict) -> SearchConfig:
+    """The search a checkpoint was trained and tuned with (its saved ``search``; the defaults for a file without
+    one), with ``overrides`` (``search_overrides``) winning."""
+    names = {f.name for f in dataclasses.fields(SearchConfig)}
+    values = {k: v for k, v in (saved or {}).items() if k in names}  # fields of older versions are dropped
+    return from_dict(SearchConfig, {**values, **overrides})
+
+
 def with_beam(search: SearchConfig, beam: int | None) -> SearchConfig:
     """``search`` with its beam replaced by the top-level ``beam=`` shortcut, when given."""
     if beam is None:
@@ -458,7 +541,16 @@ def with_nbest(search: SearchConfig, nbest: int | None) -> SearchConfig:
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore, so YAML files are validated against them."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
+    # The direction a sweeper optimises the value mt.train returns in (conf/hydra/sweeper/mt_optuna.yaml).
+    if not OmegaConf.has_resolver("mt_direction"):
+        OmegaConf.register_new_resolver(
+            "mt_direction",
+            lambda metric, decode: (
+                "minimize" if ValidationConfig(decode=decode, metric=metric).selection[1] == "min" else "maximize"
+            ),
+        )
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
@@ -466,6 +558,7 @@ def register_configs() -> None:
     store.store(name="average_schema", node=AverageConfig)
     store.store(name="report_schema", node=ReportConfig)
     store.store(name="export_schema", node=ExportConfig)
+    store.store(name="trials_schema", node=TrialsConfig)
 
 
 def from_dict(cls: type, values: dict) -> Any:

@@ -1,10 +1,14 @@
-"""``python -m mt.report run=outputs/RUN [average_last=N] [test_splits=[a,b]] [sources=[..] references=[..]]``.
+"""``python -m mt.report run=outputs/RUN [average_last=N] [test_splits=[a,b]] [sources=[..] references=[..]]
+[baseline=best]``.
 
 Decodes every checkpoint of one run or several (and the average of the last N step checkpoints) on
-each test set with the configured search, and writes ``report.md`` (a table: checkpoint, step,
-validation BLEU, each test set's BLEU and chrF), ``report.json`` and ``report.png`` (BLEU against
-step, one line per test set). Decodes are cached under ``<run>/report_cache/``, keyed by the
-checkpoint file, the search settings and the test set, so a second report only decodes what is new.
+each test set with each checkpoint's own search (``search.*`` on the command line wins), and writes
+``report.md`` (a table: checkpoint, step, validation BLEU, each test set's BLEU, chrF and TER, and with
+``baseline=LABEL`` the paired bootstrap p-value of each checkpoint's BLEU against that checkpoint's),
+``report.json`` and ``report.png`` (BLEU against step, one line per test set). ``references=`` gives one
+entry per source file: a file, or a list of files for several references. Decodes are cached under
+``<run>/report_cache/``, keyed by the checkpoint file, the search settings and the test set, so a second
+report only decodes what is new.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ import torch
 from tqdm import tqdm
 
 from mt.atomic import atomic_write
-from mt.cli import entry_point
-from mt.config import DataConfig, ReportConfig, SearchConfig, from_dict
+from mt.cli import entry_point, set_on_command_line
+from mt.config import DataConfig, MetricsConfig, ReportConfig, SearchConfig, from_dict, saved_search, search_overrides
 from mt.data.corpus import load_split
-from mt.decode.metrics import scores
-from mt.decode.scoring import read_source_and_reference
+from mt.decode.metrics import BOOTSTRAP_SAMPLES, bleu_metric, paired_bootstrap, scores
+from mt.decode.scoring import read_source_and_references
 from mt.decode.translator import translate
 from mt.device import best_device, set_threads
 from mt.errors import DataError, RunError
@@ -40,10 +44,10 @@ from mt.model.checkpoint import (
 class TestSet:
     name: str
     sources: list[str]
-    references: list[str]
+    references: list[list[str]]  # one or more reference streams
 
     def digest(self) -> str:
-        text = "\n".join(self.sources) + "\0" + "\n".join(self.references)
+        text = "\n".join(self.sources) + "".join("\0" + "\n".join(stream) for stream in self.references)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -62,10 +66,12 @@ def run_checkpoints(run_dir: Path) -> list[Path]:
 def checkpoint_info(path: Path) -> dict:
     """Step and validation metrics of a checkpoint, read without loading its tensors into memory."""
     checkpoint = read_checkpoint(path)
+    hyper = checkpoint.get("hyper_parameters", {})
     return {
         "step": int(checkpoint.get("global_step", 0)),
         "val_bleu": checkpoint.get("val_metrics", {}).get("val/bleu"),
-        "data": checkpoint.get("hyper_parameters", {}).get("data"),
+        "data": hyper.get("data"),
+        "search": hyper.get("search"),
     }
 
 
@@ -92,7 +98,7 @@ def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:
     """
     sets: list[TestSet] = []
 
-    def add(name: str, fallback_name: str, sources: list[str], references: list[str], origin: str) -> None:
+    def add(name: str, fallback_name: str, sources: list[str], references: list[list[str]], origin: str) -> None:
         if not sources:
             raise DataError(f"{origin}: empty test set")
         names = {test_set.name for test_set in sets}
@@ -113,18 +119,21 @@ def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:
             else:
                 split_cfg = dataclasses.replace(data_cfg, splits=dataclasses.replace(data_cfg.splits, test=split_name))
             text = load_split(split_cfg, "test")
-            add(split_name, split_name, text.src, text.tgt, text.origin)
-    for source, reference in zip(config.sources, config.references):
-        sources, references = read_source_and_reference(source, reference)
+            add(split_name, split_name, text.src, [text.tgt], text.origin)
+    for source, reference_files in zip(config.sources, config.reference_files):
+        sources, references = read_source_and_references(source, reference_files)
         add(Path(source).name, source, sources, references, source)
     if not sets:
         raise RunError("no test set: the checkpoints record no data config; pass sources=[...] references=[...]")
     return sets
 
 
-def decode_scores(checkpoint: Path, test_set: TestSet, search: SearchConfig, cache_dir: Path) -> dict:
-    """BLEU and chrF of ``checkpoint`` on ``test_set``, from the cache or by decoding (then cached)."""
-    key_material = [file_key(checkpoint), dataclasses.asdict(search), test_set.digest()]
+def decode_scores(
+    checkpoint: Path, test_set: TestSet, search: SearchConfig, cache_dir: Path, metrics: MetricsConfig
+) -> dict:
+    """BLEU, chrF and TER of ``checkpoint`` on ``test_set``, and its hypotheses, from the cache or by decoding
+    (then cached)."""
+    key_material = [file_key(checkpoint), dataclasses.asdict(search), test_set.digest(), dataclasses.asdict(metrics)]
     key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:20]
     cached = cache_dir / f"{key}.json"
     if cached.is_file():
@@ -137,13 +146,18 @@ def decode_scores(checkpoint: Path, test_set: TestSet, search: SearchConfig, cac
             loaded.model.to(device), loaded.tokenizer, test_set.sources, search, device=device, return_scores=False
         )
     ]
-    result = {**scores(hypotheses, test_set.references), "hypotheses": hypotheses}
+    result = {
+        **scores(hypotheses, test_set.references, tgt_lang=loaded.tgt_lang, bleu_tokenize=metrics.bleu_tokenize),
+        "hypotheses": hypotheses,
+    }
     with atomic_write(cached) as handle:
         handle.write(json.dumps(result).encode("utf-8"))
     return result
 
 
-def build_report(config: ReportConfig) -> dict:
+def build_report(config: ReportConfig, search_fields: set[str] | None = None) -> dict:
+    """Decode and score every checkpoint. Each decodes with its own saved search, with the ``search_fields`` of
+    ``config.search`` (the ones the command line set) over it; None: ``config.search`` as it is."""
     runs = [Path(r) for r in ([config.run] if config.run else config.runs)]
     entries: list[tuple[str, Path, Path]] = []  # (label, checkpoint, run)
     for run_dir in runs:
@@ -153,46 +167,103 @@ def build_report(config: ReportConfig) -> dict:
             entries.append(
                 (f"{prefix}avg_last{config.average_last}", averaged_checkpoint(run_dir, config.average_last), run_dir)
             )
+    labels = [label for label, _, _ in entries]
+    if config.baseline is not None and config.baseline not in labels:
+        raise RunError(f"baseline={config.baseline}: no such checkpoint; expected one of {', '.join(labels)}")
     infos = {path: checkpoint_info(path) for _, path, _ in entries}
-    test_sets = load_test_sets(config, next(iter(infos.values()))["data"])
+    first = next(iter(infos.values()))
+    test_sets = load_test_sets(config, first["data"])
+    tgt_lang = (first["data"] or {}).get("tgt_lang")
+    bleu_metric(tgt_lang, config.metrics.bleu_tokenize)  # an unavailable tokenizer fails before decoding
+    overrides = search_overrides(config.search, search_fields)
 
-    rows = []
+    rows, hypotheses = [], {}
     with tqdm(total=len(entries) * len(test_sets), desc="report", unit="decode") as bar:
         for label, path, run_dir in entries:
-            row = {"checkpoint": label, "path": str(path), **{k: infos[path][k] for k in ("step", "val_bleu")}}
+            search = saved_search(infos[path]["search"], overrides)
+            row = {
+                "checkpoint": label,
+                "path": str(path),
+                **{k: infos[path][k] for k in ("step", "val_bleu")},
+                "search": dataclasses.asdict(search),
+            }
             for test_set in test_sets:
-                scores = decode_scores(path, test_set, config.search, run_dir / "report_cache")
-                row[test_set.name] = {k: v for k, v in scores.items() if k != "hypotheses"}
+                found = decode_scores(path, test_set, search, run_dir / "report_cache", config.metrics)
+                hypotheses[label, test_set.name] = found["hypotheses"]
+                row[test_set.name] = {k: v for k, v in found.items() if k != "hypotheses"}
                 bar.update(1)
             rows.append(row)
+    if config.baseline is not None:
+        for row in rows:
+            for test_set in test_sets:
+                if row["checkpoint"] != config.baseline:
+                    row[test_set.name]["paired_bootstrap"] = paired_bootstrap(
+                        hypotheses[config.baseline, test_set.name],
+                        hypotheses[row["checkpoint"], test_set.name],
+                        test_set.references,
+                        tgt_lang=tgt_lang,
+                        bleu_tokenize=config.metrics.bleu_tokenize,
+                    )
     return {
         "runs": [str(r) for r in runs],
-        "search": dataclasses.asdict(config.search),
-        "test_sets": [{"name": t.name, "sentences": len(t.sources)} for t in test_sets],
+        "baseline": config.baseline,
+        "test_sets": [
+            {"name": t.name, "sentences": len(t.sources), "references": len(t.references)} for t in test_sets
+        ],
         "rows": rows,
     }
 
 
+def describe_search(search: dict) -> str:
+    if search["sampling"]:
+        return f"sampling (top-k {search['top_k']}, top-p {search['top_p']}, temperature {search['temperature']})"
+    if search["beam"] == 1:
+        return "greedy"
+    return f"beam {search['beam']}, length penalty {search['length_penalty_type']} {search['length_penalty']}"
+
+
 def markdown(report: dict) -> str:
     names = [t["name"] for t in report["test_sets"]]
-    search = report["search"]
-    described = ", ".join(f"{t['name']} ({t['sentences']} sentences)" for t in report["test_sets"])
+    baseline = report.get("baseline")
+    described = ", ".join(
+        f"{t['name']} ({t['sentences']} sentences, {t['references']} reference{'s' if t['references'] > 1 else ''})"
+        for t in report["test_sets"]
+    )
+    searches = sorted({describe_search(row["search"]) for row in report["rows"]})
+    header = " | ".join(
+        f"{n} BLEU | {n} chrF | {n} TER" + (f" | {n} p (BLEU vs {baseline})" if baseline else "") for n in names
+    )
     lines = [
         f"# Report: {', '.join(report['runs'])}",
         "",
-        f"Beam {search['beam']}, length penalty {search['length_penalty_type']} {search['length_penalty']}; "
-        f"test sets: {described}.",
+        f"Search (each checkpoint's own): {'; '.join(searches)}. Test sets: {described}.",
         "",
-        "| checkpoint | step | val BLEU | " + " | ".join(f"{n} BLEU | {n} chrF" for n in names) + " |",
-        "|---|---|---|" + "---|---|" * len(names),
+        f"| checkpoint | step | val BLEU | {header} |",
+        "|---|---|---|" + ("---|---|---|" + ("---|" if baseline else "")) * len(names),
     ]
     for row in report["rows"]:
         val = "" if row["val_bleu"] is None else f"{row['val_bleu']:.2f}"
-        cells = " | ".join(f"{row[n]['bleu']:.2f} | {row[n]['chrf']:.2f}" for n in names)
-        lines.append(f"| {row['checkpoint']} | {row['step']} | {val} | {cells} |")
+        cells = []
+        for n in names:
+            cell = f"{row[n]['bleu']:.2f} | {row[n]['chrf']:.2f} | {row[n]['ter']:.2f}"
+            if baseline:
+                test = row[n].get("paired_bootstrap")
+                cell += " | " + ("—" if test is None else f"{test['bleu']['p_value']:.4f}")
+            cells.append(cell)
+        lines.append(f"| {row['checkpoint']} | {row['step']} | {val} | {' | '.join(cells)} |")
     first = report["rows"][0][names[0]]
-    lines += ["", f"BLEU signature: `{first['bleu_signature']}`", f"chrF signature: `{first['chrf_signature']}`", ""]
-    return "\n".join(lines)
+    lines += [
+        "",
+        f"BLEU signature: `{first['bleu_signature']}`",
+        f"chrF signature: `{first['chrf_signature']}`",
+        f"TER signature: `{first['ter_signature']}`",
+    ]
+    if baseline:
+        lines.append(
+            f"p: sacreBLEU's paired bootstrap resampling ({BOOTSTRAP_SAMPLES} samples) of each checkpoint against "
+            f"{baseline}; below 0.05, the difference is unlikely to be chance."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def plot(report: dict, output: Path) -> None:
@@ -233,7 +304,7 @@ def write_report(report: dict, output_dir: Path) -> None:
 @entry_point("report", ReportConfig)
 def main(config: ReportConfig) -> None:
     set_threads(config.threads)
-    report = build_report(config)
+    report = build_report(config, set_on_command_line("search"))
     output_dir = Path(config.output_dir or config.run or config.runs[0])
     write_report(report, output_dir)
     print(json.dumps({"report": str(output_dir / "report.md"), "rows": len(report["rows"])}), flush=True)

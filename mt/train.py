@@ -1,5 +1,8 @@
 """``python -m mt.train [overrides]``: train a Transformer, keep the best and last checkpoints,
-plot the learning curve, and score the best checkpoint on the test split (``mt.training.run``)."""
+plot the learning curve, and score the best checkpoint on the test split (``mt.training.run``).
+
+It returns, to Hydra's sweepers, the validation figure that chose the best checkpoint
+(``validation.metric``: BLEU by default), never a test score: a sweep tunes on validation."""
 
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ from mt.training.run import train
 def main(config: TrainConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    scores = train(config, Path(HydraConfig.get().runtime.output_dir))
-    return None if scores is None else scores["bleu"]  # the value Hydra sweepers optimise
+    result = train(config, Path(HydraConfig.get().runtime.output_dir))
+    return None if result is None else result["selection"]["value"]  # what Hydra's sweepers optimise
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from mt.cli import entry_point
-from mt.config import TranslateConfig, with_beam, with_nbest
+from mt.cli import entry_point, set_on_command_line
+from mt.config import TranslateConfig, saved_search, search_overrides, with_nbest
 from mt.data.readers import read_lines
 from mt.decode.translator import sampling_generator, translate
 from mt.device import best_device, set_threads
@@ -54,9 +54,11 @@ def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 @entry_point("translate", TranslateConfig)
 def main(config: TranslateConfig) -> None:
     set_threads(config.threads)
-    search = with_nbest(with_beam(config.search, config.beam), config.nbest)
     lines = read_lines(config.input) if config.input else stdin_lines()  # a bad input= fails before the load
     model, loaded = load_translator(config.checkpoint, config.ensemble)
+    # The checkpoint's own search, with what the command line sets winning.
+    overrides = search_overrides(config.search, set_on_command_line("search"), config.beam)
+    search = with_nbest(saved_search(loaded.search, overrides), config.nbest)
     device = best_device()
     model = model.to(device)
     generator = sampling_generator(search, device) if search.sampling else None  # one stream for all chunks

@@ -1,7 +1,10 @@
-"""sacreBLEU and chrF on detokenized text, each with its signature.
+"""sacreBLEU's BLEU, chrF and TER on detokenized text, each with its signature, and paired significance tests.
 
-Cased, detokenized sacreBLEU with its default ``13a`` tokenizer is the headline number; the
-signature says exactly how it was computed, so it can be published beside the score.
+Cased, detokenized BLEU is the headline number. Its tokenizer follows the target language as sacreBLEU
+chooses it (``zh`` for Chinese, ``ja-mecab`` for Japanese, ``ko-mecab`` for Korean, ``13a`` for the rest)
+unless one is given; the signature says exactly how each score was computed, so it can be published beside
+it. Every function takes one or more reference streams: ``references[k][i]`` is the k-th reference of
+sentence i.
 """
 
 from __future__ import annotations
@@ -9,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics import BLEU, CHRF, TER
+from sacrebleu.metrics.base import Metric
+
+from mt.errors import ConfigError, DataError
+
+BOOTSTRAP_SAMPLES = 1000  # sacreBLEU's default for --paired-bs
 
 
 @dataclass
@@ -18,33 +26,128 @@ class Score:
     signature: str
 
 
-def _check(hypotheses: Sequence[str], references: Sequence[str]) -> None:
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+def bleu_metric(tgt_lang: str | None = None, tokenize: str | None = None) -> BLEU:
+    """sacreBLEU's BLEU with ``tokenize``, or the tokenizer sacreBLEU picks for ``tgt_lang``.
+
+    A tokenizer whose package is missing (``ja-mecab``: ``pip install 'sacrebleu[ja]'``; ``ko-mecab``:
+    ``'sacrebleu[ko]'``) or whose model cannot be fetched offline (``flores200``, ``spm``) is a ``ConfigError``.
+    """
+    try:
+        metric = BLEU(tokenize=tokenize, trg_lang=tgt_lang or "")
+        metric.corpus_score(["a"], [["a"]])  # loads the tokenizer (a dictionary, a model) now, not mid-evaluation
+    except (ImportError, RuntimeError, OSError, AssertionError) as error:
+        chosen = tokenize or f"{BLEU(trg_lang='').tokenizer.signature()} for target language {tgt_lang!r}"
+        hint = {"ja-mecab": "pip install 'sacrebleu[ja]'", "ko-mecab": "pip install 'sacrebleu[ko]'"}.get(
+            metric_name(tokenize, tgt_lang), "choose another with metrics.bleu_tokenize="
+        )
+        raise ConfigError(f"BLEU tokenizer {chosen}: unavailable here ({first_line(error)}); {hint}") from None
+    except KeyError:
+        raise ConfigError(f"metrics.bleu_tokenize={tokenize!r}: expected one of {', '.join(BLEU.TOKENIZERS)}") from None
+    return metric
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> Score:
-    """Corpus sacreBLEU (cased, 13a) of ``hypotheses`` against one reference each."""
-    _check(hypotheses, references)
-    metric = BLEU()
-    result = metric.corpus_score(list(hypotheses), [list(references)])
+def metric_name(tokenize: str | None, tgt_lang: str | None) -> str:
+    return tokenize or BLEU._TOKENIZER_MAP.get(tgt_lang or "", BLEU.TOKENIZER_DEFAULT)
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _streams(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> list[list[str]]:
+    if not references:
+        raise DataError("no references")
+    for k, stream in enumerate(references):
+        if isinstance(stream, str):
+            raise TypeError("references: expected a list of reference streams (lists of sentences), got a string")
+        if len(stream) != len(hypotheses):
+            raise DataError(f"reference {k + 1} has {len(stream)} lines but there are {len(hypotheses)} hypotheses")
+    return [list(stream) for stream in references]
+
+
+def _score(metric: Metric, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> Score:
+    result = metric.corpus_score(list(hypotheses), _streams(hypotheses, references))
     return Score(result.score, str(metric.get_signature()))
 
 
-def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> Score:
+def bleu(
+    hypotheses: Sequence[str],
+    references: Sequence[Sequence[str]],
+    *,
+    tgt_lang: str | None = None,
+    tokenize: str | None = None,
+) -> Score:
+    """Corpus BLEU (cased; the tokenizer as in ``bleu_metric``)."""
+    return _score(bleu_metric(tgt_lang, tokenize), hypotheses, references)
+
+
+def chrf(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> Score:
     """Corpus chrF (character 6-grams, beta 2)."""
-    _check(hypotheses, references)
-    metric = CHRF()
-    result = metric.corpus_score(list(hypotheses), [list(references)])
-    return Score(result.score, str(metric.get_signature()))
+    return _score(CHRF(), hypotheses, references)
 
 
-def scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
-    """BLEU and chrF rounded to 2 decimals, with their signatures: the fields every result reports."""
-    bleu_score, chrf_score = bleu(hypotheses, references), chrf(hypotheses, references)
-    return {
-        "bleu": round(bleu_score.score, 2),
-        "chrf": round(chrf_score.score, 2),
-        "bleu_signature": bleu_score.signature,
-        "chrf_signature": chrf_score.signature,
+def ter(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> Score:
+    """Corpus TER (translation edit rate, lower is better) with sacreBLEU's defaults (case-insensitive)."""
+    return _score(TER(), hypotheses, references)
+
+
+def scores(
+    hypotheses: Sequence[str],
+    references: Sequence[Sequence[str]],
+    *,
+    tgt_lang: str | None = None,
+    bleu_tokenize: str | None = None,
+) -> dict:
+    """BLEU, chrF and TER rounded to 2 decimals, with their signatures: the fields every result reports."""
+    found = {
+        "bleu": bleu(hypotheses, references, tgt_lang=tgt_lang, tokenize=bleu_tokenize),
+        "chrf": chrf(hypotheses, references),
+        "ter": ter(hypotheses, references),
     }
+    return {
+        **{name: round(score.score, 2) for name, score in found.items()},
+        **{f"{name}_signature": score.signature for name, score in found.items()},
+        "references": len(references),
+    }
+
+
+def paired_bootstrap(
+    baseline: Sequence[str],
+    system: Sequence[str],
+    references: Sequence[Sequence[str]],
+    *,
+    tgt_lang: str | None = None,
+    bleu_tokenize: str | None = None,
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> dict:
+    """Paired bootstrap resampling (Koehn 2004) of ``system`` against ``baseline``, by sacreBLEU's ``PairedTest``
+    (what ``sacrebleu REF -i BASELINE SYSTEM --paired-bs`` computes; its seed: ``SACREBLEU_SEED``, default 12345).
+
+    For BLEU and chrF: each system's score, its bootstrap mean and 95% confidence half-width, and the p-value of
+    the difference (small: unlikely to be chance).
+    """
+    from sacrebleu.significance import PairedTest
+
+    streams = _streams(system, references)
+    if len(baseline) != len(system):
+        raise DataError(f"the baseline has {len(baseline)} lines but there are {len(system)} hypotheses")
+    metrics = {"BLEU": bleu_metric(tgt_lang, bleu_tokenize), "chrF": CHRF()}
+    test = PairedTest(
+        [("baseline", list(baseline)), ("system", list(system))], metrics, streams, test_type="bs", n_samples=samples
+    )
+    signatures, results = test()
+    report: dict = {"test": "paired bootstrap resampling", "samples": samples}
+    for key, name in zip(("bleu", "chrf"), signatures):  # sacreBLEU's names: BLEU, chrF2
+        base, ours = results[name]
+        report[key] = {  # sacreBLEU's means and intervals are numpy float32: plain floats, for JSON
+            "baseline": round(float(base.score), 2),
+            "baseline_mean": round(float(base.mean), 2),
+            "baseline_ci95": round(float(base.ci), 2),
+            "system": round(float(ours.score), 2),
+            "system_mean": round(float(ours.mean), 2),
+            "system_ci95": round(float(ours.ci), 2),
+            "p_value": round(float(ours.p_value), 4),
+            "signature": str(signatures[name]),
+        }
+    return report

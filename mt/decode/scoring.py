@@ -1,19 +1,21 @@
-"""Scoring a checkpoint on a test set: decode, detokenize, BLEU and chrF, optionally write the outputs.
+"""Scoring a checkpoint on a test set: decode, detokenize, BLEU, chrF and TER (and a paired bootstrap test
+against a baseline), optionally write the outputs.
 
 Used by ``mt.evaluate`` and by ``mt.train`` after training (``test_after_training``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from mt.atomic import atomic_write, refuse_to_overwrite
-from mt.config import DataConfig, SearchConfig, from_dict
+from mt.config import DataConfig, SearchConfig, from_dict, saved_search
 from mt.data.corpus import load_split
 from mt.data.readers import read_lines
-from mt.decode.metrics import scores
+from mt.decode.metrics import bleu_metric, paired_bootstrap, scores
 from mt.decode.translator import translate
 from mt.device import best_device
 from mt.errors import DataError, RunError
@@ -23,27 +25,37 @@ from mt.model.checkpoint import load_translator
 def score_checkpoint(
     checkpoint: str | Path,
     *,
-    search: SearchConfig,
+    search: SearchConfig | None = None,
+    search_overrides: dict | None = None,
     split: str = "test",
     source: str | None = None,
-    reference: str | None = None,
+    references: Sequence[str] = (),
     output: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
     ensemble: Sequence[str | Path] = (),
+    baseline: str | None = None,
+    bleu_tokenize: str | None = None,
 ) -> dict:
-    """Translate ``source`` (default: ``split`` of the checkpoint's data) and score it.
+    """Translate ``source`` (default: ``split`` of the checkpoint's data) and score it against ``references``
+    (files, one or several; default: the split's target side).
 
-    Every check that needs no decoding (outputs that exist, unreadable, empty or misaligned input
-    files) runs before the checkpoint is loaded, and nothing is written unless decoding succeeds.
+    Decodes with ``search``, else with the checkpoint's saved search and ``search_overrides`` over it. BLEU's
+    tokenizer is ``bleu_tokenize`` or sacreBLEU's choice for the checkpoint's target language. ``baseline``
+    (another system's output of the same sentences) adds a paired bootstrap test against it. Every check that
+    needs no decoding (outputs that exist, unreadable, empty or misaligned input files) runs before the
+    checkpoint is loaded, and nothing is written unless decoding succeeds.
     """
     outputs = [] if output is None else [Path(output), Path(f"{output}.scores.json")]
     for path in outputs:  # refuse before spending time decoding
         refuse_to_overwrite(path, overwrite=overwrite)
+    streams: list[list[str]] | None = None
     if source is not None:  # read and check the input before loading the checkpoint
-        sources, references = read_source_and_reference(source, reference)
+        sources, streams = read_source_and_references(source, references)
         origin = source
     model, loaded = load_translator(checkpoint, ensemble)
+    if search is None:
+        search = saved_search(loaded.search, search_overrides or {})
     device = best_device()
     if source is None:
         if not loaded.data:
@@ -52,7 +64,9 @@ def score_checkpoint(
         text = load_split(data, split)
         if len(text) == 0:
             raise DataError(f"{text.origin}: the {split} split is empty, so there is nothing to translate")
-        sources, references, origin = text.src, text.tgt, f"{data.name} {split} ({data.src_lang}-{data.tgt_lang})"
+        sources, streams, origin = text.src, [text.tgt], f"{data.name} {split} ({data.src_lang}-{data.tgt_lang})"
+    baseline_lines = read_baseline(baseline, len(sources), streams)
+    bleu_metric(loaded.tgt_lang, bleu_tokenize)  # an unavailable tokenizer fails now, not after decoding
     hypotheses = [
         nbest[0][0]
         for nbest in translate(
@@ -66,9 +80,17 @@ def score_checkpoint(
         "sentences": len(sources),
         "beam": search.beam,
         "length_penalty": search.length_penalty,
+        "search": dataclasses.asdict(search),
     }
-    if references is not None:
-        result.update(scores(hypotheses, references))
+    if streams is not None:
+        result.update(scores(hypotheses, streams, tgt_lang=loaded.tgt_lang, bleu_tokenize=bleu_tokenize))
+    if baseline_lines is not None:
+        result["paired_bootstrap"] = {
+            "baseline": baseline,
+            **paired_bootstrap(
+                baseline_lines, hypotheses, streams, tgt_lang=loaded.tgt_lang, bleu_tokenize=bleu_tokenize
+            ),
+        }
     if output is not None:
         with atomic_write(output) as handle:
             handle.write("".join(h + "\n" for h in hypotheses).encode("utf-8"))
@@ -77,14 +99,29 @@ def score_checkpoint(
     return result
 
 
-def read_source_and_reference(source: str, reference: str | None) -> tuple[list[str], list[str] | None]:
-    """The lines of ``source`` (at least one) and of ``reference`` (as many), else a ``DataError``."""
+def read_baseline(baseline: str | None, count: int, references: list[list[str]] | None) -> list[str] | None:
+    """The lines of another system's output, as many as there are sources, else a ``DataError``."""
+    if baseline is None:
+        return None
+    if references is None:
+        raise DataError(f"baseline={baseline}: a significance test needs references (pass reference=)")
+    lines = read_lines(baseline)
+    if len(lines) != count:
+        raise DataError(f"baseline {baseline} has {len(lines)} lines but there are {count} sentences to translate")
+    return lines
+
+
+def read_source_and_references(source: str, references: Sequence[str]) -> tuple[list[str], list[list[str]] | None]:
+    """The lines of ``source`` (at least one) and of each reference file (as many), else a ``DataError``."""
     sources = read_lines(source)
     if not sources:
         raise DataError(f"source {source} is empty: expected one sentence a line")
-    if reference is None:
+    if not references:
         return sources, None
-    references = read_lines(reference)
-    if len(references) != len(sources):
-        raise DataError(f"reference {reference} has {len(references)} lines but source {source} has {len(sources)}")
-    return sources, references
+    streams = []
+    for reference in references:
+        lines = read_lines(reference)
+        if len(lines) != len(sources):
+            raise DataError(f"reference {reference} has {len(lines)} lines but source {source} has {len(sources)}")
+        streams.append(lines)
+    return sources, streams

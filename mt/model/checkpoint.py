@@ -50,12 +50,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class Checkpoint:
-    """A trained model as decoding needs it; ``data`` is the data config (a plain dict) it was trained on."""
+    """A trained model as decoding needs it; ``data`` is the data config (a plain dict) it was trained on and
+    ``search`` the search config it was trained and tuned with (plain dicts; None in files that lack them)."""
 
     model: Transformer
     tokenizer: Tokenizer
     model_config: ModelConfig
     data: dict | None = None
+    search: dict | None = None
+
+    @property
+    def tgt_lang(self) -> str | None:
+        return (self.data or {}).get("tgt_lang")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -90,7 +96,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except RuntimeError as error:
         raise CheckpointError(_weights_mismatch(path, error)) from None
     _check_vocabularies(path, model, tokenizer)
-    return Checkpoint(model=model.eval(), tokenizer=tokenizer, model_config=model_config, data=hyper.get("data"))
+    return Checkpoint(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        model_config=model_config,
+        data=hyper.get("data"),
+        search=hyper.get("search"),
+    )
 
 
 def load_translator(checkpoint: str | Path, ensemble: Sequence[str | Path] = ()) -> tuple[nn.Module, Checkpoint]:

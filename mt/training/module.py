@@ -24,10 +24,10 @@ from torch import Tensor
 
 from mt import faults
 from mt.compat import raise_recompile_limit
-from mt.config import ModelConfig, OptimConfig, SearchConfig, ValidationConfig, from_dict
+from mt.config import MetricsConfig, ModelConfig, OptimConfig, SearchConfig, ValidationConfig, from_dict
 from mt.data.batching import Batch
 from mt.data.tokenizer import PAD_ID, Tokenizer
-from mt.decode.metrics import bleu
+from mt.decode.metrics import bleu, chrf
 from mt.decode.translator import decode_ids
 from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
@@ -89,6 +89,7 @@ class TranslationModule(L.LightningModule):
         src_vocab_size: int,
         tgt_vocab_size: int,
         data: dict | None = None,
+        metrics: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -96,6 +97,8 @@ class TranslationModule(L.LightningModule):
         self.optim_cfg = from_dict(OptimConfig, optim)
         self.search_cfg = from_dict(SearchConfig, search)
         self.validation_cfg = from_dict(ValidationConfig, validation)
+        self.metrics_cfg = from_dict(MetricsConfig, metrics or {})
+        self.tgt_lang = (data or {}).get("tgt_lang")
         self.model = Transformer(self.model_cfg, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size)
         self.tokenizer: Tokenizer | None = None  # set before training; restored from checkpoints
         self.throughput = Throughput()
@@ -255,15 +258,18 @@ class TranslationModule(L.LightningModule):
         self.log("val/ppl", torch.exp(sums[1] / num_tokens), sync_dist=False)
         self.log("time/train_hours", self.throughput.elapsed_hours())
         if self.validation_cfg.decode != "none" and not self.trainer.sanity_checking:
-            self.log("val/bleu", self.validation_bleu(), prog_bar=True)
+            hypotheses, references = self.validation_translations()
+            bleu_score = bleu(hypotheses, [references], tgt_lang=self.tgt_lang, tokenize=self.metrics_cfg.bleu_tokenize)
+            self.log("val/bleu", bleu_score.score, prog_bar=True)
+            self.log("val/chrf", chrf(hypotheses, [references]).score)
         if not self.trainer.sanity_checking:
             self._validated_at_step = self.trainer.global_step
 
-    def validation_bleu(self) -> float:
-        """sacreBLEU of decoding the validation sources (greedy or beam, per ``validation``).
+    def validation_translations(self) -> tuple[list[str], list[str]]:
+        """The validation sources decoded (greedy or beam, per ``validation``), and their references.
 
         Under DDP each rank decodes every W-th sentence and the hypotheses are gathered back in
-        order, so the score equals a single process's on the same weights.
+        order, so the scores equal a single process's on the same weights.
         """
         datamodule = self.trainer.datamodule
         corpus, references = datamodule.valid_corpus, datamodule.valid_references
@@ -289,7 +295,7 @@ class TranslationModule(L.LightningModule):
             )
         tokens = gather_strided([nbest[0].tokens for nbest in hyps], count)
         texts = self.tokenizer.decode_tgt(tokens)
-        return bleu(texts, [references[int(corpus.index[i])] for i in range(count)]).score
+        return texts, [references[int(corpus.index[i])] for i in range(count)]
 
     # -- checkpoints ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ The run directory (``hydra.run.dir``) receives ``config.yaml`` (the resolved con
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from mt.data.tokenizer import Tokenizer
 from mt.decode.scoring import score_checkpoint
 from mt.device import prepare_cuda, set_threads
 from mt.errors import RunError
+from mt.model.checkpoint import read_checkpoint
 from mt.training.datamodule import TranslationDataModule
 from mt.training.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
 from mt.training.module import TranslationModule
@@ -33,9 +35,14 @@ from mt.training.preemption import REQUEUE_SIGNALS, Preempted, PreemptionCallbac
 from mt.training.resume import check_same_model, resume_checkpoint
 from mt.training.trainer import build_trainer
 
+log = logging.getLogger(__name__)
+
 
 def train(config: TrainConfig, run_dir: Path) -> dict | None:
-    """Train as configured in ``run_dir``; return the test scores of the best checkpoint (rank 0)."""
+    """Train as configured in ``run_dir``. Rank 0 returns ``{"selection": ..., "test": ...}``: the validation
+    metric that chose the best checkpoint, its value, step and path (also in ``run_dir/selection.json``), and
+    that checkpoint's test scores (None without ``test_after_training``); the other ranks, and a preempted run,
+    return None."""
     set_threads(config.threads)
     if config.data.path:  # checkpoints record where their data is: make it valid from any directory
         config.data.path = str(Path(config.data.path).expanduser().resolve())
@@ -105,13 +112,37 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     if not trainer.is_global_zero:
         return None
     plot_learning_curve(run_dir / "csv", run_dir / "curve.png")
+    metric, mode = config.validation.selection
+    score = best_checkpoint.best_model_score
+    selection = {
+        "metric": metric,
+        "mode": mode,
+        "value": None if score is None else round(float(score), 4),
+        "step": None,
+        "checkpoint": best_checkpoint.best_model_path or None,
+    }
+    if selection["checkpoint"]:
+        selection["step"] = int(read_checkpoint(selection["checkpoint"]).get("global_step", 0))
+    else:
+        log.warning("no validation ran, so no checkpoint was selected (and a sweep has no %s to optimise)", metric)
+    with atomic_write(run_dir / "selection.json") as handle:
+        handle.write((json.dumps(selection, indent=2) + "\n").encode())
+    result = {"selection": selection, "test": None}
     if not config.test_after_training or config.trainer.fast_dev_run:
-        return None
+        return result
     best = best_checkpoint.best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
-    scores = score_checkpoint(best, split="test", search=config.search, progress=config.trainer.enable_progress_bar)
-    (run_dir / "test_scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    scores = score_checkpoint(
+        best,
+        split="test",
+        search=config.search,
+        progress=config.trainer.enable_progress_bar,
+        bleu_tokenize=config.metrics.bleu_tokenize,
+    )
+    with atomic_write(run_dir / "test_scores.json") as handle:
+        handle.write((json.dumps(scores, indent=2) + "\n").encode())
     print(json.dumps(scores), flush=True)
-    return scores
+    result["test"] = scores
+    return result
 
 
 def build_module(config: TrainConfig, tokenizer: Tokenizer) -> TranslationModule:
@@ -124,6 +155,7 @@ def build_module(config: TrainConfig, tokenizer: Tokenizer) -> TranslationModule
         src_vocab_size=tokenizer.src_vocab_size,
         tgt_vocab_size=tokenizer.tgt_vocab_size,
         data=to_dict(config.data),
+        metrics=to_dict(config.metrics),
     )
     module.tokenizer = tokenizer
     if config.trainer.compile:

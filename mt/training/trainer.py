@@ -22,8 +22,7 @@ def build_trainer(
     config: TrainConfig, run_dir: Path, *, resuming: bool = False, preemption: PreemptionCallback | None = None
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     cfg = config.trainer
-    decoding = config.validation.decode != "none"
-    monitor, mode = ("val/bleu", "max") if decoding else ("val/loss", "min")
+    monitor, mode = config.validation.selection  # best.ckpt, early stopping, and a sweep's objective
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",

@@ -270,7 +270,7 @@ def test_evaluate_treats_crlf_like_lf_and_keeps_empty_lines(checkpoint, tmp_path
             checkpoint,
             search=FAST_SEARCH,
             source=str(tmp_path / f"{name}.de"),
-            reference=str(tmp_path / "ref.en"),
+            references=[str(tmp_path / "ref.en")],
             output=str(tmp_path / f"{name}.hyp"),
             progress=False,
         )
@@ -288,7 +288,7 @@ def test_evaluate_refuses_a_reference_with_another_line_count(checkpoint, tmp_pa
             checkpoint,
             search=FAST_SEARCH,
             source=str(tmp_path / "src.de"),
-            reference=str(tmp_path / "ref.en"),
+            references=[str(tmp_path / "ref.en")],
             output=str(tmp_path / "hyp.en"),
             progress=False,
         )

@@ -79,7 +79,7 @@ def test_evaluate_and_translate_decode_an_ensemble_of_checkpoints(toy_corpus_dir
     trainer.save_checkpoint(tmp_path / "b.ckpt")
     a, b = str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt")
 
-    files = {"source": str(toy_corpus_dir / "test.de.gz"), "reference": str(toy_corpus_dir / "test.en.gz")}
+    files = {"source": str(toy_corpus_dir / "test.de.gz"), "references": [str(toy_corpus_dir / "test.en.gz")]}
     search = SearchConfig(beam=2)
     alone = score_checkpoint(a, search=search, progress=False, **files)
     assert score_checkpoint(a, search=search, progress=False, ensemble=[a], **files)["bleu"] == alone["bleu"]

@@ -27,6 +27,8 @@ def trained_run(toy_corpus_dir, tmp_path_factory):
             "trainer.check_val_every_n_epoch": None,
             "trainer.keep_checkpoints": 3,
             "test_after_training": False,
+            "search.beam": 3,  # the run's own search, which report uses unless told otherwise
+            "search.length_penalty": 1.5,
         },
     )
     train(config, run_dir)
@@ -55,7 +57,8 @@ def test_report_scores_every_checkpoint_and_the_average_on_each_test_set(trained
 
     write_report(report, tmp_path / "out")
     table = (tmp_path / "out/report.md").read_text()
-    assert "| checkpoint | step | val BLEU | test BLEU | test chrF | extra.de BLEU | extra.de chrF |" in table
+    header = "| val BLEU | test BLEU | test chrF | test TER | extra.de BLEU | extra.de chrF | extra.de TER |"
+    assert "| checkpoint | step " + header in table
     assert table.count("\n| step") == 3 and "| avg_last2 |" in table
     assert json.loads((tmp_path / "out/report.json").read_text())["rows"] == report["rows"]
     assert (tmp_path / "out/report.png").stat().st_size > 1000
@@ -72,8 +75,24 @@ def test_report_scores_every_checkpoint_and_the_average_on_each_test_set(trained
 
 
 def test_report_cli_writes_the_three_files(trained_run, tmp_path):
+    """Each checkpoint decodes with its saved search (beam 3, alpha 1.5) except what the command line sets
+    (beam 2); two references for one test set; paired bootstrap against best."""
+    extra = write_text_corpus(tmp_path / "extra", {"extra": toy_pairs(12, seed=9)}, gz=False)
+    second = tmp_path / "second.en"
+    second.write_text("".join(f"{line} Again.\n" for line in (extra / "extra.en").read_text().splitlines()))
     result = subprocess.run(
-        [sys.executable, "-m", "mt.report", f"run={trained_run}", f"output_dir={tmp_path}", "search.beam=2"],
+        [
+            sys.executable,
+            "-m",
+            "mt.report",
+            f"run={trained_run}",
+            f"output_dir={tmp_path / 'out'}",
+            "search.beam=2",
+            f"sources=[{extra / 'extra.de'}]",
+            f"references=[[{extra / 'extra.en'},{second}]]",
+            "baseline=best",
+            "include_data_splits=false",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -81,7 +100,21 @@ def test_report_cli_writes_the_three_files(trained_run, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["rows"] == 5
-    assert {p.name for p in tmp_path.iterdir()} >= {"report.md", "report.json", "report.png"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"report.md", "report.json", "report.png"}
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert {(r["search"]["beam"], r["search"]["length_penalty"]) for r in report["rows"]} == {(2, 1.5)}
+    assert report["test_sets"] == [{"name": "extra.de", "sentences": 12, "references": 2}]
+    for row in report["rows"]:
+        scores = row["extra.de"]
+        assert scores["references"] == 2 and scores["bleu_signature"].startswith("nrefs:2|")
+        assert ("paired_bootstrap" in scores) == (row["checkpoint"] != "best")
+    table = (tmp_path / "out/report.md").read_text()
+    assert "extra.de p (BLEU vs best)" in table and "sacreBLEU's paired bootstrap" in table
+
+
+def test_report_refuses_a_baseline_that_is_not_one_of_its_checkpoints(trained_run):
+    with pytest.raises(Exception, match="baseline=nope: no such checkpoint; expected one of step0000010"):
+        build_report(ReportConfig(run=str(trained_run), baseline="nope"))
 
 
 def test_report_of_a_directory_without_checkpoints_is_a_clear_error(tmp_path):
@@ -104,9 +137,9 @@ def test_test_splits_of_a_hub_dataset_are_the_hubs_splits(tmp_path):
         )
     data = {"name": "hubtest", "hub_name": str(tmp_path)}
     sets = load_test_sets(ReportConfig(run="r", test_splits=["validation", "test"]), data)
-    assert [(s.name, list(zip(s.sources, s.references))) for s in sets] == list(pairs.items())
+    assert [(s.name, list(zip(s.sources, *s.references))) for s in sets] == list(pairs.items())
     (default,) = load_test_sets(ReportConfig(run="r"), data)
-    assert default.name == "test" and list(zip(default.sources, default.references)) == pairs["test"]
+    assert default.name == "test" and list(zip(default.sources, *default.references)) == pairs["test"]
 
 
 def test_test_files_of_the_same_name_keep_their_own_scores_and_empty_ones_are_refused(tmp_path):

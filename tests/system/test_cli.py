@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, toy_args
 
 pytestmark = pytest.mark.slow  # the system tier: whole commands in subprocesses, run in CI
 
@@ -264,3 +267,43 @@ def test_average_last_checkpoints_of_a_run_then_evaluate(trained_run, multi30k_s
     scores = run("mt.evaluate", f"checkpoint={output}", "beam=2", env={"MT_DATA_DIR": str(multi30k_slice)})
     assert scores.returncode == 0, scores.stderr[-3000:]
     assert json.loads(scores.stdout.splitlines()[-1])["sentences"] == 100
+
+
+def test_an_optuna_sweep_optimises_the_validation_bleu_of_each_trials_chosen_checkpoint(toy_corpus_dir, tmp_path):
+    """hydra/sweeper=mt_optuna: each trial returns the val/bleu of its best checkpoint (the highest its CSV log
+    holds), not its test BLEU; Optuna's best is the best of those; mt.trials lists them best first."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep_dir = tmp_path / "sweep"
+    args = toy_args(toy_corpus_dir, tmp_path / "unused", "trainer.max_steps=96", "trainer.check_val_every_n_epoch=2")
+    result = run(
+        "mt.train",
+        "-m",
+        "hydra/sweeper=mt_optuna",
+        "hydra.sweeper.n_trials=3",
+        # the config's search space, narrowed to what learns the toy corpus in 96 steps
+        "hydra.sweeper.params={optim.lr:'tag(log, interval(2e-3, 6e-3))',optim.warmup_steps:'choice(10, 20)'}",
+        f"hydra.sweep.dir={sweep_dir}",
+        # what the sweep searches must not be fixed on the command line (Optuna's sweeper would keep it fixed)
+        *[a for a in args if a != "test_after_training=false" and not a.startswith(("optim.lr=", "optim.warmup"))],
+        "validation.max_sentences=null",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    values = []
+    for job in ("0", "1", "2"):
+        with open(next((sweep_dir / job).glob("csv/**/metrics.csv")), newline="") as handle:
+            logged = [float(row["val/bleu"]) for row in csv.DictReader(handle) if row.get("val/bleu")]
+        selection = json.loads((sweep_dir / job / "selection.json").read_text())
+        assert selection["metric"] == "val/bleu" and selection["value"] == pytest.approx(max(logged), abs=1e-4)
+        test_bleu = json.loads((sweep_dir / job / "test_scores.json").read_text())["bleu"]
+        assert selection["value"] != pytest.approx(test_bleu, abs=1e-3)  # a test score would be a different number
+        values.append(selection["value"])
+    optuna = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert optuna["best_value"] == pytest.approx(max(values), abs=1e-4)
+    assert set(optuna["best_params"]) == {"optim.lr", "optim.warmup_steps"}
+
+    table = run("mt.trials", f"dir={sweep_dir}")
+    assert table.returncode == 0, table.stderr[-2000:]
+    rows = [line for line in table.stdout.splitlines() if re.match(r"\| \d ", line)]
+    assert [float(row.split(" | ")[2]) for row in rows] == pytest.approx(sorted(values, reverse=True), abs=0.006)
+    assert all("optim.lr=" in row and "data.path=" not in row for row in rows)  # what differs; the rest above
+    assert (sweep_dir / "trials.md").read_text() == table.stdout

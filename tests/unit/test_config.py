@@ -65,6 +65,23 @@ def test_the_slurm_launcher_composes_into_submitits_launcher():
     assert (launcher.partition, launcher.tasks_per_node, launcher.signal_delay_s) == ("gpu", 8, 120)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "direction"),
+    [([], "maximize"), (["validation.metric=chrf"], "maximize"), (["validation.decode=none"], "minimize")],
+)
+def test_the_optuna_sweeper_composes_and_its_direction_follows_the_selection_metric(overrides, direction):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", ["hydra/sweeper=mt_optuna", *overrides], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper.direction == direction and sweeper.sampler.seed == cfg.seed
+    assert set(sweeper.params) == {"optim.lr", "optim.warmup_steps"}
+
+
 def test_defaults_and_fixed_override_order():
     config = to_typed(compose_config("train", []), TrainConfig)
     assert (config.data.name, config.data.src_lang, config.data.tgt_lang) == ("multi30k", "de", "en")

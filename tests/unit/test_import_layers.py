@@ -22,7 +22,16 @@ LAYERS = {
     "model": ("mt.model",),
     "decode": ("mt.decode",),
     "training": ("mt.training",),
-    "entry points": ("mt.cli", "mt.train", "mt.evaluate", "mt.translate", "mt.report", "mt.average", "mt.export"),
+    "entry points": (
+        "mt.cli",
+        "mt.train",
+        "mt.evaluate",
+        "mt.translate",
+        "mt.report",
+        "mt.average",
+        "mt.export",
+        "mt.trials",
+    ),
 }
 RANK = {prefix: rank for rank, prefixes in enumerate(LAYERS.values()) for prefix in prefixes}
 LEAVES = ("mt.errors", "mt.compat", "mt.device", "mt.faults")  # import nothing of mt
@@ -79,7 +88,7 @@ def test_no_module_imports_a_higher_layer(module):
     assert upward == [], f"{module} ({list(LAYERS)[rank or 0]}) imports {upward}"
 
 
-DECODING = ("mt.translate", "mt.evaluate", "mt.report", "mt.average", "mt.export")
+DECODING = ("mt.translate", "mt.evaluate", "mt.report", "mt.average", "mt.export", "mt.trials")
 
 
 def closure(module: str) -> set[str]:

@@ -1,0 +1,121 @@
+"""mt.evaluate as a user runs it: the checkpoint's own search unless the command line says otherwise, several
+references, TER, and a paired bootstrap test against a baseline, each checked against sacreBLEU's command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import toy_pairs
+from tests.helpers import ROOT, fit_tiny
+
+SAVED_SEARCH = {"beam": 3, "length_penalty": 1.5, "max_len_a": 0.0, "max_len_b": 8}
+
+
+@pytest.fixture(scope="module")
+def tuned_checkpoint(toy_corpus_dir, tmp_path_factory) -> Path:
+    """A tiny checkpoint whose training config had its own search (beam 3, alpha 1.5, short outputs)."""
+    directory = tmp_path_factory.mktemp("evaluate")
+    _, trainer = fit_tiny(toy_corpus_dir, directory / "run", max_steps=30)
+    trainer.save_checkpoint(directory / "plain.ckpt")
+    state = torch.load(directory / "plain.ckpt", weights_only=False)
+    state["hyper_parameters"]["search"] = SAVED_SEARCH
+    torch.save(state, directory / "tuned.ckpt")
+    return directory / "tuned.ckpt"
+
+
+def evaluate(*args: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "mt.evaluate", *args, "threads=1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def sacrebleu_cli(references: list[str], hypotheses: str | Path) -> dict:
+    command = [sys.executable, "-m", "sacrebleu", *references, "-i", str(hypotheses), "-m", "bleu", "chrf", "ter"]
+    result = subprocess.run([*command, "-w", "4"], capture_output=True, text=True, timeout=120)
+    return {entry["name"]: entry for entry in json.loads(result.stdout)}
+
+
+def write(path: Path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "beam", "alpha"),
+    [((), 3, 1.5), (("beam=2",), 2, 1.5), (("search.length_penalty=0.5",), 3, 0.5), (("search=greedy",), 1, 0.0)],
+    ids=["saved", "beam=", "search.field=", "search=preset"],
+)
+def test_evaluate_decodes_with_the_checkpoints_search_and_the_command_line_wins(
+    tuned_checkpoint, tmp_path, overrides, beam, alpha
+):
+    pairs = toy_pairs(6, seed=4)
+    source = write(tmp_path / "src.de", [s for s, _ in pairs])
+    reference = write(tmp_path / "ref.en", [t for _, t in pairs])
+    result = evaluate(f"checkpoint={tuned_checkpoint}", f"source={source}", f"reference={reference}", *overrides)
+    assert (result["search"]["beam"], result["search"]["length_penalty"]) == (beam, alpha)
+    assert result["search"]["max_len_b"] == (8 if overrides != ("search=greedy",) else 10)
+
+
+def test_several_references_ter_and_a_baseline_match_sacrebleus_command_line(tuned_checkpoint, tmp_path):
+    pairs = toy_pairs(12, seed=5)
+    source = write(tmp_path / "src.de", [s for s, _ in pairs])
+    references = [write(tmp_path / "ref1.en", [t for _, t in pairs])]
+    references.append(write(tmp_path / "ref2.en", [t.replace("The ", "A ", 1) for _, t in pairs]))
+    baseline = write(tmp_path / "baseline.en", [" ".join(t.split()[:-1]) for _, t in pairs])  # a weaker system
+    output = tmp_path / "hyp.en"
+    result = evaluate(
+        f"checkpoint={tuned_checkpoint}",
+        f"source={source}",
+        f"references=[{references[0]},{references[1]}]",
+        f"baseline={baseline}",
+        f"output={output}",
+    )
+    theirs = sacrebleu_cli(references, output)
+    assert result["references"] == 2
+    assert result["bleu"] == pytest.approx(theirs["BLEU"]["score"], abs=0.006)
+    assert result["chrf"] == pytest.approx(theirs["chrF2"]["score"], abs=0.006)
+    assert result["ter"] == pytest.approx(theirs["TER"]["score"], abs=0.006)
+    assert result["bleu_signature"] == theirs["BLEU"]["signature"]
+    test = result["paired_bootstrap"]
+    assert test["baseline"] == baseline and test["samples"] == 1000
+    assert test["bleu"]["system"] == pytest.approx(result["bleu"], abs=0.006)
+    assert test["bleu"]["baseline"] == pytest.approx(sacrebleu_cli(references, baseline)["BLEU"]["score"], abs=0.006)
+    assert 0 < test["bleu"]["p_value"] <= 1 and test["bleu"]["baseline_ci95"] > 0
+    assert json.loads(Path(f"{output}.scores.json").read_text()) == result
+
+
+def test_a_baseline_of_another_length_is_refused_before_decoding(tuned_checkpoint, tmp_path):
+    source = write(tmp_path / "src.de", ["Der hund.", "Die katze."])
+    reference = write(tmp_path / "ref.en", ["The dog.", "The cat."])
+    baseline = write(tmp_path / "baseline.en", ["The dog."])
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mt.evaluate",
+            f"checkpoint={tuned_checkpoint}",
+            f"source={source}",
+            f"reference={reference}",
+            f"baseline={baseline}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: baseline {baseline} has 1 lines but there are 2 sentences to translate"
