@@ -9,6 +9,7 @@ stderr, ``error: <message>``, and exit status 2.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -29,8 +30,33 @@ R = TypeVar("R")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Keys that no schema field declares: ``+key=value`` adds them to a composed config, and converting it to
+    its dataclass would drop them without a word."""
+    import dataclasses
+
+    found = []
+    node_type = OmegaConf.get_type(cfg)
+    fields = {f.name for f in dataclasses.fields(node_type)} if dataclasses.is_dataclass(node_type) else None
+    for key in cfg.keys():
+        name = f"{prefix}{key}"
+        if fields is not None and key not in fields:
+            found.append(name)
+            continue
+        value = cfg._get_node(key)
+        if isinstance(value, DictConfig) and not value._is_missing() and not value._is_none():
+            found += unknown_keys(value, f"{name}.")
+    return found
+
+
 def to_typed(cfg: DictConfig, cls: type[T]) -> T:
     """The composed Hydra config as its dataclass (``__post_init__`` checks run here)."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {unknown[0]!r} (added with +{unknown[0]}=...?): not a setting of {cls.__name__}; "
+            f"check its spelling"
+        )
     try:
         config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
@@ -75,6 +101,9 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
             except USER_ERRORS as error:
                 print(f"error: {error}", file=sys.stderr)
                 sys.exit(2)
+            except OSError as error:
+                exit_on_os_error(error)
+                raise
 
         hydra_task = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
 
@@ -90,6 +119,14 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
             except (HydraException, OmegaConfBaseException) as error:
                 print(f"error: {_one_line(error)}", file=sys.stderr)
                 sys.exit(2)
+            except OSError as error:  # e.g. Hydra making a run directory whose parent is a file
+                exit_on_os_error(error)
+                raise
+            except ValueError as error:  # Hydra's refusal of its own flags (e.g. -m with --cfg)
+                if not _raised_by_hydra(error):
+                    raise
+                print(f"error: {_one_line(error)}", file=sys.stderr)
+                sys.exit(2)
             finally:
                 if previous is None:
                     os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -99,6 +136,43 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
         return main
 
     return decorate
+
+
+# Errors of the machine, not of mt: each gets one line naming the file, and exit status 2.
+_WRITE_ERRNOS = {
+    errno.EACCES: "not writable by this user",
+    errno.EPERM: "not permitted",
+    errno.EROFS: "a read-only filesystem",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EEXIST: "a file is in the way",
+    errno.EISDIR: "a directory is in the way",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def exit_on_os_error(error: OSError) -> None:
+    """Exit quietly when the reader of stdout went away (``| head``: status 141, as a shell tool killed by
+    SIGPIPE), with one line for a file that cannot be written (status 2); return for any other ``OSError``."""
+    if isinstance(error, BrokenPipeError) or error.errno == errno.EPIPE:
+        try:  # Python would complain again when it flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        os._exit(141)
+    if error.errno in _WRITE_ERRNOS:
+        where = error.filename or "a file"
+        print(f"error: cannot write {where}: {error.strerror} ({_WRITE_ERRNOS[error.errno]})", file=sys.stderr)
+        sys.exit(2)
+
+
+def _raised_by_hydra(error: BaseException) -> bool:
+    """Whether ``error`` was raised in Hydra's own code (its command-line handling), not in a task."""
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return traceback is not None and f"{os.sep}hydra{os.sep}" in traceback.tb_frame.f_code.co_filename
 
 
 def _one_line(error: BaseException) -> str:

@@ -171,6 +171,10 @@ class SearchConfig:
     length_penalty_type: str = "gnmt"  # gnmt: ((5+len)/6)^alpha | average: len^alpha | none
     max_len_a: float = 1.2
     max_len_b: int = 10
+    max_len: int = 512  # a ceiling on output tokens (EOS included), whatever the source's length
+    # Sources longer than this many subwords are cut (with a warning): one very long line would otherwise
+    # hold its batch for minutes (attention grows with the square of the length).
+    max_src_len: int = 1024
     min_len: int = 0  # no EOS before this many tokens (unless the maximum length is reached)
     nbest: int = 1
     max_tokens: int = 8000  # padded source tokens x rows_per_source of the decoding batches in flight
@@ -199,6 +203,8 @@ class SearchConfig:
         )
         _require(self.max_len_a >= 0 and self.max_len_b >= 1, "max_len_a must be >= 0 and max_len_b >= 1")
         _require(self.max_tokens >= 1, f"search.max_tokens={self.max_tokens}: expected >= 1")
+        _require(self.max_len >= 1, f"search.max_len={self.max_len}: expected >= 1")
+        _require(self.max_src_len >= 1, f"search.max_src_len={self.max_src_len}: expected >= 1")
         _require(self.parallel_batches >= 0, f"search.parallel_batches={self.parallel_batches}: expected >= 0")
         _require(self.min_len >= 0, f"min_len={self.min_len}: expected >= 0")
         _require(self.top_k >= 0, f"top_k={self.top_k}: expected >= 0")
@@ -217,6 +223,25 @@ class MetricsConfig:
     # sacreBLEU's BLEU tokenizer; null: sacreBLEU's choice for the target language (zh for Chinese, ja-mecab for
     # Japanese, ko-mecab for Korean, 13a for the rest). Recorded in the BLEU signature.
     bleu_tokenize: str | None = None
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment loggers, all Lightning's own. The CSV log (``csv/``) is always written: the learning curve,
+    resuming and ``mt.report`` read it."""
+
+    tensorboard: bool = True  # tb/
+    mlflow: bool = False
+    wandb: bool = False
+    experiment: str = "mt"  # the MLflow experiment and the W&B project
+    mlflow_tracking_uri: str | None = None  # null: sqlite:///RUN_DIR/mlflow.db
+    wandb_mode: str = "offline"  # offline | online
+
+    def __post_init__(self) -> None:
+        _require(
+            self.wandb_mode in ("offline", "online"),
+            f"logger.wandb_mode={self.wandb_mode!r}: expected offline or online",
+        )
 
 
 SELECTION_METRICS = {"bleu": ("val/bleu", "max"), "chrf": ("val/chrf", "max"), "loss": ("val/loss", "min")}
@@ -344,6 +369,7 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 1
     resume: str | None = None  # null | auto | path to a checkpoint
     test_after_training: bool = True  # decode the test split with the best checkpoint and print scores
@@ -401,12 +427,17 @@ class TranslateConfig:
     input: str | None = None
     beam: int | None = None
     nbest: int | None = None  # K > 1 writes TSV lines: sentence index, score, hypothesis (K per sentence)
+    # Lines read before they are translated and written: null is 1 when stdin is a terminal (each line answered
+    # as it is typed) and 5000 otherwise (batches of similar lengths decode fastest). buffer=1: interactive,
+    # also through a pipe.
+    buffer: int | None = None
     search: SearchConfig = field(default_factory=SearchConfig)
     threads: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.beam is None or self.beam >= 1, f"beam={self.beam}: expected >= 1")
         _require(self.nbest is None or self.nbest >= 1, f"nbest={self.nbest}: expected >= 1")
+        _require(self.buffer is None or self.buffer >= 1, f"buffer={self.buffer}: expected >= 1")
 
 
 @dataclass

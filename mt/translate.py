@@ -3,7 +3,8 @@
 Reads one sentence a line from stdin (or ``input=``), writes one translation a line to stdout, in
 order, with a progress bar on stderr. With ``nbest=K`` it writes K tab-separated lines per sentence
 instead: sentence index (from 0), score (length-normalised log-probability), hypothesis, best first.
-Input is read in chunks, so long streams start flowing early. Windows (CRLF) line endings are
+Input is read in chunks of 5,000 lines, so long streams start flowing early; from a terminal, or with
+``buffer=1``, each line is answered as soon as it is read (``buffer=N``: every N lines). Windows (CRLF) line endings are
 accepted; input that is not UTF-8 stops with an error naming the line.
 """
 
@@ -51,6 +52,14 @@ def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def buffer_lines(config: TranslateConfig) -> int:
+    """Lines translated together: ``buffer=``, else one at a time for a person typing, else ``CHUNK_LINES``."""
+    if config.buffer is not None:
+        return config.buffer
+    interactive = config.input is None and sys.stdin.isatty()
+    return 1 if interactive else CHUNK_LINES
+
+
 @entry_point("translate", TranslateConfig)
 def main(config: TranslateConfig) -> None:
     set_threads(config.threads)
@@ -63,15 +72,17 @@ def main(config: TranslateConfig) -> None:
     model = model.to(device)
     generator = sampling_generator(search, device) if search.sampling else None  # one stream for all chunks
     offset = 0
-    for chunk in chunks(lines, CHUNK_LINES):
+    buffer = buffer_lines(config)
+    for chunk in chunks(lines, buffer):
         translations = translate(
             model,
             loaded.tokenizer,
             chunk,
             search,
             device=device,
-            progress=True,
+            progress=buffer >= 100,  # no bar flickering on stderr for a line at a time
             generator=generator,
+            first_line=offset + 1,
             return_scores=config.nbest is not None,  # scores are printed only with n-best lists
         )
         for index, nbest in enumerate(translations):

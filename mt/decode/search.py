@@ -57,10 +57,10 @@ def length_penalty(length: Tensor | int, alpha: float, kind: str) -> Tensor | fl
     raise ValueError(f"length_penalty_type={kind!r}: expected gnmt, average or none")
 
 
-def max_output_lengths(src_pad_mask: Tensor, a: float, b: int) -> Tensor:
-    """(B,) most tokens (EOS included) each output may have: ``floor(a * |src| + b)``."""
+def max_output_lengths(src_pad_mask: Tensor, a: float, b: int, ceiling: int | None = None) -> Tensor:
+    """(B,) most tokens (EOS included) each output may have: ``floor(a * |src| + b)``, at most ``ceiling``."""
     src_lengths = (~src_pad_mask).sum(dim=1)
-    return (a * src_lengths.float() + b).floor().long().clamp(min=1)
+    return (a * src_lengths.float() + b).floor().long().clamp(min=1, max=ceiling)
 
 
 def _mask_step(next_scores: Tensor, at_max: Tensor, before_min: bool = False) -> Tensor:
@@ -103,6 +103,7 @@ def _single_path(
     *,
     max_len_a: float,
     max_len_b: int,
+    max_len: int | None = None,
     length_penalty_alpha: float,
     length_penalty_type: str,
     min_len: int = 0,
@@ -117,7 +118,7 @@ def _single_path(
     decoding on CPU) and the hypotheses' scores are ``None``.
     """
     memory = model.encode(src_ids, src_pad_mask)
-    max_lengths = max_output_lengths(src_pad_mask, max_len_a, max_len_b)  # (B_live,)
+    max_lengths = max_output_lengths(src_pad_mask, max_len_a, max_len_b, max_len)  # (B_live,)
     sources = torch.arange(src_ids.size(0), device=src_ids.device)  # (B_live,) index in the input
     tokens = torch.full((src_ids.size(0), 1), BOS_ID, dtype=torch.long, device=src_ids.device)
     log_prob_sums = torch.zeros(src_ids.size(0), device=src_ids.device)
@@ -161,6 +162,7 @@ def greedy_search(
     *,
     max_len_a: float = 1.2,
     max_len_b: int = 10,
+    max_len: int | None = None,
     length_penalty_alpha: float = 0.0,
     length_penalty_type: str = "none",
     min_len: int = 0,
@@ -175,6 +177,7 @@ def greedy_search(
         _argmax,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
+        max_len=max_len,
         length_penalty_alpha=length_penalty_alpha,
         length_penalty_type=length_penalty_type,
         min_len=min_len,
@@ -213,6 +216,7 @@ def sample(
     generator: torch.Generator | None = None,
     max_len_a: float = 1.2,
     max_len_b: int = 10,
+    max_len: int | None = None,
     length_penalty_alpha: float = 0.0,
     length_penalty_type: str = "none",
     min_len: int = 0,
@@ -234,6 +238,7 @@ def sample(
         choose,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
+        max_len=max_len,
         length_penalty_alpha=length_penalty_alpha,
         length_penalty_type=length_penalty_type,
         min_len=min_len,
@@ -365,6 +370,7 @@ def beam_search(
     nbest: int = 1,
     max_len_a: float = 1.2,
     max_len_b: int = 10,
+    max_len: int | None = None,
     length_penalty_alpha: float = 1.0,
     length_penalty_type: str = "gnmt",
     min_len: int = 0,
@@ -380,7 +386,7 @@ def beam_search(
         sources=torch.arange(batch, device=device),
         memory=model.encode(src_ids, src_pad_mask),
         src_pad_mask=src_pad_mask,
-        max_lengths=max_output_lengths(src_pad_mask, max_len_a, max_len_b),
+        max_lengths=max_output_lengths(src_pad_mask, max_len_a, max_len_b, max_len),
     )
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     while state.sources.numel():

@@ -6,6 +6,7 @@ Shared by validation, ``mt.evaluate``, ``mt.translate`` and ``mt.report``; check
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +18,8 @@ from mt.config import SearchConfig
 from mt.data.batching import collate, token_batches
 from mt.data.tokenizer import Tokenizer
 from mt.decode.search import Decodable, Hypothesis, beam_search, greedy_search, sample
+
+log = logging.getLogger(__name__)
 
 
 def search_batch(
@@ -35,6 +38,7 @@ def search_batch(
     options = dict(
         max_len_a=search.max_len_a,
         max_len_b=search.max_len_b,
+        max_len=search.max_len,
         length_penalty_alpha=search.length_penalty,
         length_penalty_type=search.length_penalty_type,
         min_len=search.min_len,
@@ -147,16 +151,27 @@ def translate(
     progress: bool = False,
     generator: torch.Generator | None = None,
     return_scores: bool = True,
+    first_line: int = 1,
 ) -> list[list[tuple[str, float | None]]]:
     """Detokenized n-best translations with scores, one list per sentence, in input order.
 
     Empty (or whitespace-only) sentences are not decoded: their translation is the empty string.
     ``generator``: sampling's random stream, to continue it across calls (``sampling_generator``).
     ``return_scores=False``: greedy and sampling skip scoring, and their scores (and those of empty
-    sentences) are ``None``.
+    sentences) are ``None``. Sources longer than ``search.max_src_len`` subwords are cut, with a warning
+    naming the line (``first_line``: the number of the first sentence in the input, for the message).
     """
     nonempty = [i for i, s in enumerate(sentences) if s.strip()]
     src = tokenizer.encode_src([sentences[i] for i in nonempty])
+    for k, ids in enumerate(src):
+        if len(ids) > search.max_src_len:
+            log.warning(
+                "line %d: %d subwords, cut to the first %d (search.max_src_len)",
+                first_line + nonempty[k],
+                len(ids),
+                search.max_src_len,
+            )
+            src[k] = ids[: search.max_src_len]
     hyps = decode_ids(
         model,
         src,

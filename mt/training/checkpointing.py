@@ -23,8 +23,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):  # remote filesystems: Lightning's own writer
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_write(path) as handle:
-            torch.save(checkpoint, handle)
-            faults.point("checkpoint_write")
+            try:
+                torch.save(checkpoint, handle)
+            except RuntimeError as error:  # torch's zip writer turns a failed write (a full disk) into this
+                if isinstance(error.__context__, OSError):
+                    cause = error.__context__
+                    raise OSError(cause.errno, cause.strerror, str(path)) from None
+                raise
+            faults.point("checkpoint_write", path)
 
 
 class LastCheckpoint(ModelCheckpoint):

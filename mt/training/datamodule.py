@@ -77,6 +77,12 @@ class TranslationDataModule(L.LightningDataModule):
             )
             if not src:
                 raise DataError(f"{describe_source(self.data_cfg, 'train')}: the train split is empty")
+            for lang, side in ((self.data_cfg.src_lang, src), (self.data_cfg.tgt_lang, tgt)):
+                if not any(line.strip() for line in side):
+                    raise DataError(
+                        f"{describe_source(self.data_cfg, 'train')}: every {lang} line of the train split (of "
+                        f"{len(side)} sampled) is blank: expected one sentence a line"
+                    )
             log.info(
                 "training SentencePiece (%s, %d, %s) on %d pairs of %s train",
                 cfg.model_type,

@@ -68,6 +68,12 @@ ARCHITECTURE = (
 def check_same_model(checkpoint: Path, model: ModelConfig, tokenizer: Tokenizer) -> None:
     """Refuse to resume from a checkpoint of another architecture or vocabulary (before Lightning loads it)."""
     stored = read_checkpoint(checkpoint)
+    missing = [key for key in ("optimizer_states", "loops") if key not in stored]
+    if missing:  # e.g. an average of checkpoints (mt.average), or a file converted from another toolkit
+        raise RunError(
+            f"resume={checkpoint}: the checkpoint holds weights only (no {' or '.join(missing)}), so training cannot "
+            f"go on from it exactly; resume from last.ckpt or a step checkpoint of the run"
+        )
     if "tokenizer" in stored and stored["tokenizer"] != tokenizer.to_state():
         raise RunError(
             f"resume={checkpoint}: the checkpoint's tokenizer differs from this run's ({tokenizer.origin}); "

@@ -18,6 +18,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 
+from mt import faults
 from mt.atomic import atomic_write
 from mt.compat import val_check_interval_overflow
 from mt.config import TrainConfig, to_dict
@@ -29,6 +30,7 @@ from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
 from mt.training.datamodule import TranslationDataModule
 from mt.training.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
+from mt.training.loggers import finish_loggers
 from mt.training.module import TranslationModule
 from mt.training.plots import plot_learning_curve
 from mt.training.preemption import REQUEUE_SIGNALS, Preempted, PreemptionCallback, requeue_slurm_job
@@ -47,6 +49,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict | None:
     if config.data.path:  # checkpoints record where their data is: make it valid from any directory
         config.data.path = str(Path(config.data.path).expanduser().resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
+    faults.point("run_directory", run_dir / ".lock")
     lock = RunDirectoryLock(run_dir)
     if is_global_zero_from_env():  # one job per run directory; its other ranks share it
         lock.acquire()
@@ -96,7 +99,10 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     trainer = None
     try:
         trainer, best_checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None, preemption=preemption)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        finally:
+            finish_loggers()
     except RunError:
         raise
     except Preempted as stop:

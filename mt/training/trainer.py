@@ -8,11 +8,11 @@ from pathlib import Path
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from mt.config import TrainConfig, TrainerConfig
 from mt.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from mt.training.loggers import build_loggers
 from mt.training.module import TranslationModule
 from mt.training.preemption import PreemptionCallback
 from mt.training.rng import RngStateCallback
@@ -57,7 +57,7 @@ def build_trainer(
     if cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
     version = log_version(run_dir, resuming)
-    loggers = [CSVLogger(run_dir, name="csv", version=version), TensorBoardLogger(run_dir, name="tb", version=version)]
+    loggers = build_loggers(config.logger, run_dir, version)
     plugins: list = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # our PreemptionCallback saves and requeues, not Lightning's handler
         plugins.append(SLURMEnvironment(auto_requeue=False))
