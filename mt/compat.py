@@ -75,6 +75,14 @@ def logged_step(trainer: Any) -> int:
     return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
 
 
+def align_logged_step(trainer: Any) -> None:
+    """Make the step Lightning logs this update at its count of updates taken (``global_step``), as it is at
+    every batch start of an uninterrupted run. Resumed from a checkpoint written at ``on_validation_end``
+    of a run's last update (stopped early or by a time limit), Lightning takes it for an end-of-training save
+    and restores the count one short: every step logged after the resume was one too low."""
+    trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+
+
 def save_last_checkpoint(callback: Any, trainer: Any) -> None:
     """Let a ``ModelCheckpoint`` write its ``last.ckpt`` now, unless this step is already saved or the
     trainer must not save (sanity check, ``fast_dev_run``): its own ``save_last`` logic, called from

@@ -131,13 +131,22 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with inverse-square-root warmup, label smoothing and gradient clipping."""
+    """AdamW with a warm-up and a decay (``mt/training/schedules.py``), label smoothing, gradient clipping, and
+    an optional exponential moving average of the weights."""
 
-    lr: float = 1e-3
+    lr: float = 1e-3  # the peak learning rate, reached at the end of the warm-up
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-9
     weight_decay: float = 0.0
     warmup_steps: int = 4000
+    schedule: str = "inverse_sqrt"  # inverse_sqrt | linear | cosine | constant
+    lr_floor: float = 0.0  # the decay never goes below this learning rate
+    # What linear and cosine decays spend to reach the floor: steps (trainer.max_steps) or time (trainer.max_time,
+    # counted in training seconds across resumes, so a time-limited run ends at its floor).
+    decay_budget: str = "steps"
+    # Exponential moving average of the weights, used for validation, best.ckpt and everything decoded from a
+    # checkpoint (0: off; e.g. 0.999). Its first updates average faster: decay min(ema_decay, (1+n)/(10+n)).
+    ema_decay: float = 0.0
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # 0 disables clipping
     # A step whose loss is NaN/inf is skipped (no update); this many in a row stop the run.
@@ -160,6 +169,15 @@ class OptimConfig:
         _require(self.eps > 0, f"optim.eps={self.eps}: expected > 0")
         _require(self.weight_decay >= 0, f"optim.weight_decay={self.weight_decay}: expected >= 0")
         _require(self.clip_norm >= 0, f"optim.clip_norm={self.clip_norm}: expected >= 0 (0 disables clipping)")
+        _require(
+            self.schedule in ("inverse_sqrt", "linear", "cosine", "constant"),
+            f"optim.schedule={self.schedule!r}: expected inverse_sqrt, linear, cosine or constant",
+        )
+        _require(0.0 <= self.lr_floor <= self.lr, f"optim.lr_floor={self.lr_floor}: expected 0 <= lr_floor <= optim.lr")
+        _require(
+            self.decay_budget in ("steps", "time"), f"optim.decay_budget={self.decay_budget!r}: expected steps or time"
+        )
+        _require(0.0 <= self.ema_decay < 1.0, f"optim.ema_decay={self.ema_decay}: expected 0 <= value < 1 (0: off)")
 
 
 @dataclass
@@ -376,6 +394,18 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU; null = torch's default
 
     def __post_init__(self) -> None:
+        optim, trainer = self.optim, self.trainer
+        if optim.schedule in ("linear", "cosine") and optim.decay_budget == "steps":
+            _require(
+                trainer.max_steps > optim.warmup_steps,
+                f"optim.schedule={optim.schedule} decays over trainer.max_steps, which must exceed "
+                f"optim.warmup_steps={optim.warmup_steps} (it is {trainer.max_steps}); or set optim.decay_budget=time",
+            )
+        if optim.schedule in ("linear", "cosine") and optim.decay_budget == "time":
+            _require(
+                trainer.max_time is not None,
+                "optim.decay_budget=time decays over trainer.max_time, which is not set",
+            )
         if self.model.share_all_embeddings:
             _require(
                 self.tokenizer.joint,
@@ -535,6 +565,14 @@ class TrialsConfig:
 
     dir: str = MISSING  # the sweep directory (hydra.sweep.dir)
     output: str | None = None  # default: DIR/trials.md
+
+
+def max_time_seconds(max_time: str | None) -> float | None:
+    """``trainer.max_time`` (DD:HH:MM:SS) in seconds."""
+    if max_time is None:
+        return None
+    days, hours, minutes, seconds = (int(part) for part in str(max_time).split(":"))
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 def search_overrides(given: SearchConfig, fields: set[str] | None, beam: int | None = None) -> dict:

@@ -45,7 +45,8 @@ from mt.config import DataConfig, TokenizerConfig, from_dict  # noqa: E402
 from mt.data.batching import Batch, TokenBatchSampler, collate  # noqa: E402
 from mt.data.tokenizer import PAD_ID  # noqa: E402
 from mt.training.datamodule import TranslationDataModule  # noqa: E402
-from mt.training.module import TranslationModule, inverse_sqrt_schedule, label_smoothed_nll  # noqa: E402
+from mt.training.module import TranslationModule, label_smoothed_nll  # noqa: E402
+from mt.training.schedules import WarmupDecay  # noqa: E402
 
 MODEL = {"d_model": 256, "n_heads": 4, "encoder_layers": 3, "decoder_layers": 3, "d_ff": 1024, "dropout": 0.1}
 OPTIM = {"lr": 7e-4, "warmup_steps": 400, "label_smoothing": 0.1, "clip_norm": 1.0}
@@ -112,7 +113,7 @@ def run_mt(module: TranslationModule, batches: list[Batch], warmup: int, log_dir
 def adamw_with_schedule(model: torch.nn.Module):
     """The optimizer and schedule the TranslationModule configures (AdamW, inverse-sqrt warmup)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=OPTIM["lr"], betas=(0.9, 0.98), eps=1e-9)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(OPTIM["warmup_steps"]))
+    return optimizer, WarmupDecay(optimizer, schedule="inverse_sqrt", warmup_steps=OPTIM["warmup_steps"])
 
 
 def run_torch(model: torch.nn.Module, optimizer, scheduler, batches: list[Batch], warmup: int) -> Meter:

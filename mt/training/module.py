@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mt import faults
-from mt.compat import raise_recompile_limit
+from mt.compat import align_logged_step, raise_recompile_limit
 from mt.config import MetricsConfig, ModelConfig, OptimConfig, SearchConfig, ValidationConfig, from_dict
 from mt.data.batching import Batch
 from mt.data.tokenizer import PAD_ID, Tokenizer
@@ -34,6 +33,7 @@ from mt.model.checkpoint import read_checkpoint
 from mt.model.transformer import Transformer
 from mt.training.distributed import gather_objects, gather_strided
 from mt.training.guards import NonFiniteGuard
+from mt.training.schedules import CLOCK_EVERY, WarmupDecay
 from mt.training.step_log import StepLog
 from mt.training.throughput import Throughput
 
@@ -60,16 +60,6 @@ def label_smoothed_nll(
     return (1.0 - epsilon) * nll_sum + epsilon * smooth_sum, nll_sum
 
 
-def inverse_sqrt_schedule(warmup_steps: int):
-    """Multiplier of the peak lr: linear warmup to 1, then ``sqrt(warmup / step)``."""
-
-    def factor(step: int) -> float:
-        step = max(step, 1)
-        return min(step / warmup_steps, math.sqrt(warmup_steps / step))
-
-    return factor
-
-
 class TranslationModule(L.LightningModule):
     """Trains and validates a ``Transformer``; hyperparameters are plain dicts of the typed configs.
 
@@ -90,6 +80,7 @@ class TranslationModule(L.LightningModule):
         tgt_vocab_size: int,
         data: dict | None = None,
         metrics: dict | None = None,
+        budget_seconds: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -106,6 +97,7 @@ class TranslationModule(L.LightningModule):
         self.step_log = StepLog()
         self._val_sums: list[Tensor] = []
         self._validated_at_step = -1
+        self._clock: tuple[int, float] | None = None  # (step, seconds) of the last shared clock reading
 
     def setup(self, stage: str) -> None:
         # Values logged under DDP are already reduced by hand (all-reduce of sums, gathered hypotheses).
@@ -212,8 +204,35 @@ class TranslationModule(L.LightningModule):
             eps=cfg.eps,
             fused=self._use_fused_adamw() or None,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup_steps))
+        scheduler = WarmupDecay(
+            optimizer,
+            schedule=cfg.schedule,
+            warmup_steps=cfg.warmup_steps,
+            floor=cfg.lr_floor / cfg.lr,
+            budget=cfg.decay_budget,
+            total_steps=self._attached_trainer().max_steps if self._attached_trainer() else None,
+            total_seconds=self.hparams.get("budget_seconds"),
+            clock=self.shared_training_seconds,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _attached_trainer(self) -> L.Trainer | None:
+        try:
+            return self.trainer
+        except RuntimeError:  # no trainer attached (e.g. the optimizers built outside fit)
+            return None
+
+    def shared_training_seconds(self) -> float:
+        """Training seconds so far (earlier runs of a resumed one included) by rank 0's clock, read again every
+        ``CLOCK_EVERY`` updates and then shared, so every rank derives the same learning rate from it."""
+        trainer = self._attached_trainer()
+        step = trainer.global_step if trainer is not None else 0
+        if self._clock is None or step - self._clock[0] >= CLOCK_EVERY or step < self._clock[0]:
+            seconds = [self.throughput.elapsed_seconds()]
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.broadcast_object_list(seconds, src=0)
+            self._clock = (step, float(seconds[0]))
+        return self._clock[1]
 
     @staticmethod
     def clips_itself(precision: str) -> bool:
@@ -235,6 +254,9 @@ class TranslationModule(L.LightningModule):
     def on_train_start(self) -> None:
         self.throughput.reset()
         self.step_log.replay(self.trainer)
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        align_logged_step(self.trainer)  # after a resume, Lightning's count can be one short
 
     # -- validation ----------------------------------------------------------------------------
 

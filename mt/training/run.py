@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from mt import faults
 from mt.atomic import atomic_write
 from mt.compat import val_check_interval_overflow
-from mt.config import TrainConfig, to_dict
+from mt.config import TrainConfig, max_time_seconds, to_dict
 from mt.data.readers import local_split
 from mt.data.tokenizer import Tokenizer
 from mt.decode.scoring import score_checkpoint
@@ -162,6 +162,7 @@ def build_module(config: TrainConfig, tokenizer: Tokenizer) -> TranslationModule
         tgt_vocab_size=tokenizer.tgt_vocab_size,
         data=to_dict(config.data),
         metrics=to_dict(config.metrics),
+        budget_seconds=max_time_seconds(config.trainer.max_time),
     )
     module.tokenizer = tokenizer
     if config.trainer.compile:

@@ -12,6 +12,7 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from mt.config import TrainConfig, TrainerConfig
 from mt.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from mt.training.ema import ExponentialMovingAverage
 from mt.training.loggers import build_loggers
 from mt.training.module import TranslationModule
 from mt.training.preemption import PreemptionCallback
@@ -41,6 +42,8 @@ def build_trainer(
         enable_version_counter=False,
     )
     callbacks: list[L.Callback] = [RngStateCallback(), best, last]
+    if config.optim.ema_decay > 0:  # updated before the checkpoint writers run (Lightning orders them last)
+        callbacks.append(ExponentialMovingAverage(config.optim.ema_decay))
     if preemption is not None:
         callbacks.append(preemption)
     if cfg.keep_checkpoints:

@@ -103,6 +103,9 @@ def with_callback(monkeypatch, callback: L.Callback) -> None:
     [
         ("end of training at max_steps", {"max_steps": 23}, 23, {"limit_val_batches": 0}),
         ("end of training, stopped early", {"stop": 17}, 17, {"limit_val_batches": 0}),
+        # the stop validates, and last.ckpt is written again at on_validation_end (Lightning restored the
+        # logged step one short from it: align_logged_step)
+        ("end of training, stopped early, validated", {"stop": 17}, 17, {}),
         ("validation", {"kill": 24}, 21, {"val_check_interval": 7, "check_val_every_n_epoch": None}),
         ("epoch end", {"kill": 27}, 25, {"limit_val_batches": 0}),
         ("validation at the epoch end", {"kill": 27}, 25, {}),

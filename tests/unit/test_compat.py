@@ -111,6 +111,20 @@ def test_logged_step_is_the_step_lightning_writes_the_updates_logs_at():
     assert seen[1::2] == recorder.steps  # the last micro-batch of each update
 
 
+def test_align_logged_step_sets_the_step_lightning_logs_the_update_at():
+    """What ``align_logged_step`` writes at a batch start is the step the loggers receive for that update."""
+    recorder = _StepRecorder()
+
+    class Shifted(_Toy):
+        def on_train_batch_start(self, batch, batch_idx):
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = 100  # as a wrong restore would leave it
+            compat.align_logged_step(self.trainer)
+
+    loader = DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2)  # 3 updates
+    _trainer(max_epochs=1, logger=recorder, log_every_n_steps=1).fit(Shifted([]), loader)
+    assert recorder.steps == [0, 1, 2]
+
+
 def test_save_last_checkpoint_writes_once_per_step_and_mark_saved_suppresses_it(tmp_path, monkeypatch):
     """``save_last_checkpoint`` makes a ``save_top_k=0`` writer save ``last.ckpt`` where Lightning's own
     hooks would not; it does not save a step twice, nor a step marked saved."""

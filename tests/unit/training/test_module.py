@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
-import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
 from mt.data.batching import collate
 from mt.data.tokenizer import PAD_ID
-from mt.training.module import TranslationModule, inverse_sqrt_schedule, label_smoothed_nll
+from mt.training.module import TranslationModule, label_smoothed_nll
 
 
 def test_label_smoothing_zero_equals_cross_entropy():
@@ -56,12 +53,3 @@ def test_loss_unchanged_by_extra_padding():
     assert tokens == 8
     assert_close(loss, padded_loss, rtol=1e-5, atol=1e-5)
     assert_close(nll, padded_nll, rtol=1e-5, atol=1e-5)
-
-
-def test_inverse_sqrt_schedule():
-    factor = inverse_sqrt_schedule(100)
-    assert factor(1) == pytest.approx(0.01)
-    assert factor(50) == pytest.approx(0.5)
-    assert factor(100) == pytest.approx(1.0)
-    assert factor(400) == pytest.approx(0.5)
-    assert factor(10_000) == pytest.approx(math.sqrt(100 / 10_000))

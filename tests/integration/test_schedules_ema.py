@@ -1,0 +1,106 @@
+"""Schedules and the weights' moving average in training: the rate each update used, against the formula
+written out here; the EMA against its formula applied by hand to the weights after each update; and a run with
+both, stopped and resumed, equal to the uninterrupted run."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from mt.training.ema import ExponentialMovingAverage
+from mt.training.run import train
+from tests.conftest import tiny_train_config
+from tests.helpers import fit_tiny
+from tests.integration.test_resume import StopAt, with_callback
+
+
+def logged(run_dir, name: str) -> dict[int, float]:
+    found = {}
+    for path in sorted(run_dir.glob("csv/**/metrics.csv")):
+        with open(path, newline="") as handle:
+            found.update({int(r["step"]): float(r[name]) for r in csv.DictReader(handle) if r.get(name)})
+    return found
+
+
+def config(data_dir, steps: int, **extra):
+    return tiny_train_config(
+        data_dir,
+        **{
+            "trainer.max_steps": steps,
+            "trainer.log_every_n_steps": 1,
+            "trainer.checkpoint_every_n_steps": 5,
+            "optim.schedule": "cosine",
+            "optim.lr": 3e-3,
+            "optim.lr_floor": 3e-4,
+            "optim.warmup_steps": 5,
+            "model.dropout": 0.1,
+            "validation.decode": "none",
+            "test_after_training": False,
+            **extra,
+        },
+    )
+
+
+def test_a_cosine_schedule_gives_each_update_the_rate_of_its_formula(toy_corpus_dir, tmp_path):
+    train(config(toy_corpus_dir, 20), tmp_path)
+    rates = logged(tmp_path, "train/lr")
+    assert sorted(rates) == list(range(20))
+    for step, rate in rates.items():  # the update after `step` earlier ones
+        if step < 5:
+            expected = max(step, 1) / 5
+        else:
+            expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 5) / 15))
+        assert rate == pytest.approx(3e-3 * expected, rel=1e-6), step
+
+
+class RecordWeights(L.Callback):
+    def __init__(self) -> None:
+        self.after_each_update: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.after_each_update.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+
+
+def test_the_moving_average_is_its_formula_applied_to_the_weights_after_each_update(toy_corpus_dir, tmp_path):
+    recorder, decay = RecordWeights(), 0.8
+    _, trainer = fit_tiny(toy_corpus_dir, tmp_path, max_steps=8, callbacks=[ExponentialMovingAverage(decay), recorder])
+    trainer.save_checkpoint(tmp_path / "ema.ckpt")
+    saved = torch.load(tmp_path / "ema.ckpt", weights_only=False)
+    weights = recorder.after_each_update
+    assert len(weights) == 8
+    reference = dict(weights[0])  # the first update's weights, then d_n = min(decay, (1 + n) / (10 + n))
+    for n, current in enumerate(weights[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))
+        reference = {name: d * reference[name] + (1 - d) * current[name] for name in reference}
+    for name, value in reference.items():
+        torch.testing.assert_close(saved["state_dict"][name], value, rtol=1e-5, atol=1e-7)
+    # The average differs from the last weights (a formula that returned them would pass the check above only
+    # if the decay were 0), and after training the module holds the average (Lightning's WeightAveraging).
+    name = "model.encoder_layers.0.self_attn.qkv.weight"
+    assert not torch.allclose(reference[name], weights[-1][name], atol=1e-4)
+    torch.testing.assert_close(dict(trainer.lightning_module.named_parameters())[name], reference[name])
+
+
+def test_a_run_with_a_cosine_decay_and_an_ema_resumes_exactly(toy_corpus_dir, tmp_path, monkeypatch):
+    """Stopped after 10 of its 20 updates (as a time limit stops a run) and resumed. (Extending a finished run
+    instead, max_steps=10 then 20, changes a step-budget decay: the budget is part of the schedule.)"""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(config(toy_corpus_dir, 20, **{"optim.ema_decay": 0.9}), straight)
+    with_callback(monkeypatch, StopAt(10))
+    train(config(toy_corpus_dir, 20, **{"optim.ema_decay": 0.9}), resumed)
+    monkeypatch.undo()
+    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 10
+    train(config(toy_corpus_dir, 20, **{"optim.ema_decay": 0.9, "resume": "auto"}), resumed)
+    for name in ("train/loss", "train/lr"):
+        expected, got = logged(straight, name), logged(resumed, name)
+        assert sorted(got) == sorted(expected) == list(range(20))
+        assert all(got[s] == pytest.approx(expected[s], abs=1e-6) for s in expected), name
+    a = torch.load(straight / "checkpoints/last.ckpt", weights_only=False)
+    b = torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)
+    for key in ("state_dict", "current_model_state"):  # the average, and the weights being trained
+        for name, tensor in a[key].items():
+            torch.testing.assert_close(b[key][name], tensor, rtol=1e-5, atol=1e-6)
