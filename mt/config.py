@@ -390,10 +390,18 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 1
     resume: str | None = None  # null | auto | path to a checkpoint
+    # Start a new run from a checkpoint's weights and tokenizer, with a fresh optimiser, schedule and data
+    # position (fine-tuning); the model settings must be the checkpoint's.
+    init_from: str | None = None
     test_after_training: bool = True  # decode the test split with the best checkpoint and print scores
     threads: int | None = None  # torch intra-op threads on CPU; null = torch's default
 
     def __post_init__(self) -> None:
+        _require(
+            not (self.init_from and self.resume),
+            f"init_from={self.init_from} starts a new run from a checkpoint's weights and resume={self.resume} "
+            f"continues a run: give one (a fine-tuning run resumes with resume=auto and no init_from)",
+        )
         optim, trainer = self.optim, self.trainer
         if optim.schedule in ("linear", "cosine") and optim.decay_budget == "steps":
             _require(

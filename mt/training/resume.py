@@ -79,15 +79,19 @@ def check_same_model(checkpoint: Path, model: ModelConfig, tokenizer: Tokenizer)
             f"resume={checkpoint}: the checkpoint's tokenizer differs from this run's ({tokenizer.origin}); "
             f"resume in the run directory that trained it"
         )
-    saved = stored.get("hyper_parameters", {})
-    saved_model = from_dict(ModelConfig, saved.get("model", {}))
-    differences = [
+    differences = architecture_differences(stored, model)
+    if differences:
+        raise RunError(f"resume={checkpoint}: the checkpoint is of another model ({'; '.join(differences)})")
+
+
+def architecture_differences(stored: dict, model: ModelConfig) -> list[str]:
+    """How the model a checkpoint holds differs from ``model`` in what its weights' names and shapes mean."""
+    saved_model = from_dict(ModelConfig, stored.get("hyper_parameters", {}).get("model", {}))
+    return [
         f"model.{name}={getattr(saved_model, name)} there, {getattr(model, name)} here"
         for name in ARCHITECTURE
         if getattr(saved_model, name) != getattr(model, name)
     ]
-    if differences:
-        raise RunError(f"resume={checkpoint}: the checkpoint is of another model ({'; '.join(differences)})")
 
 
 def verify_checkpoint(path: Path) -> None:

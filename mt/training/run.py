@@ -30,6 +30,7 @@ from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
 from mt.training.datamodule import TranslationDataModule
 from mt.training.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
+from mt.training.finetune import prepare_init_from
 from mt.training.loggers import finish_loggers
 from mt.training.module import TranslationModule
 from mt.training.plots import plot_learning_curve
@@ -81,9 +82,20 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     L.seed_everything(config.seed, workers=True)
 
     datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)
+    initial_weights = None
     with exclusive(run_dir / ".prepare.lock"):  # ranks started together: one trains, the others load
+        if config.init_from and ckpt_path is None:  # a new run from a trained model: its tokenizer, its weights
+            initial_weights = prepare_init_from(config, run_dir)
+        elif config.init_from:
+            log.info("resuming from %s: init_from=%s is not applied again", ckpt_path, config.init_from)
         tokenizer = datamodule.prepare_tokenizer()
     module = build_module(config, tokenizer)
+    if initial_weights is not None:
+        try:
+            module.model.load_state_dict(initial_weights)
+        except RuntimeError as error:
+            detail = str(error).strip().splitlines()[-1].strip()
+            raise RunError(f"init_from={config.init_from}: its weights do not fit this model ({detail})") from None
     prepare_cuda(tf32=config.trainer.tf32)
     if ckpt_path is not None:
         check_same_model(Path(ckpt_path), config.model, tokenizer)
