@@ -134,3 +134,13 @@ def random_attention_inputs(
     if padded_row:
         key_pad_mask[2, :] = True
     return q, k, v, key_pad_mask
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): on a
+    small, shared machine more threads only wait for each other. The count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -55,6 +55,15 @@ def fit_tiny(data_dir, run_dir, **trainer_options) -> tuple[TranslationModule, L
     return module, trainer
 
 
+def logged(run_dir: Path, name: str) -> dict[int, float]:
+    """Every logged value of ``name`` by step, across the run's CSV logs (a resumed process's last)."""
+    found: dict[int, float] = {}
+    for path in sorted(run_dir.glob("csv/**/metrics.csv")):
+        with open(path, newline="") as handle:
+            found.update({int(r["step"]): float(r[name]) for r in csv.DictReader(handle) if r.get(name)})
+    return found
+
+
 def losses(csv_file: Path) -> dict[int, float]:
     with open(csv_file, newline="") as handle:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}

@@ -34,13 +34,7 @@ FAST_SEARCH = SearchConfig(beam=2, max_len_a=0.0, max_len_b=8)
 CLI_SEARCH = ("beam=2", "search.max_len_a=0", "search.max_len_b=8", "threads=1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small, shared machine more threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ schedule and data position; what cannot work is refused in one line; a fine-tuni
 
 from __future__ import annotations
 
-import csv
-
 import lightning as L
 import pytest
 import torch
@@ -13,6 +11,7 @@ from mt.config import TrainConfig
 from mt.errors import ConfigError, RunError
 from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
+from tests.helpers import logged
 from tests.integration.test_resume import StopAt, with_callback
 
 
@@ -50,14 +49,6 @@ def finetune_config(data_dir, checkpoint, steps: int, **extra) -> TrainConfig:
 class FirstWeights(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.weights = {n: p.detach().clone() for n, p in pl_module.model.named_parameters()}
-
-
-def logged(run_dir, name: str) -> dict[int, float]:
-    found = {}
-    for path in sorted(run_dir.glob("csv/**/metrics.csv")):
-        with open(path, newline="") as handle:
-            found.update({int(r["step"]): float(r[name]) for r in csv.DictReader(handle) if r.get(name)})
-    return found
 
 
 def test_a_run_starts_from_the_checkpoints_weights_and_tokenizer_with_a_fresh_optimiser(

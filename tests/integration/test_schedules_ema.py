@@ -4,7 +4,6 @@ both, stopped and resumed, equal to the uninterrupted run."""
 
 from __future__ import annotations
 
-import csv
 import math
 
 import lightning as L
@@ -14,16 +13,8 @@ import torch
 from mt.training.ema import ExponentialMovingAverage
 from mt.training.run import train
 from tests.conftest import tiny_train_config
-from tests.helpers import fit_tiny
+from tests.helpers import fit_tiny, logged
 from tests.integration.test_resume import StopAt, with_callback
-
-
-def logged(run_dir, name: str) -> dict[int, float]:
-    found = {}
-    for path in sorted(run_dir.glob("csv/**/metrics.csv")):
-        with open(path, newline="") as handle:
-            found.update({int(r["step"]): float(r[name]) for r in csv.DictReader(handle) if r.get(name)})
-    return found
 
 
 def config(data_dir, steps: int, **extra):

@@ -3,7 +3,6 @@ of the chosen checkpoint, best by that metric, never a test score."""
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
@@ -13,11 +12,7 @@ from mt.config import ValidationConfig
 from mt.errors import ConfigError
 from mt.training.run import train
 from tests.conftest import tiny_train_config
-
-
-def logged(run_dir, name: str) -> dict[int, float]:
-    with open(run_dir / "csv/metrics.csv", newline="") as handle:
-        return {int(r["step"]): float(r[name]) for r in csv.DictReader(handle) if r.get(name)}
+from tests.helpers import logged
 
 
 @pytest.mark.parametrize(("metric", "name", "best"), [("chrf", "val/chrf", max), ("loss", "val/loss", min)])

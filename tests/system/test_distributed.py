@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from mt.config import SearchConfig
 from mt.decode.scoring import score_checkpoint
-from tests.helpers import ROOT, Running, ddp_args, ddp_env, free_port, losses, toy_args, wait_for_losses
+from tests.helpers import ROOT, Running, ddp_args, ddp_env, free_port, logged, losses, toy_args, wait_for_losses
 
 pytestmark = pytest.mark.slow  # the system tier: whole commands in subprocesses, run in CI
 
@@ -368,13 +368,6 @@ def batches(run_dir: Path, rank: int, from_step: int = 0) -> list[tuple[int, ...
     return [tuple(r["positions"]) for r in records if r["step"] >= from_step]
 
 
-def all_losses(run_dir: Path) -> dict[int, float]:
-    found: dict[int, float] = {}
-    for path in sorted(run_dir.glob("csv/**/metrics.csv")):
-        found.update(losses(path))
-    return found
-
-
 def test_resume_on_two_ranks_and_on_other_rank_counts(toy_corpus_dir, tmp_path):
     """Real rank counts, against the data order of one uninterrupted process (the epoch's batch order):
 
@@ -399,7 +392,7 @@ def test_resume_on_two_ranks_and_on_other_rank_counts(toy_corpus_dir, tmp_path):
     record(toy_corpus_dir, stopped, ranks=2, steps=6, resume=True)
     for rank in (0, 1):
         assert batches(stopped, rank) == batches(straight, rank)
-    expected, got = all_losses(straight), all_losses(stopped)
+    expected, got = logged(straight, "train/loss"), logged(stopped, "train/loss")
     assert sorted(expected) == sorted(got) == list(range(6))
     assert got == expected  # bit for bit
     final_straight = torch.load(straight / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
