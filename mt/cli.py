@@ -43,8 +43,10 @@ def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
         if fields is not None and key not in fields:
             found.append(name)
             continue
-        value = cfg._get_node(key)
-        if isinstance(value, DictConfig) and not value._is_missing() and not value._is_none():
+        if OmegaConf.is_missing(cfg, key):
+            continue
+        value = cfg[key]  # None, a value or a node
+        if isinstance(value, DictConfig):
             found += unknown_keys(value, f"{name}.")
     return found
 
@@ -155,7 +157,7 @@ _WRITE_ERRNOS = {
 def exit_on_os_error(error: OSError) -> None:
     """Exit quietly when the reader of stdout went away (``| head``: status 141, as a shell tool killed by
     SIGPIPE), with one line for a file that cannot be written (status 2); return for any other ``OSError``."""
-    if isinstance(error, BrokenPipeError) or error.errno == errno.EPIPE:
+    if (isinstance(error, BrokenPipeError) or error.errno == errno.EPIPE) and _stdout_is_closed():
         try:  # Python would complain again when it flushes stdout at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except OSError:
@@ -165,6 +167,19 @@ def exit_on_os_error(error: OSError) -> None:
         where = error.filename or "a file"
         print(f"error: cannot write {where}: {error.strerror} ({_WRITE_ERRNOS[error.errno]})", file=sys.stderr)
         sys.exit(2)
+
+
+def _stdout_is_closed() -> bool:
+    """Whether the reader of standard output went away (and not some other pipe: a logger's socket, a worker):
+    the kernel reports an error condition on a pipe whose read end is closed."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor, no poll on this platform
+        return False
 
 
 def _raised_by_hydra(error: BaseException) -> bool:

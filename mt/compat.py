@@ -126,6 +126,17 @@ def has_indices_mapping(dataset: Any) -> bool:
     return dataset._indices is not None
 
 
+# -- sacreBLEU -------------------------------------------------------------------------------------
+
+
+def sacrebleu_tokenizer_for(lang: str | None) -> str:
+    """The BLEU tokenizer sacreBLEU chooses for target language ``lang`` (``BLEU._TOKENIZER_MAP``), found without
+    building it: building ja-mecab or ko-mecab fails where their packages are missing, and the error names it."""
+    from sacrebleu.metrics import BLEU
+
+    return BLEU._TOKENIZER_MAP.get(lang or "", BLEU.TOKENIZER_DEFAULT)
+
+
 # -- CTranslate2 ----------------------------------------------------------------------------------
 
 

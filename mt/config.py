@@ -398,9 +398,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(
-            not (self.init_from and self.resume),
+            not (self.init_from and self.resume not in (None, "auto")),
             f"init_from={self.init_from} starts a new run from a checkpoint's weights and resume={self.resume} "
-            f"continues a run: give one (a fine-tuning run resumes with resume=auto and no init_from)",
+            f"continues another run from its state: give one (with resume=auto, init_from applies only while the "
+            f"run directory has no last.ckpt)",
         )
         optim, trainer = self.optim, self.trainer
         if optim.schedule in ("linear", "cosine") and optim.decay_budget == "steps":

@@ -64,7 +64,8 @@ def markdown(sweep_dir: Path, trials: list[dict]) -> str:
         shown = "not finished" if value is None else (f"{value:.2f}" if mode == "max" else f"{value:.4f}")
         test = "" if trial["test_bleu"] is None else f"{trial['test_bleu']:.2f}"
         overrides = " ".join(f"`{o}`" for o in trial["overrides"] if o not in common)
-        lines.append(f"| {trial['job']} | {overrides} | {shown} | {selection.get('step') or ''} | {test} |")
+        step = "" if selection.get("step") is None else selection["step"]
+        lines.append(f"| {trial['job']} | {overrides} | {shown} | {step} | {test} |")
     optuna = sweep_dir / "optimization_results.yaml"
     if optuna.is_file():
         import yaml

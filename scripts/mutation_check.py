@@ -54,6 +54,22 @@ SABOTAGES = [
         (f"{RESUME}::test_resume_from_each_writer_of_last_ckpt_equals_uninterrupted_run",),
     ),
     Sabotage(
+        "logged-step",
+        "a run resumed from the validation save of its last update logs every step at its own number",
+        "mt/training/module.py",
+        "        align_logged_step(self.trainer)  # after a resume, Lightning's count can be one short",
+        "        pass",
+        (f"{RESUME}::test_resume_from_each_writer_of_last_ckpt_equals_uninterrupted_run",),
+    ),
+    Sabotage(
+        "ema-resume",
+        "a run with a moving average of its weights resumes both sets exactly",
+        "mt/training/ema.py",
+        '        pl_module.load_state_dict(checkpoint["current_model_state"])  # the weights being trained',
+        "        pass",
+        ("tests/integration/test_schedules_ema.py::test_a_run_with_a_cosine_decay_and_an_ema_resumes_exactly",),
+    ),
+    Sabotage(
         "atomic",
         "a kill inside a checkpoint write leaves the previous last.ckpt whole",
         "mt/training/checkpointing.py",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.metrics.base import Metric
 
+from mt.compat import sacrebleu_tokenizer_for
 from mt.errors import ConfigError, DataError
 
 BOOTSTRAP_SAMPLES = 1000  # sacreBLEU's default for --paired-bs
@@ -36,7 +37,7 @@ def bleu_metric(tgt_lang: str | None = None, tokenize: str | None = None) -> BLE
         metric = BLEU(tokenize=tokenize, trg_lang=tgt_lang or "")
         metric.corpus_score(["a"], [["a"]])  # loads the tokenizer (a dictionary, a model) now, not mid-evaluation
     except (ImportError, RuntimeError, OSError, AssertionError) as error:
-        chosen = tokenize or f"{BLEU(trg_lang='').tokenizer.signature()} for target language {tgt_lang!r}"
+        chosen = tokenize or f"{metric_name(None, tgt_lang)} (sacreBLEU's choice for target language {tgt_lang!r})"
         hint = {"ja-mecab": "pip install 'sacrebleu[ja]'", "ko-mecab": "pip install 'sacrebleu[ko]'"}.get(
             metric_name(tokenize, tgt_lang), "choose another with metrics.bleu_tokenize="
         )
@@ -47,7 +48,8 @@ def bleu_metric(tgt_lang: str | None = None, tokenize: str | None = None) -> BLE
 
 
 def metric_name(tokenize: str | None, tgt_lang: str | None) -> str:
-    return tokenize or BLEU._TOKENIZER_MAP.get(tgt_lang or "", BLEU.TOKENIZER_DEFAULT)
+    """The name of the BLEU tokenizer used: ``tokenize``, else sacreBLEU's choice for ``tgt_lang``."""
+    return tokenize or sacrebleu_tokenizer_for(tgt_lang)
 
 
 def first_line(error: BaseException) -> str:

@@ -1,7 +1,10 @@
-"""An exponential moving average of the weights (``optim.ema_decay``), through Lightning's ``WeightAveraging``:
-kept beside the weights, updated after every update, swapped in for validation (so it chooses ``best.ckpt``),
-and saved as the checkpoint's ``state_dict`` — what evaluate, translate, report, average and export read — with
-the weights being trained in ``current_model_state``, so a resumed run goes on exactly.
+"""An exponential moving average of the weights (``optim.ema_decay``), kept beside them by a callback: updated
+after every update, swapped in for validation (so its scores choose ``best.ckpt``), and saved as the checkpoint's
+``state_dict`` — what evaluate, translate, report, average, export and ``init_from`` read — with the weights being
+trained in ``current_model_state`` and the count of averaged updates in ``averaging_state``, so a resumed run goes
+on exactly. The checkpoint layout is Lightning's ``WeightAveraging``'s; the callback is ours, on torch's public
+``AveragedModel``, because Lightning's swaps weights after the module has scored them and through ``.data``
+(which leaves tensor versions, and so packed-weight caches keyed on them, unchanged).
 
 The average starts from the first update's weights and its decay grows with the updates it has seen, as
 Marian's and fairseq's do, so a short run is not dominated by its first weights:
@@ -10,9 +13,12 @@ Marian's and fairseq's do, so a short run is not dominated by its first weights:
 
 from __future__ import annotations
 
+from typing import Any
+
+import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 
 def warm_ema(decay: float):
@@ -28,9 +34,61 @@ def warm_ema(decay: float):
     return update
 
 
-class ExponentialMovingAverage(WeightAveraging):
-    """Lightning's weight averaging with ``warm_ema``; parameters only (the model's buffers are constants)."""
+@torch.no_grad()
+def swap_parameters(first: nn.Module, second: nn.Module) -> None:
+    """Exchange the parameter values of two modules of one architecture (in place, versions bumped)."""
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        held = a.detach().clone()
+        a.copy_(b)
+        b.copy_(held)
+
+
+class ExponentialMovingAverage(L.Callback):
+    """The moving average of ``pl_module.model``'s parameters (its buffers are constants)."""
 
     def __init__(self, decay: float) -> None:
-        super().__init__(use_buffers=False, multi_avg_fn=warm_ema(decay))
         self.decay = decay
+        self.average: AveragedModel | None = None
+        self._updated_at_step = 0  # global_step of the last update averaged (none at 0)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.average is None:
+            self.average = AveragedModel(pl_module.model, multi_avg_fn=warm_ema(self.decay), use_buffers=False)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step > self._updated_at_step:  # an update ended (not inside an accumulation window)
+            self.average.update_parameters(pl_module.model)
+            self._updated_at_step = trainer.global_step
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.average is not None:
+            swap_parameters(pl_module.model, self.average.module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the module has scored the average (on_validation_epoch_end) and before the checkpoint writers
+        # run (Lightning orders them last), which must find the weights being trained in the module.
+        if self.average is not None:
+            swap_parameters(pl_module.model, self.average.module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updated_at_step": self._updated_at_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._updated_at_step = int(state_dict["updated_at_step"])
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self.average is None:
+            return
+        current = checkpoint["state_dict"]
+        checkpoint["current_model_state"] = current
+        averaged = {f"model.{name}": value for name, value in self.average.module.state_dict().items()}
+        checkpoint["state_dict"] = {**current, **averaged}
+        checkpoint["averaging_state"] = {"n_averaged": self.average.n_averaged.detach().clone()}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self.average is None or "current_model_state" not in checkpoint:
+            return  # a checkpoint without an average: it starts from the weights at the first update
+        averaged = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        self.average.module.load_state_dict(averaged)
+        self.average.n_averaged.copy_(checkpoint["averaging_state"]["n_averaged"])
+        pl_module.load_state_dict(checkpoint["current_model_state"])  # the weights being trained

@@ -54,11 +54,20 @@ def mlflow_logger(cfg: LoggerConfig, run_dir: Path) -> Logger:
     id_file = run_dir / "mlflow_run_id"
     uri = cfg.mlflow_tracking_uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
 
-    logger = MLFlowLogger(
+    run_id = _saved_id(id_file)
+
+    class MLFlowLoggerOfThisRun(MLFlowLogger):
+        def log_hyperparams(self, params) -> None:
+            # MLflow refuses to change a logged parameter, and a resumed run may change some (a longer budget,
+            # another rate): the run's first hyperparameters stay; each process's are in its csv/.../hparams.yaml.
+            if run_id is None:
+                super().log_hyperparams(params)
+
+    logger = MLFlowLoggerOfThisRun(
         experiment_name=cfg.experiment,
         run_name=run_dir.name,
         tracking_uri=uri,
-        run_id=_saved_id(id_file),  # a resumed run goes on in its MLflow run
+        run_id=run_id,  # a resumed run goes on in its MLflow run
     )
     if is_global_zero_from_env():  # the logging rank: create the MLflow run now, and keep its id
         _save_id(id_file, logger.run_id)
@@ -71,7 +80,7 @@ def wandb_logger(cfg: LoggerConfig, run_dir: Path) -> Logger:
 
     id_file = run_dir / "wandb_run_id"
     run_id = _saved_id(id_file)
-    if run_id is None:
+    if run_id is None and is_global_zero_from_env():  # the logging rank names the run (the others log nothing)
         run_id = uuid.uuid4().hex[:12]
         _save_id(id_file, run_id)
     return WandbLogger(
@@ -84,9 +93,9 @@ def wandb_logger(cfg: LoggerConfig, run_dir: Path) -> Logger:
     )
 
 
-def finish_loggers() -> None:
+def finish_loggers(failed: bool = False) -> None:
     """End what Lightning leaves open: its W&B logger keeps the W&B run going until the process exits, so a
-    second run in one process (a test, a notebook) would log into the first."""
+    second run in one process (a test, a notebook) would log into the first. ``failed``: mark it so."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=1 if failed else 0)

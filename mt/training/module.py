@@ -80,6 +80,7 @@ class TranslationModule(L.LightningModule):
         tgt_vocab_size: int,
         data: dict | None = None,
         metrics: dict | None = None,
+        budget_steps: int | None = None,
         budget_seconds: float | None = None,
     ) -> None:
         super().__init__()
@@ -210,7 +211,7 @@ class TranslationModule(L.LightningModule):
             warmup_steps=cfg.warmup_steps,
             floor=cfg.lr_floor / cfg.lr,
             budget=cfg.decay_budget,
-            total_steps=self._attached_trainer().max_steps if self._attached_trainer() else None,
+            total_steps=self.hparams.get("budget_steps"),
             total_seconds=self.hparams.get("budget_seconds"),
             clock=self.shared_training_seconds,
         )

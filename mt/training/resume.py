@@ -65,9 +65,15 @@ ARCHITECTURE = (
 )
 
 
-def check_same_model(checkpoint: Path, model: ModelConfig, tokenizer: Tokenizer) -> None:
-    """Refuse to resume from a checkpoint of another architecture or vocabulary (before Lightning loads it)."""
+def check_same_model(checkpoint: Path, model: ModelConfig, tokenizer: Tokenizer, *, ema: bool = False) -> None:
+    """Refuse to resume from a checkpoint of another architecture or vocabulary (before Lightning loads it), or
+    from one that kept a moving average of the weights into a run that keeps none (``ema``)."""
     stored = read_checkpoint(checkpoint)
+    if "current_model_state" in stored and not ema:
+        raise RunError(
+            f"resume={checkpoint}: the run kept a moving average of its weights (optim.ema_decay); resume with the "
+            f"same optim.ema_decay (without it the run would go on from the average, not from its weights)"
+        )
     missing = [key for key in ("optimizer_states", "loops") if key not in stored]
     if missing:  # e.g. an average of checkpoints (mt.average), or a file converted from another toolkit
         raise RunError(

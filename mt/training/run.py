@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from mt.compat import val_check_interval_overflow
 from mt.config import TrainConfig, max_time_seconds, to_dict
 from mt.data.readers import local_split
 from mt.data.tokenizer import Tokenizer
+from mt.decode.metrics import bleu_metric
 from mt.decode.scoring import score_checkpoint
 from mt.device import prepare_cuda, set_threads
 from mt.errors import RunError
@@ -79,6 +81,8 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
             handle.write(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))).encode())
     if config.test_after_training and not config.trainer.fast_dev_run and config.data.path:
         local_split(config.data, "test")  # a missing test split fails now, not after the training
+    if config.validation.decode != "none" or config.test_after_training:  # an unavailable BLEU tokenizer: now
+        bleu_metric(config.data.tgt_lang, config.metrics.bleu_tokenize)
     L.seed_everything(config.seed, workers=True)
 
     datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)
@@ -98,7 +102,7 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
             raise RunError(f"init_from={config.init_from}: its weights do not fit this model ({detail})") from None
     prepare_cuda(tf32=config.trainer.tf32)
     if ckpt_path is not None:
-        check_same_model(Path(ckpt_path), config.model, tokenizer)
+        check_same_model(Path(ckpt_path), config.model, tokenizer, ema=config.optim.ema_decay > 0)
     if preemption is not None and preemption.received:
         # Nothing trained yet, so nothing to save; a time-limit warning still requeues the job (rank 0).
         requeued = preemption.received in REQUEUE_SIGNALS and is_global_zero_from_env() and requeue_slurm_job()
@@ -113,8 +117,10 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
         trainer, best_checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None, preemption=preemption)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        finally:
-            finish_loggers()
+        except BaseException:
+            finish_loggers(failed=True)
+            raise
+        finish_loggers()
     except RunError:
         raise
     except Preempted as stop:
@@ -135,7 +141,7 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     selection = {
         "metric": metric,
         "mode": mode,
-        "value": None if score is None else round(float(score), 4),
+        "value": None if score is None or not math.isfinite(float(score)) else round(float(score), 4),
         "step": None,
         "checkpoint": best_checkpoint.best_model_path or None,
     }
@@ -174,6 +180,7 @@ def build_module(config: TrainConfig, tokenizer: Tokenizer) -> TranslationModule
         tgt_vocab_size=tokenizer.tgt_vocab_size,
         data=to_dict(config.data),
         metrics=to_dict(config.metrics),
+        budget_steps=config.trainer.max_steps if config.trainer.max_steps > 0 else None,
         budget_seconds=max_time_seconds(config.trainer.max_time),
     )
     module.tokenizer = tokenizer

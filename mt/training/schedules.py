@@ -106,3 +106,14 @@ class WarmupDecay(torch.optim.lr_scheduler.LRScheduler):
         state = super().state_dict()
         state.pop("_clock", None)  # a function of the running process, not state
         return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore where the schedule stands (the update count, the end of the warm-up); its shape and budget
+        stay this run's config, so a run extended with a larger budget decays over the larger one."""
+        for key in ("last_epoch", "_step_count", "_last_lr", "warmup_end_seconds"):
+            if key in state_dict:
+                setattr(self, key, state_dict[key])
+        if self.budget == "steps":  # the next update's rate under this run's budget (the optimizer holds the old)
+            self._last_lr = self.get_lr()
+            for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+                group["lr"] = lr

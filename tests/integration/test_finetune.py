@@ -69,16 +69,14 @@ def test_a_run_starts_from_the_checkpoints_weights_and_tokenizer_with_a_fresh_op
 
 
 def test_a_finetuning_run_resumes_exactly(trained, other_corpus, tmp_path, monkeypatch):
-    """Stopped after 5 updates and started again with the same command (init_from and resume=auto, as a
-    requeued job is): the resume goes on from the run's own last.ckpt and equals the uninterrupted run."""
+    """Stopped after 5 updates and started again with the same command plus resume=auto (init_from then applies
+    only while there is no last.ckpt): it goes on from the run's own last.ckpt and equals the uninterrupted run."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(finetune_config(other_corpus, trained, 10), straight)
     with_callback(monkeypatch, StopAt(5))
     train(finetune_config(other_corpus, trained, 10), resumed)
     monkeypatch.undo()
-    config = finetune_config(other_corpus, trained, 10)
-    config.resume = "auto"  # (the config check refuses both on a command line; a requeued job gets it inside)
-    train(config, resumed)
+    train(finetune_config(other_corpus, trained, 10, resume="auto"), resumed)
     expected, got = logged(straight, "train/loss"), logged(resumed, "train/loss")
     assert sorted(got) == sorted(expected) == list(range(10))
     assert all(got[s] == pytest.approx(expected[s], abs=1e-6) for s in expected)
@@ -91,8 +89,8 @@ def test_a_finetuning_run_resumes_exactly(trained, other_corpus, tmp_path, monke
 def test_what_cannot_work_is_refused_in_one_line(trained, other_corpus, toy_corpus_dir, tmp_path):
     with pytest.raises(RunError, match=r"init_from=.*: the checkpoint is of another model \(model.d_model=32 there"):
         train(finetune_config(other_corpus, trained, 2, **{"model.d_model": 64}), tmp_path / "bigger")
-    with pytest.raises(ConfigError, match="starts a new run from a checkpoint's weights and resume=auto continues"):
-        finetune_config(other_corpus, trained, 2, resume="auto")
+    with pytest.raises(ConfigError, match="starts a new run from a checkpoint's weights and resume=x.ckpt continues"):
+        finetune_config(other_corpus, trained, 2, resume="x.ckpt")
     with pytest.raises(Exception, match=r"checkpoint .*missing.ckpt: no such file"):
         train(finetune_config(other_corpus, tmp_path / "missing.ckpt", 2), tmp_path / "missing")
     # A run directory that already holds another tokenizer: the vocabulary cannot change.

@@ -69,11 +69,39 @@ def test_the_moving_average_is_its_formula_applied_to_the_weights_after_each_upd
         reference = {name: d * reference[name] + (1 - d) * current[name] for name in reference}
     for name, value in reference.items():
         torch.testing.assert_close(saved["state_dict"][name], value, rtol=1e-5, atol=1e-7)
-    # The average differs from the last weights (a formula that returned them would pass the check above only
-    # if the decay were 0), and after training the module holds the average (Lightning's WeightAveraging).
+    # The weights being trained are saved beside the average, and stay in the module.
+    for name, value in weights[-1].items():
+        torch.testing.assert_close(saved["current_model_state"][name], value)
+        torch.testing.assert_close(dict(trainer.lightning_module.named_parameters())[name], value)
     name = "model.encoder_layers.0.self_attn.qkv.weight"
-    assert not torch.allclose(reference[name], weights[-1][name], atol=1e-4)
-    torch.testing.assert_close(dict(trainer.lightning_module.named_parameters())[name], reference[name])
+    assert not torch.allclose(reference[name], weights[-1][name], atol=1e-4)  # the check above can fail
+
+
+def test_validation_scores_the_average_that_best_ckpt_holds(toy_corpus_dir, tmp_path):
+    """With an EMA, val/bleu is the BLEU of the averaged weights: decoding best.ckpt (its state_dict, the average)
+    on the validation split gives the logged value that chose it."""
+    from mt.config import SearchConfig
+    from mt.decode.scoring import score_checkpoint
+
+    train(
+        config(
+            toy_corpus_dir,
+            40,
+            **{
+                "optim.ema_decay": 0.9,
+                "validation.decode": "greedy",
+                "validation.max_sentences": None,
+                "trainer.val_check_interval": 20,
+                "trainer.check_val_every_n_epoch": None,
+            },
+        ),
+        tmp_path,
+    )
+    best = torch.load(tmp_path / "checkpoints/best.ckpt", weights_only=False)
+    decoded = score_checkpoint(tmp_path / "checkpoints/best.ckpt", split="valid", search=SearchConfig(beam=1))
+    assert decoded["bleu"] == pytest.approx(best["val_metrics"]["val/bleu"], abs=0.006)
+    name = "model.encoder_layers.0.self_attn.qkv.weight"  # the average is not the weights being trained
+    assert not torch.allclose(best["state_dict"][name], best["current_model_state"][name], atol=1e-4)
 
 
 def test_a_run_with_a_cosine_decay_and_an_ema_resumes_exactly(toy_corpus_dir, tmp_path, monkeypatch):

@@ -181,3 +181,13 @@ def test_a_set_fingerprint_keys_the_cached_transforms_and_indices_mappings_are_s
     assert mapped(first) == mapped(same) != mapped(other)
     assert not compat.has_indices_mapping(first)
     assert compat.has_indices_mapping(first.select([2, 0]))
+
+
+def test_sacrebleu_tokenizer_for_is_the_tokenizer_sacrebleu_builds_for_a_target_language():
+    from sacrebleu.metrics import BLEU
+
+    for lang in ("zh", "de", None):
+        metric = BLEU(trg_lang=lang or "")
+        metric.corpus_score(["a"], [["a"]])
+        assert f"|tok:{compat.sacrebleu_tokenizer_for(lang)}|" in str(metric.get_signature())
+    assert (compat.sacrebleu_tokenizer_for("ja"), compat.sacrebleu_tokenizer_for("ko")) == ("ja-mecab", "ko-mecab")

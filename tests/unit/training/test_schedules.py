@@ -72,6 +72,17 @@ def test_a_restored_scheduler_goes_on_as_the_uninterrupted_one():
     assert head + lrs(second, 11) == straight
 
 
+def test_a_run_extended_with_a_larger_budget_decays_over_the_larger_one():
+    """The restored state is where the schedule stands; its budget is the resumed run's config."""
+    short = WarmupDecay(optimizer(), schedule="linear", warmup_steps=2, total_steps=10)
+    lrs(short, 10)
+    longer = WarmupDecay(optimizer(), schedule="linear", warmup_steps=2, total_steps=20)
+    longer.optimizer.load_state_dict(short.optimizer.state_dict())
+    longer.load_state_dict(short.state_dict())
+    assert longer.total_steps == 20 and longer.last_epoch == 10
+    assert lrs(longer, 1) == pytest.approx([1 - 8 / 18])  # update 11 of a 20-update budget
+
+
 class Clock:
     """Training seconds as the test says: the time budget without waiting."""
 
