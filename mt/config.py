@@ -602,13 +602,6 @@ def saved_search(saved: dict | None, overrides: dict) -> SearchConfig:
     return from_dict(SearchConfig, {**values, **overrides})
 
 
-def with_beam(search: SearchConfig, beam: int | None) -> SearchConfig:
-    """``search`` with its beam replaced by the top-level ``beam=`` shortcut, when given."""
-    if beam is None:
-        return search
-    return dataclasses.replace(search, beam=beam, nbest=min(search.nbest, beam))
-
-
 def with_nbest(search: SearchConfig, nbest: int | None) -> SearchConfig:
     """``search`` returning ``nbest`` hypotheses (the beam widened to at least that many)."""
     if nbest is None:

@@ -246,10 +246,8 @@ class TranslationModule(L.LightningModule):
         (the fused kernel unscales them itself)."""
         if self.device.type != "cuda":
             return False
-        try:
-            precision = str(self.trainer.precision)
-        except RuntimeError:  # no trainer attached (e.g. the optimizers built outside fit)
-            precision = ""
+        trainer = self._attached_trainer()
+        precision = str(trainer.precision) if trainer is not None else ""
         return self.clips_itself(precision) or self.optim_cfg.clip_norm <= 0
 
     def on_train_start(self) -> None:
