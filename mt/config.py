@@ -108,10 +108,15 @@ class ModelConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
-    activation: str = "relu"  # relu | gelu
+    activation: str = "relu"  # relu | gelu | silu (swish, as OPUS-MT's Marian models)
     pre_norm: bool = True
     share_all_embeddings: bool = True  # source, target and output; needs a joint vocabulary
     share_decoder_input_output: bool = True
+    # Sinusoidal positions: sine and cosine interleaved (the Transformer paper's layout) or in halves, all
+    # sines then all cosines (Marian's: what imported Hugging Face Marian models need).
+    positions: str = "interleaved"  # interleaved | halves
+    scale_embeddings: bool = True  # token embeddings times sqrt(d_model) before the positions are added
+    output_bias: bool = False  # a bias on the vocabulary projection (Marian's final logits bias)
 
     def __post_init__(self) -> None:
         _require(self.d_model > 0 and self.n_heads > 0, "model.d_model and model.n_heads must be positive")
@@ -123,7 +128,14 @@ class ModelConfig:
             self.encoder_layers >= 1 and self.decoder_layers >= 1,
             "model.encoder_layers and decoder_layers must be >= 1",
         )
-        _require(self.activation in ("relu", "gelu"), f"model.activation={self.activation!r}: expected relu or gelu")
+        _require(
+            self.activation in ("relu", "gelu", "silu"),
+            f"model.activation={self.activation!r}: expected relu, gelu or silu",
+        )
+        _require(
+            self.positions in ("interleaved", "halves"),
+            f"model.positions={self.positions!r}: expected interleaved or halves",
+        )
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"model.{name}={value}: expected 0 <= value < 1")
@@ -470,6 +482,10 @@ class TranslateConfig:
     # as it is typed) and 5000 otherwise (batches of similar lengths decode fastest). buffer=1: interactive,
     # also through a pipe.
     buffer: int | None = None
+    # A file instead of stdout: written in order, resumable (the same command goes on after a kill), sharded
+    # across the processes of torchrun or a SLURM job array (input= needed). buffer= is then the chunk size.
+    output: str | None = None
+    overwrite: bool = False  # output=: start again over an existing output
     search: SearchConfig = field(default_factory=SearchConfig)
     threads: int | None = None
 
@@ -477,6 +493,7 @@ class TranslateConfig:
         _require(self.beam is None or self.beam >= 1, f"beam={self.beam}: expected >= 1")
         _require(self.nbest is None or self.nbest >= 1, f"nbest={self.nbest}: expected >= 1")
         _require(self.buffer is None or self.buffer >= 1, f"buffer={self.buffer}: expected >= 1")
+        _require(self.output is None or self.input is not None, "output= needs input=FILE (a file can be resumed)")
 
 
 @dataclass
@@ -556,6 +573,16 @@ class ExportConfig:
         )
 
 
+@dataclass
+class ConvertConfig:
+    """The root of ``conf/convert.yaml``: a Hugging Face Marian directory to an ``mt`` checkpoint, or back;
+    the direction follows ``input`` (a directory with ``config.json``, or a ``.ckpt`` file)."""
+
+    input: str = MISSING
+    output: str = MISSING
+    overwrite: bool = False
+
+
 CT2_QUANTIZATIONS = (
     "int8",
     "int8_float32",
@@ -629,6 +656,7 @@ def register_configs() -> None:
     store.store(name="average_schema", node=AverageConfig)
     store.store(name="report_schema", node=ReportConfig)
     store.store(name="export_schema", node=ExportConfig)
+    store.store(name="convert_schema", node=ConvertConfig)
     store.store(name="trials_schema", node=TrialsConfig)
 
 

@@ -6,9 +6,10 @@ positions are written out as a table), the SentencePiece pieces as vocabularies,
 to every source as ``mt`` does. Translate with ``ctranslate2.Translator(DIR).translate_batch`` on
 SentencePiece pieces; ``scripts/bench_decode.py`` compares its speed and BLEU with ``mt``'s search.
 
-Every option of ``ModelConfig`` has a counterpart in the spec (pre- or post-norm, ReLU or GELU, tied
-or separate embeddings, any sizes), so nothing is refused; the one limit is the position table,
-written for ``MAX_POSITIONS`` positions (longer inputs are an error in CTranslate2, not in ``mt``).
+Every option of ``ModelConfig`` has a counterpart in the spec (pre- or post-norm, ReLU, GELU or SiLU, tied
+or separate embeddings, either layout of the positions, an output bias, any sizes), so nothing is refused; the
+one limit is the position table, written for ``MAX_POSITIONS`` positions (longer inputs are an error in
+CTranslate2, not in ``mt``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def build_spec(model_cfg: ModelConfig, state: dict[str, torch.Tensor], tokenizer
     """A ``ctranslate2.specs.TransformerSpec`` holding the weights of ``state``."""
     from ctranslate2.specs import common_spec, transformer_spec
 
-    activation = common_spec.Activation.GELU if model_cfg.activation == "gelu" else common_spec.Activation.RELU
+    activation = {
+        "relu": common_spec.Activation.RELU,
+        "gelu": common_spec.Activation.GELU,
+        "silu": common_spec.Activation.SWISH,
+    }[model_cfg.activation]
     spec = transformer_spec.TransformerSpec.from_config(
         (model_cfg.encoder_layers, model_cfg.decoder_layers),
         model_cfg.n_heads,
@@ -58,11 +63,11 @@ def build_spec(model_cfg: ModelConfig, state: dict[str, torch.Tensor], tokenizer
         target.gamma = weight(f"{name}.weight")
         target.beta = weight(f"{name}.bias")
 
-    positions = sinusoidal_positions(MAX_POSITIONS, model_cfg.d_model).numpy()
+    positions = sinusoidal_positions(MAX_POSITIONS, model_cfg.d_model, layout=model_cfg.positions).numpy()
     for side, embed in ((spec.encoder, "src_embed"), (spec.decoder, "tgt_embed")):
         embeddings = side.embeddings[0] if isinstance(side.embeddings, list) else side.embeddings
         embeddings.weight = weight(f"{embed}.tokens.weight")
-        side.scale_embeddings = True
+        side.scale_embeddings = model_cfg.scale_embeddings
         side.position_encodings.encodings = positions
     if model_cfg.pre_norm:
         norm(spec.encoder.layer_norm, "encoder_norm")
@@ -88,7 +93,10 @@ def build_spec(model_cfg: ModelConfig, state: dict[str, torch.Tensor], tokenizer
         linear(layer.ffn.linear_1, f"{scope}.ffn.down")
         norm(layer.ffn.layer_norm, f"{scope}.ffn_block.norm")
     spec.decoder.projection.weight = weight("output.weight")
-    spec.decoder.projection.bias = torch.zeros(state["output.weight"].size(0)).numpy()
+    has_bias = "output.bias" in state
+    spec.decoder.projection.bias = (
+        weight("output.bias") if has_bias else torch.zeros(len(state["output.weight"])).numpy()
+    )
 
     spec.register_source_vocabulary(tokenizer.src_pieces())
     spec.register_target_vocabulary(tokenizer.tgt_pieces())

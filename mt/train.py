@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mt.cli import entry_point
+from mt.cli import entry_point, set_on_command_line
 from mt.config import TrainConfig
+from mt.training.finetune import with_checkpoint_architecture
 from mt.training.run import train
 
 
@@ -17,6 +18,8 @@ from mt.training.run import train
 def main(config: TrainConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
+    if config.init_from:  # the checkpoint's architecture, but for what the command line sets
+        config = with_checkpoint_architecture(config, set_on_command_line("model"))
     result = train(config, Path(HydraConfig.get().runtime.output_dir))
     return None if result is None else result["selection"]["value"]  # what Hydra's sweepers optimise
 

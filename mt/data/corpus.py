@@ -207,4 +207,6 @@ def cache_key(cfg: DataConfig, split: str, tokenizer: Tokenizer) -> str:
     digest.update(split.encode())
     digest.update(tokenizer.src_model)
     digest.update(tokenizer.tgt_model)
+    if tokenizer.vocab is not None:
+        digest.update(json.dumps(tokenizer.vocab).encode())
     return digest.hexdigest()[:16]

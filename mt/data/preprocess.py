@@ -280,9 +280,8 @@ class _Encoder:
     """The batched ``datasets.map`` function: picklable, it ships the SentencePiece models as bytes
     and builds the ``Tokenizer`` once per worker process, on first use."""
 
-    def __init__(self, src_model: bytes, tgt_model: bytes, dtype: str, num_threads: int) -> None:
-        self.src_model = src_model
-        self.tgt_model = tgt_model
+    def __init__(self, tokenizer_state: dict, dtype: str, num_threads: int) -> None:
+        self.tokenizer_state = tokenizer_state
         self.dtype = dtype
         self.num_threads = num_threads
         self._tokenizer: Tokenizer | None = None
@@ -292,11 +291,11 @@ class _Encoder:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer(self.src_model, self.tgt_model)
+            self._tokenizer = Tokenizer.from_state(self.tokenizer_state)
         tokenizer, dtype = self._tokenizer, np.dtype(self.dtype)
-        # Same ids as Tokenizer.encode_src/encode_tgt; threads only when running in one process.
-        src = tokenizer.src.encode(batch.column("src").to_pylist(), num_threads=self.num_threads)
-        tgt = tokenizer.tgt.encode(batch.column("tgt").to_pylist(), num_threads=self.num_threads)
+        # Threads only when running in one process.
+        src = tokenizer.encode_src(batch.column("src").to_pylist(), num_threads=self.num_threads)
+        tgt = tokenizer.encode_tgt(batch.column("tgt").to_pylist(), num_threads=self.num_threads)
         return pa.table({"src_ids": _list_array(src, dtype), "tgt_ids": _list_array(tgt, dtype)})
 
 
@@ -426,7 +425,7 @@ def _encode_into(
             "tgt_ids": datasets.Sequence(datasets.Value(str(arrow_type))),
         }
     )
-    encoder = _Encoder(tokenizer.src_model, tokenizer.tgt_model, dtype.name, num_threads=1 if num_proc > 1 else -1)
+    encoder = _Encoder(tokenizer.to_state(), dtype.name, num_threads=1 if num_proc > 1 else -1)
     encoded = raw.with_format("arrow").map(
         encoder,
         batched=True,

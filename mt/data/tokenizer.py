@@ -8,6 +8,7 @@ alone is enough to translate.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -24,14 +25,17 @@ BOS_ID = 2
 EOS_ID = 3
 
 
-def _processor(model_proto: bytes, origin: str) -> spm.SentencePieceProcessor:
+SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")  # the pieces of PAD_ID, UNK_ID, BOS_ID, EOS_ID in a vocabulary
+
+
+def _processor(model_proto: bytes, origin: str, *, check_ids: bool = True) -> spm.SentencePieceProcessor:
     processor = spm.SentencePieceProcessor()
     try:
         processor.LoadFromSerializedProto(model_proto)
     except Exception as error:  # sentencepiece raises RuntimeError/OSError with C++ text
         raise TokenizerError(f"{origin}: not a SentencePiece model ({error})") from None
     ids = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
-    if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+    if check_ids and ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
         raise TokenizerError(
             f"{origin}: special ids (pad, unk, bos, eos) are {ids}, expected {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}"
         )
@@ -45,6 +49,11 @@ class Tokenizer:
         src_model: serialised SentencePiece model for the source side.
         tgt_model: serialised model for the target side; ``None`` or the same bytes for a joint
             vocabulary.
+        vocab: the pieces by id, for models whose ids are not SentencePiece's (imported Hugging Face Marian
+            models: two SentencePiece models over one ``vocab.json``). It starts with ``SPECIAL_PIECES``; both
+            sides map SentencePiece's pieces to ids through it, a piece it lacks becoming UNK (as
+            ``MarianTokenizer`` does), and a source may start with a language code such as ``>>de<<``, kept
+            whole. ``None``: ids are SentencePiece's own (every model this package trains).
     """
 
     pad_id = PAD_ID
@@ -52,12 +61,29 @@ class Tokenizer:
     bos_id = BOS_ID
     eos_id = EOS_ID
 
-    def __init__(self, src_model: bytes, tgt_model: bytes | None = None, *, origin: str = "tokenizer") -> None:
+    def __init__(
+        self,
+        src_model: bytes,
+        tgt_model: bytes | None = None,
+        *,
+        vocab: Sequence[str] | None = None,
+        origin: str = "tokenizer",
+    ) -> None:
         self.src_model = src_model
         self.tgt_model = src_model if tgt_model is None else tgt_model
         self.origin = origin
-        self.src = _processor(self.src_model, origin)
-        self.tgt = self.src if self.joint else _processor(self.tgt_model, origin)
+        self.vocab = None if vocab is None else list(vocab)
+        self.src = _processor(self.src_model, origin, check_ids=vocab is None)
+        self.tgt = self.src if self.joint else _processor(self.tgt_model, origin, check_ids=vocab is None)
+        self._ids: dict[str, int] | None = None
+        if self.vocab is not None:
+            if tuple(self.vocab[:4]) != SPECIAL_PIECES:
+                raise TokenizerError(
+                    f"{origin}: its vocabulary starts {self.vocab[:4]}, expected {list(SPECIAL_PIECES)}"
+                )
+            self._ids = {piece: i for i, piece in enumerate(self.vocab)}
+            if len(self._ids) != len(self.vocab):
+                raise TokenizerError(f"{origin}: its vocabulary lists a piece twice")
 
     @property
     def joint(self) -> bool:
@@ -65,43 +91,65 @@ class Tokenizer:
 
     @property
     def src_vocab_size(self) -> int:
-        return self.src.get_piece_size()
+        return len(self.vocab) if self.vocab is not None else self.src.get_piece_size()
 
     @property
     def tgt_vocab_size(self) -> int:
-        return self.tgt.get_piece_size()
+        return len(self.vocab) if self.vocab is not None else self.tgt.get_piece_size()
 
-    def encode_src(self, sentences: Sequence[str]) -> list[list[int]]:
+    def encode_src(self, sentences: Sequence[str], num_threads: int = -1) -> list[list[int]]:
         """Subword ids without BOS/EOS (the batcher adds them)."""
-        return self.src.encode(list(sentences))
+        if self._ids is None:
+            return self.src.encode(list(sentences), num_threads=num_threads)
+        return [self._piece_ids(self.src, sentence, codes=True) for sentence in sentences]
 
-    def encode_tgt(self, sentences: Sequence[str]) -> list[list[int]]:
-        return self.tgt.encode(list(sentences))
+    def encode_tgt(self, sentences: Sequence[str], num_threads: int = -1) -> list[list[int]]:
+        if self._ids is None:
+            return self.tgt.encode(list(sentences), num_threads=num_threads)
+        return [self._piece_ids(self.tgt, sentence) for sentence in sentences]
+
+    def _piece_ids(self, processor: spm.SentencePieceProcessor, text: str, *, codes: bool = False) -> list[int]:
+        ids = self._ids
+        code: list[int] = []
+        if codes and text.startswith(">>") and (end := text.find("<<")) != -1:  # MarianTokenizer's language code
+            code, text = [ids.get(text[: end + 2], UNK_ID)], text[end + 2 :]
+        return code + [ids.get(piece, UNK_ID) for piece in processor.encode(text, out_type=str)]
 
     def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Detokenized text; special ids are dropped."""
-        return self.tgt.decode([[i for i in seq if i > EOS_ID] for seq in ids])
+        kept = [[i for i in seq if i > EOS_ID] for seq in ids]
+        if self.vocab is None:
+            return self.tgt.decode(kept)
+        return [self.tgt.decode_pieces([self.vocab[i] for i in seq]) for seq in kept]
 
     def src_pieces(self) -> list[str]:
         """The source vocabulary as SentencePiece pieces, by id."""
+        if self.vocab is not None:
+            return list(self.vocab)
         return [self.src.id_to_piece(i) for i in range(self.src_vocab_size)]
 
     def tgt_pieces(self) -> list[str]:
         """The target vocabulary as SentencePiece pieces, by id."""
+        if self.vocab is not None:
+            return list(self.vocab)
         return [self.tgt.id_to_piece(i) for i in range(self.tgt_vocab_size)]
 
-    def to_state(self) -> dict[str, bytes]:
-        """What a checkpoint stores: the serialised models."""
-        return {"src_model": self.src_model, "tgt_model": self.tgt_model}
+    def to_state(self) -> dict:
+        """What a checkpoint stores: the serialised models (and the vocabulary, when it is not theirs)."""
+        state: dict = {"src_model": self.src_model, "tgt_model": self.tgt_model}
+        if self.vocab is not None:
+            state["vocab"] = list(self.vocab)
+        return state
 
     @classmethod
-    def from_state(cls, state: dict[str, bytes], *, origin: str = "checkpoint") -> Tokenizer:
+    def from_state(cls, state: dict, *, origin: str = "checkpoint") -> Tokenizer:
         if not isinstance(state, dict) or "src_model" not in state:
             raise TokenizerError(f"{origin}: holds no tokenizer (expected keys src_model, tgt_model)")
-        return cls(state["src_model"], state.get("tgt_model"), origin=origin)
+        return cls(state["src_model"], state.get("tgt_model"), vocab=state.get("vocab"), origin=origin)
 
     def save(self, directory: str | Path) -> None:
-        """Write ``spm.model`` (joint) or ``spm.src.model`` and ``spm.tgt.model``."""
+        """Write ``spm.model`` (joint) or ``spm.src.model`` and ``spm.tgt.model``, and ``vocab.json`` for a
+        vocabulary of its own."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         files = (
@@ -109,6 +157,8 @@ class Tokenizer:
             if self.joint
             else {"spm.tgt.model": self.tgt_model, "spm.src.model": self.src_model}  # load looks for src: last
         )
+        if self.vocab is not None:  # written first: load reads it only beside a model
+            files = {"vocab.json": json.dumps(self.vocab, ensure_ascii=False).encode(), **files}
         for name, payload in files.items():
             with atomic_write(directory / name) as handle:
                 handle.write(payload)
@@ -117,13 +167,16 @@ class Tokenizer:
     def load(cls, directory: str | Path) -> Tokenizer | None:
         """The tokenizer saved in ``directory``, or ``None`` if there is none."""
         directory = Path(directory)
+        vocab_file = directory / "vocab.json"
+        vocab = json.loads(vocab_file.read_text(encoding="utf-8")) if vocab_file.exists() else None
         if (directory / "spm.model").exists():
             path = directory / "spm.model"
-            return cls(path.read_bytes(), origin=str(path))
+            return cls(path.read_bytes(), vocab=vocab, origin=str(path))
         if (directory / "spm.src.model").exists():
             return cls(
                 (directory / "spm.src.model").read_bytes(),
                 (directory / "spm.tgt.model").read_bytes(),
+                vocab=vocab,
                 origin=str(directory),
             )
         return None

@@ -172,7 +172,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(d_model, d_ff)
         self.down = nn.Linear(d_ff, d_model)
-        self.activation = nn.ReLU() if activation == "relu" else nn.GELU()
+        self.activation = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[activation]()
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -194,37 +194,56 @@ class Residual(nn.Module):
         return self.norm(x + self.dropout(sublayer(x)))
 
 
-def sinusoidal_positions(length: int, d_model: int, *, offset: int = 0, device: torch.device | None = None) -> Tensor:
-    """(length, D) sinusoidal encodings of positions ``offset .. offset+length-1`` (Vaswani et al.)."""
-    position = torch.arange(offset, offset + length, dtype=torch.float32, device=device)[:, None]
+def sinusoidal_positions(
+    length: int, d_model: int, *, offset: int = 0, layout: str = "interleaved", device: torch.device | None = None
+) -> Tensor:
+    """(length, D) sinusoidal encodings of positions ``offset .. offset+length-1`` (Vaswani et al.).
+
+    Column pair i holds sin and cos of ``position / 10000^(2i/D)``: interleaved (sin at 2i, cos at 2i+1, the
+    paper's layout) or in ``halves`` (sines in the first D/2 columns, cosines in the rest: Marian's). The angles
+    are formed in float64, as Marian and Hugging Face do, then stored in float32.
+    """
+    position = torch.arange(offset, offset + length, dtype=torch.float64, device=device)[:, None]
     frequency = torch.exp(
-        torch.arange(0, d_model, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / d_model)
+        torch.arange(0, d_model, 2, dtype=torch.float64, device=device) * (-math.log(10000.0) / d_model)
     )
-    table = torch.zeros(length, d_model, device=device)
-    table[:, 0::2] = torch.sin(position * frequency)
-    table[:, 1::2] = torch.cos(position * frequency[: d_model // 2])
-    return table
+    sines, cosines = torch.sin(position * frequency), torch.cos(position * frequency[: d_model // 2])
+    if layout == "halves":
+        return torch.cat([sines, cosines], dim=1).float()
+    table = torch.zeros(length, d_model, dtype=torch.float64, device=device)
+    table[:, 0::2] = sines
+    table[:, 1::2] = cosines
+    return table.float()
 
 
 class Embedding(nn.Module):
-    """Token embedding scaled by sqrt(D), plus sinusoidal positions, then dropout."""
+    """Token embedding scaled by sqrt(D) (unless ``scale`` is off), plus sinusoidal positions, then dropout."""
 
     def __init__(
-        self, vocab_size: int, d_model: int, *, pad_id: int, dropout: float = 0.0, tokens: nn.Embedding | None = None
+        self,
+        vocab_size: int,
+        d_model: int,
+        *,
+        pad_id: int,
+        dropout: float = 0.0,
+        tokens: nn.Embedding | None = None,
+        scale: bool = True,
+        positions: str = "interleaved",
     ) -> None:
         super().__init__()
         self.tokens = tokens if tokens is not None else nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
-        self.scale = math.sqrt(d_model)
+        self.scale = math.sqrt(d_model) if scale else 1.0
         self.dropout = Dropout(dropout)
         self.d_model = d_model
-        self.register_buffer("positions", sinusoidal_positions(256, d_model), persistent=False)
+        self.layout = positions
+        self.register_buffer("positions", sinusoidal_positions(256, d_model, layout=positions), persistent=False)
 
     def forward(self, ids: Tensor, *, offset: int = 0) -> Tensor:
         """ids (B, T) at positions ``offset..`` -> (B, T, D)."""
         end = offset + ids.size(1)
         if end > self.positions.size(0):  # grow the table for unusually long inputs
             self.positions = sinusoidal_positions(
-                max(end, 2 * self.positions.size(0)), self.d_model, device=ids.device
+                max(end, 2 * self.positions.size(0)), self.d_model, layout=self.layout, device=ids.device
             ).to(self.positions.dtype)
         return self.dropout(self.tokens(ids) * self.scale + self.positions[offset:end])
 

@@ -118,17 +118,16 @@ class Transformer(nn.Module):
                 f"share_all_embeddings needs one vocabulary, got sizes {src_vocab_size} and {tgt_vocab_size}"
             )
         self.cfg = cfg
-        self.src_embed = Embedding(src_vocab_size, cfg.d_model, pad_id=PAD_ID, dropout=cfg.dropout)
+        options = dict(pad_id=PAD_ID, dropout=cfg.dropout, scale=cfg.scale_embeddings, positions=cfg.positions)
+        self.src_embed = Embedding(src_vocab_size, cfg.d_model, **options)
         shared_tokens = self.src_embed.tokens if cfg.share_all_embeddings else None
-        self.tgt_embed = Embedding(
-            tgt_vocab_size, cfg.d_model, pad_id=PAD_ID, dropout=cfg.dropout, tokens=shared_tokens
-        )
+        self.tgt_embed = Embedding(tgt_vocab_size, cfg.d_model, tokens=shared_tokens, **options)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         # Pre-norm leaves the residual stream unnormalised: normalise the stacks' outputs.
         self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
-        self.output = OutputProjection(cfg.d_model, tgt_vocab_size, bias=False)
+        self.output = OutputProjection(cfg.d_model, tgt_vocab_size, bias=cfg.output_bias)
         self._init_weights()
         if cfg.share_all_embeddings or cfg.share_decoder_input_output:
             self.output.weight = self.tgt_embed.tokens.weight
@@ -191,8 +190,11 @@ class Transformer(nn.Module):
         logits = self.output(hidden).float()
         return (F.log_softmax(logits, dim=-1) if normalize else logits), cache
 
+    def decoder_states(self, src_ids: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced decoder states before the output layer: src (B, S), tgt_in (B, T) -> (B, T, D)."""
+        memory = self.encode(src_ids, src_pad_mask)
+        return self.decode(tgt_in, self.new_cache(memory), src_pad_mask)
+
     def forward(self, src_ids: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits: src (B, S), tgt_in (B, T) -> (B, T, V)."""
-        memory = self.encode(src_ids, src_pad_mask)
-        hidden = self.decode(tgt_in, self.new_cache(memory), src_pad_mask)
-        return self.output(hidden)
+        return self.output(self.decoder_states(src_ids, src_pad_mask, tgt_in))

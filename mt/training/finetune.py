@@ -8,15 +8,30 @@ A fine-tuning run is a run like any other: it writes its own checkpoints and res
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from torch import Tensor
 
-from mt.config import TrainConfig
+from mt.config import ModelConfig, TrainConfig, from_dict
 from mt.data.tokenizer import Tokenizer
 from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
-from mt.training.resume import architecture_differences
+from mt.training.resume import ARCHITECTURE, architecture_differences
+
+
+def with_checkpoint_architecture(config: TrainConfig, chosen: set[str] | None) -> TrainConfig:
+    """``config`` with the model architecture of its ``init_from`` checkpoint, but for the fields in ``chosen``
+    (those the command line set; ``None``: it chose the model group, so nothing is taken), which must then match
+    the checkpoint's (``prepare_init_from`` refuses them otherwise). A fine-tuning run, of an imported Hugging Face
+    model say, needs no model settings of its own; a missing checkpoint is left to ``prepare_init_from``'s error.
+    """
+    path = Path(str(config.init_from))
+    if chosen is None or not path.is_file():
+        return config
+    saved = from_dict(ModelConfig, read_checkpoint(path).get("hyper_parameters", {}).get("model", {}))
+    taken = {name: getattr(saved, name) for name in ARCHITECTURE if name not in chosen}
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, **taken))
 
 
 def prepare_init_from(config: TrainConfig, run_dir: Path) -> dict[str, Tensor]:

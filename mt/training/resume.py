@@ -53,6 +53,9 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
 
 # The model options that decide its parameters' names and shapes (or their meaning); dropout may change.
 ARCHITECTURE = (
+    "positions",
+    "scale_embeddings",
+    "output_bias",
     "d_model",
     "n_heads",
     "encoder_layers",

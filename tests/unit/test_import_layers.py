@@ -30,6 +30,7 @@ LAYERS = {
         "mt.report",
         "mt.average",
         "mt.export",
+        "mt.convert",
         "mt.trials",
     ),
 }

@@ -1,0 +1,421 @@
+"""Hugging Face Marian (OPUS-MT) import and export against ``transformers`` itself.
+
+The reference is ``MarianMTModel`` / ``MarianTokenizer`` of the installed ``transformers``: a small model with
+random weights, a random non-zero final logits bias, OPUS-MT's special ids (eos 0, pad V-1, decoding starts
+from pad), separate source and target SentencePiece models trained on a Multi30k slice (with SentencePiece's
+own ids, as OPUS-MT's are), and a ``vocab.json`` in an order of its own that lacks a few of their pieces
+(which both tokenizers must turn into <unk>), saved with ``save_pretrained``. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+import torch
+
+from mt.convert import convert
+from mt.data.batching import pad_sequences
+from mt.data.tokenizer import EOS_ID, PAD_ID
+from mt.decode.search import beam_search, greedy_search
+from mt.model.checkpoint import load_checkpoint, read_checkpoint
+from mt.model.marian import positions_in_halves
+from tests.helpers import ROOT, toy_args
+
+transformers = pytest.importorskip("transformers")
+
+SENTENCES = [
+    "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.",
+    "Zwei Hunde spielen im Schnee.",
+    "Eine Frau in einem roten Kleid geht über die Straße.",
+    "Kinder.",
+    "Ein kleines Mädchen klettert in ein Spielhaus aus Holz.",
+    "Drei Leute sitzen in einer Höhle.",
+]
+MAX_NEW = 30  # generate(max_new_tokens=30); mt: max_len_a=0, max_len_b=max_len=30 (EOS counted by both)
+
+
+def _multi30k_lines(language: str, count: int) -> list[str]:
+    root = os.environ.get("MT_DATA_DIR")
+    if not root or not Path(root, f"train.{language}.gz").is_file():
+        pytest.skip("MT_DATA_DIR does not point at Multi30k")
+    with gzip.open(Path(root, f"train.{language}.gz"), "rt", encoding="utf-8") as handle:
+        return [next(handle).strip() for _ in range(count)]
+
+
+def _train_spm(lines: list[str], path: Path, size: int) -> None:
+    # SentencePiece's default ids (unk 0, bos 1, eos 2, no pad), as OPUS-MT's source.spm and target.spm have.
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(path.with_suffix("")), vocab_size=size, minloglevel=2
+    )
+    path.with_suffix(".model").rename(path)
+
+
+@pytest.fixture(scope="module")
+def marian_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("opus_mt")
+    _train_spm(_multi30k_lines("de", 3000), directory / "source.spm", 400)
+    _train_spm(_multi30k_lines("en", 3000), directory / "target.spm", 300)
+    pieces: list[str] = []
+    for name in ("source.spm", "target.spm"):
+        processor = spm.SentencePieceProcessor(model_file=str(directory / name))
+        pieces += [processor.id_to_piece(i) for i in range(3, processor.get_piece_size())]
+    pieces = sorted(set(pieces))
+    random.Random(0).shuffle(pieces)  # an order of its own, not SentencePiece's
+    dropped = {"▁Hund", "▁Mann", "s"} & set(pieces)  # absent from vocab.json: <unk> for both tokenizers
+    assert len(dropped) == 3
+    marian_vocab = ["</s>", "<unk>", *(p for p in pieces if p not in dropped), "<pad>"]
+    size = len(marian_vocab)
+    (directory / "vocab.json").write_text(json.dumps({p: i for i, p in enumerate(marian_vocab)}, ensure_ascii=False))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"source_lang": "de", "target_lang": "en"}))
+
+    config = transformers.MarianConfig(
+        vocab_size=size,
+        decoder_vocab_size=size,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        activation_function="swish",
+        scale_embedding=True,
+        max_position_embeddings=128,
+        pad_token_id=size - 1,
+        eos_token_id=0,
+        forced_eos_token_id=0,
+        decoder_start_token_id=size - 1,
+        dropout=0.0,
+    )
+    torch.manual_seed(0)
+    model = transformers.MarianMTModel(config)
+    # A random model's greedy output loops until the length limit; 200 updates on the slice (~18 s) make
+    # outputs of several lengths that end, so the search comparisons below are not vacuous.
+    tokenizer = transformers.MarianTokenizer.from_pretrained(directory)
+    de, en = _multi30k_lines("de", 3000), _multi30k_lines("en", 3000)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    for step in range(200):
+        first = step * 32 % 2900
+        batch = tokenizer(de[first : first + 32], text_target=en[first : first + 32], return_tensors="pt", padding=True)
+        batch["labels"][batch["labels"] == size - 1] = -100
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        model.final_logits_bias.copy_(0.1 * torch.randn(1, size))  # random and non-zero
+    model.generation_config.bad_words_ids = [[size - 1]]  # OPUS-MT's: never output pad
+    model.generation_config.num_beams = 4
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def hf(marian_dir: Path):
+    model = transformers.MarianMTModel.from_pretrained(marian_dir).eval()
+    tokenizer = transformers.MarianTokenizer.from_pretrained(marian_dir)
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def imported(marian_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("imported") / "opus.ckpt"
+    assert convert(marian_dir, path) == "import"
+    return path
+
+
+def _mt_ids(loaded, hf_vocab: dict[str, int]) -> dict[int, int]:
+    """mt id -> Hugging Face id, through the pieces (PAD has none: its row is mt's own)."""
+    pieces = loaded.tokenizer.tgt_pieces()
+    mapping = {i: hf_vocab[p] for i, p in enumerate(pieces) if p in hf_vocab and p not in ("<pad>", "<s>")}
+    mapping[2] = hf_vocab["<pad>"]  # BOS: the row of Marian's decoder start
+    return mapping
+
+
+def _hf_inputs(tokenizer, sentences):
+    batch = tokenizer(sentences, return_tensors="pt", padding=True)
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def _mt_inputs(loaded, sentences):
+    src = pad_sequences(loaded.tokenizer.encode_src(sentences), suffix=EOS_ID)
+    return src, src == PAD_ID
+
+
+def test_imported_tokenizer_and_logits_equal_hugging_face(hf, imported: Path) -> None:
+    model, tokenizer = hf
+    loaded = load_checkpoint(imported)
+    to_hf = _mt_ids(loaded, tokenizer.get_vocab())
+    src, pad_mask = _mt_inputs(loaded, SENTENCES)
+    input_ids, attention_mask = _hf_inputs(tokenizer, SENTENCES)
+    assert (input_ids == tokenizer.unk_token_id).sum() >= 2  # the pieces left out of vocab.json
+    mapped = src.clone().apply_(lambda i: to_hf.get(i, tokenizer.pad_token_id))
+    assert torch.equal(mapped, input_ids) and torch.equal(~pad_mask, attention_mask.bool())
+
+    targets = tokenizer(text_target=["A man in a hat.", "Two dogs play in the snow outside."], padding=True)
+    labels = torch.tensor(targets["input_ids"])
+    start = torch.full((2, 1), model.config.decoder_start_token_id)
+    decoder_input = torch.cat([start, labels[:, :-1]], dim=1)
+    to_mt = {h: m for m, h in to_hf.items()}
+    tgt_in = decoder_input.clone().apply_(lambda i: to_mt[i])
+    with torch.no_grad():
+        expected = model(input_ids[:2], attention_mask=attention_mask[:2], decoder_input_ids=decoder_input).logits
+        got = loaded.model(src[:2], pad_mask[:2], tgt_in)
+    columns = torch.tensor([to_hf[i] for i in range(got.size(-1)) if i in to_hf])
+    ours = torch.tensor([i for i in range(got.size(-1)) if i in to_hf])
+    real = decoder_input != tokenizer.pad_token_id
+    real[:, 0] = True  # the start token
+    assert real.sum() > 10
+    torch.testing.assert_close(got[..., ours][real], expected[..., columns][real], rtol=0, atol=1e-5)
+    assert torch.log_softmax(got, -1)[..., PAD_ID].max() < -1000  # PAD: probability 0, as Marian's has none apart
+    torch.testing.assert_close(
+        torch.log_softmax(got, -1)[..., ours][real],
+        torch.log_softmax(expected, -1)[..., columns][real],
+        rtol=0,
+        atol=1e-5,
+    )
+
+
+def _generated(model, tokenizer, sentences, **settings) -> list[list[int]]:
+    input_ids, attention_mask = _hf_inputs(tokenizer, sentences)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=MAX_NEW,
+            do_sample=False,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            **settings,
+        )
+    sequences = []
+    for row in out[:, 1:].tolist():  # without the start token
+        sequences.append(row[: row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row)
+    return sequences
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_greedy_and_beam_outputs_equal_generate(hf, imported: Path, beam: int) -> None:
+    """generate(): num_beams=beam, length_penalty=1.0 (score / generated tokens incl. EOS), early_stopping=True
+    (done with num_beams finished), max_new_tokens=30, no repetition penalties, pad forbidden (the saved
+    generation config); mt: the same beam, length penalty ``average`` with alpha 1, max_len 30."""
+    model, tokenizer = hf
+    loaded = load_checkpoint(imported)
+    to_hf = _mt_ids(loaded, tokenizer.get_vocab())
+    settings = dict(num_beams=beam, length_penalty=1.0, early_stopping=True) if beam > 1 else dict(num_beams=1)
+    expected = _generated(model, tokenizer, SENTENCES, **settings)
+    src, pad_mask = _mt_inputs(loaded, SENTENCES)
+    limits = dict(max_len_a=0.0, max_len_b=MAX_NEW, max_len=MAX_NEW)
+    if beam == 1:
+        hyps = greedy_search(loaded.model, src, pad_mask, **limits)
+    else:
+        hyps = [
+            best[0]
+            for best in beam_search(
+                loaded.model,
+                src,
+                pad_mask,
+                beam=beam,
+                length_penalty_alpha=1.0,
+                length_penalty_type="average",
+                **limits,
+            )
+        ]
+    got = [[to_hf[i] for i in [*h.tokens, EOS_ID]] for h in hyps]  # mt leaves EOS out of its outputs
+    ends = [(len(seq), seq[-1] == tokenizer.eos_token_id) for seq in expected]
+    assert all(ended and length < MAX_NEW for length, ended in ends), ends  # none cut at the limit
+    assert len({len(seq) for seq in expected}) > 2  # outputs of several lengths, not all at once
+    assert got == expected
+
+
+def test_imported_search_defaults_come_from_the_generation_config(imported: Path) -> None:
+    search = load_checkpoint(imported).search
+    assert (search["beam"], search["length_penalty_type"]) == (4, "average")
+
+
+def test_export_of_an_import_loads_in_transformers_with_the_same_logits(hf, imported: Path, tmp_path: Path) -> None:
+    model, tokenizer = hf
+    exported = tmp_path / "hf"
+    assert convert(imported, exported) == "export"
+    again = transformers.MarianMTModel.from_pretrained(exported).eval()
+    again_tokenizer = transformers.MarianTokenizer.from_pretrained(exported)
+    input_ids, attention_mask = _hf_inputs(tokenizer, SENTENCES)
+    again_ids, again_mask = _hf_inputs(again_tokenizer, SENTENCES)
+    pieces_then = [tokenizer.convert_ids_to_tokens(row) for row in input_ids.tolist()]
+    assert [again_tokenizer.convert_ids_to_tokens(row) for row in again_ids.tolist()] == pieces_then
+    with torch.no_grad():
+        expected = model(
+            input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=input_ids[:, :1] * 0 + model.config.decoder_start_token_id,
+        ).logits
+        got = again(
+            again_ids,
+            attention_mask=again_mask,
+            decoder_input_ids=again_ids[:, :1] * 0 + again.config.decoder_start_token_id,
+        ).logits
+    vocab, again_vocab = tokenizer.get_vocab(), again_tokenizer.get_vocab()
+    shared = [p for p in vocab if p in again_vocab and p != "<pad>"]
+    torch.testing.assert_close(
+        got[..., [again_vocab[p] for p in shared]], expected[..., [vocab[p] for p in shared]], rtol=0, atol=1e-5
+    )
+    # Every Marian weight comes back, row for row by piece (pad's row is the decoder start's, mt's BOS).
+    before = transformers.MarianMTModel.from_pretrained(tokenizer.name_or_path).state_dict()
+    after = again.state_dict()
+    rows_before = [vocab[p] for p in shared] + [vocab["<pad>"]]
+    rows_after = [again_vocab[p] for p in shared] + [again_vocab["<s>"]]
+    for name, tensor in before.items():
+        if "embed_positions" in name:
+            continue
+        if tensor.shape[0] == len(vocab) or name == "final_logits_bias":
+            pick = (lambda t, rows: t[:, rows]) if name == "final_logits_bias" else (lambda t, rows: t[rows])
+            assert torch.equal(pick(after[name], rows_after), pick(tensor, rows_before)), name
+        else:
+            assert torch.equal(after[name], tensor), name
+
+
+def test_a_round_trip_through_hugging_face_leaves_every_weight_equal(imported: Path, tmp_path: Path) -> None:
+    convert(imported, tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "back.ckpt")
+    first, back = read_checkpoint(imported), read_checkpoint(tmp_path / "back.ckpt")
+    assert first["state_dict"].keys() == back["state_dict"].keys()
+    for name, tensor in first["state_dict"].items():
+        assert torch.equal(back["state_dict"][name], tensor), name
+    assert back["tokenizer"] == first["tokenizer"]
+    assert back["hyper_parameters"]["model"] == first["hyper_parameters"]["model"]
+
+
+def _native_checkpoint(path: Path, *, pre_norm: bool) -> Path:
+    """A randomly initialised mt model (interleaved positions, no output bias) saved as training saves it."""
+    from mt.config import ModelConfig, to_dict
+    from mt.data.tokenizer import train_tokenizer
+    from mt.model.transformer import Transformer
+
+    lines = _multi30k_lines("de", 500), _multi30k_lines("en", 500)
+    tokenizer = train_tokenizer(*lines, vocab_size=200)
+    cfg = ModelConfig(d_model=32, n_heads=4, encoder_layers=2, decoder_layers=1, d_ff=64, pre_norm=pre_norm)
+    torch.manual_seed(1)
+    model = Transformer(cfg, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": {
+                "model": to_dict(cfg),
+                "src_vocab_size": tokenizer.src_vocab_size,
+                "tgt_vocab_size": tokenizer.tgt_vocab_size,
+                "data": {"src_lang": "de", "tgt_lang": "en"},
+            },
+            "tokenizer": tokenizer.to_state(),
+        },
+        path,
+    )
+    return path
+
+
+def test_a_trained_mt_model_exports_to_hugging_face_with_the_same_logits(tmp_path: Path) -> None:
+    """mt's interleaved positions become Marian's halves by permuting the model width everywhere."""
+    checkpoint = _native_checkpoint(tmp_path / "native.ckpt", pre_norm=False)
+    loaded = load_checkpoint(checkpoint)
+    convert(checkpoint, tmp_path / "hf")
+    model = transformers.MarianMTModel.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = transformers.MarianTokenizer.from_pretrained(tmp_path / "hf")
+    src, pad_mask = _mt_inputs(loaded, SENTENCES)
+    input_ids, attention_mask = _hf_inputs(tokenizer, SENTENCES)
+    assert torch.equal(src.masked_fill(pad_mask, PAD_ID), input_ids)  # mt's own ids: vocab.json is mt's order
+    tgt_in = torch.tensor([[2, 40, 41, 42, 7]] * len(SENTENCES))
+    with torch.no_grad():
+        expected = loaded.model(src, pad_mask, tgt_in)
+        got = model(input_ids, attention_mask=attention_mask, decoder_input_ids=tgt_in).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert model.generation_config.bad_words_ids == [[PAD_ID], [2]]
+    # The permutation is what makes it equal: without it the exported network computes something else.
+    state = loaded.model.state_dict()
+    assert not torch.equal(
+        positions_in_halves(state, 32)["encoder_layers.0.ffn.up.weight"], state["encoder_layers.0.ffn.up.weight"]
+    )
+
+
+def test_a_pre_norm_model_is_refused_in_one_line(tmp_path: Path) -> None:
+    checkpoint = _native_checkpoint(tmp_path / "pre.ckpt", pre_norm=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "mt.convert", f"input={checkpoint}", f"output={tmp_path / 'hf'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: checkpoint {checkpoint}: model.pre_norm=true: Marian models are post-norm"
+    ]
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_config_mt_cannot_represent_is_refused_naming_the_field(marian_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in marian_dir.iterdir():
+        (other / path.name).write_bytes(path.read_bytes())
+    config = json.loads((other / "config.json").read_text())
+    config["decoder_ffn_dim"] = 128
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=r"config.json: encoder_ffn_dim=64 and decoder_ffn_dim=128: mt needs them equal"
+    ):
+        convert(other, tmp_path / "out.ckpt")
+    assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_ctranslate2_export_of_an_imported_model_gives_mt_greedy_output(imported: Path, tmp_path: Path) -> None:
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from mt.export import export_ctranslate2
+
+    loaded = load_checkpoint(imported)
+    export_ctranslate2(imported, tmp_path / "ct2")
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"))
+    pieces = loaded.tokenizer.src_pieces()
+    sources = [[pieces[i] for i in ids] for ids in loaded.tokenizer.encode_src(SENTENCES)]
+    results = translator.translate_batch(sources, beam_size=1, max_decoding_length=MAX_NEW, min_decoding_length=0)
+    src, pad_mask = _mt_inputs(loaded, SENTENCES)
+    hyps = greedy_search(loaded.model, src, pad_mask, max_len_a=0.0, max_len_b=MAX_NEW, max_len=MAX_NEW)
+    expected = [[pieces[i] for i in h.tokens if i != EOS_ID] for h in hyps]
+    assert [r.hypotheses[0] for r in results] == expected
+    assert sum(len(e) for e in expected) > 10
+
+
+def test_fine_tuning_an_imported_model_takes_its_architecture(imported: Path, toy_corpus_dir: Path, tmp_path) -> None:
+    """init_from= an imported model needs no model settings: the checkpoint's architecture is taken, but for
+    fields set on the command line, which must match it."""
+    args = [a for a in toy_args(toy_corpus_dir, tmp_path / "run", "trainer.max_steps=2") if a != "model=tiny"]
+    args += [f"init_from={imported}", "validation.decode=none", "data.max_len=200"]
+    result = subprocess.run([sys.executable, "-m", "mt.train", *args], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = read_checkpoint(tmp_path / "run/checkpoints/last.ckpt")["hyper_parameters"]["model"]
+    wanted = read_checkpoint(imported)["hyper_parameters"]["model"]
+    assert model == wanted and (model["activation"], model["positions"], model["output_bias"]) == (
+        "silu",
+        "halves",
+        True,
+    )
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "mt.train", *args, f"hydra.run.dir={tmp_path / 'wider'}", "model.d_model=64"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: init_from={imported}: the checkpoint is of another model (model.d_model=32 there, 64 here)"
+        )
+    )
