@@ -45,7 +45,8 @@ from mt.config import DataConfig, TokenizerConfig, from_dict  # noqa: E402
 from mt.data.batching import Batch, TokenBatchSampler, collate  # noqa: E402
 from mt.data.tokenizer import PAD_ID  # noqa: E402
 from mt.training.datamodule import TranslationDataModule  # noqa: E402
-from mt.training.module import TranslationModule, label_smoothed_nll  # noqa: E402
+from mt.training.loss import label_smoothed_nll  # noqa: E402
+from mt.training.module import TranslationModule  # noqa: E402
 from mt.training.schedules import WarmupDecay  # noqa: E402
 
 MODEL = {"d_model": 256, "n_heads": 4, "encoder_layers": 3, "decoder_layers": 3, "d_ff": 1024, "dropout": 0.1}

@@ -18,14 +18,13 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mt import faults
 from mt.compat import align_logged_step, raise_recompile_limit
 from mt.config import MetricsConfig, ModelConfig, OptimConfig, SearchConfig, ValidationConfig, from_dict
 from mt.data.batching import Batch
-from mt.data.tokenizer import PAD_ID, Tokenizer
+from mt.data.tokenizer import Tokenizer
 from mt.decode.metrics import bleu, chrf
 from mt.decode.translator import decode_ids
 from mt.errors import RunError
@@ -33,31 +32,10 @@ from mt.model.checkpoint import read_checkpoint
 from mt.model.transformer import Transformer
 from mt.training.distributed import gather_objects, gather_strided
 from mt.training.guards import NonFiniteGuard
+from mt.training.loss import projected_label_smoothed_nll
 from mt.training.schedules import CLOCK_EVERY, WarmupDecay
 from mt.training.step_log import StepLog
 from mt.training.throughput import Throughput
-
-
-def label_smoothed_nll(
-    logits: Tensor, target: Tensor, epsilon: float, *, pad_id: int = PAD_ID
-) -> tuple[Tensor, Tensor]:
-    """Summed label-smoothed loss and summed NLL over non-pad target tokens.
-
-    The smoothed target puts ``1 - epsilon`` on the reference token and spreads ``epsilon``
-    uniformly over the vocabulary (as ``F.cross_entropy(label_smoothing=epsilon)`` does).
-
-    Args:
-        logits: (B, T, V). target: (B, T) with ``pad_id`` at padding.
-    """
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    not_pad = target != pad_id
-    nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    nll_sum = nll.masked_fill(~not_pad, 0.0).sum()
-    if epsilon == 0.0:
-        return nll_sum, nll_sum
-    uniform = -log_probs.mean(dim=-1)  # expected NLL under a uniform target
-    smooth_sum = uniform.masked_fill(~not_pad, 0.0).sum()
-    return (1.0 - epsilon) * nll_sum + epsilon * smooth_sum, nll_sum
 
 
 class TranslationModule(L.LightningModule):
@@ -133,8 +111,12 @@ class TranslationModule(L.LightningModule):
             layer.compile(backend=backend, dynamic=True)
 
     def _loss(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-        logits = self.model(batch.src_ids, batch.src_pad_mask, batch.tgt_in)
-        loss_sum, nll_sum = label_smoothed_nll(logits, batch.tgt_out, self.optim_cfg.label_smoothing)
+        # The loss reads the decoder states and the output layer in chunks: no (tokens x vocabulary) tensors.
+        hidden = self.model.decoder_states(batch.src_ids, batch.src_pad_mask, batch.tgt_in)
+        output = self.model.output
+        loss_sum, nll_sum = projected_label_smoothed_nll(
+            hidden, output.weight, output.bias, batch.tgt_out, self.optim_cfg.label_smoothing
+        )
         return loss_sum, nll_sum, batch.num_tgt_tokens
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:

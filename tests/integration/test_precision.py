@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from mt.training.module import label_smoothed_nll
+from mt.training.loss import label_smoothed_nll
 from mt.training.run import train
 from tests.conftest import random_batch, random_model, tiny_train_config
 
