@@ -7,7 +7,8 @@ full disk or a read-only directory would. The variable is read when the module i
 Points: ``checkpoint_write`` (a checkpoint's bytes written to its temporary file, not yet renamed over the
 old one), ``validation_step`` (inside a validation), ``after_step_saves`` (an update's checkpoints saved,
 its logged values not yet written), ``training_step`` (inside an update, before backward), ``run_directory``
-(the first write into a training run's directory).
+(the first write into a training run's directory), ``translate_chunk`` (``mt.translate output=``: a chunk's
+lines written to the file, its progress not yet recorded).
 """
 
 from __future__ import annotations

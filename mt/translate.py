@@ -6,17 +6,28 @@ instead: sentence index (from 0), score (length-normalised log-probability), hyp
 Input is read in chunks of 5,000 lines, so long streams start flowing early; from a terminal, or with
 ``buffer=1``, each line is answered as soon as it is read (``buffer=N``: every N lines). Windows (CRLF) line endings are
 accepted; input that is not UTF-8 stops with an error naming the line.
+
+``output=FILE`` (with ``input=FILE``) is for corpora, e.g. back-translation: the file is written in input
+order, a killed run continues where it stopped when the same command runs again, and under torchrun or a SLURM
+job array each process translates a contiguous shard, the last to finish merging them in order
+(``mt/decode/bulk.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import BinaryIO
+
+import torch
 
 from mt.cli import entry_point, set_on_command_line
 from mt.config import TranslateConfig, saved_search, search_overrides, with_nbest
 from mt.data.readers import read_lines
+from mt.decode.bulk import shard_of_environment, translate_file
 from mt.decode.translator import sampling_generator, translate
 from mt.device import best_device, set_threads
 from mt.errors import DataError
@@ -60,16 +71,80 @@ def buffer_lines(config: TranslateConfig) -> int:
     return 1 if interactive else CHUNK_LINES
 
 
+def output_lines(translations: list[list[tuple[str, float | None]]], first: int, nbest: bool) -> list[str]:
+    """The output's lines for sentences ``first, first+1, ...``: the best translation each, or n-best TSV lines."""
+    if not nbest:
+        return [best[0][0] for best in translations]
+    return [f"{first + i}\t{score:.4f}\t{text}" for i, best in enumerate(translations) for text, score in best]
+
+
+def translate_to_file(config: TranslateConfig, model, loaded, search, device) -> None:
+    """``output=``: this process's shard of ``input=``, resumably, merged in order by the last to finish."""
+    from tqdm import tqdm
+
+    rank, world = shard_of_environment()
+
+    def translate_chunk(lines: list[str], first: int) -> list[str]:
+        # Sampling seeded by the chunk, not one stream: a resumed or sharded run draws the same numbers.
+        generator = None
+        if search.sampling:
+            generator = torch.Generator(device=device).manual_seed(search.seed * 1_000_003 + first)
+        translations = translate(
+            model,
+            loaded.tokenizer,
+            lines,
+            search,
+            device=device,
+            generator=generator,
+            first_line=first + 1,
+            return_scores=config.nbest is not None,
+        )
+        return output_lines(translations, first, config.nbest is not None)
+
+    def progress(done: int, total: int):
+        bar = tqdm(total=total, initial=done, unit="line", desc=f"translate {rank + 1}/{world}", file=sys.stderr)
+        return bar.update
+
+    identity = {
+        "input": str(Path(config.input).resolve()),
+        "input_bytes": Path(config.input).stat().st_size,
+        "checkpoint": str(Path(config.checkpoint).resolve()),
+        "ensemble": [str(Path(p).resolve()) for p in config.ensemble],
+        "search": dataclasses.asdict(search),
+        "nbest": config.nbest,
+    }
+    complete = translate_file(
+        Path(config.input),
+        Path(config.output),
+        translate_chunk,
+        identity=identity,
+        chunk_lines=config.buffer or CHUNK_LINES,
+        rank=rank,
+        world=world,
+        overwrite=config.overwrite,
+        progress=progress,
+    )
+    state = "complete" if complete else "this shard done; the last process to finish merges"
+    print(json.dumps({"output": config.output, "rank": rank, "world": world, "state": state}), file=sys.stderr)
+
+
 @entry_point("translate", TranslateConfig)
 def main(config: TranslateConfig) -> None:
     set_threads(config.threads)
-    lines = read_lines(config.input) if config.input else stdin_lines()  # a bad input= fails before the load
+    if config.output is not None:  # streamed in chunks from the file, never read whole
+        if not Path(config.input).is_file():
+            raise DataError(f"{config.input}: no such file")
+        lines: Iterable[str] = ()
+    else:
+        lines = read_lines(config.input) if config.input else stdin_lines()  # a bad input= fails before the load
     model, loaded = load_translator(config.checkpoint, config.ensemble)
     # The checkpoint's own search, with what the command line sets winning.
     overrides = search_overrides(config.search, set_on_command_line("search"), config.beam)
     search = with_nbest(saved_search(loaded.search, overrides), config.nbest)
     device = best_device()
     model = model.to(device)
+    if config.output is not None:
+        return translate_to_file(config, model, loaded, search, device)
     generator = sampling_generator(search, device) if search.sampling else None  # one stream for all chunks
     offset = 0
     buffer = buffer_lines(config)

@@ -1,0 +1,124 @@
+"""mt.translate input=FILE output=FILE: in order, resumable after kill -9, sharded across processes.
+
+The references: the same translation streamed to stdout (one uninterrupted process), and one process's file
+for the sharded runs. Kills are injected at the named point ``translate_chunk`` (a chunk's lines written to
+the file, its progress not yet recorded: the worst moment)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mt.decode.bulk import shard_lines, shard_of_environment
+from tests.conftest import toy_pairs
+from tests.helpers import ROOT, fit_tiny
+
+CHUNK = 7  # buffer=7: 50 lines make 8 chunks
+
+
+@pytest.fixture(scope="module")
+def checkpoint(toy_corpus_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("bulk")
+    _, trainer = fit_tiny(toy_corpus_dir, run_dir, max_steps=40)
+    path = run_dir / "model.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("source") / "mono.src"
+    lines = [src for src, _ in toy_pairs(50, seed=7)]
+    lines[10] = ""  # an empty line stays an empty line
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def translate(checkpoint: Path, *args: str, env: dict | None = None, stdin: str | None = None):
+    command = [sys.executable, "-m", "mt.translate", f"checkpoint={checkpoint}", f"buffer={CHUNK}", *args]
+    environment = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MT_FAULT")}
+    environment |= {"OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, input=stdin, env=environment, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def streamed(checkpoint, source) -> str:
+    """The reference: the same translation streamed to stdout by one process."""
+    result = translate(checkpoint, stdin=source.read_text())
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_a_file_translated_in_one_run_equals_the_streamed_translation(checkpoint, source, streamed, tmp_path):
+    output = tmp_path / "out.txt"
+    result = translate(checkpoint, f"input={source}", f"output={output}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert output.read_text() == streamed
+    assert len(streamed.splitlines()) == 50 and streamed.splitlines()[10] == ""
+    assert json.loads((tmp_path / "out.txt.progress.json").read_text())["done"] is True
+    again = translate(checkpoint, f"input={source}", f"output={output}")  # finished: nothing to do
+    assert again.returncode == 0 and output.read_text() == streamed
+
+
+def test_killed_after_writing_a_chunk_and_restarted_it_gives_the_same_file(checkpoint, source, streamed, tmp_path):
+    output = tmp_path / "out.txt"
+    killed = translate(checkpoint, f"input={source}", f"output={output}", env={"MT_FAULT": "translate_chunk:3"})
+    assert killed.returncode == -9
+    record = json.loads((tmp_path / "out.txt.progress.json").read_text())
+    assert record["lines"] == 2 * CHUNK and len(output.read_text().splitlines()) == 3 * CHUNK  # one unrecorded
+    result = translate(checkpoint, f"input={source}", f"output={output}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert output.read_text() == streamed  # no line lost or written twice
+
+
+def test_a_resumed_output_with_other_settings_is_refused(checkpoint, source, tmp_path):
+    output = tmp_path / "out.txt"
+    translate(checkpoint, f"input={source}", f"output={output}", env={"MT_FAULT": "translate_chunk:2"})
+    result = translate(checkpoint, f"input={source}", f"output={output}", "beam=2")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "was started with search=" in errors[0] and "overwrite=true" in errors[0]
+
+
+@pytest.mark.parametrize("search", [[], ["search=sample", "search.seed=3"]], ids=["beam", "sampling"])
+def test_shards_merged_in_order_equal_one_process(checkpoint, source, streamed, tmp_path, search):
+    single = tmp_path / "single.txt"
+    if search:
+        assert translate(checkpoint, f"input={source}", f"output={single}", *search).returncode == 0
+        expected = single.read_text()
+        assert expected != streamed  # it sampled
+    else:
+        expected = streamed
+    output = tmp_path / "sharded.txt"
+    world = 3
+    for rank in range(world):  # one after another: the last to finish merges
+        result = translate(
+            checkpoint, f"input={source}", f"output={output}", *search, env={"WORLD_SIZE": "3", "RANK": str(rank)}
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert output.exists() == (rank == world - 1)
+    assert output.read_text() == expected
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("sharded")) == [
+        "sharded.txt",
+        "sharded.txt.lock",
+        "sharded.txt.progress.json",
+    ]
+
+
+def test_shards_are_whole_chunks_covering_every_line_once() -> None:
+    for total in (0, 1, 49, 50, 51, 1000):
+        for world in (1, 2, 3, 8):
+            spans = [shard_lines(total, CHUNK, rank, world) for rank in range(world)]
+            assert spans[0][0] == 0 and spans[-1][1] == total
+            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+            assert all(first % CHUNK == 0 or first == total for first, _ in spans)
+    assert shard_of_environment({"WORLD_SIZE": "4", "RANK": "2"}) == (2, 4)
+    assert shard_of_environment(
+        {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "3"}
+    ) == (2, 3)
+    assert shard_of_environment({}) == (0, 1)
