@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mt.config import ModelConfig, from_dict, to_dict
+from mt.config import ModelConfig, to_dict
 from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_PIECES, Tokenizer
 from mt.errors import CheckpointError
 from mt.model.checkpoint import WEIGHTS_PREFIX, load_checkpoint
@@ -438,8 +438,3 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path}: not JSON ({error})") from None
-
-
-def imported_model_config(checkpoint: dict) -> ModelConfig:
-    """The model config an imported checkpoint holds (for messages and tests)."""
-    return from_dict(ModelConfig, checkpoint["hyper_parameters"]["model"])
