@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -31,6 +33,10 @@ def prepare_cuda(*, tf32: bool = True) -> None:
 
 
 def best_device() -> torch.device:
-    """The device to decode on: the GPU if there is one (set up by ``prepare_cuda``), else the CPU."""
+    """The device to decode on: the GPU if there is one (set up by ``prepare_cuda``), else the CPU. Under torchrun
+    each process takes the GPU of its ``LOCAL_RANK``."""
     prepare_cuda(tf32=False)  # decoding keeps full fp32 matmuls
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
