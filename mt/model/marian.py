@@ -352,6 +352,7 @@ def checkpoint_to_marian(checkpoint: str | Path, directory: str | Path) -> None:
         "pad_token_id": PAD_ID,
         "bad_words_ids": [[PAD_ID], [BOS_ID]],  # mt's search never outputs them
         "num_beams": int(search.get("beam", 5)),
+        "early_stopping": True,  # as mt's beam search: a source is done with num_beams finished hypotheses
         "max_length": 512,
     }
     if search.get("length_penalty_type", "gnmt") == "average":  # the one length penalty the two share
