@@ -74,8 +74,7 @@ def measure(kind: str, loss_name: str, tokens: int, vocab: int, repeats: int) ->
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        run()  # AdamW's state exists before the baseline, so both losses are measured above it
-    baseline = rss_peak_gib()
+    baseline = rss_peak_gib()  # before the first step: the step's peak (AdamW's new state too, alike for both)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

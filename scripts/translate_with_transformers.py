@@ -52,7 +52,8 @@ def main() -> None:
         Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
     for source, hypothesis in list(zip(sources, hypotheses))[:3]:
         print(f"{source}\n  -> {hypothesis}")
-    result = {"sentences": len(sources), "seconds": round(seconds, 1), "num_beams": model.generation_config.num_beams}
+    beams = args.beam or model.generation_config.num_beams
+    result = {"sentences": len(sources), "seconds": round(seconds, 1), "num_beams": beams}
     if args.reference:
         bleu = sacrebleu.corpus_bleu(hypotheses, [read(args.reference)])
         chrf = sacrebleu.corpus_chrf(hypotheses, [read(args.reference)])
