@@ -7,6 +7,7 @@ flushed, fsynced and renamed over the target; the directory entry is fsynced too
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,3 +50,17 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
             os.close(directory)
     except OSError:
         pass
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Block until this process alone holds ``path`` (a lock file): ranks that start together on a
+    shared run directory take turns, so one trains the tokenizer or builds a cache and the others
+    then load it; the processes of a sharded ``mt.translate`` merge their shards once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -15,15 +15,13 @@ records a finished output, so running the command again does nothing.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from mt import faults
-from mt.atomic import atomic_write
+from mt.atomic import atomic_write, exclusive
 from mt.data.readers import line_chunks
 from mt.errors import RunError
 
@@ -148,7 +146,7 @@ def _chunks(source: Path, start: int, end: int, size: int) -> Iterator[tuple[int
 
 
 def _merge_if_last(output: Path, world: int, identity: dict) -> bool:
-    with _locked(output.with_name(output.name + ".lock")):
+    with exclusive(output.with_name(output.name + ".lock")):
         final = progress_path(output)
         if (_read_progress(final) or {}).get("done"):
             return True
@@ -164,16 +162,6 @@ def _merge_if_last(output: Path, world: int, identity: dict) -> bool:
         for shard in shards:
             _remove(shard, progress_path(shard))
         return True
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read_progress(path: Path) -> dict | None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,20 +68,6 @@ class RunDirectoryLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
-
-
-@contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Block until this process alone holds ``path`` (a lock file): ranks that start together on a
-    shared run directory take turns, so one trains the tokenizer or builds a cache and the others
-    then load it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def world() -> tuple[int, int]:

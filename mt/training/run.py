@@ -20,7 +20,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 
 from mt import faults
-from mt.atomic import atomic_write
+from mt.atomic import atomic_write, exclusive
 from mt.compat import val_check_interval_overflow
 from mt.config import TrainConfig, max_time_seconds, to_dict
 from mt.data.readers import local_split
@@ -31,7 +31,7 @@ from mt.device import prepare_cuda, set_threads
 from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
 from mt.training.datamodule import TranslationDataModule
-from mt.training.distributed import RunDirectoryLock, exclusive, is_global_zero_from_env
+from mt.training.distributed import RunDirectoryLock, is_global_zero_from_env
 from mt.training.finetune import prepare_init_from
 from mt.training.loggers import finish_loggers
 from mt.training.module import TranslationModule
