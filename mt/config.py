@@ -32,11 +32,38 @@ class SplitNames:
 
 
 @dataclass
+class CorpusConfig:
+    """One corpus of a mixture (``data.corpora``): the fields it changes of ``data``'s (unset: ``data``'s own),
+    its share of each epoch and its tag.
+
+    Setting ``path`` or ``hub_name`` replaces both of ``data``'s (a corpus is local files or a hub dataset).
+    """
+
+    name: str | None = None  # default: "{src_lang}-{tgt_lang}", or "{...}.{n}" where directions repeat
+    path: str | None = None
+    format: str | None = None
+    splits: SplitNames | None = None
+    hub_name: str | None = None
+    hub_config: str | None = None
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+    # Relative share of the pairs an epoch draws (all corpora or none; none: each in proportion to its size,
+    # unless data.temperature is set).
+    weight: float | None = None
+    # A token put before each training source of this corpus, e.g. <BT> for back-translated data
+    # (Caswell et al. 2019); a SentencePiece symbol of its own, never split.
+    tag: str | None = None
+    # Validate on its valid split (one corpus per direction; synthetic corpora usually have none).
+    valid: bool = True
+
+
+@dataclass
 class DataConfig:
     """Where a parallel corpus comes from, how it is cleaned and batched.
 
     A corpus comes from local files when ``path`` is set (``{split}.{lang}[.gz]`` text pairs, or one
     ``{split}.tsv`` / ``{split}.jsonl`` per split), else from the Hugging Face hub ``hub_name``.
+    ``corpora`` mixes several (``mt/data/mixture.py``): each entry changes some of these fields.
     """
 
     name: str = MISSING
@@ -61,6 +88,13 @@ class DataConfig:
     # <run dir>/data. Point runs at one folder to share it (data/wmt14_de_en.yaml does).
     cache_dir: str | None = None
     preprocess_workers: int = 1  # processes encoding the corpus (datasets.map num_proc)
+    # Several corpora in one run; empty: the one corpus above. An epoch draws round(p_i * N) pairs from corpus i
+    # (N: the pairs of all corpora), p_i from the weights, else n_i^(1/temperature) normalised, else n_i / N.
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    temperature: float | None = None
+    # Start every source with the target language's token <2xx> (Johnson et al. 2017): one model, many
+    # directions; translate and evaluate then take tgt_lang=.
+    lang_tokens: bool = False
 
     def __post_init__(self) -> None:
         _require(self.format in ("text", "tsv", "jsonl"), f"data.format={self.format!r}: expected text, tsv or jsonl")
@@ -76,6 +110,37 @@ class DataConfig:
             f"data.max_tokens={self.max_tokens} is below the longest allowed sentence "
             f"(data.max_len={self.max_len} + 2): no batch could hold it",
         )
+        _require(
+            self.temperature is None or self.temperature > 0,
+            f"data.temperature={self.temperature}: expected > 0 (1: in proportion to size; large: uniform)",
+        )
+        weights = [c.weight for c in self.corpora]
+        if self.corpora:
+            _require(
+                all(w is None for w in weights) or all(w is not None for w in weights),
+                f"data.corpora weights {weights}: give a weight to every corpus or to none",
+            )
+            _require(
+                self.temperature is None or weights[0] is None,
+                "data.temperature and data.corpora weights both set: give one",
+            )
+        for i, corpus in enumerate(self.corpora):
+            _require(
+                corpus.weight is None or corpus.weight > 0, f"data.corpora[{i}].weight={corpus.weight}: expected > 0"
+            )
+            _require(
+                corpus.format is None or corpus.format in ("text", "tsv", "jsonl"),
+                f"data.corpora[{i}].format={corpus.format!r}: expected text, tsv or jsonl",
+            )
+            tag = corpus.tag
+            _require(
+                tag is None or (len(tag) > 2 and tag[0] == "<" and tag[-1] == ">" and " " not in tag),
+                f"data.corpora[{i}].tag={tag!r}: expected a token such as <BT> (in angle brackets, no spaces)",
+            )
+            _require(
+                tag is None or not tag.startswith("<2"),
+                f"data.corpora[{i}].tag={tag!r}: <2...> tokens are the target-language tokens (data.lang_tokens)",
+            )
 
 
 @dataclass
@@ -449,6 +514,10 @@ class EvaluateConfig:
     # Another system's output of the same sentences: paired bootstrap resampling against it.
     baseline: str | None = None
     beam: int | None = None  # overrides search.beam
+    # A model of several directions (data.corpora): the language to translate into, and (for its own test split,
+    # where several directions share a target) the source language.
+    tgt_lang: str | None = None
+    src_lang: str | None = None
     # Decoding: the checkpoint's own search settings (saved in training), with what the command line sets here.
     search: SearchConfig = field(default_factory=SearchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -486,6 +555,7 @@ class TranslateConfig:
     # across the processes of torchrun or a SLURM job array (input= needed). buffer= is then the chunk size.
     output: str | None = None
     overwrite: bool = False  # output=: start again over an existing output
+    tgt_lang: str | None = None  # the language to translate into, for a model of several (data.lang_tokens)
     search: SearchConfig = field(default_factory=SearchConfig)
     threads: int | None = None
 
@@ -531,6 +601,7 @@ class ReportConfig:
     # The checkpoint (a row's label, e.g. best) the others are tested against by paired bootstrap; null: none.
     baseline: str | None = None
     output_dir: str | None = None  # default: the (first) run directory
+    tgt_lang: str | None = None  # the language sources= are translated into, for a model of several
     # Decoding: each checkpoint's own search settings, with what the command line sets here.
     search: SearchConfig = field(default_factory=SearchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -1,5 +1,8 @@
 """``python -m mt.evaluate checkpoint=PATH [source=F reference=F | references=[F,..]] [baseline=F] [output=F]``.
 
+A checkpoint trained on several directions (``data.corpora``) takes ``tgt_lang=`` (the language to translate
+into) and, for its own test split, ``src_lang=`` where several directions share that target.
+
 Decodes the checkpoint's test split (or ``source``) with the search the checkpoint was trained and tuned
 with (``search.*`` and ``beam=`` on the command line win) and prints one JSON line: BLEU, chrF and TER with
 their sacreBLEU signatures, the search used and the sentence count. ``baseline=`` (another system's output of
@@ -31,6 +34,8 @@ def main(config: EvaluateConfig) -> None:
         ensemble=config.ensemble,
         baseline=config.baseline,
         bleu_tokenize=config.metrics.bleu_tokenize,
+        src_lang=config.src_lang,
+        tgt_lang=config.tgt_lang,
     )
     print(json.dumps(result), flush=True)
 

@@ -26,6 +26,7 @@ from mt.atomic import atomic_write
 from mt.cli import entry_point, set_on_command_line
 from mt.config import DataConfig, MetricsConfig, ReportConfig, SearchConfig, from_dict, saved_search, search_overrides
 from mt.data.corpus import load_split
+from mt.data.mixture import corpora
 from mt.decode.metrics import BOOTSTRAP_SAMPLES, bleu_metric, paired_bootstrap, scores
 from mt.decode.scoring import read_source_and_references
 from mt.decode.translator import translate
@@ -45,10 +46,12 @@ class TestSet:
     name: str
     sources: list[str]
     references: list[list[str]]  # one or more reference streams
+    tgt_lang: str | None = None  # the language to translate into (a model of several: data.lang_tokens)
+    direction: str | None = None  # e.g. de-en: a test split of data of several directions
 
     def digest(self) -> str:
         text = "\n".join(self.sources) + "".join("\0" + "\n".join(stream) for stream in self.references)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        return hashlib.sha256((text + f"\0{self.tgt_lang}").encode("utf-8")).hexdigest()[:16]
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:
@@ -92,37 +95,45 @@ def file_key(path: Path) -> list:
 
 
 def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:
-    """The checkpoint data's test splits named in ``test_splits`` (default: its test split), plus the files given.
+    """The checkpoint data's test splits named in ``test_splits`` (default: its test split), of each direction it
+    validates, plus the files given (translated into ``config.tgt_lang``).
 
-    Each set is named by its split or file name, or by the path as given where two file names are the same.
+    Each set is named by its split (and direction, for data of several) or file name, or by the path as given where
+    two file names are the same.
     """
     sets: list[TestSet] = []
 
-    def add(name: str, fallback_name: str, sources: list[str], references: list[list[str]], origin: str) -> None:
-        if not sources:
+    def add(name: str, fallback_name: str, found: TestSet, origin: str) -> None:
+        if not found.sources:
             raise DataError(f"{origin}: empty test set")
         names = {test_set.name for test_set in sets}
         if name in names:
             name = fallback_name
         if name in names:
             raise RunError(f"{origin}: named twice among the test sets")
-        sets.append(TestSet(name, sources, references))
+        sets.append(dataclasses.replace(found, name=name))
 
     if data is not None and config.include_data_splits:
-        data_cfg = from_dict(DataConfig, data)
-        on_hub = not data_cfg.path  # the split names are the hub's (data.hub_splits) or the files' (data.splits)
-        for split_name in config.test_splits or [data_cfg.hub_splits.test if on_hub else data_cfg.splits.test]:
-            if on_hub:
-                split_cfg = dataclasses.replace(
-                    data_cfg, hub_splits=dataclasses.replace(data_cfg.hub_splits, test=split_name)
-                )
-            else:
-                split_cfg = dataclasses.replace(data_cfg, splits=dataclasses.replace(data_cfg.splits, test=split_name))
-            text = load_split(split_cfg, "test")
-            add(split_name, split_name, text.src, [text.tgt], text.origin)
+        validated = [corpus for corpus in corpora(from_dict(DataConfig, data)) if corpus.valid]
+        for corpus in validated:
+            data_cfg = corpus.data
+            on_hub = not data_cfg.path  # the split names are the hub's (data.hub_splits) or the files' (data.splits)
+            for split_name in config.test_splits or [data_cfg.hub_splits.test if on_hub else data_cfg.splits.test]:
+                if on_hub:
+                    hub_splits = dataclasses.replace(data_cfg.hub_splits, test=split_name)
+                    split_cfg = dataclasses.replace(data_cfg, hub_splits=hub_splits)
+                else:
+                    split_cfg = dataclasses.replace(
+                        data_cfg, splits=dataclasses.replace(data_cfg.splits, test=split_name)
+                    )
+                text = load_split(split_cfg, "test")
+                name = split_name if len(validated) == 1 else f"{split_name} {corpus.direction}"
+                direction = corpus.direction if len(validated) > 1 else None
+                found = TestSet(name, text.src, [text.tgt], data_cfg.tgt_lang, direction)
+                add(name, name, found, text.origin)
     for source, reference_files in zip(config.sources, config.reference_files):
         sources, references = read_source_and_references(source, reference_files)
-        add(Path(source).name, source, sources, references, source)
+        add(Path(source).name, source, TestSet(source, sources, references, config.tgt_lang), source)
     if not sets:
         raise RunError("no test set: the checkpoints record no data config; pass sources=[...] references=[...]")
     return sets
@@ -143,11 +154,18 @@ def decode_scores(
     hypotheses = [
         nbest[0][0]
         for nbest in translate(
-            loaded.model.to(device), loaded.tokenizer, test_set.sources, search, device=device, return_scores=False
+            loaded.model.to(device),
+            loaded.tokenizer,
+            test_set.sources,
+            search,
+            device=device,
+            return_scores=False,
+            src_prefix=loaded.source_prefix(test_set.tgt_lang),
         )
     ]
+    language = loaded.target_language(test_set.tgt_lang)
     result = {
-        **scores(hypotheses, test_set.references, tgt_lang=loaded.tgt_lang, bleu_tokenize=metrics.bleu_tokenize),
+        **scores(hypotheses, test_set.references, tgt_lang=language, bleu_tokenize=metrics.bleu_tokenize),
         "hypotheses": hypotheses,
     }
     with atomic_write(cached) as handle:
@@ -201,14 +219,20 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
                         hypotheses[config.baseline, test_set.name],
                         hypotheses[row["checkpoint"], test_set.name],
                         test_set.references,
-                        tgt_lang=tgt_lang,
+                        tgt_lang=test_set.tgt_lang or tgt_lang,
                         bleu_tokenize=config.metrics.bleu_tokenize,
                     )
     return {
         "runs": [str(r) for r in runs],
         "baseline": config.baseline,
         "test_sets": [
-            {"name": t.name, "sentences": len(t.sources), "references": len(t.references)} for t in test_sets
+            {
+                "name": t.name,
+                "sentences": len(t.sources),
+                "references": len(t.references),
+                **({"direction": t.direction} if t.direction else {}),
+            }
+            for t in test_sets
         ],
         "rows": rows,
     }
@@ -251,6 +275,19 @@ def markdown(report: dict) -> str:
                 cell += " | " + ("—" if test is None else f"{test['bleu']['p_value']:.4f}")
             cells.append(cell)
         lines.append(f"| {row['checkpoint']} | {row['step']} | {val} | {' | '.join(cells)} |")
+    directions = [t for t in report["test_sets"] if t.get("direction")]
+    if len({t["direction"] for t in directions}) > 1:  # a model of several directions: BLEU by direction at a glance
+        lines += [
+            "",
+            "BLEU by direction:",
+            "",
+            f"| checkpoint | {' | '.join(t['name'] for t in directions)} | mean |",
+            "|---|" + "---|" * (len(directions) + 1),
+        ]
+        for row in report["rows"]:
+            values = [row[t["name"]]["bleu"] for t in directions]
+            cells = " | ".join(f"{v:.2f}" for v in values)
+            lines.append(f"| {row['checkpoint']} | {cells} | {sum(values) / len(values):.2f} |")
     first = report["rows"][0][names[0]]
     lines += [
         "",

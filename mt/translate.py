@@ -1,8 +1,9 @@
 """``python -m mt.translate checkpoint=PATH [beam=N] [input=F] < in > out``.
 
 Reads one sentence a line from stdin (or ``input=``), writes one translation a line to stdout, in
-order, with a progress bar on stderr. With ``nbest=K`` it writes K tab-separated lines per sentence
-instead: sentence index (from 0), score (length-normalised log-probability), hypothesis, best first.
+order, with a progress bar on stderr; a model trained on several target languages translates into ``tgt_lang=``.
+With ``nbest=K`` it writes K tab-separated lines per sentence instead: sentence index (from 0), score
+(length-normalised log-probability), hypothesis, best first.
 Input is read in chunks of 5,000 lines, so long streams start flowing early; from a terminal, or with
 ``buffer=1``, each line is answered as soon as it is read (``buffer=N``: every N lines). Windows (CRLF) line endings are
 accepted; input that is not UTF-8 stops with an error naming the line.
@@ -78,7 +79,7 @@ def output_lines(translations: list[list[tuple[str, float | None]]], first: int,
     return [f"{first + i}\t{score:.4f}\t{text}" for i, best in enumerate(translations) for text, score in best]
 
 
-def translate_to_file(config: TranslateConfig, model, loaded, search, device) -> None:
+def translate_to_file(config: TranslateConfig, model, loaded, search, device, prefix: list[int]) -> None:
     """``output=``: this process's shard of ``input=``, resumably, merged in order by the last to finish."""
     from tqdm import tqdm
 
@@ -98,6 +99,7 @@ def translate_to_file(config: TranslateConfig, model, loaded, search, device) ->
             generator=generator,
             first_line=first + 1,
             return_scores=config.nbest is not None,
+            src_prefix=prefix,
         )
         return output_lines(translations, first, config.nbest is not None)
 
@@ -112,6 +114,7 @@ def translate_to_file(config: TranslateConfig, model, loaded, search, device) ->
         "ensemble": [str(Path(p).resolve()) for p in config.ensemble],
         "search": dataclasses.asdict(search),
         "nbest": config.nbest,
+        "tgt_lang": config.tgt_lang,
     }
     complete = translate_file(
         Path(config.input),
@@ -138,13 +141,14 @@ def main(config: TranslateConfig) -> None:
     else:
         lines = read_lines(config.input) if config.input else stdin_lines()  # a bad input= fails before the load
     model, loaded = load_translator(config.checkpoint, config.ensemble)
+    prefix = loaded.source_prefix(config.tgt_lang)  # a language the model cannot produce fails before decoding
     # The checkpoint's own search, with what the command line sets winning.
     overrides = search_overrides(config.search, set_on_command_line("search"), config.beam)
     search = with_nbest(saved_search(loaded.search, overrides), config.nbest)
     device = best_device()
     model = model.to(device)
     if config.output is not None:
-        return translate_to_file(config, model, loaded, search, device)
+        return translate_to_file(config, model, loaded, search, device, prefix)
     generator = sampling_generator(search, device) if search.sampling else None  # one stream for all chunks
     offset = 0
     buffer = buffer_lines(config)
@@ -159,6 +163,7 @@ def main(config: TranslateConfig) -> None:
             generator=generator,
             first_line=offset + 1,
             return_scores=config.nbest is not None,  # scores are printed only with n-best lists
+            src_prefix=prefix,
         )
         for index, nbest in enumerate(translations):
             if config.nbest is None:

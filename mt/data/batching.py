@@ -94,16 +94,20 @@ def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]] | None, p
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Map-style view of an ``EncodedCorpus``; the batch sampler yields lists of indices."""
+    """Map-style view of one ``EncodedCorpus`` or of several one after the other (index ``i`` of the second
+    is ``len(first) + i``); the batch sampler yields lists of indices."""
 
-    def __init__(self, corpus: EncodedCorpus) -> None:
-        self.corpus = corpus
+    def __init__(self, corpus: EncodedCorpus | Sequence[EncodedCorpus]) -> None:
+        self.corpora = [corpus] if isinstance(corpus, EncodedCorpus) else list(corpus)
+        self.starts = np.cumsum([0] + [len(c) for c in self.corpora])
 
     def __len__(self) -> int:
-        return len(self.corpus)
+        return int(self.starts[-1])
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, int]:
-        return self.corpus.src(i), self.corpus.tgt(i), i
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        corpus, local = self.corpora[k], i - int(self.starts[k])
+        return corpus.src(local), corpus.tgt(local), i
 
     @staticmethod
     def collate(items: list[tuple[np.ndarray, np.ndarray, int]]) -> Batch:
@@ -180,8 +184,8 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = 0
         self.position = 0  # batches of this epoch handed out (counted by ResumableLoader)
         self._resume_at = 0  # batches of this epoch to skip at the next iteration (after a resume)
-        self._batches = self._make_batches()
         self._cache: tuple[int, list[np.ndarray]] | None = None
+        self._batches = self._make_batches()
 
     def _make_batches(self) -> list[np.ndarray]:
         """The batches, in length order: fixed for the run, so every epoch has the same number."""
@@ -212,18 +216,18 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def state_dict(self) -> dict[str, int]:
         """Where training stands: the epoch and this rank's batches of it already consumed."""
-        common = {"seed": self.seed, "epoch_batches": len(self._batches), "replicas": self.num_replicas}
         if self.position >= len(self):
-            return {"epoch": self.epoch + 1, "position": 0, **common}
-        return {"epoch": self.epoch, "position": self.position, **common}
+            return {**self._identity(self.epoch + 1), "epoch": self.epoch + 1, "position": 0}
+        return {**self._identity(self.epoch), "epoch": self.epoch, "position": self.position}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from ``state``, also with another number of ranks: the ranks had consumed the
-        first ``position * replicas`` batches of the epoch's order, and this run's ranks go on from
-        the last multiple of its own count (so at most ``num_replicas - 1`` batches are seen twice)."""
+    def _identity(self, epoch: int) -> dict:
+        """What a resumed run must share with the saved one for the saved position to mean the same batches."""
+        return {"seed": self.seed, "epoch_batches": len(self._batches), "replicas": self.num_replicas}
+
+    def _check_identity(self, state: dict) -> None:
         if "epoch_batches" in state:
             saved = (state["seed"], state["epoch_batches"])
-            here = (self.seed, len(self._batches))
+            here = (self.seed, self._identity(int(state["epoch"]))["epoch_batches"])
         else:  # checkpoints before epoch_batches: the batch count of a rank
             saved, here = (state.get("seed", self.seed), state["batches"]), (self.seed, len(self))
         if saved != here:
@@ -231,6 +235,12 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
                 f"the checkpoint's data order (seed {saved[0]}, {saved[1]} batches an epoch) differs from this "
                 f"run's (seed {here[0]}, {here[1]}): resume with the same seed, data and data.max_tokens"
             )
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from ``state``, also with another number of ranks: the ranks had consumed the
+        first ``position * replicas`` batches of the epoch's order, and this run's ranks go on from
+        the last multiple of its own count (so at most ``num_replicas - 1`` batches are seen twice)."""
+        self._check_identity(state)
         self.epoch = int(state["epoch"])
         replicas = int(state.get("replicas", self.num_replicas))
         consumed = int(state["position"]) * replicas  # of the epoch's batches, by all ranks together
@@ -308,3 +318,95 @@ class ResumableLoader(torch.utils.data.DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.batch_sampler.load_state_dict(state)
+
+
+class MixtureBatchSampler(TokenBatchSampler):
+    """``TokenBatchSampler`` over several corpora laid end to end (``PairDataset`` of a list), each epoch drawing
+    ``draws[i]`` pairs from corpus ``i`` (``mt.data.mixture.epoch_draw``) and batching them together.
+
+    Batches mix corpora; they are rebuilt every epoch from the pairs drawn, so the batch count of an epoch is
+    known from ``(seed, epoch)`` but may differ from one epoch to the next by a few (the Lightning trainer
+    reloads the training loader every epoch for this sampler). Resume, sharding and wrap-around are the base
+    class's, per epoch.
+
+    Args:
+        corpus_sizes: pairs of each corpus, in the order they are laid out.
+        draws: pairs drawn from each corpus an epoch.
+        epoch: the epoch to start at (the trainer's current epoch when the loader is built).
+    """
+
+    def __init__(
+        self,
+        src_lengths: np.ndarray,
+        tgt_lengths: np.ndarray,
+        max_tokens: int,
+        *,
+        corpus_sizes: Sequence[int],
+        draws: Sequence[int],
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        epoch: int = 0,
+    ) -> None:
+        if len(corpus_sizes) != len(draws) or sum(corpus_sizes) != len(src_lengths):
+            raise ValueError(
+                f"corpus sizes {list(corpus_sizes)} and draws {list(draws)} do not fit {len(src_lengths)} pairs"
+            )
+        self.corpus_sizes = [int(n) for n in corpus_sizes]
+        self.draws = [int(m) for m in draws]
+        self.starts = np.cumsum([0] + self.corpus_sizes)
+        super().__init__(
+            src_lengths, tgt_lengths, max_tokens, shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank
+        )
+        self.epoch = epoch
+
+    def _make_batches(self) -> list[np.ndarray]:
+        return []  # built per epoch by all_batches
+
+    def drawn(self, epoch: int) -> np.ndarray:
+        """The pairs (indices over all corpora) epoch ``epoch`` draws, corpus by corpus."""
+        from mt.data.mixture import epoch_draw
+
+        return np.concatenate(
+            [
+                self.starts[i] + epoch_draw(size, count, seed=self.seed, corpus=i, epoch=epoch)
+                for i, (size, count) in enumerate(zip(self.corpus_sizes, self.draws))
+            ]
+        )
+
+    def all_batches(self) -> list[np.ndarray]:
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self._epoch_batches(self.epoch))
+        return self._cache[1]
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        drawn = self.drawn(epoch)
+        order = drawn[np.random.default_rng([self.seed, epoch, 1]).permutation(len(drawn))]  # ties shuffled
+        order = order[np.lexsort((self.src_lengths[order], self.tgt_lengths[order]))]
+        batches = token_batches(order, self.cost_lengths, self.max_tokens, self.max_sentences)
+        permutation = np.random.default_rng([self.seed, epoch]).permutation(len(batches))
+        return [batches[i] for i in permutation]
+
+    def _identity(self, epoch: int) -> dict:
+        batches = self.all_batches() if epoch == self.epoch else self._epoch_batches(epoch)
+        return {
+            "seed": self.seed,
+            "epoch_batches": len(batches),
+            "replicas": self.num_replicas,
+            "corpus_sizes": self.corpus_sizes,
+            "draws": self.draws,
+        }
+
+    def _check_identity(self, state: dict) -> None:
+        saved = (state.get("corpus_sizes"), state.get("draws"))
+        if saved != (self.corpus_sizes, self.draws):
+            raise DataError(
+                f"the checkpoint's corpora (pairs {saved[0]}, drawn an epoch {saved[1]}) differ from this run's "
+                f"(pairs {self.corpus_sizes}, drawn {self.draws}): resume with the same data.corpora and weights"
+            )
+        super()._check_identity(state)
+
+    def drawn_counts(self) -> list[int]:
+        """Pairs of each corpus in this epoch's batches (all ranks together)."""
+        chosen = np.concatenate(self.all_batches()) if self.all_batches() else np.zeros(0, dtype=np.int64)
+        return np.bincount(np.searchsorted(self.starts, chosen, side="right") - 1, minlength=len(self.draws)).tolist()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -201,10 +202,13 @@ def data_identity(cfg: DataConfig, split: str) -> dict:
     return identity
 
 
-def cache_key(cfg: DataConfig, split: str, tokenizer: Tokenizer) -> str:
-    """A key that changes whenever the data source (its files included), its cleaning or the tokenizer changes."""
+def cache_key(cfg: DataConfig, split: str, tokenizer: Tokenizer, src_prefix: Sequence[int] = ()) -> str:
+    """A key that changes whenever the data source (its files included), its cleaning, the tokenizer or the ids
+    put before each source change."""
     digest = hashlib.sha256(json.dumps(data_identity(cfg, split), sort_keys=True, default=str).encode())
     digest.update(split.encode())
+    if src_prefix:
+        digest.update(json.dumps(list(src_prefix)).encode())
     digest.update(tokenizer.src_model)
     digest.update(tokenizer.tgt_model)
     if tokenizer.vocab is not None:

@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -280,8 +280,9 @@ class _Encoder:
     """The batched ``datasets.map`` function: picklable, it ships the SentencePiece models as bytes
     and builds the ``Tokenizer`` once per worker process, on first use."""
 
-    def __init__(self, tokenizer_state: dict, dtype: str, num_threads: int) -> None:
+    def __init__(self, tokenizer_state: dict, dtype: str, num_threads: int, src_prefix: list[int] = ()) -> None:
         self.tokenizer_state = tokenizer_state
+        self.src_prefix = list(src_prefix)
         self.dtype = dtype
         self.num_threads = num_threads
         self._tokenizer: Tokenizer | None = None
@@ -295,6 +296,8 @@ class _Encoder:
         tokenizer, dtype = self._tokenizer, np.dtype(self.dtype)
         # Threads only when running in one process.
         src = tokenizer.encode_src(batch.column("src").to_pylist(), num_threads=self.num_threads)
+        if self.src_prefix:  # tags and language tokens: ids of their own before the text
+            src = [self.src_prefix + ids for ids in src]
         tgt = tokenizer.encode_tgt(batch.column("tgt").to_pylist(), num_threads=self.num_threads)
         return pa.table({"src_ids": _list_array(src, dtype), "tgt_ids": _list_array(tgt, dtype)})
 
@@ -304,11 +307,12 @@ def token_dtype(tokenizer: Tokenizer) -> np.dtype:
     return np.dtype(np.uint16 if max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size) <= 1 << 16 else np.int32)
 
 
-def cache_folder(cfg: DataConfig, split: str, tokenizer: Tokenizer, cache_dir: str | Path) -> Path:
+def cache_folder(
+    cfg: DataConfig, split: str, tokenizer: Tokenizer, cache_dir: str | Path, src_prefix: Sequence[int] = ()
+) -> Path:
     """Where ``prepare_split_arrow`` keeps the encoded split: one folder of ``.npy`` files per key."""
-    return (
-        Path(cache_dir) / f"{cfg.name}.{split}.{cfg.src_lang}-{cfg.tgt_lang}.{cache_key(cfg, split, tokenizer)}.arrays"
-    )
+    key = cache_key(cfg, split, tokenizer, src_prefix)
+    return Path(cache_dir) / f"{cfg.name}.{split}.{cfg.src_lang}-{cfg.tgt_lang}.{key}.arrays"
 
 
 def load_cached(folder: str | Path) -> EncodedCorpus:
@@ -375,9 +379,18 @@ def _write_arrays(
 
 
 def prepare_split_arrow(
-    cfg: DataConfig, split: str, tokenizer: Tokenizer, *, cache_dir: str | Path, num_proc: int = 1
+    cfg: DataConfig,
+    split: str,
+    tokenizer: Tokenizer,
+    *,
+    cache_dir: str | Path,
+    num_proc: int = 1,
+    src_prefix: Sequence[int] = (),
 ) -> EncodedCorpus:
     """Encode one split (cleaning the training split) into a memory-mapped ``EncodedCorpus``.
+
+    ``src_prefix``: ids put before every source (a corpus's tag, the target-language token); the cleaning rules
+    count the text's subwords only.
 
     Same pairs, ids, offsets and index as a plain in-memory encoder (``tests/reference_encoder.py``), without
     loading the corpus into Python: the raw split is encoded by ``datasets.map`` in ``num_proc`` processes and
@@ -390,7 +403,7 @@ def prepare_split_arrow(
     from filelock import FileLock
 
     cache_dir = Path(cache_dir)
-    folder = cache_folder(cfg, split, tokenizer, cache_dir)
+    folder = cache_folder(cfg, split, tokenizer, cache_dir, src_prefix)
     if folder.is_dir():
         return load_cached(folder)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -405,7 +418,7 @@ def prepare_split_arrow(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            _encode_into(cfg, split, tokenizer, raw, tmp, origin, num_proc)
+            _encode_into(cfg, split, tokenizer, raw, tmp, origin, num_proc, list(src_prefix))
             os.replace(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -413,7 +426,7 @@ def prepare_split_arrow(
 
 
 def _encode_into(
-    cfg: DataConfig, split: str, tokenizer: Tokenizer, raw, folder: Path, origin: str, num_proc: int
+    cfg: DataConfig, split: str, tokenizer: Tokenizer, raw, folder: Path, origin: str, num_proc: int, src_prefix: list
 ) -> None:
     import datasets
 
@@ -425,7 +438,7 @@ def _encode_into(
             "tgt_ids": datasets.Sequence(datasets.Value(str(arrow_type))),
         }
     )
-    encoder = _Encoder(tokenizer.to_state(), dtype.name, num_threads=1 if num_proc > 1 else -1)
+    encoder = _Encoder(tokenizer.to_state(), dtype.name, num_threads=1 if num_proc > 1 else -1, src_prefix=src_prefix)
     encoded = raw.with_format("arrow").map(
         encoder,
         batched=True,
@@ -434,7 +447,7 @@ def _encode_into(
         remove_columns=raw.column_names,
         features=features,
         cache_file_name=str(folder / "encoded.arrow"),
-        new_fingerprint=f"{dataset_fingerprint(raw)}-{cache_key(cfg, split, tokenizer)}-{LAYOUT_VERSION}",
+        new_fingerprint=f"{dataset_fingerprint(raw)}-{cache_key(cfg, split, tokenizer, src_prefix)}-{LAYOUT_VERSION}",
         desc=f"encode {split}",
     )
     src_lengths = np.empty(len(raw), dtype=np.int64)
@@ -449,7 +462,11 @@ def _encode_into(
     report = None
     if split == "train":
         keep, report = cleaning_mask(
-            src_lengths, tgt_lengths, min_len=cfg.min_len, max_len=cfg.max_len, max_ratio=cfg.max_len_ratio
+            src_lengths - len(src_prefix),
+            tgt_lengths,
+            min_len=cfg.min_len,
+            max_len=cfg.max_len,
+            max_ratio=cfg.max_len_ratio,
         )
         log.info("cleaning %s: %s", origin, report)
         if report.kept == 0:

@@ -122,6 +122,35 @@ class Tokenizer:
             return self.tgt.decode(kept)
         return [self.tgt.decode_pieces([self.vocab[i] for i in seq]) for seq in kept]
 
+    def symbol_id(self, symbol: str) -> int:
+        """The source id of a control symbol (a tag or a language token), else a ``TokenizerError``."""
+        if self.vocab is None:
+            i = self.src.piece_to_id(symbol)
+            if self.src.id_to_piece(i) == symbol and self.src.is_control(i):
+                return i
+        raise TokenizerError(
+            f"{self.origin}: has no symbol {symbol} (it was trained with {self.symbols() or 'none'}); "
+            f"train a new tokenizer for this data (another run directory)"
+        )
+
+    def symbols(self) -> list[str]:
+        """The source model's control symbols other than the special pieces: tags and language tokens."""
+        if self.vocab is not None:
+            return []
+        if not hasattr(self, "_symbols"):
+            self._symbols = [
+                self.src.id_to_piece(i) for i in range(EOS_ID + 1, self.src_vocab_size) if self.src.is_control(i)
+            ]
+        return self._symbols
+
+    def language_tokens(self) -> dict[str, int]:
+        """The target languages of a multilingual model and their token ids (``<2de>``); empty for others."""
+        return {
+            symbol[2:-1]: self.src.piece_to_id(symbol)
+            for symbol in self.symbols()
+            if symbol.startswith("<2") and symbol.endswith(">")
+        }
+
     def src_pieces(self) -> list[str]:
         """The source vocabulary as SentencePiece pieces, by id."""
         if self.vocab is not None:
@@ -190,11 +219,13 @@ def train_sentencepiece(
     character_coverage: float = 1.0,
     input_sentence_size: int = 2_000_000,
     seed: int = 1,
+    control_symbols: Sequence[str] = (),
 ) -> bytes:
     """Train one SentencePiece model on ``sentences`` and return it serialised.
 
     Sentences beyond ``input_sentence_size`` are subsampled (reservoir sampling, seeded), so a
-    corpus of millions of pairs trains on a bounded sample.
+    corpus of millions of pairs trains on a bounded sample. ``control_symbols`` (tags, language tokens) get
+    ids of their own after the special ids: never matched in text, dropped when decoding.
     """
     sample = reservoir_sample(sentences, input_sentence_size, seed)
     if not sample:
@@ -212,6 +243,7 @@ def train_sentencepiece(
             bos_id=BOS_ID,
             eos_id=EOS_ID,
             hard_vocab_limit=False,  # small corpora may not support the full size
+            control_symbols=list(control_symbols),
             num_threads=2,
             minloglevel=2,
         )
@@ -234,8 +266,10 @@ def train_tokenizer(
     character_coverage: float = 1.0,
     input_sentence_size: int = 2_000_000,
     seed: int = 1,
+    symbols: Sequence[str] = (),
 ) -> Tokenizer:
-    """Train a joint or a per-side SentencePiece tokenizer on the training split."""
+    """Train a joint or a per-side SentencePiece tokenizer on the training split; ``symbols`` (control symbols
+    that start sources: tags, language tokens) go into the source model."""
     options = dict(
         vocab_size=vocab_size,
         model_type=model_type,
@@ -245,5 +279,12 @@ def train_tokenizer(
     )
     if joint:
         both = (s for pair in zip(src_sentences, tgt_sentences) for s in pair)
-        return Tokenizer(train_sentencepiece(both, **{**options, "input_sentence_size": 2 * input_sentence_size}))
-    return Tokenizer(train_sentencepiece(src_sentences, **options), train_sentencepiece(tgt_sentences, **options))
+        return Tokenizer(
+            train_sentencepiece(
+                both, **{**options, "input_sentence_size": 2 * input_sentence_size}, control_symbols=symbols
+            )
+        )
+    return Tokenizer(
+        train_sentencepiece(src_sentences, **options, control_symbols=symbols),
+        train_sentencepiece(tgt_sentences, **options),
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 from mt.atomic import atomic_write, refuse_to_overwrite
 from mt.config import DataConfig, SearchConfig, from_dict, saved_search
 from mt.data.corpus import load_split
+from mt.data.mixture import direction_corpus
 from mt.data.readers import read_lines
 from mt.decode.metrics import bleu_metric, paired_bootstrap, scores
 from mt.decode.translator import translate
@@ -36,9 +37,12 @@ def score_checkpoint(
     ensemble: Sequence[str | Path] = (),
     baseline: str | None = None,
     bleu_tokenize: str | None = None,
+    src_lang: str | None = None,
+    tgt_lang: str | None = None,
 ) -> dict:
     """Translate ``source`` (default: ``split`` of the checkpoint's data) and score it against ``references``
-    (files, one or several; default: the split's target side).
+    (files, one or several; default: the split's target side). A checkpoint trained on several directions
+    translates into ``tgt_lang`` and, without ``source``, reads the split of direction ``src_lang``-``tgt_lang``.
 
     Decodes with ``search``, else with the checkpoint's saved search and ``search_overrides`` over it. BLEU's
     tokenizer is ``bleu_tokenize`` or sacreBLEU's choice for the checkpoint's target language. ``baseline``
@@ -60,17 +64,27 @@ def score_checkpoint(
     if source is None:
         if not loaded.data:
             raise RunError(f"checkpoint {checkpoint} records no data config: pass source= (and reference=)")
-        data = from_dict(DataConfig, loaded.data)
+        data = direction_corpus(from_dict(DataConfig, loaded.data), src_lang=src_lang, tgt_lang=tgt_lang).data
+        tgt_lang = data.tgt_lang if loaded.tokenizer.language_tokens() else tgt_lang
         text = load_split(data, split)
         if len(text) == 0:
             raise DataError(f"{text.origin}: the {split} split is empty, so there is nothing to translate")
         sources, streams, origin = text.src, [text.tgt], f"{data.name} {split} ({data.src_lang}-{data.tgt_lang})"
+    prefix = loaded.source_prefix(tgt_lang)
+    language = loaded.target_language(tgt_lang)
     baseline_lines = read_baseline(baseline, len(sources), streams)
-    bleu_metric(loaded.tgt_lang, bleu_tokenize)  # an unavailable tokenizer fails now, not after decoding
+    bleu_metric(language, bleu_tokenize)  # an unavailable tokenizer fails now, not after decoding
     hypotheses = [
         nbest[0][0]
         for nbest in translate(
-            model.to(device), loaded.tokenizer, sources, search, device=device, progress=progress, return_scores=False
+            model.to(device),
+            loaded.tokenizer,
+            sources,
+            search,
+            device=device,
+            progress=progress,
+            return_scores=False,
+            src_prefix=prefix,
         )
     ]
     result: dict = {
@@ -83,13 +97,11 @@ def score_checkpoint(
         "search": dataclasses.asdict(search),
     }
     if streams is not None:
-        result.update(scores(hypotheses, streams, tgt_lang=loaded.tgt_lang, bleu_tokenize=bleu_tokenize))
+        result.update(scores(hypotheses, streams, tgt_lang=language, bleu_tokenize=bleu_tokenize))
     if baseline_lines is not None:
         result["paired_bootstrap"] = {
             "baseline": baseline,
-            **paired_bootstrap(
-                baseline_lines, hypotheses, streams, tgt_lang=loaded.tgt_lang, bleu_tokenize=bleu_tokenize
-            ),
+            **paired_bootstrap(baseline_lines, hypotheses, streams, tgt_lang=language, bleu_tokenize=bleu_tokenize),
         }
     if output is not None:
         with atomic_write(output) as handle:

@@ -152,6 +152,7 @@ def translate(
     generator: torch.Generator | None = None,
     return_scores: bool = True,
     first_line: int = 1,
+    src_prefix: Sequence[int] = (),
 ) -> list[list[tuple[str, float | None]]]:
     """Detokenized n-best translations with scores, one list per sentence, in input order.
 
@@ -160,6 +161,8 @@ def translate(
     ``return_scores=False``: greedy and sampling skip scoring, and their scores (and those of empty
     sentences) are ``None``. Sources longer than ``search.max_src_len`` subwords are cut, with a warning
     naming the line (``first_line``: the number of the first sentence in the input, for the message).
+    ``src_prefix``: ids before each source (a multilingual model's target-language token:
+    ``Checkpoint.source_prefix``).
     """
     nonempty = [i for i, s in enumerate(sentences) if s.strip()]
     src = tokenizer.encode_src([sentences[i] for i in nonempty])
@@ -172,6 +175,8 @@ def translate(
                 search.max_src_len,
             )
             src[k] = ids[: search.max_src_len]
+    if src_prefix:
+        src = [list(src_prefix) + ids for ids in src]
     hyps = decode_ids(
         model,
         src,

@@ -59,9 +59,41 @@ class Checkpoint:
     data: dict | None = None
     search: dict | None = None
 
+    path: str = "checkpoint"
+
     @property
     def tgt_lang(self) -> str | None:
         return (self.data or {}).get("tgt_lang")
+
+    def target_language(self, tgt_lang: str | None) -> str | None:
+        """The language ``tgt_lang=`` asks for, or the one the model translates into: for BLEU's tokenizer."""
+        if tgt_lang is not None:
+            return tgt_lang
+        languages = self.tokenizer.language_tokens()
+        return next(iter(languages)) if len(languages) == 1 else self.tgt_lang
+
+    def source_prefix(self, tgt_lang: str | None) -> list[int]:
+        """The ids to put before each source so that the model translates into ``tgt_lang``: the language's
+        token for a multilingual model (``data.lang_tokens``), nothing for a model of one target language.
+
+        Raises:
+            ConfigError: a language the model was not trained to translate into, or none given to a model of
+                several.
+        """
+        languages = self.tokenizer.language_tokens()
+        if not languages:
+            if tgt_lang is not None and self.tgt_lang is not None and tgt_lang != self.tgt_lang:
+                raise ConfigError(f"tgt_lang={tgt_lang}: {self.path} translates into {self.tgt_lang} only")
+            return []
+        if tgt_lang is None and len(languages) == 1:
+            tgt_lang = next(iter(languages))
+        if tgt_lang is None:
+            raise ConfigError(f"{self.path} translates into {', '.join(sorted(languages))}: say which with tgt_lang=")
+        if tgt_lang not in languages:
+            raise ConfigError(
+                f"tgt_lang={tgt_lang}: {self.path} was trained to translate into {', '.join(sorted(languages))} only"
+            )
+        return [languages[tgt_lang]]
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -102,6 +134,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model_config=model_config,
         data=hyper.get("data"),
         search=hyper.get("search"),
+        path=str(path),
     )
 
 

@@ -1,21 +1,24 @@
-"""LightningDataModule: tokenizer on first use, encoded splits, token-bucket dataloaders."""
+"""LightningDataModule: tokenizer on first use, encoded splits of one corpus or several, token-bucket
+dataloaders, and one validation set per direction."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from mt.atomic import atomic_write
 from mt.config import DataConfig, TokenizerConfig
-from mt.data.batching import Batch, PairDataset, ResumableLoader, TokenBatchSampler
+from mt.data.batching import Batch, MixtureBatchSampler, PairDataset, ResumableLoader, TokenBatchSampler
 from mt.data.corpus import EncodedCorpus, data_identity
+from mt.data.mixture import Corpus, corpora, draw_counts, source_prefix, symbols
 from mt.data.preprocess import describe_source, prepare_split_arrow, raw_dataset, sample_sentences
 from mt.data.tokenizer import Tokenizer, train_tokenizer
 from mt.errors import DataError, TokenizerError
@@ -23,8 +26,18 @@ from mt.errors import DataError, TokenizerError
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class ValidSet:
+    """The validation split of one direction: its encoded sources (with their prefix) and raw references."""
+
+    name: str  # the direction, e.g. de-en
+    tgt_lang: str
+    corpus: EncodedCorpus
+    references: list[str]
+
+
 class TranslationDataModule(L.LightningDataModule):
-    """Training and validation data of one corpus direction.
+    """Training and validation data of one corpus or of several (``data.corpora``).
 
     Args:
         data: where the corpus is and how it is batched.
@@ -39,10 +52,19 @@ class TranslationDataModule(L.LightningDataModule):
         self.tokenizer_cfg = tokenizer
         self.run_dir = Path(run_dir)
         self.seed = seed
+        self.corpora: list[Corpus] = corpora(data)
         self.tokenizer: Tokenizer | None = None
-        self.train_corpus: EncodedCorpus | None = None
-        self.valid_corpus: EncodedCorpus | None = None
-        self.valid_references: list[str] = []
+        self.train_corpora: list[EncodedCorpus] = []
+        self.valid_sets: list[ValidSet] = []
+
+    @property
+    def train_corpus(self) -> EncodedCorpus | None:
+        """The training split of a one-corpus run."""
+        return self.train_corpora[0] if len(self.train_corpora) == 1 else None
+
+    @property
+    def mixture(self) -> bool:
+        return len(self.corpora) > 1
 
     @property
     def cache_dir(self) -> Path:
@@ -72,17 +94,7 @@ class TranslationDataModule(L.LightningDataModule):
             tokenizer.save(directory)
         if tokenizer is None:
             cfg = self.tokenizer_cfg
-            src, tgt = sample_sentences(
-                self.data_cfg, "train", cfg.input_sentence_size, self.seed, cache_dir=self.cache_dir
-            )
-            if not src:
-                raise DataError(f"{describe_source(self.data_cfg, 'train')}: the train split is empty")
-            for lang, side in ((self.data_cfg.src_lang, src), (self.data_cfg.tgt_lang, tgt)):
-                if not any(line.strip() for line in side):
-                    raise DataError(
-                        f"{describe_source(self.data_cfg, 'train')}: every {lang} line of the train split (of "
-                        f"{len(side)} sampled) is blank: expected one sentence a line"
-                    )
+            src, tgt = self._tokenizer_sample(cfg.input_sentence_size)
             log.info(
                 "training SentencePiece (%s, %d, %s) on %d pairs of %s train",
                 cfg.model_type,
@@ -100,6 +112,7 @@ class TranslationDataModule(L.LightningDataModule):
                 character_coverage=cfg.character_coverage,
                 input_sentence_size=cfg.input_sentence_size,
                 seed=self.seed,
+                symbols=symbols(self.data_cfg),
             )
             tokenizer.save(directory)
             if shared is not None:
@@ -107,8 +120,31 @@ class TranslationDataModule(L.LightningDataModule):
         if not saved_settings.is_file():
             with atomic_write(saved_settings) as handle:
                 handle.write(json.dumps(settings, sort_keys=True).encode())
+        for symbol in symbols(self.data_cfg):  # a tokenizer of an earlier run without them fails now
+            tokenizer.symbol_id(symbol)
         self.tokenizer = tokenizer
         return tokenizer
+
+    def _tokenizer_sample(self, size: int) -> tuple[list[str], list[str]]:
+        """Sentence pairs to train SentencePiece on: a seeded sample of each corpus's training split, an equal
+        share of ``size`` each."""
+        share = max(1, size // len(self.corpora))
+        src: list[str] = []
+        tgt: list[str] = []
+        for corpus in self.corpora:
+            data = corpus.data
+            corpus_src, corpus_tgt = sample_sentences(data, "train", share, self.seed, cache_dir=self.cache_dir)
+            if not corpus_src:
+                raise DataError(f"{describe_source(data, 'train')}: the train split is empty")
+            for lang, side in ((data.src_lang, corpus_src), (data.tgt_lang, corpus_tgt)):
+                if not any(line.strip() for line in side):
+                    raise DataError(
+                        f"{describe_source(data, 'train')}: every {lang} line of the train split (of "
+                        f"{len(side)} sampled) is blank: expected one sentence a line"
+                    )
+            src += corpus_src
+            tgt += corpus_tgt
+        return src, tgt
 
     def _shared_tokenizer_dir(self) -> Path | None:
         """Where runs sharing ``data.cache_dir`` keep tokenizers, keyed by what determines one."""
@@ -116,6 +152,7 @@ class TranslationDataModule(L.LightningDataModule):
             return None
         key = {
             "data": data_identity(self.data_cfg, "train"),
+            "corpora": [data_identity(corpus.data, "train") for corpus in self.corpora],
             "tokenizer": asdict(self.tokenizer_cfg),
             "seed": self.seed,
         }
@@ -126,39 +163,70 @@ class TranslationDataModule(L.LightningDataModule):
         """Encoded splits, memory-mapped from the cache; ranks that start together build each once."""
         if self.tokenizer is None:
             self.prepare_tokenizer()
-        workers = self.data_cfg.preprocess_workers
-        if self.train_corpus is None and stage in (None, "fit"):
-            self.train_corpus = prepare_split_arrow(
-                self.data_cfg, "train", self.tokenizer, cache_dir=self.cache_dir, num_proc=workers
-            )
-        if self.valid_corpus is None and stage in (None, "fit", "validate"):
-            self.valid_corpus = prepare_split_arrow(
-                self.data_cfg, "valid", self.tokenizer, cache_dir=self.cache_dir, num_proc=workers
-            )
-            self.valid_references = raw_dataset(self.data_cfg, "valid", cache_dir=self.cache_dir)["tgt"]
+        if not self.train_corpora and stage in (None, "fit"):
+            self.train_corpora = [self._encoded(corpus, "train") for corpus in self.corpora]
+        if not self.valid_sets and stage in (None, "fit", "validate"):
+            self.valid_sets = [
+                ValidSet(
+                    corpus.direction if self.mixture else corpus.data.name,
+                    corpus.data.tgt_lang,
+                    self._encoded(corpus, "valid"),
+                    raw_dataset(corpus.data, "valid", cache_dir=self.cache_dir)["tgt"],
+                )
+                for corpus in self.corpora
+                if corpus.valid
+            ]
 
-    def _sampler(self, corpus: EncodedCorpus, split: str, *, shuffle: bool) -> TokenBatchSampler:
+    def _encoded(self, corpus: Corpus, split: str) -> EncodedCorpus:
+        prefix = [self.tokenizer.symbol_id(symbol) for symbol in source_prefix(self.data_cfg, corpus, split)]
+        return prepare_split_arrow(
+            corpus.data,
+            split,
+            self.tokenizer,
+            cache_dir=self.cache_dir,
+            num_proc=self.data_cfg.preprocess_workers,
+            src_prefix=prefix,
+        )
+
+    def draws(self) -> list[int]:
+        """Pairs each epoch draws from each training corpus (``mt.data.mixture.draw_counts``)."""
+        weights = [c.weight for c in self.corpora]
+        return draw_counts(
+            [len(c) for c in self.train_corpora],
+            weights=None if weights[0] is None else weights,
+            temperature=self.data_cfg.temperature,
+        )
+
+    def _sampler(self, corpora: list[EncodedCorpus], split: str, *, shuffle: bool) -> TokenBatchSampler:
         trainer = self.trainer
+        src_lengths = np.concatenate([c.src_lengths for c in corpora])
+        tgt_lengths = np.concatenate([c.tgt_lengths for c in corpora])
+        sharding = dict(num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
         try:
+            if split == "train" and self.mixture:
+                return MixtureBatchSampler(
+                    src_lengths,
+                    tgt_lengths,
+                    self.data_cfg.max_tokens,
+                    corpus_sizes=[len(c) for c in corpora],
+                    draws=self.draws(),
+                    seed=self.seed,
+                    epoch=trainer.current_epoch if trainer else 0,  # the loader is rebuilt every epoch
+                    **sharding,
+                )
             return TokenBatchSampler(
-                corpus.src_lengths,
-                corpus.tgt_lengths,
-                self.data_cfg.max_tokens,
-                shuffle=shuffle,
-                seed=self.seed,
-                num_replicas=trainer.world_size if trainer else 1,
-                rank=trainer.global_rank if trainer else 0,
+                src_lengths, tgt_lengths, self.data_cfg.max_tokens, shuffle=shuffle, seed=self.seed, **sharding
             )
         except ValueError as error:
             raise DataError(f"data {self.data_cfg.name!r} {split} split: {error}; raise data.max_tokens") from None
 
-    def _loader(self, corpus: EncodedCorpus, split: str, *, shuffle: bool) -> DataLoader:
-        sampler = self._sampler(corpus, split, shuffle=shuffle)
+    def _loader(self, corpora: list[EncodedCorpus], split: str, *, shuffle: bool) -> DataLoader:
+        sampler = self._sampler(corpora, split, shuffle=shuffle)
         # The training loader checkpoints its position; its own generator keeps the creation of an
         # iterator from drawing on the global RNG (which dropout uses), so resumed runs stay exact.
         loader_class = ResumableLoader if split == "train" else DataLoader
         return loader_class(
-            PairDataset(corpus),
+            PairDataset(corpora),
             batch_sampler=sampler,
             collate_fn=PairDataset.collate,
             num_workers=self.data_cfg.num_workers,
@@ -167,18 +235,41 @@ class TranslationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._loader(self.train_corpus, "train", shuffle=True)
+        loader = self._loader(self.train_corpora, "train", shuffle=True)
         sampler = loader.batch_sampler
         log.info(
             "train: %d pairs, %d batches per epoch per rank, padding %.1f%% of positions",
-            len(self.train_corpus),
+            len(loader.dataset),
             len(sampler),
             100 * sampler.padding_share(),
         )
+        if isinstance(sampler, MixtureBatchSampler):
+            self._log_draws(sampler)
         return loader
 
+    def _log_draws(self, sampler: MixtureBatchSampler) -> None:
+        """How many pairs of each corpus this epoch drew: in the log, and in TensorBoard (``data/drawn/NAME``)."""
+        counts = sampler.drawn_counts()
+        log.info(
+            "epoch %d draws %s",
+            sampler.epoch,
+            ", ".join(
+                f"{c.name} {m:,} of {len(corpus):,} ({m / len(corpus):.2f}x)"
+                for c, corpus, m in zip(self.corpora, self.train_corpora, counts)
+            ),
+        )
+        trainer = self.trainer
+        if trainer is None or trainer.global_rank != 0:
+            return
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        metrics = {f"data/drawn/{c.name}": float(m) for c, m in zip(self.corpora, counts)}
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_metrics({**metrics, "epoch": float(sampler.epoch)}, step=trainer.global_step)
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.valid_corpus, "valid", shuffle=False)
+        return self._loader([s.corpus for s in self.valid_sets], "valid", shuffle=False)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         return batch.to(device)

@@ -68,7 +68,6 @@ class TranslationModule(L.LightningModule):
         self.search_cfg = from_dict(SearchConfig, search)
         self.validation_cfg = from_dict(ValidationConfig, validation)
         self.metrics_cfg = from_dict(MetricsConfig, metrics or {})
-        self.tgt_lang = (data or {}).get("tgt_lang")
         self.model = Transformer(self.model_cfg, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size)
         self.tokenizer: Tokenizer | None = None  # set before training; restored from checkpoints
         self.throughput = Throughput()
@@ -261,21 +260,33 @@ class TranslationModule(L.LightningModule):
         self.log("val/ppl", torch.exp(sums[1] / num_tokens), sync_dist=False)
         self.log("time/train_hours", self.throughput.elapsed_hours())
         if self.validation_cfg.decode != "none" and not self.trainer.sanity_checking:
-            hypotheses, references = self.validation_translations()
-            bleu_score = bleu(hypotheses, [references], tgt_lang=self.tgt_lang, tokenize=self.metrics_cfg.bleu_tokenize)
-            self.log("val/bleu", bleu_score.score, prog_bar=True)
-            self.log("val/chrf", chrf(hypotheses, [references]).score)
+            self._log_validation_scores()
         if not self.trainer.sanity_checking:
             self._validated_at_step = self.trainer.global_step
 
-    def validation_translations(self) -> tuple[list[str], list[str]]:
-        """The validation sources decoded (greedy or beam, per ``validation``), and their references.
+    def _log_validation_scores(self) -> None:
+        """BLEU and chrF of each validation set (a direction); with several, each is logged as ``val/bleu/DIR``
+        and ``val/bleu`` is their mean: the value that selects best.ckpt and stops early."""
+        valid_sets = self.trainer.datamodule.valid_sets
+        bleu_scores, chrf_scores = [], []
+        for valid_set in valid_sets:
+            hypotheses, references = self.validation_translations(valid_set)
+            tokenize = self.metrics_cfg.bleu_tokenize
+            bleu_scores.append(bleu(hypotheses, [references], tgt_lang=valid_set.tgt_lang, tokenize=tokenize).score)
+            chrf_scores.append(chrf(hypotheses, [references]).score)
+            if len(valid_sets) > 1:
+                self.log(f"val/bleu/{valid_set.name}", bleu_scores[-1])
+                self.log(f"val/chrf/{valid_set.name}", chrf_scores[-1])
+        self.log("val/bleu", sum(bleu_scores) / len(bleu_scores), prog_bar=True)
+        self.log("val/chrf", sum(chrf_scores) / len(chrf_scores))
+
+    def validation_translations(self, valid_set) -> tuple[list[str], list[str]]:
+        """The sources of ``valid_set`` decoded (greedy or beam, per ``validation``), and their references.
 
         Under DDP each rank decodes every W-th sentence and the hypotheses are gathered back in
         order, so the scores equal a single process's on the same weights.
         """
-        datamodule = self.trainer.datamodule
-        corpus, references = datamodule.valid_corpus, datamodule.valid_references
+        corpus, references = valid_set.corpus, valid_set.references
         count = (
             len(corpus)
             if self.validation_cfg.max_sentences is None

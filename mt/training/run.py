@@ -23,6 +23,7 @@ from mt import faults
 from mt.atomic import atomic_write, exclusive
 from mt.compat import val_check_interval_overflow
 from mt.config import TrainConfig, max_time_seconds, to_dict
+from mt.data.mixture import corpora
 from mt.data.readers import local_split
 from mt.data.tokenizer import Tokenizer
 from mt.decode.metrics import bleu_metric
@@ -79,8 +80,9 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     if ckpt_path is None or not config_path.exists():  # a fresh start (in a run directory without checkpoints too)
         with atomic_write(config_path) as handle:
             handle.write(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))).encode())
-    if config.test_after_training and not config.trainer.fast_dev_run and config.data.path:
-        local_split(config.data, "test")  # a missing test split fails now, not after the training
+    for corpus in corpora(config.data):  # a missing test split fails now, not after the training
+        if corpus.valid and config.test_after_training and not config.trainer.fast_dev_run and corpus.data.path:
+            local_split(corpus.data, "test")
     if config.validation.decode != "none" or config.test_after_training:  # an unavailable BLEU tokenizer: now
         bleu_metric(config.data.tgt_lang, config.metrics.bleu_tokenize)
     L.seed_everything(config.seed, workers=True)
@@ -155,13 +157,27 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     if not config.test_after_training or config.trainer.fast_dev_run:
         return result
     best = best_checkpoint.best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
-    scores = score_checkpoint(
-        best,
-        split="test",
-        search=config.search,
-        progress=config.trainer.enable_progress_bar,
-        bleu_tokenize=config.metrics.bleu_tokenize,
-    )
+    directions = [c for c in corpora(config.data) if c.valid]
+    by_direction = {
+        corpus.direction: score_checkpoint(
+            best,
+            split="test",
+            search=config.search,
+            progress=config.trainer.enable_progress_bar,
+            bleu_tokenize=config.metrics.bleu_tokenize,
+            src_lang=corpus.data.src_lang,
+            tgt_lang=corpus.data.tgt_lang,
+        )
+        for corpus in directions
+    }
+    scores = next(iter(by_direction.values()))
+    if len(by_direction) > 1:  # several directions: each one's scores, and the mean BLEU and chrF
+        scores = {
+            "checkpoint": best,
+            "bleu": round(sum(r["bleu"] for r in by_direction.values()) / len(by_direction), 4),
+            "chrf": round(sum(r["chrf"] for r in by_direction.values()) / len(by_direction), 4),
+            "directions": by_direction,
+        }
     with atomic_write(run_dir / "test_scores.json") as handle:
         handle.write((json.dumps(scores, indent=2) + "\n").encode())
     print(json.dumps(scores), flush=True)

@@ -88,6 +88,8 @@ def build_trainer(
         callbacks=callbacks,
         logger=loggers,
         use_distributed_sampler=False,  # TokenBatchSampler shards batches itself
+        # Several corpora: each epoch draws other pairs, so its batch count is counted again (MixtureBatchSampler).
+        reload_dataloaders_every_n_epochs=1 if len(config.data.corpora) > 1 else 0,
         plugins=plugins,
     )
     return trainer, best

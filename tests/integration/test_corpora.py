@@ -1,0 +1,178 @@
+"""Several corpora in one run: resume mid-epoch stays exact, a model of two directions validates, translates,
+evaluates and reports each one, and a language it was not trained on is refused in one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mt.decode.translator
+from mt.decode.scoring import score_checkpoint
+from mt.model.checkpoint import load_checkpoint
+from mt.training.run import train
+from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
+from tests.helpers import ROOT, losses
+from tests.integration.test_resume import KillAt, Killed, assert_same_run, with_callback
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    """A second corpus of the toy language (another sample), with a training split only."""
+    return write_text_corpus(tmp_path_factory.mktemp("synthetic"), {"train": toy_pairs(150, seed=7)})
+
+
+def mixture_run(data_dir, synthetic, run_dir, max_steps, resume=None):
+    config = tiny_train_config(
+        data_dir,
+        **{
+            "data.corpora": [{"weight": 1.0}, {"path": str(synthetic), "weight": 1.0, "tag": "<BT>", "valid": False}],
+            "data.max_tokens": 600,
+            "trainer.max_steps": max_steps,
+            "trainer.log_every_n_steps": 1,
+            "trainer.checkpoint_every_n_steps": 1,
+            "trainer.limit_val_batches": 0,
+            "model.dropout": 0.2,
+            "validation.decode": "none",
+            "test_after_training": False,
+            "resume": resume,
+        },
+    )
+    train(config, run_dir)
+
+
+def test_resume_mid_epoch_with_two_weighted_corpora_equals_the_uninterrupted_run(
+    toy_corpus_dir, synthetic_dir, tmp_path, monkeypatch
+):
+    """Two corpora drawn 1:1 (the second, 150 pairs, upsampled to 275 an epoch and tagged): an epoch is ~18
+    batches, so 50 steps cross two epoch boundaries, each epoch with its own draw; the killed run stops inside
+    the second epoch and goes on from there."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    mixture_run(toy_corpus_dir, synthetic_dir, straight, 50)
+    epochs = {int(r["epoch"]) for r in csv.DictReader(open(straight / "csv/metrics.csv")) if r.get("train/loss")}
+    assert epochs == {0, 1, 2}
+    with_callback(monkeypatch, KillAt(31))
+    with pytest.raises(Killed):
+        mixture_run(toy_corpus_dir, synthetic_dir, resumed, 50)
+    monkeypatch.undo()
+    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 31
+    mixture_run(toy_corpus_dir, synthetic_dir, resumed, 50, resume="auto")
+    assert_same_run(straight, resumed, 50)
+    assert len(losses(straight / "csv/metrics.csv")) == 50
+
+
+@pytest.fixture(scope="module")
+def two_directions(toy_corpus_dir, tmp_path_factory):
+    """A tiny model of de→en and en→de on the toy corpus, with target-language tokens; validated every 10 steps."""
+    run_dir = tmp_path_factory.mktemp("two_directions")
+    config = tiny_train_config(
+        toy_corpus_dir,
+        **{
+            "data.corpora": [{"src_lang": "de", "tgt_lang": "en"}, {"src_lang": "en", "tgt_lang": "de"}],
+            "data.lang_tokens": True,
+            "trainer.max_steps": 20,
+            "trainer.val_check_interval": 10,
+            "trainer.check_val_every_n_epoch": None,
+            "trainer.log_every_n_steps": 1,
+            "test_after_training": False,
+        },
+    )
+    train(config, run_dir)
+    return run_dir, config
+
+
+def test_each_direction_is_validated_and_selection_uses_their_mean(two_directions):
+    run_dir, _ = two_directions
+    rows = [r for r in csv.DictReader(open(run_dir / "csv/metrics.csv")) if r.get("val/bleu")]
+    assert len(rows) == 2  # steps 10 and 20
+    for row in rows:
+        each = [float(row["val/bleu/de-en"]), float(row["val/bleu/en-de"])]
+        assert float(row["val/bleu"]) == pytest.approx(sum(each) / 2, abs=1e-4)
+        chrf = [float(row["val/chrf/de-en"]), float(row["val/chrf/en-de"])]
+        assert float(row["val/chrf"]) == pytest.approx(sum(chrf) / 2, abs=1e-4)
+    best = torch.load(run_dir / "checkpoints/best.ckpt", weights_only=False)
+    assert best["val_metrics"]["val/bleu"] == pytest.approx(max(float(r["val/bleu"]) for r in rows), abs=1e-4)
+
+
+def test_sources_start_with_the_target_language_token(two_directions, toy_corpus_dir):
+    run_dir, config = two_directions
+    tokenizer = load_checkpoint(run_dir / "checkpoints/last.ckpt").tokenizer
+    tokens = tokenizer.language_tokens()
+    assert set(tokens) == {"de", "en"}
+    from mt.training.datamodule import TranslationDataModule
+
+    datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)
+    datamodule.setup("fit")
+    (de_en, en_de), text = datamodule.train_corpora, toy_pairs(400, seed=1)
+    for corpus, lang, side in ((de_en, "en", 0), (en_de, "de", 1)):
+        first = corpus.src(0)
+        assert first[0] == tokens[lang] and list(first[1:]) == tokenizer.encode_src([text[corpus.index[0]][side]])[0]
+    assert [s.name for s in datamodule.valid_sets] == ["de-en", "en-de"]
+
+
+def test_evaluate_reads_the_direction_asked_for_and_puts_its_token_first(two_directions, monkeypatch):
+    run_dir, _ = two_directions
+    seen = []
+    decode_ids = mt.decode.translator.decode_ids
+
+    def recording(model, src, *args, **kwargs):
+        seen.extend(list(ids) for ids in src)
+        return decode_ids(model, src, *args, **kwargs)
+
+    monkeypatch.setattr(mt.decode.translator, "decode_ids", recording)
+    checkpoint = load_checkpoint(run_dir / "checkpoints/last.ckpt")
+    result = score_checkpoint(run_dir / "checkpoints/last.ckpt", tgt_lang="de", progress=False)
+    english = [en for _, en in toy_pairs(40, seed=3)]
+    assert result["data"].endswith("test (en-de)") and result["sentences"] == 40
+    assert seen == [
+        [checkpoint.tokenizer.language_tokens()["de"], *ids] for ids in checkpoint.tokenizer.encode_src(english)
+    ]
+    assert "tok:13a" in result["bleu_signature"]
+
+
+def test_a_language_the_model_was_not_trained_on_is_refused_in_one_line(two_directions):
+    run_dir, _ = two_directions
+    command = [sys.executable, "-m", "mt.translate", f"checkpoint={run_dir / 'checkpoints/last.ckpt'}"]
+    for extra, message in (
+        (["tgt_lang=fr"], "tgt_lang=fr: {} was trained to translate into de, en only"),
+        ([], "{} translates into de, en: say which with tgt_lang="),
+    ):
+        result = subprocess.run(
+            command + extra, cwd=ROOT, input="Der hund sieht der katze.\n", capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode != 0 and result.stdout == ""
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].endswith(message.format(run_dir / "checkpoints/last.ckpt")), result.stderr
+
+
+def test_translation_never_writes_a_tag_or_language_token(two_directions):
+    run_dir, _ = two_directions
+    checkpoint = load_checkpoint(run_dir / "checkpoints/last.ckpt")
+    from mt.config import SearchConfig
+    from mt.decode.translator import translate
+
+    sources = [de for de, _ in toy_pairs(20, seed=9)]
+    tokens = checkpoint.tokenizer.language_tokens()
+    search = SearchConfig(beam=2, nbest=2)
+    out = translate(checkpoint.model, checkpoint.tokenizer, sources, search, src_prefix=[tokens["en"]])
+    texts = [text for nbest in out for text, _ in nbest]
+    assert len(texts) == 40 and not any("<2" in t or "<BT>" in t for t in texts)
+    # Even output made of language tokens only is text without them.
+    assert checkpoint.tokenizer.decode_tgt([[tokens["de"], tokens["en"]] * 3]) == [""]
+
+
+def test_report_tables_checkpoints_by_direction(two_directions, tmp_path):
+    run_dir, _ = two_directions
+    command = [sys.executable, "-m", "mt.report", f"run={run_dir}", f"output_dir={tmp_path}", "search.beam=1"]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [t["name"] for t in report["test_sets"]] == ["test de-en", "test en-de"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| checkpoint | test de-en | test en-de | mean |" in markdown
+    for row in report["rows"]:
+        values = (row["test de-en"]["bleu"], row["test en-de"]["bleu"])
+        assert f"| {row['checkpoint']} | {values[0]:.2f} | {values[1]:.2f} | {sum(values) / 2:.2f} |" in markdown

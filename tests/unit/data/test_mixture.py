@@ -1,0 +1,214 @@
+"""Several corpora: resolving data.corpora, the pairs each epoch draws, the mixed token batches and their resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mt.config import CorpusConfig, DataConfig
+from mt.data.batching import MixtureBatchSampler
+from mt.data.mixture import corpora, direction_corpus, draw_counts, epoch_draw, source_prefix, symbols
+from mt.data.tokenizer import EOS_ID, train_tokenizer
+from mt.errors import ConfigError, DataError
+from tests.conftest import toy_pairs
+
+
+def data(*entries: dict, **options) -> DataConfig:
+    return DataConfig(name="mix", path="/data", corpora=[CorpusConfig(**entry) for entry in entries], **options)
+
+
+# -- resolving data.corpora -------------------------------------------------------------------------------------
+
+
+def test_corpora_inherit_what_they_do_not_set_and_are_named_by_direction():
+    found = corpora(
+        data(
+            {"src_lang": "de", "tgt_lang": "en"},
+            {"src_lang": "en", "tgt_lang": "de"},
+            {"path": "/bt", "tag": "<BT>", "valid": False},  # de-en again: numbered
+            lang_tokens=True,
+        )
+    )
+    assert [c.name for c in found] == ["de-en.1", "en-de", "de-en.2"]
+    assert [c.data.path for c in found] == ["/data", "/data", "/bt"]
+    assert found[1].data.src_lang == "en" and found[1].data.tgt_lang == "de"
+    assert all(not c.data.corpora and not c.data.lang_tokens for c in found)  # each is a corpus alone
+    assert found[0].data.name == "mix.de-en.1"
+    cfg = data(
+        {"src_lang": "de"},
+        {"src_lang": "en", "tgt_lang": "de"},
+        {"path": "/bt", "tag": "<BT>", "valid": False},
+        lang_tokens=True,
+    )
+    assert symbols(cfg) == ["<2de>", "<2en>", "<BT>"]
+    bt = corpora(cfg)[2]
+    assert source_prefix(cfg, bt, "train") == ["<2en>", "<BT>"]
+    assert source_prefix(cfg, bt, "valid") == ["<2en>"]  # tags are for training only
+
+
+def test_a_run_without_corpora_is_its_one_corpus():
+    cfg = DataConfig(name="multi30k", path="/data")
+    (only,) = corpora(cfg)
+    assert only.name == "multi30k" and only.data == cfg and symbols(cfg) == []
+
+
+@pytest.mark.parametrize(
+    "entries,options,message",
+    [
+        (({"name": "a"}, {"name": "a", "src_lang": "fr"}), {}, "the name 'a' is given to 2 corpora"),
+        (({}, {"path": "/other"}), {}, "2 corpora validate direction de-en"),
+        (({"valid": False},), {}, "every corpus has valid: false"),
+        (({}, {"src_lang": "en", "tgt_lang": "de"}), {}, "translate into de, en: set data.lang_tokens=true"),
+        (({"src_lang": "en", "tgt_lang": "en"},), {}, "data.corpora[0]: data.src_lang and data.tgt_lang are both"),
+    ],
+)
+def test_inconsistent_corpora_are_refused_in_one_line(entries, options, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        corpora(data(*entries, **options))
+
+
+@pytest.mark.parametrize(
+    "entries,options,message",
+    [
+        (({"weight": 1.0}, {"src_lang": "fr"}), {}, "give a weight to every corpus or to none"),
+        (({"weight": 1.0}, {"src_lang": "fr", "weight": 2.0}), {"temperature": 2.0}, "give one"),
+        (({"weight": -1.0},), {}, r"data.corpora\[0\].weight=-1.0: expected > 0"),
+        (({"tag": "BT"},), {}, "expected a token such as <BT>"),
+        (({"tag": "<2de>"},), {}, "target-language tokens"),
+        ((), {"temperature": 0.0}, "data.temperature=0.0: expected > 0"),
+    ],
+)
+def test_bad_mixture_settings_are_refused_at_the_entry_point(entries, options, message):
+    with pytest.raises(ConfigError, match=message):
+        data(*entries, **options)
+
+
+def test_direction_corpus_picks_the_one_direction_asked_for():
+    cfg = data(
+        *({"src_lang": s, "tgt_lang": t} for s, t in (("de", "en"), ("en", "de"), ("fr", "en"))), lang_tokens=True
+    )
+    assert direction_corpus(cfg, tgt_lang="de").direction == "en-de"
+    assert direction_corpus(cfg, src_lang="fr").direction == "fr-en"
+    with pytest.raises(ConfigError, match="tgt_lang=en: the data 'mix' has the directions de-en, en-de, fr-en; choose"):
+        direction_corpus(cfg, tgt_lang="en")
+    with pytest.raises(ConfigError, match="src_lang=cs tgt_lang=en: the data 'mix' has the directions"):
+        direction_corpus(cfg, src_lang="cs", tgt_lang="en")
+
+
+# -- what an epoch draws ------------------------------------------------------------------------------------------
+
+
+def test_draw_counts_follow_weights_temperature_or_sizes():
+    assert draw_counts([100, 300]) == [100, 300]  # every pair once an epoch
+    assert draw_counts([100, 300], weights=[1, 1]) == [200, 200]
+    assert draw_counts([100, 300], weights=[3, 1]) == [300, 100]
+    # T=2: p proportional to sqrt(n): 10 and 17.32 of 27.32 -> 146.41 and 253.59 of 400
+    assert draw_counts([100, 300], temperature=2.0) == [146, 254]
+    assert draw_counts([100, 300], temperature=1.0) == [100, 300]
+    assert sum(draw_counts([7, 11, 13], weights=[1, 1, 1])) == 31  # largest remainders: 10, 10, 11
+    assert sorted(draw_counts([7, 11, 13], weights=[1, 1, 1])) == [10, 10, 11]
+
+
+def test_a_corpus_drawn_below_its_size_shows_every_pair_before_repeating_one():
+    draws = np.concatenate([epoch_draw(10, 3, seed=5, corpus=1, epoch=e) for e in range(10)])  # 30 = 3 cycles
+    for cycle in range(3):
+        assert sorted(draws[cycle * 10 : (cycle + 1) * 10].tolist()) == list(range(10))
+    assert draws[:10].tolist() != draws[10:20].tolist()  # each cycle its own permutation
+    np.testing.assert_array_equal(epoch_draw(10, 3, seed=5, corpus=1, epoch=4), draws[12:15])  # (seed, epoch) alone
+    assert epoch_draw(10, 3, seed=6, corpus=1, epoch=4).tolist() != draws[12:15].tolist()
+
+
+def test_an_upsampled_corpus_repeats_each_pair_as_evenly_as_it_can():
+    drawn = epoch_draw(4, 10, seed=0, corpus=0, epoch=0)
+    assert sorted(np.bincount(drawn, minlength=4).tolist()) == [2, 2, 3, 3]
+
+
+# -- mixed batches ------------------------------------------------------------------------------------------------
+
+
+def two_corpora(sizes=(300, 100), seed=0):
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    return rng.integers(1, 30, n), rng.integers(1, 30, n), list(sizes)
+
+
+def sampler(weights=(1.0, 3.0), rank=0, replicas=1, epoch=0, seed=3, max_tokens=200):
+    src, tgt, sizes = two_corpora()
+    draws = draw_counts(sizes, weights=list(weights))
+    return MixtureBatchSampler(
+        src, tgt, max_tokens, corpus_sizes=sizes, draws=draws, seed=seed, num_replicas=replicas, rank=rank, epoch=epoch
+    )
+
+
+def test_an_epoch_draws_each_corpus_in_proportion_to_its_weight():
+    mixture = sampler(weights=(1.0, 3.0))  # 400 pairs an epoch: 100 of the first corpus, 300 of the second
+    for epoch in range(3):
+        mixture.set_epoch(epoch)
+        chosen = np.concatenate(mixture.all_batches())
+        first, second = int((chosen < 300).sum()), int((chosen >= 300).sum())
+        assert abs(first / 400 - 0.25) <= 1 / 400 and abs(second / 400 - 0.75) <= 1 / 400
+        assert mixture.drawn_counts() == [first, second]
+        assert len(set(chosen[chosen < 300].tolist())) == first  # drawn below its size: no pair twice
+        assert sorted(np.bincount(chosen[chosen >= 300] - 300, minlength=100).tolist()) == [3] * 100  # 3x each
+        for batch in mixture.all_batches():
+            cost = np.maximum(mixture.src_lengths[batch], mixture.tgt_lengths[batch]) + 1
+            assert len(batch) * cost.max() <= 200
+    mixture.set_epoch(0)
+    zero = [b.tolist() for b in mixture.all_batches()]
+    mixture.set_epoch(1)
+    assert [b.tolist() for b in mixture.all_batches()] != zero
+    assert [b.tolist() for b in sampler(weights=(1.0, 3.0)).all_batches()] == zero  # (seed, epoch) alone
+
+
+def test_ranks_share_an_epoch_between_them():
+    whole = sampler(epoch=2)
+    shards = [sampler(rank=r, replicas=2, epoch=2) for r in range(2)]
+    assert len(shards[0]) == len(shards[1])
+    got = sorted(tuple(b) for s in shards for b in list(s)[: s.num_real_batches])
+    assert got == sorted(tuple(b.tolist()) for b in whole.all_batches())
+
+
+def test_resume_mid_epoch_continues_with_the_same_batches():
+    straight = sampler()
+    straight.set_epoch(1)
+    expected = list(straight)
+    interrupted = sampler()
+    interrupted.set_epoch(1)
+    iterator = iter(interrupted)
+    for _ in range(5):
+        next(iterator)
+    interrupted.position = 5  # as ResumableLoader counts them
+    state = interrupted.state_dict()
+    assert state["epoch"] == 1 and state["position"] == 5
+    resumed = sampler(epoch=0)  # the trainer builds it at its epoch, then restores the saved state
+    resumed.load_state_dict(state)
+    assert list(resumed) == expected[5:]
+    assert len(resumed) == len(expected)
+
+
+def test_resume_with_other_weights_is_refused_in_one_line():
+    state = sampler(weights=(1.0, 3.0)).state_dict()
+    with pytest.raises(
+        DataError, match=r"the checkpoint's corpora \(pairs \[300, 100\], drawn an epoch \[100, 300\]\)"
+    ):
+        sampler(weights=(1.0, 1.0)).load_state_dict(state)
+
+
+# -- tags and language tokens -------------------------------------------------------------------------------------
+
+
+def test_tags_and_language_tokens_are_single_ids_never_text():
+    pairs = toy_pairs(200)
+    tokenizer = train_tokenizer(
+        [s for s, _ in pairs], [t for _, t in pairs], vocab_size=60, symbols=["<2de>", "<2en>", "<BT>"]
+    )
+    ids = {symbol: tokenizer.symbol_id(symbol) for symbol in ("<2de>", "<2en>", "<BT>")}
+    assert sorted(ids.values()) == [EOS_ID + 1, EOS_ID + 2, EOS_ID + 3]
+    assert tokenizer.language_tokens() == {"de": ids["<2de>"], "en": ids["<2en>"]}
+    text = "Der hund sieht <BT> der katze <2de>."
+    assert not set(ids.values()) & set(tokenizer.encode_src([text])[0])  # written in text, they are text
+    plain = tokenizer.encode_tgt(["The dog sees the cat."])[0]
+    with_symbols = [ids["<2en>"], plain[0], ids["<BT>"], *plain[1:], ids["<2de>"]]
+    assert tokenizer.decode_tgt([with_symbols]) == tokenizer.decode_tgt([plain]) == ["The dog sees the cat."]
+    with pytest.raises(Exception, match=r"has no symbol <2fr> \(it was trained with \['<2de>', '<2en>', '<BT>'\]\)"):
+        tokenizer.symbol_id("<2fr>")
