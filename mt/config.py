@@ -104,11 +104,14 @@ class DataConfig:
             f"data.min_len={self.min_len} / max_len={self.max_len}: expected 1 <= min_len <= max_len",
         )
         _require(self.max_len_ratio >= 1.0, f"data.max_len_ratio={self.max_len_ratio}: expected >= 1")
-        # A batch must hold at least one sentence of the longest allowed length (+ BOS/EOS).
+        # A batch must hold at least one sentence of the longest allowed length (+ BOS/EOS, + the source's
+        # language token and tag).
+        prefix = int(self.lang_tokens) + int(any(c.tag for c in self.corpora))
+        extra = f" + {prefix} for the language token and tag" if prefix else ""
         _require(
-            self.max_tokens >= self.max_len + 2,
+            self.max_tokens >= self.max_len + 2 + prefix,
             f"data.max_tokens={self.max_tokens} is below the longest allowed sentence "
-            f"(data.max_len={self.max_len} + 2): no batch could hold it",
+            f"(data.max_len={self.max_len} + 2{extra}): no batch could hold it",
         )
         _require(
             self.temperature is None or self.temperature > 0,
@@ -125,6 +128,10 @@ class DataConfig:
                 "data.temperature and data.corpora weights both set: give one",
             )
         for i, corpus in enumerate(self.corpora):
+            _require(
+                corpus.name is None or (corpus.name and all(ch.isalnum() or ch in "-_." for ch in corpus.name)),
+                f"data.corpora[{i}].name={corpus.name!r}: expected letters, digits, '-', '_' or '.' (it names files)",
+            )
             _require(
                 corpus.weight is None or corpus.weight > 0, f"data.corpora[{i}].weight={corpus.weight}: expected > 0"
             )

@@ -192,7 +192,8 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
     first = next(iter(infos.values()))
     test_sets = load_test_sets(config, first["data"])
     tgt_lang = (first["data"] or {}).get("tgt_lang")
-    bleu_metric(tgt_lang, config.metrics.bleu_tokenize)  # an unavailable tokenizer fails before decoding
+    for language in {test_set.tgt_lang or tgt_lang for test_set in test_sets}:  # unavailable: fail before decoding
+        bleu_metric(language, config.metrics.bleu_tokenize)
     overrides = search_overrides(config.search, search_fields)
 
     rows, hypotheses = [], {}

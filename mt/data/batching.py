@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mt.data.corpus import EncodedCorpus
+from mt.data.mixture import STREAM_ORDER, STREAM_TIES, epoch_draw
 from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from mt.errors import DataError
 
@@ -365,8 +366,6 @@ class MixtureBatchSampler(TokenBatchSampler):
 
     def drawn(self, epoch: int) -> np.ndarray:
         """The pairs (indices over all corpora) epoch ``epoch`` draws, corpus by corpus."""
-        from mt.data.mixture import epoch_draw
-
         return np.concatenate(
             [
                 self.starts[i] + epoch_draw(size, count, seed=self.seed, corpus=i, epoch=epoch)
@@ -381,10 +380,11 @@ class MixtureBatchSampler(TokenBatchSampler):
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         drawn = self.drawn(epoch)
-        order = drawn[np.random.default_rng([self.seed, epoch, 1]).permutation(len(drawn))]  # ties shuffled
+        ties = np.random.default_rng([self.seed, STREAM_TIES, epoch]).permutation(len(drawn))
+        order = drawn[ties]
         order = order[np.lexsort((self.src_lengths[order], self.tgt_lengths[order]))]
         batches = token_batches(order, self.cost_lengths, self.max_tokens, self.max_sentences)
-        permutation = np.random.default_rng([self.seed, epoch]).permutation(len(batches))
+        permutation = np.random.default_rng([self.seed, STREAM_ORDER, epoch]).permutation(len(batches))
         return [batches[i] for i in permutation]
 
     def _identity(self, epoch: int) -> dict:
@@ -408,5 +408,6 @@ class MixtureBatchSampler(TokenBatchSampler):
 
     def drawn_counts(self) -> list[int]:
         """Pairs of each corpus in this epoch's batches (all ranks together)."""
-        chosen = np.concatenate(self.all_batches()) if self.all_batches() else np.zeros(0, dtype=np.int64)
+        batches = self.all_batches()
+        chosen = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
         return np.bincount(np.searchsorted(self.starts, chosen, side="right") - 1, minlength=len(self.draws)).tolist()

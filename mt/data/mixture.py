@@ -50,6 +50,11 @@ class Corpus:
         return f"{self.data.src_lang}-{self.data.tgt_lang}"
 
 
+# The random streams of a mixture's epochs, apart by a constant each: numpy pads short seed lists with zeros, so
+# [seed, corpus, cycle] and [seed, epoch] would otherwise overlap.
+STREAM_DRAW, STREAM_TIES, STREAM_ORDER = 1, 2, 3
+
+
 def lang_token(lang: str) -> str:
     """The target-language token of ``lang``: ``<2de>``."""
     return f"<2{lang}>"
@@ -65,13 +70,14 @@ def corpora(cfg: DataConfig) -> list[Corpus]:
     alone = dataclasses.replace(cfg, corpora=[], temperature=None, lang_tokens=False)
     if not cfg.corpora:
         return [Corpus(cfg.name, alone)]
-    directions = Counter(_direction(cfg, entry) for entry in cfg.corpora)
+    directions = Counter(_direction(cfg, entry) for entry in cfg.corpora if not entry.name)  # unnamed ones
     resolved: list[Corpus] = []
     seen: Counter = Counter()
     for i, entry in enumerate(cfg.corpora):
         data = _corpus_data(alone, entry, i)
         direction = f"{data.src_lang}-{data.tgt_lang}"
-        seen[direction] += 1
+        if not entry.name:
+            seen[direction] += 1
         name = entry.name or (direction if directions[direction] == 1 else f"{direction}.{seen[direction]}")
         resolved.append(
             Corpus(name, dataclasses.replace(data, name=f"{cfg.name}.{name}"), entry.weight, entry.tag, entry.valid)
@@ -164,14 +170,15 @@ def draw_counts(sizes: list[int], *, weights: list[float] | None = None, tempera
 
 def epoch_draw(size: int, count: int, *, seed: int, corpus: int, epoch: int) -> np.ndarray:
     """The ``count`` pairs (indices into the corpus) epoch ``epoch`` draws from a corpus of ``size`` pairs:
-    items ``[epoch*count, (epoch+1)*count)`` of the stream of seeded permutations ``(seed, corpus, cycle)``."""
+    items ``[epoch*count, (epoch+1)*count)`` of the stream of permutations seeded ``(seed, STREAM_DRAW, corpus,
+    cycle)``."""
     start = epoch * count
     positions = np.arange(start, start + count, dtype=np.int64)
     cycles = positions // size
     out = np.empty(count, dtype=np.int64)
     for cycle in range(int(cycles[0]), int(cycles[-1]) + 1) if count else ():
         mask = cycles == cycle
-        permutation = np.random.default_rng([seed, corpus, cycle]).permutation(size)
+        permutation = np.random.default_rng([seed, STREAM_DRAW, corpus, cycle]).permutation(size)
         out[mask] = permutation[positions[mask] - cycle * size]
     return out
 

@@ -130,7 +130,8 @@ class Tokenizer:
                 return i
         raise TokenizerError(
             f"{self.origin}: has no symbol {symbol} (it was trained with {self.symbols() or 'none'}); "
-            f"train a new tokenizer for this data (another run directory)"
+            f"tags and language tokens are trained into a tokenizer, so train this data in a new run directory "
+            f"(init_from keeps the checkpoint's tokenizer: its data cannot add any)"
         )
 
     def symbols(self) -> list[str]:

@@ -65,7 +65,7 @@ def score_checkpoint(
         if not loaded.data:
             raise RunError(f"checkpoint {checkpoint} records no data config: pass source= (and reference=)")
         data = direction_corpus(from_dict(DataConfig, loaded.data), src_lang=src_lang, tgt_lang=tgt_lang).data
-        tgt_lang = data.tgt_lang if loaded.tokenizer.language_tokens() else tgt_lang
+        tgt_lang = data.tgt_lang
         text = load_split(data, split)
         if len(text) == 0:
             raise DataError(f"{text.origin}: the {split} split is empty, so there is nothing to translate")

@@ -166,15 +166,16 @@ def translate(
     """
     nonempty = [i for i, s in enumerate(sentences) if s.strip()]
     src = tokenizer.encode_src([sentences[i] for i in nonempty])
+    room = max(1, search.max_src_len - len(src_prefix))  # the prefix counts towards max_src_len
     for k, ids in enumerate(src):
-        if len(ids) > search.max_src_len:
+        if len(ids) > room:
             log.warning(
                 "line %d: %d subwords, cut to the first %d (search.max_src_len)",
                 first_line + nonempty[k],
                 len(ids),
-                search.max_src_len,
+                room,
             )
-            src[k] = ids[: search.max_src_len]
+            src[k] = ids[:room]
     if src_prefix:
         src = [list(src_prefix) + ids for ids in src]
     hyps = decode_ids(

@@ -62,15 +62,21 @@ class Checkpoint:
     path: str = "checkpoint"
 
     @property
+    def target_languages(self) -> list[str]:
+        """The languages the model was trained to translate into: the targets of its data's corpora."""
+        data = self.data or {}
+        targets = {entry.get("tgt_lang") or data.get("tgt_lang") for entry in data.get("corpora") or []}
+        return sorted(t for t in (targets or {data.get("tgt_lang")}) if t)
+
+    @property
     def tgt_lang(self) -> str | None:
-        return (self.data or {}).get("tgt_lang")
+        """The one language the model translates into (None for a model of several, or without a data config)."""
+        languages = self.target_languages
+        return languages[0] if len(languages) == 1 else None
 
     def target_language(self, tgt_lang: str | None) -> str | None:
         """The language ``tgt_lang=`` asks for, or the one the model translates into: for BLEU's tokenizer."""
-        if tgt_lang is not None:
-            return tgt_lang
-        languages = self.tokenizer.language_tokens()
-        return next(iter(languages)) if len(languages) == 1 else self.tgt_lang
+        return tgt_lang if tgt_lang is not None else self.tgt_lang
 
     def source_prefix(self, tgt_lang: str | None) -> list[int]:
         """The ids to put before each source so that the model translates into ``tgt_lang``: the language's
@@ -82,8 +88,9 @@ class Checkpoint:
         """
         languages = self.tokenizer.language_tokens()
         if not languages:
-            if tgt_lang is not None and self.tgt_lang is not None and tgt_lang != self.tgt_lang:
-                raise ConfigError(f"tgt_lang={tgt_lang}: {self.path} translates into {self.tgt_lang} only")
+            known = self.target_languages
+            if tgt_lang is not None and known and tgt_lang not in known:
+                raise ConfigError(f"tgt_lang={tgt_lang}: {self.path} translates into {', '.join(known)} only")
             return []
         if tgt_lang is None and len(languages) == 1:
             tgt_lang = next(iter(languages))

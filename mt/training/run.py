@@ -84,7 +84,8 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
         if corpus.valid and config.test_after_training and not config.trainer.fast_dev_run and corpus.data.path:
             local_split(corpus.data, "test")
     if config.validation.decode != "none" or config.test_after_training:  # an unavailable BLEU tokenizer: now
-        bleu_metric(config.data.tgt_lang, config.metrics.bleu_tokenize)
+        for language in sorted({corpus.data.tgt_lang for corpus in corpora(config.data)}):
+            bleu_metric(language, config.metrics.bleu_tokenize)
     L.seed_everything(config.seed, workers=True)
 
     datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)

@@ -45,21 +45,25 @@ def mixture_run(data_dir, synthetic, run_dir, max_steps, resume=None):
     train(config, run_dir)
 
 
-def test_resume_mid_epoch_with_two_weighted_corpora_equals_the_uninterrupted_run(
-    toy_corpus_dir, synthetic_dir, tmp_path, monkeypatch
+@pytest.mark.parametrize("kill", ["inside the second epoch", "after the first epoch's last batch"])
+def test_resume_with_two_weighted_corpora_equals_the_uninterrupted_run(
+    toy_corpus_dir, synthetic_dir, tmp_path, monkeypatch, kill
 ):
     """Two corpora drawn 1:1 (the second, 150 pairs, upsampled to 275 an epoch and tagged): an epoch is ~18
-    batches, so 50 steps cross two epoch boundaries, each epoch with its own draw; the killed run stops inside
-    the second epoch and goes on from there."""
+    batches, so 50 steps cross two epoch boundaries, each epoch with its own draw. The killed run stops inside
+    the second epoch, or just after the first one's last batch (its checkpoint says: next epoch, position 0),
+    and goes on from there."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     mixture_run(toy_corpus_dir, synthetic_dir, straight, 50)
-    epochs = {int(r["epoch"]) for r in csv.DictReader(open(straight / "csv/metrics.csv")) if r.get("train/loss")}
-    assert epochs == {0, 1, 2}
-    with_callback(monkeypatch, KillAt(31))
+    rows = [r for r in csv.DictReader(open(straight / "csv/metrics.csv")) if r.get("train/loss")]
+    assert {int(r["epoch"]) for r in rows} == {0, 1, 2}
+    first_epoch = sum(int(r["epoch"]) == 0 for r in rows)
+    at = first_epoch + 7 if kill.startswith("inside") else first_epoch
+    with_callback(monkeypatch, KillAt(at))
     with pytest.raises(Killed):
         mixture_run(toy_corpus_dir, synthetic_dir, resumed, 50)
     monkeypatch.undo()
-    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 31
+    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == at
     mixture_run(toy_corpus_dir, synthetic_dir, resumed, 50, resume="auto")
     assert_same_run(straight, resumed, 50)
     assert len(losses(straight / "csv/metrics.csv")) == 50
@@ -67,12 +71,17 @@ def test_resume_mid_epoch_with_two_weighted_corpora_equals_the_uninterrupted_run
 
 @pytest.fixture(scope="module")
 def two_directions(toy_corpus_dir, tmp_path_factory):
-    """A tiny model of de→en and en→de on the toy corpus, with target-language tokens; validated every 10 steps."""
+    """A tiny model of de→en and en→de on the toy corpus, with target-language tokens, and the de→en pairs once
+    more as a tagged corpus (as back-translated data would be); validated every 10 steps."""
     run_dir = tmp_path_factory.mktemp("two_directions")
     config = tiny_train_config(
         toy_corpus_dir,
         **{
-            "data.corpora": [{"src_lang": "de", "tgt_lang": "en"}, {"src_lang": "en", "tgt_lang": "de"}],
+            "data.corpora": [
+                {"src_lang": "de", "tgt_lang": "en"},
+                {"src_lang": "en", "tgt_lang": "de"},
+                {"name": "tagged", "src_lang": "de", "tgt_lang": "en", "tag": "<BT>", "valid": False},
+            ],
             "data.lang_tokens": True,
             "trainer.max_steps": 20,
             "trainer.val_check_interval": 10,
@@ -107,11 +116,18 @@ def test_sources_start_with_the_target_language_token(two_directions, toy_corpus
 
     datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)
     datamodule.setup("fit")
-    (de_en, en_de), text = datamodule.train_corpora, toy_pairs(400, seed=1)
-    for corpus, lang, side in ((de_en, "en", 0), (en_de, "de", 1)):
-        first = corpus.src(0)
-        assert first[0] == tokens[lang] and list(first[1:]) == tokenizer.encode_src([text[corpus.index[0]][side]])[0]
-    assert [s.name for s in datamodule.valid_sets] == ["de-en", "en-de"]
+    (de_en, en_de, tagged), text = datamodule.train_corpora, toy_pairs(400, seed=1)
+    tag = tokenizer.symbol_id("<BT>")
+    for corpus, prefix, side in (
+        (de_en, [tokens["en"]], 0),
+        (en_de, [tokens["de"]], 1),
+        (tagged, [tokens["en"], tag], 0),
+    ):
+        for i in (0, len(corpus) - 1):
+            ids = list(corpus.src(i))
+            assert ids == prefix + tokenizer.encode_src([text[corpus.index[i]][side]])[0]
+    assert [s.name for s in datamodule.valid_sets] == ["de-en", "en-de"]  # the tagged corpus is not validated
+    assert tag not in datamodule.valid_sets[0].corpus.src_tokens
 
 
 def test_evaluate_reads_the_direction_asked_for_and_puts_its_token_first(two_directions, monkeypatch):
@@ -144,7 +160,7 @@ def test_a_language_the_model_was_not_trained_on_is_refused_in_one_line(two_dire
         result = subprocess.run(
             command + extra, cwd=ROOT, input="Der hund sieht der katze.\n", capture_output=True, text=True, timeout=120
         )
-        assert result.returncode != 0 and result.stdout == ""
+        assert result.returncode != 0 and result.stdout == "" and "Traceback" not in result.stderr
         lines = result.stderr.strip().splitlines()
         assert lines[-1].endswith(message.format(run_dir / "checkpoints/last.ckpt")), result.stderr
 
@@ -158,11 +174,12 @@ def test_translation_never_writes_a_tag_or_language_token(two_directions):
     sources = [de for de, _ in toy_pairs(20, seed=9)]
     tokens = checkpoint.tokenizer.language_tokens()
     search = SearchConfig(beam=2, nbest=2)
-    out = translate(checkpoint.model, checkpoint.tokenizer, sources, search, src_prefix=[tokens["en"]])
+    prefix = [tokens["en"], checkpoint.tokenizer.symbol_id("<BT>")]
+    out = translate(checkpoint.model, checkpoint.tokenizer, sources, search, src_prefix=prefix)
     texts = [text for nbest in out for text, _ in nbest]
     assert len(texts) == 40 and not any("<2" in t or "<BT>" in t for t in texts)
     # Even output made of language tokens only is text without them.
-    assert checkpoint.tokenizer.decode_tgt([[tokens["de"], tokens["en"]] * 3]) == [""]
+    assert checkpoint.tokenizer.decode_tgt([[tokens["de"], prefix[1], tokens["en"]] * 3]) == [""]
 
 
 def test_report_tables_checkpoints_by_direction(two_directions, tmp_path):

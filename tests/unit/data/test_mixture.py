@@ -76,6 +76,8 @@ def test_inconsistent_corpora_are_refused_in_one_line(entries, options, message)
         (({"tag": "BT"},), {}, "expected a token such as <BT>"),
         (({"tag": "<2de>"},), {}, "target-language tokens"),
         ((), {"temperature": 0.0}, "data.temperature=0.0: expected > 0"),
+        (({"name": "a/b"},), {}, r"data.corpora\[0\].name='a/b': expected letters"),
+        (({"tag": "<BT>"},), {"lang_tokens": True, "max_len": 100, "max_tokens": 103}, r"\+ 2 \+ 2 for the language"),
     ],
 )
 def test_bad_mixture_settings_are_refused_at_the_entry_point(entries, options, message):
@@ -186,6 +188,20 @@ def test_resume_mid_epoch_continues_with_the_same_batches():
     assert len(resumed) == len(expected)
 
 
+def test_a_checkpoint_after_an_epoch_s_last_batch_resumes_at_the_next_epoch():
+    straight = sampler()
+    straight.set_epoch(1)
+    next_epoch = list(straight)
+    finished = sampler()
+    finished.position = len(list(finished))  # all of epoch 0 consumed
+    state = finished.state_dict()
+    assert state["epoch"] == 1 and state["position"] == 0
+    resumed = sampler(epoch=0)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)  # as Lightning does at the start of the epoch
+    assert list(resumed) == next_epoch and len(resumed) == len(next_epoch)
+
+
 def test_resume_with_other_weights_is_refused_in_one_line():
     state = sampler(weights=(1.0, 3.0)).state_dict()
     with pytest.raises(
@@ -212,3 +228,20 @@ def test_tags_and_language_tokens_are_single_ids_never_text():
     assert tokenizer.decode_tgt([with_symbols]) == tokenizer.decode_tgt([plain]) == ["The dog sees the cat."]
     with pytest.raises(Exception, match=r"has no symbol <2fr> \(it was trained with \['<2de>', '<2en>', '<BT>'\]\)"):
         tokenizer.symbol_id("<2fr>")
+
+
+def test_a_checkpoint_knows_the_languages_its_corpora_translate_into():
+    from mt.model.checkpoint import Checkpoint
+
+    def checkpoint(data):
+        return Checkpoint(model=None, tokenizer=None, model_config=None, data=data)
+
+    # de→en data whose corpora are en→de (e.g. a back-translation model trained on data=multi30k)
+    reversed_data = {
+        "tgt_lang": "en",
+        "corpora": [{"src_lang": "en", "tgt_lang": "de"}, {"src_lang": "en", "tgt_lang": "de", "tag": "<BT>"}],
+    }
+    assert checkpoint(reversed_data).target_languages == ["de"] and checkpoint(reversed_data).tgt_lang == "de"
+    several = {"tgt_lang": "en", "corpora": [{}, {"src_lang": "en", "tgt_lang": "fr"}]}
+    assert checkpoint(several).target_languages == ["en", "fr"] and checkpoint(several).tgt_lang is None
+    assert checkpoint({"tgt_lang": "en"}).tgt_lang == "en" and checkpoint(None).target_languages == []
