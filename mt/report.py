@@ -26,7 +26,7 @@ from mt.atomic import atomic_write
 from mt.cli import entry_point, set_on_command_line
 from mt.config import DataConfig, MetricsConfig, ReportConfig, SearchConfig, from_dict, saved_search, search_overrides
 from mt.data.corpus import load_split
-from mt.data.mixture import corpora
+from mt.data.mixture import validated
 from mt.decode.metrics import BOOTSTRAP_SAMPLES, bleu_metric, paired_bootstrap, scores
 from mt.decode.scoring import read_source_and_references
 from mt.decode.translator import translate
@@ -114,8 +114,8 @@ def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:
         sets.append(dataclasses.replace(found, name=name))
 
     if data is not None and config.include_data_splits:
-        validated = [corpus for corpus in corpora(from_dict(DataConfig, data)) if corpus.valid]
-        for corpus in validated:
+        scored = validated(from_dict(DataConfig, data))
+        for corpus in scored:
             data_cfg = corpus.data
             on_hub = not data_cfg.path  # the split names are the hub's (data.hub_splits) or the files' (data.splits)
             for split_name in config.test_splits or [data_cfg.hub_splits.test if on_hub else data_cfg.splits.test]:
@@ -127,8 +127,8 @@ def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:
                         data_cfg, splits=dataclasses.replace(data_cfg.splits, test=split_name)
                     )
                 text = load_split(split_cfg, "test")
-                name = split_name if len(validated) == 1 else f"{split_name} {corpus.direction}"
-                direction = corpus.direction if len(validated) > 1 else None
+                name = split_name if len(scored) == 1 else f"{split_name} {corpus.direction}"
+                direction = corpus.direction if len(scored) > 1 else None
                 found = TestSet(name, text.src, [text.tgt], data_cfg.tgt_lang, direction)
                 add(name, name, found, text.origin)
     for source, reference_files in zip(config.sources, config.reference_files):

@@ -85,13 +85,13 @@ def corpora(cfg: DataConfig) -> list[Corpus]:
     names = Counter(c.name for c in resolved)
     if twice := sorted(n for n, k in names.items() if k > 1):
         raise ConfigError(f"data.corpora: the name {twice[0]!r} is given to {names[twice[0]]} corpora")
-    validated = Counter(c.direction for c in resolved if c.valid)
-    if twice := sorted(d for d, k in validated.items() if k > 1):
+    per_direction = Counter(c.direction for c in resolved if c.valid)
+    if twice := sorted(d for d, k in per_direction.items() if k > 1):
         raise ConfigError(
-            f"data.corpora: {validated[twice[0]]} corpora validate direction {twice[0]}: "
+            f"data.corpora: {per_direction[twice[0]]} corpora validate direction {twice[0]}: "
             f"set valid: false on all but one"
         )
-    if not validated:
+    if not per_direction:
         raise ConfigError("data.corpora: every corpus has valid: false; validate at least one")
     targets = sorted({c.data.tgt_lang for c in resolved})
     if len(targets) > 1 and not cfg.lang_tokens:
@@ -183,6 +183,11 @@ def epoch_draw(size: int, count: int, *, seed: int, corpus: int, epoch: int) -> 
     return out
 
 
+def validated(cfg: DataConfig) -> list[Corpus]:
+    """The corpora that are validated: one per direction, whose valid and test splits score that direction."""
+    return [corpus for corpus in corpora(cfg) if corpus.valid]
+
+
 def direction_corpus(cfg: DataConfig, *, src_lang: str | None = None, tgt_lang: str | None = None) -> Corpus:
     """The validated corpus of the direction ``src_lang``-``tgt_lang`` (either may be left out where only one
     direction fits): whose valid and test splits score that direction.
@@ -190,16 +195,16 @@ def direction_corpus(cfg: DataConfig, *, src_lang: str | None = None, tgt_lang: 
     Raises:
         ConfigError: no direction of the data fits, or several do.
     """
-    validated = [c for c in corpora(cfg) if c.valid]
+    scored = validated(cfg)
     fitting = [
         c
-        for c in validated
+        for c in scored
         if (src_lang is None or c.data.src_lang == src_lang) and (tgt_lang is None or c.data.tgt_lang == tgt_lang)
     ]
     if len(fitting) == 1:
         return fitting[0]
     asked = " ".join(f"{k}={v}" for k, v in (("src_lang", src_lang), ("tgt_lang", tgt_lang)) if v) or "no direction"
-    found = ", ".join(c.direction for c in validated)
+    found = ", ".join(c.direction for c in scored)
     if not fitting:
         raise ConfigError(f"{asked}: the data {cfg.name!r} has the directions {found}")
     raise ConfigError(f"{asked}: the data {cfg.name!r} has the directions {found}; choose one with src_lang= tgt_lang=")

@@ -23,7 +23,7 @@ from mt import faults
 from mt.atomic import atomic_write, exclusive
 from mt.compat import val_check_interval_overflow
 from mt.config import TrainConfig, max_time_seconds, to_dict
-from mt.data.mixture import corpora
+from mt.data.mixture import corpora, validated
 from mt.data.readers import local_split
 from mt.data.tokenizer import Tokenizer
 from mt.decode.metrics import bleu_metric
@@ -80,8 +80,8 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     if ckpt_path is None or not config_path.exists():  # a fresh start (in a run directory without checkpoints too)
         with atomic_write(config_path) as handle:
             handle.write(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))).encode())
-    for corpus in corpora(config.data):  # a missing test split fails now, not after the training
-        if corpus.valid and config.test_after_training and not config.trainer.fast_dev_run and corpus.data.path:
+    for corpus in validated(config.data):  # a missing test split fails now, not after the training
+        if config.test_after_training and not config.trainer.fast_dev_run and corpus.data.path:
             local_split(corpus.data, "test")
     if config.validation.decode != "none" or config.test_after_training:  # an unavailable BLEU tokenizer: now
         for language in sorted({corpus.data.tgt_lang for corpus in corpora(config.data)}):
@@ -158,7 +158,7 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     if not config.test_after_training or config.trainer.fast_dev_run:
         return result
     best = best_checkpoint.best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
-    directions = [c for c in corpora(config.data) if c.valid]
+    directions = validated(config.data)
     by_direction = {
         corpus.direction: score_checkpoint(
             best,
