@@ -29,6 +29,22 @@ def foreach_mul_(tensors: list[Tensor], scalar: Tensor) -> None:
     torch._foreach_mul_(tensors, scalar)
 
 
+def fused_step_skippable(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` runs a fused kernel that ``skip_next_step`` can turn off on the device."""
+    # Every group: a resumed optimizer takes its groups (``fused`` included) from the checkpoint.
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and all(
+        group.get("fused") for group in optimizer.param_groups
+    )
+
+
+def skip_next_step(optimizer: torch.optim.Optimizer, skip: Tensor) -> None:
+    """Make ``optimizer``'s next ``step()`` change nothing where ``skip`` (a 0-dim bool tensor on the device)
+    is true, without reading it on the host: the fused Adam(W) kernel's ``found_inf`` input, which the
+    optimizer reads from its ``found_inf`` attribute at each step (as ``torch.amp.GradScaler`` passes it).
+    The kernel then leaves parameters and moments untouched and the step counts are taken back."""
+    optimizer.found_inf = skip.to(torch.float32)
+
+
 def raise_recompile_limit(limit: int) -> None:
     """Let dynamo compile a function at least ``limit`` times before falling back to eager.
 

@@ -50,15 +50,36 @@ class ExponentialMovingAverage(L.Callback):
         self.decay = decay
         self.average: AveragedModel | None = None
         self._updated_at_step = 0  # global_step of the last update averaged (none at 0)
+        self._average = warm_ema(decay)
+        self._host_count = 0  # updates averaged, as the device's n_averaged (read at train start)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self.average is None:
             self.average = AveragedModel(pl_module.model, multi_avg_fn=warm_ema(self.decay), use_buffers=False)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Read once here (after a resume restored it), so that no update has to read the device's count.
+        self._host_count = int(self.average.n_averaged)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step > self._updated_at_step:  # an update ended (not inside an accumulation window)
-            self.average.update_parameters(pl_module.model)
+            self._update(pl_module.model)
             self._updated_at_step = trainer.global_step
+
+    @torch.no_grad()
+    def _update(self, model: nn.Module) -> None:
+        """``AveragedModel.update_parameters`` without its host reads of ``n_averaged`` (a sync every update):
+        the first update copies the weights, later ones average them (``warm_ema``); the count is kept on the
+        host beside the device's."""
+        averaged = [p.detach() for p in self.average.module.parameters()]
+        current = [p.detach() for p in model.parameters()]
+        if self._host_count == 0:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+        else:
+            self._average(averaged, current, self.average.n_averaged)
+        self.average.n_averaged += 1
+        self._host_count += 1
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.average is not None:

@@ -33,8 +33,14 @@ def clip_by_total_norm_(grads: list[Tensor], norm: Tensor, max_norm: float) -> N
 
 
 class NonFiniteGuard:
-    """Counts non-finite losses over an accumulation window and decides, before each optimizer step,
-    whether the update goes ahead (then clipped to ``clip_norm``) or is skipped.
+    """Counts non-finite losses over an accumulation window and decides, before each optimizer step and on
+    the device, whether the update goes ahead (then clipped to ``clip_norm``) or is skipped.
+
+    The decision and the counts of skipped updates stay on the device, so an ordinary step never waits for
+    it: a fused optimizer skips through ``mt.compat.skip_next_step``, and the counts are read (``check``) at
+    logging steps and before a checkpoint is written. Once ``max_consecutive`` updates in a row were skipped,
+    every later update is skipped too, so the run stops at the next check with the weights, checkpoints and
+    message it would have had stopping at once.
 
     Args:
         max_consecutive: skipped updates in a row that stop the run.
@@ -45,45 +51,59 @@ class NonFiniteGuard:
         self.max_consecutive = max_consecutive
         self.clip_norm = clip_norm
         self.window: Tensor | float = 0.0  # non-finite losses since the last optimizer step (on the device)
-        self.consecutive = 0
-        self.total = 0
+        # On the device: skipped updates in a row, skipped in all, the step at which the limit was reached and
+        # the last skipped step (-1: none).
+        self.counters: Tensor | None = None
+        self.reported = 0  # skipped updates already warned about
 
     def observe_loss(self, nonfinite: Tensor) -> None:
         """Add this micro-batch's flag (1.0 when its loss, summed over the ranks, is not finite)."""
         self.window = self.window + nonfinite
 
-    def before_step(self, grads: list[Tensor], *, check_grads: bool) -> tuple[bool, Tensor | None]:
-        """Whether this update must be skipped, and the gradients' total norm (``check_grads``: computed,
-        checked and, if the update goes ahead, clipped with; else ``None``, e.g. under fp16, whose grad
-        scaler skips overflowing steps itself and whose clipping Lightning does after unscaling)."""
+    def before_step(self, grads: list[Tensor], *, check_grads: bool, step: int = 0) -> tuple[Tensor, Tensor | None]:
+        """Whether the update at ``step`` must be skipped (a bool tensor on the device), and the gradients'
+        total norm (``check_grads``: computed, checked and, if the update goes ahead, clipped with; else
+        ``None``, e.g. under fp16, whose grad scaler skips overflowing steps itself and whose clipping
+        Lightning does after unscaling). Skipped updates leave the gradients as they are."""
         flags, self.window = self.window, 0.0
         norm = None
         if grads and check_grads:
             norm = total_norm(grads)
             flags = flags + (~norm.isfinite()).float()
-        skip = bool(flags)  # the step's one host sync, after backward
-        if not skip:
-            self.consecutive = 0
-            if norm is not None and self.clip_norm > 0:
-                clip_by_total_norm_(grads, norm, self.clip_norm)
+        device = grads[0].device if grads else flags.device if isinstance(flags, Tensor) else None
+        skip = torch.as_tensor(flags, device=device) > 0
+        if self.counters is None:
+            self.counters = torch.tensor([0, 0, -1, -1], device=skip.device)
+        consecutive, total, limit_at, last_skipped = self.counters.unbind()
+        skip = skip | (limit_at >= 0)  # past the limit nothing changes until the run stops
+        consecutive = torch.where(skip, consecutive + 1, 0)
+        limit_at = torch.where((limit_at < 0) & (consecutive >= self.max_consecutive), step, limit_at)
+        self.counters = torch.stack([consecutive, total + skip, limit_at, torch.where(skip, step, last_skipped)])
+        if norm is not None and self.clip_norm > 0:
+            scale = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0)
+            foreach_mul_(grads, torch.where(skip, 1.0, scale))  # x * 1.0 is x: skipped gradients stay as they are
         return skip, norm
 
-    def skipped(self, step: int) -> None:
-        """Count an update skipped at ``step``."""
-        self.consecutive += 1
-        self.total += 1
-        log.warning(
-            "step %d: the loss or a gradient is not finite; update skipped (%d in a row, limit %d)",
-            step,
-            self.consecutive,
-            self.max_consecutive,
-        )
-
-    def stop_at_limit(self, step: int, last_checkpoint: Callable[[], str]) -> None:
-        """Raise ``NonFiniteLossError`` once ``max_consecutive`` updates in a row were skipped."""
-        if self.consecutive >= self.max_consecutive:
+    def check(self, last_checkpoint: Callable[[], str]) -> int:
+        """Read the counts on the host (the one sync): warn about updates skipped since the last check, raise
+        ``NonFiniteLossError`` if ``max_consecutive`` in a row were, and return the number skipped in all."""
+        if self.counters is None:
+            return 0
+        consecutive, total, limit_at, last_skipped = (int(v) for v in self.counters.tolist())
+        if total > self.reported:
+            log.warning(
+                "%d update(s) skipped because the loss or a gradient was not finite (the last at step %d, %d in a "
+                "row, limit %d)",
+                total - self.reported,
+                last_skipped,
+                min(consecutive, self.max_consecutive),
+                self.max_consecutive,
+            )
+            self.reported = total
+        if limit_at >= 0:
             raise NonFiniteLossError(
-                f"the loss or a gradient was not finite for {self.consecutive} steps in a row (steps "
-                f"{step - self.consecutive + 1}-{step}); the last good checkpoint is {last_checkpoint()}: "
+                f"the loss or a gradient was not finite for {self.max_consecutive} steps in a row (steps "
+                f"{limit_at - self.max_consecutive + 1}-{limit_at}); the last good checkpoint is {last_checkpoint()}: "
                 f"lower optim.lr, raise optim.warmup_steps or use trainer.precision=bf16-mixed/32-true"
             )
+        return total

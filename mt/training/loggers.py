@@ -12,12 +12,23 @@ import sys
 import uuid
 from pathlib import Path
 
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from mt.atomic import atomic_write
 from mt.config import LoggerConfig
 from mt.errors import ConfigError
 from mt.training.distributed import is_global_zero_from_env
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, showing the training loss and learning rate as the module last read them
+    (``progress_bar_values``, numbers read at logging steps): the bar never reads a device tensor, so
+    drawing it does not make every step wait for the device."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        return {**super().get_metrics(trainer, pl_module), **getattr(pl_module, "progress_bar_values", {})}
 
 
 def build_loggers(cfg: LoggerConfig, run_dir: Path, version: str) -> list[Logger]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mt import faults
-from mt.compat import align_logged_step, raise_recompile_limit
+from mt.compat import align_logged_step, fused_step_skippable, logged_step, raise_recompile_limit, skip_next_step
 from mt.config import MetricsConfig, ModelConfig, OptimConfig, SearchConfig, ValidationConfig, from_dict
 from mt.data.batching import Batch
 from mt.data.tokenizer import Tokenizer
@@ -76,6 +76,9 @@ class TranslationModule(L.LightningModule):
         self._val_sums: list[Tensor] = []
         self._validated_at_step = -1
         self._clock: tuple[int, float] | None = None  # (step, seconds) of the last shared clock reading
+        self._logging_update = False  # whether Lightning writes the logs of the update in progress
+        self._updated_at_step = 0
+        self.progress_bar_values: dict[str, float] = {}  # read at the last logging step (StepProgressBar)
 
     def setup(self, stage: str) -> None:
         # Values logged under DDP are already reduced by hand (all-reduce of sums, gathered hypotheses).
@@ -130,41 +133,67 @@ class TranslationModule(L.LightningModule):
         total_loss, total_nll, total_tokens, nonfinite = stats.unbind()
         self.nonfinite.observe_loss(nonfinite)
         loss = loss_sum * (world_size / total_tokens)
+        # The values stay on the device (StepLog); Lightning gets them at logging steps only (on_train_batch_end).
+        self._logging_update = (logged_step(self.trainer) + 1) % self.trainer.log_every_n_steps == 0
         self.step_log.start_update()
-        self._log_step("train/loss", total_loss / total_tokens, prog_bar=True)
-        self._log_step("train/ppl", torch.exp(total_nll / total_tokens))
-        self._log_step("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
-        tokens_per_s = self.throughput.update(batch.tgt_token_count)
-        if tokens_per_s is not None:
-            self._log_step("train/tgt_tokens_per_s", tokens_per_s)
+        self.step_log.record("train/loss", total_loss / total_tokens)
+        self.step_log.record("train/ppl", torch.exp(total_nll / total_tokens))
+        self.step_log.record("train/lr", self.optimizers().param_groups[0]["lr"])
+        self.throughput.update(batch.tgt_token_count)
         return loss
 
-    def _log_step(self, name: str, value: Tensor | float, prog_bar: bool = False) -> None:
-        self.log(name, value, prog_bar=prog_bar)
-        self.step_log.record(name, value)
-
     def on_train_batch_end(self, *args: Any) -> None:
-        # Runs after the callbacks' hooks (checkpoints) and before Lightning writes this step's logs.
+        # Runs after the callbacks' hooks (checkpoints) and before Lightning writes this step's logs: at a
+        # logging step, or the last (a time limit stops the run in a callback's hook), the values go to
+        # Lightning, read on the host once. Other steps never wait for the device.
         faults.point("after_step_saves")
+        update_ended = self.trainer.global_step > self._updated_at_step  # not inside an accumulation window
+        self._updated_at_step = self.trainer.global_step
+        if update_ended and (self._logging_update or self.trainer.should_stop):
+            if not self._logging_update:
+                self._record_skipped()
+            self._log_update()
         self.step_log.end_update()
+
+    def _log_update(self) -> None:
+        self.step_log.record("train/tgt_tokens_per_s", self.throughput.rate())  # since the last logging step
+        pending = self.step_log.pending or {}
+        names = [name for name, value in pending.items() if isinstance(value, Tensor)]
+        read = torch.stack([pending[name].float().reshape(()) for name in names]).tolist() if names else []
+        values = {**pending, **dict(zip(names, read))}
+        for name, value in values.items():
+            self.log(name, value)
+        self.progress_bar_values = {
+            name.removeprefix("train/"): values[name] for name in ("train/loss", "train/lr") if name in values
+        }
+
+    def _record_skipped(self) -> None:
+        """Read the non-finite guard's counts (a host sync): warn about skipped updates, stop the run at the limit
+        (``NonFiniteLossError``), and log the running count of skipped updates once there is one."""
+        total = self.nonfinite.check(self._last_checkpoint)
+        if total:
+            self.step_log.record("train/nonfinite_steps", float(total))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the update when a loss in the accumulation window, or a gradient, was not finite (on any
         rank: the gradients are already all-reduced); else clip the gradients to ``optim.clip_norm``
-        (``NonFiniteGuard``). Under fp16 the grad scaler skips overflowing steps itself and Lightning
-        clips after unscaling (``clips_itself``)."""
+        (``NonFiniteGuard``). With a fused AdamW the decision stays on the device (``skip_next_step``) and is
+        read at logging steps and checkpoints; other optimizers zero the gradients of a skipped update, which
+        reads it on the host. Under fp16 the grad scaler skips overflowing steps itself and Lightning clips
+        after unscaling (``clips_itself``)."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         clips_itself = self.clips_itself(str(self.trainer.precision))
-        skip, norm = self.nonfinite.before_step(grads, check_grads=clips_itself)
+        skip, norm = self.nonfinite.before_step(grads, check_grads=clips_itself, step=self.trainer.global_step)
         if norm is not None:
-            self._log_step("train/grad_norm", norm)
-        if not skip:
+            self.step_log.record("train/grad_norm", norm)
+        if clips_itself and fused_step_skippable(optimizer):
+            skip_next_step(optimizer, skip)
+            if self._logging_update:
+                self._record_skipped()
             return
-        if clips_itself:  # (with fp16 the grad scaler skips the step)
+        if clips_itself and bool(skip):
             optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without gradients untouched
-        self.nonfinite.skipped(self.trainer.global_step)
-        self._log_step("train/nonfinite_steps", float(self.nonfinite.total))
-        self.nonfinite.stop_at_limit(self.trainer.global_step, self._last_checkpoint)
+        self._record_skipped()
 
     def _last_checkpoint(self) -> str:
         for callback in self.trainer.checkpoint_callbacks:
@@ -223,22 +252,30 @@ class TranslationModule(L.LightningModule):
         return precision != "16-mixed"
 
     def _use_fused_adamw(self) -> bool:
-        """Fused AdamW on GPUs, except where Lightning's fp16 mixed precision must clip its gradients
-        (the fused kernel unscales them itself)."""
-        if self.device.type != "cuda":
-            return False
+        """Fused AdamW (one kernel over all parameters, which skips a non-finite update on the device: see
+        ``on_before_optimizer_step``) on CPUs and GPUs, except where Lightning's fp16 mixed precision must clip
+        its gradients (the fused kernel unscales them itself) and in CPU runs of several processes."""
         trainer = self._attached_trainer()
+        if self.device.type not in ("cpu", "cuda"):
+            return False
+        if self.device.type == "cpu" and trainer is not None and trainer.world_size > 1:
+            return False  # fused AdamW under DDP on CPU (gloo) made the ranks' weights drift apart: not yet understood
         precision = str(trainer.precision) if trainer is not None else ""
         return self.clips_itself(precision) or self.optim_cfg.clip_norm <= 0
 
     def on_train_start(self) -> None:
         self.throughput.reset()
         self.step_log.replay(self.trainer)
+        self._updated_at_step = self.trainer.global_step
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         align_logged_step(self.trainer)  # after a resume, Lightning's count can be one short
 
     # -- validation ----------------------------------------------------------------------------
+
+    def on_validation_start(self) -> None:
+        # A limit of skipped updates reached since the last logging step stops the run before it validates.
+        self.nonfinite.check(self._last_checkpoint)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss_sum, nll_sum, num_tokens = self._loss(batch)
@@ -313,7 +350,12 @@ class TranslationModule(L.LightningModule):
 
     # -- checkpoints ---------------------------------------------------------------------------
 
+    def on_train_end(self) -> None:
+        self.nonfinite.check(self._last_checkpoint)  # a limit reached since the last logging step stops it here
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Nothing is saved past the limit of skipped updates: the run stops here, naming the last good checkpoint.
+        self.nonfinite.check(self._last_checkpoint)
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_state()
         checkpoint["train_seconds"] = self.throughput.elapsed_seconds()

@@ -6,11 +6,10 @@ import time
 
 
 class Throughput:
-    """Tokens a second over windows of ``every`` updates; training seconds including earlier runs
-    (``previous_seconds``, restored from the checkpoint)."""
+    """Tokens a second over the updates since the last reading (``rate``, read at logging steps); training
+    seconds including earlier runs (``previous_seconds``, restored from the checkpoint)."""
 
-    def __init__(self, every: int = 50) -> None:
-        self.every = every
+    def __init__(self) -> None:
         self.previous_seconds = 0.0
         self.reset()
 
@@ -18,17 +17,16 @@ class Throughput:
         self.start = time.perf_counter()
         self.window_start = self.start
         self.window_tokens = 0
-        self.window_steps = 0
 
-    def update(self, tokens: int) -> float | None:
-        """Count one update's tokens; the rate at the end of each window, else ``None``."""
+    def update(self, tokens: int) -> None:
+        """Count one update's tokens (a number known on the host)."""
         self.window_tokens += tokens
-        self.window_steps += 1
-        if self.window_steps < self.every:
-            return None
+
+    def rate(self) -> float:
+        """Tokens a second since the previous reading (or the start), and start the next window."""
         now = time.perf_counter()
         rate = self.window_tokens / max(now - self.window_start, 1e-9)
-        self.window_start, self.window_tokens, self.window_steps = now, 0, 0
+        self.window_start, self.window_tokens = now, 0
         return rate
 
     def elapsed_seconds(self) -> float:

@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 from mt.config import TrainConfig, TrainerConfig
 from mt.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from mt.training.ema import ExponentialMovingAverage
-from mt.training.loggers import build_loggers
+from mt.training.loggers import StepProgressBar, build_loggers
 from mt.training.module import TranslationModule
 from mt.training.preemption import PreemptionCallback
 from mt.training.rng import RngStateCallback
@@ -57,6 +57,8 @@ def build_trainer(
                 auto_insert_metric_name=False,
             )
         )
+    if cfg.enable_progress_bar:
+        callbacks.append(StepProgressBar())
     if cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
     version = log_version(run_dir, resuming)

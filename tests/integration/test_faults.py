@@ -105,6 +105,81 @@ def test_many_nonfinite_losses_in_a_row_stop_the_run_with_a_clear_message(toy_co
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
 
 
+class StateRecorder(L.Callback):
+    """The weights and AdamW's moments and step counts after each update (read here, by the test)."""
+
+    def __init__(self) -> None:
+        self.after_step: dict[int, torch.Tensor] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        state = trainer.optimizers[0].state
+        parts = [p.detach().flatten() for p in pl_module.parameters()]
+        for p in pl_module.parameters():
+            if p in state:
+                parts += [state[p]["exp_avg"].flatten(), state[p]["exp_avg_sq"].flatten(), state[p]["step"].reshape(1)]
+        self.after_step[trainer.global_step] = torch.cat([t.float() for t in parts]).clone()
+
+
+def recorded(monkeypatch, recorder: L.Callback) -> None:
+    build_trainer = mt.training.run.build_trainer
+
+    def with_recorder(*args, **kwargs):
+        trainer, best = build_trainer(*args, **kwargs)
+        trainer.callbacks.append(recorder)
+        return trainer, best
+
+    monkeypatch.setattr(mt.training.run, "build_trainer", with_recorder)
+
+
+def deferred_config(data_dir: Path, max_steps: int):
+    """Logging every 5 updates and no per-step checkpoints: the guard's counts are read at steps 4, 9, ..."""
+    return tiny_train_config(
+        data_dir,
+        **{
+            "trainer.max_steps": max_steps,
+            "trainer.log_every_n_steps": 5,
+            "validation.decode": "none",
+            "optim.max_consecutive_nonfinite": 3,
+            "test_after_training": False,
+        },
+    )
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_a_nonfinite_update_between_logging_steps_changes_nothing_bit_for_bit(
+    toy_corpus_dir, tmp_path, monkeypatch, where
+):
+    """Skipped on the device (fused AdamW, no host sync): weights, moments and step counts after the
+    skipped updates 2 and 6 equal those before them, exactly."""
+    monkeypatch.setattr(mt.training.run, "TranslationModule", poisoned_module({2, 6}, where=where))
+    recorder = StateRecorder()
+    recorded(monkeypatch, recorder)
+    train(deferred_config(toy_corpus_dir, 10), tmp_path)
+    after = recorder.after_step
+    assert torch.equal(after[3], after[2]) and torch.equal(after[7], after[6])
+    assert not torch.equal(after[2], after[1]) and not torch.equal(after[4], after[3])
+    assert torch.isfinite(after[10]).all()
+    with open(tmp_path / "csv/metrics.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("train/loss")]
+    assert [int(r["step"]) for r in rows] == [4, 9]  # the logging steps only
+    assert [float(r["train/nonfinite_steps"]) for r in rows] == [1.0, 2.0]
+
+
+def test_a_limit_of_skips_reached_between_logging_steps_stops_the_run_as_at_once(toy_corpus_dir, tmp_path, monkeypatch):
+    """Non-finite from step 5 with a limit of 3: reached at step 7, read at the logging step 9; the run stops
+    there naming steps 5-7, with the weights of step 5 (nothing changed past the limit)."""
+    monkeypatch.setattr(mt.training.run, "TranslationModule", poisoned_module(from_step=5))
+    recorder = StateRecorder()
+    recorded(monkeypatch, recorder)
+    with pytest.raises(NonFiniteLossError) as error:
+        train(deferred_config(toy_corpus_dir, 20), tmp_path)
+    assert "not finite for 3 steps in a row (steps 5-7)" in str(error.value)
+    assert "the last good checkpoint is none" in str(error.value)
+    after = recorder.after_step
+    assert max(after) == 9  # stopped inside update 9 (the logging step), before it ended
+    assert all(torch.equal(after[step], after[5]) for step in range(6, 10))
+
+
 def test_a_second_job_in_a_live_run_directory_is_refused(toy_corpus_dir, tmp_path):
     holder = subprocess.Popen(
         [

@@ -151,3 +151,31 @@ def test_after_cuda_setup_bf16_attention_runs_no_cudnn_kernel():
         torch.cuda.synchronize()
     kernels = [event.name for event in profile.events() if event.device_type == torch.autograd.DeviceType.CUDA]
     assert kernels and not any("cudnn" in name.lower() for name in kernels), kernels
+
+
+def test_fused_adamw_on_cuda_skips_a_step_on_the_device_bit_for_bit():
+    from mt import compat
+
+    param = torch.nn.Parameter(torch.randn(64, device=CUDA))
+    optimizer = torch.optim.AdamW([param], lr=0.1, fused=True)
+    param.grad = torch.randn_like(param)
+    optimizer.step()
+    before = param.detach().clone(), optimizer.state[param]["exp_avg"].clone(), int(optimizer.state[param]["step"])
+    param.grad = torch.full_like(param, float("nan"))
+    compat.skip_next_step(optimizer, torch.tensor(True, device=CUDA))
+    optimizer.step()
+    assert torch.equal(param.detach(), before[0]) and torch.equal(optimizer.state[param]["exp_avg"], before[1])
+    assert int(optimizer.state[param]["step"]) == before[2]
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_ordinary_training_steps_on_cuda_make_no_host_sync(toy_corpus_dir, tmp_path, monkeypatch, precision):
+    from tests.integration.test_host_syncs import counted_run
+
+    counts, special = counted_run(
+        toy_corpus_dir, tmp_path, monkeypatch, **{"trainer.accelerator": "gpu", "trainer.precision": precision}
+    )
+    ordinary = [step for step in range(60) if not special[step]]
+    assert len(ordinary) >= 40
+    syncing = {step: dict(counts[step]) for step in ordinary if counts[step]}
+    assert syncing == {}, f"host syncs in ordinary steps: {syncing}"

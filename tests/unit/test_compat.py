@@ -28,6 +28,48 @@ def test_foreach_norm_and_mul_are_the_per_tensor_norms_and_an_in_place_scale():
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def _adamw_after_steps(found_inf: list[float | None]) -> tuple[list[torch.Tensor], dict]:
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    optimizer = torch.optim.AdamW(params, lr=0.1, weight_decay=0.01, fused=True)
+    for k, flag in enumerate(found_inf):
+        for p in params:
+            p.grad = torch.full_like(p, float("nan")) if flag else torch.randn_like(p) * (k + 1)
+        if flag is not None:
+            compat.skip_next_step(optimizer, torch.tensor(bool(flag)))
+        optimizer.step()
+    return [p.detach().clone() for p in params], optimizer.state_dict()
+
+
+def test_skip_next_step_makes_a_fused_adamw_step_change_nothing_and_count_nothing():
+    """A skipped step leaves weights, moments and step counts bit for bit as if it had not been taken (with NaN
+    gradients, which an update would spread); an unskipped one equals a plain step."""
+    assert compat.fused_step_skippable(torch.optim.AdamW([torch.nn.Parameter(torch.ones(1))], fused=True))
+    assert not compat.fused_step_skippable(torch.optim.AdamW([torch.nn.Parameter(torch.ones(1))]))
+    assert not compat.fused_step_skippable(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1))
+    skipped, skipped_state = _adamw_after_steps([0.0, 1.0, 0.0])
+    plain, plain_state = _adamw_after_steps([None, None])
+    # the gradients of step k are randn * (k + 1) from one stream: replay the same draws without the skipped step
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    reference = torch.optim.AdamW(params, lr=0.1, weight_decay=0.01, fused=True)
+    draws = []
+    for k in range(3):
+        draws.append([torch.randn_like(p) * (k + 1) if k != 1 else None for p in params])
+    for grads in (draws[0], draws[2]):
+        for p, g in zip(params, grads):
+            p.grad = g
+        reference.step()
+    assert all(torch.equal(a, b.detach()) for a, b in zip(skipped, params))
+    for index, state in skipped_state["state"].items():
+        expected = reference.state_dict()["state"][index]
+        assert int(state["step"]) == int(expected["step"]) == 2
+        assert torch.equal(state["exp_avg"], expected["exp_avg"]) and torch.equal(
+            state["exp_avg_sq"], expected["exp_avg_sq"]
+        )
+    assert all(int(state["step"]) == 2 for state in plain_state["state"].values())
+
+
 def test_raise_recompile_limit_raises_and_never_lowers_it():
     config = torch._dynamo.config
     before = config.recompile_limit

@@ -34,8 +34,9 @@ def test_nonfinite_gradient_or_loss_skips_without_touching_the_gradients():
     assert g[0][0].item() == 3.0  # not clipped: clipping would have spread the NaN
     guard.observe_loss(torch.tensor(0.0))
     guard.observe_loss(torch.tensor(1.0))  # one micro-batch of the window had a non-finite loss
-    skip, _ = guard.before_step(grads(0.1), check_grads=True)
-    assert skip
+    g = grads(0.5, 2.0**100)
+    skip, _ = guard.before_step(g, check_grads=True)
+    assert skip and g[0][0].item() == 0.5 and g[1][0].item() == 2.0**100  # bit for bit
     skip, _ = guard.before_step(grads(0.1), check_grads=True)  # the window starts afresh
     assert not skip
 
@@ -44,40 +45,54 @@ def test_without_gradient_checks_only_the_losses_count():
     """fp16: the grad scaler handles overflowing gradients, Lightning clips; the guard sees the losses."""
     guard = NonFiniteGuard(max_consecutive=3, clip_norm=1.0)
     g = grads(math.inf)
-    assert guard.before_step(g, check_grads=False) == (False, None)
+    skip, norm = guard.before_step(g, check_grads=False)
+    assert not skip and norm is None
     assert g[0][0].item() == math.inf
     guard.observe_loss(torch.tensor(1.0))
-    assert guard.before_step(grads(1.0), check_grads=False) == (True, None)
+    skip, norm = guard.before_step(grads(1.0), check_grads=False)
+    assert skip and norm is None
 
 
-def test_consecutive_skips_stop_the_run_at_the_limit_naming_steps_and_checkpoint():
+def step(guard: NonFiniteGuard, at: int, finite: bool) -> bool:
+    return bool(guard.before_step(grads(1.0 if finite else math.nan), check_grads=True, step=at)[0])
+
+
+def test_the_counts_stay_on_the_device_until_checked_and_name_the_steps_where_the_limit_was_reached():
     guard = NonFiniteGuard(max_consecutive=3, clip_norm=0.0)
-    for step in (5, 6):
-        guard.skipped(step)
-        guard.stop_at_limit(step, lambda: "unused")
-    guard.before_step(grads(1.0), check_grads=True)  # a good update resets the run of skips
-    assert guard.consecutive == 0 and guard.total == 2
-    for step in (8, 9):
-        guard.skipped(step)
-        guard.stop_at_limit(step, lambda: "unused")
-    guard.skipped(10)
+    assert guard.check(lambda: "unused") == 0  # nothing yet
+    for at, finite in [(5, False), (6, False), (7, True), (8, False), (9, False)]:
+        assert step(guard, at, finite) is not finite
+    assert guard.check(lambda: "unused") == 4  # a good update (7) reset the run of skips: no stop
+    assert step(guard, 10, False)  # the third in a row: the limit, reached at step 10
+    assert step(guard, 11, True)  # past the limit a finite update is skipped too, until the run stops
     with pytest.raises(NonFiniteLossError, match=r"for 3 steps in a row \(steps 8-10\); the last good checkpoint is X"):
-        guard.stop_at_limit(10, lambda: "X")
-    assert guard.total == 5
+        guard.check(lambda: "X")
+    with pytest.raises(NonFiniteLossError, match=r"steps 8-10"):  # and at every later check
+        guard.check(lambda: "X")
 
 
-def test_throughput_counts_tokens_per_second_over_windows_and_time_across_resumes(monkeypatch):
+def test_a_run_of_skips_checked_late_reports_the_first_limit_not_the_later_steps():
+    guard = NonFiniteGuard(max_consecutive=2, clip_norm=0.0)
+    for at in range(20, 26):
+        step(guard, at, False)
+    with pytest.raises(NonFiniteLossError, match=r"for 2 steps in a row \(steps 20-21\)"):
+        guard.check(lambda: "X")
+
+
+def test_throughput_counts_tokens_per_second_between_readings_and_time_across_resumes(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(throughput_module.time, "perf_counter", lambda: now[0])
-    meter = Throughput(every=2)
+    meter = Throughput()
     meter.previous_seconds = 30.0  # from the checkpoint
     meter.reset()
     now[0] = 101.0
-    assert meter.update(500) is None
+    meter.update(500)
     now[0] = 102.0
-    assert meter.update(300) == pytest.approx(400.0)  # 800 tokens in 2 s
+    meter.update(300)
+    assert meter.rate() == pytest.approx(400.0)  # 800 tokens in 2 s
     now[0] = 106.0
-    assert meter.update(100) is None
-    assert meter.update(100) == pytest.approx(50.0)  # 200 tokens in 4 s
+    meter.update(100)
+    meter.update(100)
+    assert meter.rate() == pytest.approx(50.0)  # 200 tokens in 4 s
     assert meter.elapsed_seconds() == pytest.approx(36.0)
     assert meter.elapsed_hours() == pytest.approx(36.0 / 3600)
