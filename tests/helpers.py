@@ -22,6 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
+def with_callback(monkeypatch, callback: L.Callback) -> None:
+    """Make ``mt.train`` add ``callback`` to the trainer it builds (for this test)."""
+    import mt.training.run
+
+    build_trainer = mt.training.run.build_trainer
+
+    def building(*args, **kwargs):
+        trainer, best = build_trainer(*args, **kwargs)
+        trainer.callbacks.append(callback)
+        return trainer, best
+
+    monkeypatch.setattr(mt.training.run, "build_trainer", building)
+
+
 def compose_config(name: str, overrides: list[str]):
     register_configs()
     with initialize_config_dir(str(CONF), version_base="1.3"):

@@ -19,7 +19,7 @@ from mt.errors import NonFiniteLossError, RunDirectoryBusy, RunError
 from mt.training.module import TranslationModule
 from mt.training.run import train
 from tests.conftest import tiny_train_config
-from tests.helpers import ROOT, Running, ddp_args, ddp_env, losses, toy_args, wait_for_losses
+from tests.helpers import ROOT, Running, ddp_args, ddp_env, losses, toy_args, wait_for_losses, with_callback
 
 
 def poisoned_module(
@@ -75,14 +75,7 @@ def test_a_nonfinite_loss_or_gradient_skips_the_update_and_training_goes_on(
 ):
     monkeypatch.setattr(mt.training.run, "TranslationModule", poisoned_module({3, 4}, where=where))
     recorder = ParameterRecorder()
-    build_trainer = mt.training.run.build_trainer
-
-    def with_recorder(*args, **kwargs):
-        trainer, best = build_trainer(*args, **kwargs)
-        trainer.callbacks.append(recorder)
-        return trainer, best
-
-    monkeypatch.setattr(mt.training.run, "build_trainer", with_recorder)
+    with_callback(monkeypatch, recorder)
     train(nonfinite_config(toy_corpus_dir, 8), tmp_path)
     steps = recorder.after_step
     assert sorted(steps) == list(range(1, 9))  # the skipped steps still count
@@ -120,17 +113,6 @@ class StateRecorder(L.Callback):
         self.after_step[trainer.global_step] = torch.cat([t.float() for t in parts]).clone()
 
 
-def recorded(monkeypatch, recorder: L.Callback) -> None:
-    build_trainer = mt.training.run.build_trainer
-
-    def with_recorder(*args, **kwargs):
-        trainer, best = build_trainer(*args, **kwargs)
-        trainer.callbacks.append(recorder)
-        return trainer, best
-
-    monkeypatch.setattr(mt.training.run, "build_trainer", with_recorder)
-
-
 def deferred_config(data_dir: Path, max_steps: int):
     """Logging every 5 updates and no per-step checkpoints: the guard's counts are read at steps 4, 9, ..."""
     return tiny_train_config(
@@ -153,7 +135,7 @@ def test_a_nonfinite_update_between_logging_steps_changes_nothing_bit_for_bit(
     skipped updates 2 and 6 equal those before them, exactly."""
     monkeypatch.setattr(mt.training.run, "TranslationModule", poisoned_module({2, 6}, where=where))
     recorder = StateRecorder()
-    recorded(monkeypatch, recorder)
+    with_callback(monkeypatch, recorder)
     train(deferred_config(toy_corpus_dir, 10), tmp_path)
     after = recorder.after_step
     assert torch.equal(after[3], after[2]) and torch.equal(after[7], after[6])
@@ -170,7 +152,7 @@ def test_a_limit_of_skips_reached_between_logging_steps_stops_the_run_as_at_once
     there naming steps 5-7, with the weights of step 5 (nothing changed past the limit)."""
     monkeypatch.setattr(mt.training.run, "TranslationModule", poisoned_module(from_step=5))
     recorder = StateRecorder()
-    recorded(monkeypatch, recorder)
+    with_callback(monkeypatch, recorder)
     with pytest.raises(NonFiniteLossError) as error:
         train(deferred_config(toy_corpus_dir, 20), tmp_path)
     assert "not finite for 3 steps in a row (steps 5-7)" in str(error.value)

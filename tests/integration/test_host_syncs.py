@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import mt.training.run
 from mt.training.run import train
 from tests.conftest import tiny_train_config
+from tests.helpers import with_callback
 
 # Ops whose result depends on a tensor's value and so must wait for the device to compute it.
 SYNC_OPS = {
@@ -88,14 +88,7 @@ def counted_run(toy_corpus_dir, tmp_path, monkeypatch, **overrides):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
-    build_trainer = mt.training.run.build_trainer
-
-    def with_counter(*args, **kwargs):
-        trainer, best = build_trainer(*args, **kwargs)
-        trainer.callbacks.append(kinds)
-        return trainer, best
-
-    monkeypatch.setattr(mt.training.run, "build_trainer", with_counter)
+    with_callback(monkeypatch, kinds)
     config = tiny_train_config(
         toy_corpus_dir,
         **{
