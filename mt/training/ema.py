@@ -50,7 +50,6 @@ class ExponentialMovingAverage(L.Callback):
         self.decay = decay
         self.average: AveragedModel | None = None
         self._updated_at_step = 0  # global_step of the last update averaged (none at 0)
-        self._average = warm_ema(decay)
         self._host_count = 0  # updates averaged, as the device's n_averaged (read at train start)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -77,7 +76,7 @@ class ExponentialMovingAverage(L.Callback):
             for a, c in zip(averaged, current, strict=True):
                 a.copy_(c)
         else:
-            self._average(averaged, current, self.average.n_averaged)
+            self.average.multi_avg_fn(averaged, current, self.average.n_averaged)
         self.average.n_averaged += 1
         self._host_count += 1
 
