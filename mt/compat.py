@@ -55,6 +55,16 @@ def raise_recompile_limit(limit: int) -> None:
     config.recompile_limit = max(config.recompile_limit, limit)
 
 
+def no_duck_sizing() -> None:
+    """Give every dynamic dimension of a compiled graph its own symbol, even where two sizes are equal
+    (``torch.fx.experimental._config.use_duck_shape``). With duck sizing a layer first traced with a source
+    width different from its target width is guarded on their staying different, and recompiles at the first
+    batch where they coincide, which widths padded to multiples of 8 make common."""
+    from torch.fx.experimental import _config
+
+    _config.use_duck_shape = False
+
+
 def tensor_version(tensor: Tensor) -> int:
     """The in-place modification counter of ``tensor`` (``Tensor._version``), -1 for an inference tensor
     (which has none): a cache keyed by it is rebuilt after an optimiser step changes the weight in place."""

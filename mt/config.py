@@ -84,6 +84,9 @@ class DataConfig:
     # Batching.
     max_tokens: int = 4096
     num_workers: int = 0
+    # Pad every batch's source and target lengths up to a multiple of this (8 or 16: whole tensor-core tiles, few
+    # distinct shapes); max_tokens counts the padded positions. 1: no extra padding.
+    pad_to_multiple: int = 1
     # Encoded-corpus cache (Arrow + memory-mapped arrays), keyed by data and tokenizer; default:
     # <run dir>/data. Point runs at one folder to share it (data/wmt14_de_en.yaml does).
     cache_dir: str | None = None
@@ -108,10 +111,13 @@ class DataConfig:
         # language token and tag).
         prefix = int(self.lang_tokens) + int(any(c.tag for c in self.corpora))
         extra = f" + {prefix} for the language token and tag" if prefix else ""
+        _require(self.pad_to_multiple >= 1, f"data.pad_to_multiple={self.pad_to_multiple}: expected >= 1")
+        longest = -(-(self.max_len + 2 + prefix) // self.pad_to_multiple) * self.pad_to_multiple
+        padded = f", padded to a multiple of {self.pad_to_multiple}" if self.pad_to_multiple > 1 else ""
         _require(
-            self.max_tokens >= self.max_len + 2 + prefix,
+            self.max_tokens >= longest,
             f"data.max_tokens={self.max_tokens} is below the longest allowed sentence "
-            f"(data.max_len={self.max_len} + 2{extra}): no batch could hold it",
+            f"(data.max_len={self.max_len} + 2{extra}{padded}): no batch could hold it",
         )
         _require(
             self.temperature is None or self.temperature > 0,

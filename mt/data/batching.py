@@ -4,7 +4,8 @@ Batches hold up to ``max_tokens`` padded tokens (fairseq's ``--max-tokens``): pa
 length (ties broken by a seeded shuffle) and cut greedily, so a batch holds sentences of similar
 length and little padding. The batch order is shuffled per epoch, deterministically from
 ``(seed, epoch)``, and batches are dealt to distributed ranks so that every rank gets the same
-number.
+number. With ``pad_to_multiple=m`` every batch's source and target widths are rounded up to multiples
+of ``m`` (tensor-core tiles, few distinct shapes), and ``max_tokens`` counts the rounded widths.
 """
 
 from __future__ import annotations
@@ -49,11 +50,20 @@ class Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
+        return self._map(move)
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked host memory (the DataLoader calls this with ``pin_memory=True``), so that
+        ``to(cuda)`` copies asynchronously."""
+        return self._map(lambda t: None if t is None else t.pin_memory())
+
+    def _map(self, fn) -> Batch:
+        """A batch of ``fn`` applied to the model's tensors (``corpus_positions`` stays on the host)."""
         return Batch(
-            move(self.src_ids),
-            move(self.src_pad_mask),
-            move(self.tgt_in),
-            move(self.tgt_out),
+            fn(self.src_ids),
+            fn(self.src_pad_mask),
+            fn(self.tgt_in),
+            fn(self.tgt_out),
             self.corpus_positions,
             self.tgt_token_count,
         )
@@ -62,12 +72,22 @@ class Batch:
         return self.src_ids.size(0)
 
 
+def round_up(length, multiple: int):
+    """``length`` (an int or an integer array) rounded up to a multiple of ``multiple``."""
+    return -(-length // multiple) * multiple
+
+
 def pad_sequences(
-    seqs: Sequence[Sequence[int] | np.ndarray], *, prefix: int | None = None, suffix: int | None = None
+    seqs: Sequence[Sequence[int] | np.ndarray],
+    *,
+    prefix: int | None = None,
+    suffix: int | None = None,
+    multiple: int = 1,
 ) -> torch.Tensor:
-    """Right-padded (B, max_len) int64 tensor of ``[prefix] + seq + [suffix]``."""
+    """Right-padded (B, width) int64 tensor of ``[prefix] + seq + [suffix]``; width: the longest, rounded up
+    to a multiple of ``multiple``."""
     extra = (prefix is not None) + (suffix is not None)
-    width = max((len(s) for s in seqs), default=0) + extra
+    width = round_up(max((len(s) for s in seqs), default=0) + extra, multiple)
     out = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
     for row, seq in enumerate(seqs):
         start = 0
@@ -81,14 +101,20 @@ def pad_sequences(
     return out
 
 
-def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]] | None, positions: Sequence[int]) -> Batch:
+def collate(
+    src: Sequence[Sequence[int]],
+    tgt: Sequence[Sequence[int]] | None,
+    positions: Sequence[int],
+    *,
+    pad_to_multiple: int = 1,
+) -> Batch:
     """A ``Batch`` from unpadded subword ids (no BOS/EOS); ``tgt`` is ``None`` for translation."""
-    src_ids = pad_sequences(src, suffix=EOS_ID)
+    src_ids = pad_sequences(src, suffix=EOS_ID, multiple=pad_to_multiple)
     tgt_in = tgt_out = None
     tgt_token_count = 0
     if tgt is not None:
-        tgt_in = pad_sequences(tgt, prefix=BOS_ID)
-        tgt_out = pad_sequences(tgt, suffix=EOS_ID)
+        tgt_in = pad_sequences(tgt, prefix=BOS_ID, multiple=pad_to_multiple)
+        tgt_out = pad_sequences(tgt, suffix=EOS_ID, multiple=pad_to_multiple)
         tgt_token_count = sum(len(t) for t in tgt) + len(tgt)
     positions_tensor = torch.as_tensor(np.asarray(positions, dtype=np.int64))
     return Batch(src_ids, src_ids == PAD_ID, tgt_in, tgt_out, positions_tensor, tgt_token_count)
@@ -111,9 +137,9 @@ class PairDataset(torch.utils.data.Dataset):
         return corpus.src(local), corpus.tgt(local), i
 
     @staticmethod
-    def collate(items: list[tuple[np.ndarray, np.ndarray, int]]) -> Batch:
+    def collate(items: list[tuple[np.ndarray, np.ndarray, int]], pad_to_multiple: int = 1) -> Batch:
         src, tgt, positions = zip(*items)
-        return collate(src, tgt, positions)
+        return collate(src, tgt, positions, pad_to_multiple=pad_to_multiple)
 
 
 def token_batches(
@@ -150,6 +176,8 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         max_tokens: padded tokens per batch on one rank.
         shuffle: shuffle ties and batch order from ``(seed, epoch)``; otherwise sorted, fixed.
         num_replicas, rank: distributed sharding, every ``num_replicas``-th batch from ``rank``.
+        pad_to_multiple: widths are rounded up to multiples of this (``collate`` pads them so), and
+            ``max_tokens`` bounds the rounded sizes.
 
     Every rank gets the same number of batches, a few repeated by wrapping around (no rank may wait on
     a collective the others never join); ``num_real_batches`` says how many of this rank's are not
@@ -167,10 +195,12 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         max_sentences: int | None = None,
+        pad_to_multiple: int = 1,
     ) -> None:
         self.src_lengths = np.asarray(src_lengths, dtype=np.int64)
         self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int64)
-        self.cost_lengths = np.maximum(self.src_lengths, self.tgt_lengths) + 1
+        self.pad_to_multiple = pad_to_multiple
+        self.cost_lengths = round_up(np.maximum(self.src_lengths, self.tgt_lengths) + 1, pad_to_multiple)
         longest = int(self.cost_lengths.max(initial=0))
         if longest > max_tokens:
             raise ValueError(f"max_tokens={max_tokens} is below the longest pair ({longest} tokens with EOS)")
@@ -223,9 +253,20 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def _identity(self, epoch: int) -> dict:
         """What a resumed run must share with the saved one for the saved position to mean the same batches."""
-        return {"seed": self.seed, "epoch_batches": len(self._batches), "replicas": self.num_replicas}
+        return {
+            "seed": self.seed,
+            "epoch_batches": len(self._batches),
+            "replicas": self.num_replicas,
+            "pad_to_multiple": self.pad_to_multiple,
+        }
 
     def _check_identity(self, state: dict) -> None:
+        saved_multiple = state.get("pad_to_multiple", 1)  # checkpoints before pad_to_multiple had none
+        if saved_multiple != self.pad_to_multiple:
+            raise DataError(
+                f"the checkpoint's batches were padded to multiples of {saved_multiple}, this run's to "
+                f"{self.pad_to_multiple}: resume with data.pad_to_multiple={saved_multiple}"
+            )
         if "epoch_batches" in state:
             saved = (state["seed"], state["epoch_batches"])
             here = (self.seed, self._identity(int(state["epoch"]))["epoch_batches"])
@@ -281,10 +322,12 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
     def padding_share(self) -> float:
         """Share of padded positions (source and target) in this epoch's batches."""
         real = padded = 0
+        m = self.pad_to_multiple
         for batch in self.all_batches():
             n = len(batch)
             real += int(self.src_lengths[batch].sum() + self.tgt_lengths[batch].sum()) + 2 * n
-            padded += n * (int(self.src_lengths[batch].max()) + int(self.tgt_lengths[batch].max()) + 2)
+            src_width = round_up(int(self.src_lengths[batch].max()) + 1, m)
+            padded += n * (src_width + round_up(int(self.tgt_lengths[batch].max()) + 1, m))
         return 1.0 - real / max(padded, 1)
 
 
@@ -348,6 +391,7 @@ class MixtureBatchSampler(TokenBatchSampler):
         num_replicas: int = 1,
         rank: int = 0,
         epoch: int = 0,
+        pad_to_multiple: int = 1,
     ) -> None:
         if len(corpus_sizes) != len(draws) or sum(corpus_sizes) != len(src_lengths):
             raise ValueError(
@@ -357,7 +401,14 @@ class MixtureBatchSampler(TokenBatchSampler):
         self.draws = [int(m) for m in draws]
         self.starts = np.cumsum([0] + self.corpus_sizes)
         super().__init__(
-            src_lengths, tgt_lengths, max_tokens, shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank
+            src_lengths,
+            tgt_lengths,
+            max_tokens,
+            shuffle=True,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+            pad_to_multiple=pad_to_multiple,
         )
         self.epoch = epoch
 
@@ -393,6 +444,7 @@ class MixtureBatchSampler(TokenBatchSampler):
             "seed": self.seed,
             "epoch_batches": len(batches),
             "replicas": self.num_replicas,
+            "pad_to_multiple": self.pad_to_multiple,
             "corpus_sizes": self.corpus_sizes,
             "draws": self.draws,
         }

@@ -189,7 +189,7 @@ def cleaning_mask(
 def data_identity(cfg: DataConfig, split: str) -> dict:
     """What decides the pairs of ``split``: the config fields that choose and clean them (not those
     that batch or cache them) and, for local files, each file's name, size and modification time."""
-    batching_only = ("max_tokens", "num_workers", "cache_dir", "preprocess_workers")
+    batching_only = ("max_tokens", "num_workers", "cache_dir", "preprocess_workers", "pad_to_multiple")
     identity: dict = {k: v for k, v in asdict(cfg).items() if k not in batching_only}
     identity["layout"] = CACHE_LAYOUT
     if cfg.path and Path(cfg.path).expanduser().is_dir():

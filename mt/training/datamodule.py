@@ -3,6 +3,7 @@ dataloaders, and one validation set per direction."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -202,6 +203,7 @@ class TranslationDataModule(L.LightningDataModule):
         src_lengths = np.concatenate([c.src_lengths for c in corpora])
         tgt_lengths = np.concatenate([c.tgt_lengths for c in corpora])
         sharding = dict(num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
+        sharding["pad_to_multiple"] = self.data_cfg.pad_to_multiple
         try:
             if split == "train" and self.mixture:
                 return MixtureBatchSampler(
@@ -228,11 +230,18 @@ class TranslationDataModule(L.LightningDataModule):
         return loader_class(
             PairDataset(corpora),
             batch_sampler=sampler,
-            collate_fn=PairDataset.collate,
+            collate_fn=functools.partial(PairDataset.collate, pad_to_multiple=self.data_cfg.pad_to_multiple),
             num_workers=self.data_cfg.num_workers,
             persistent_workers=self.data_cfg.num_workers > 0,
+            # Page-locked batches for CUDA, so Batch.to's non-blocking copy overlaps the step before it.
+            pin_memory=self.pins_memory,
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    @property
+    def pins_memory(self) -> bool:
+        """Whether batches go to a CUDA device (then the loader pins them)."""
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader(self.train_corpora, "train", shuffle=True)

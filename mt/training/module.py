@@ -21,7 +21,14 @@ import torch
 from torch import Tensor
 
 from mt import faults
-from mt.compat import align_logged_step, fused_step_skippable, logged_step, raise_recompile_limit, skip_next_step
+from mt.compat import (
+    align_logged_step,
+    fused_step_skippable,
+    logged_step,
+    no_duck_sizing,
+    raise_recompile_limit,
+    skip_next_step,
+)
 from mt.config import MetricsConfig, ModelConfig, OptimConfig, SearchConfig, ValidationConfig, from_dict
 from mt.data.batching import Batch
 from mt.data.tokenizer import Tokenizer
@@ -109,6 +116,7 @@ class TranslationModule(L.LightningModule):
         names and checkpoints; embeddings, output projection and loss stay eager. Decoding for
         validation BLEU runs the layers eagerly (its cached steps have other shapes)."""
         raise_recompile_limit(32)  # train and eval mode of each layer kind share one limit
+        no_duck_sizing()  # no recompilation when a batch's source and target widths happen to be equal
         for layer in (*self.model.encoder_layers, *self.model.decoder_layers):
             layer.compile(backend=backend, dynamic=True)
 

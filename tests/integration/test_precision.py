@@ -172,3 +172,35 @@ def test_the_optimizer_steps_on_gradients_clipped_to_clip_norm(toy_corpus_dir, t
     assert len(seen) == len(logged) == 4
     expected = [min(norm, clip_norm) if clip_norm else norm for norm in logged]
     assert min(logged) > 0.05 and seen == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("multiple", [8, pytest.param(1, marks=pytest.mark.slow)])
+def test_compiled_training_compiles_once_however_the_batch_shapes_change(
+    toy_corpus_dir, tmp_path, monkeypatch, multiple
+):
+    """With trainer.compile (dynamic shapes), padded to multiples of 8 or not, the graphs compiled in the first step
+    serve every later batch: a run over many (sentences, source width, target width) shapes recompiles nothing."""
+    import lightning as L
+
+    from tests.helpers import with_callback
+
+    shapes, graphs = [], []
+
+    class Shapes(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            shapes.append((len(batch), batch.src_ids.size(1), batch.tgt_in.size(1)))
+            graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with_callback(monkeypatch, Shapes())
+    config = tiny_train_config(
+        toy_corpus_dir,
+        **{"data.pad_to_multiple": multiple, "data.max_tokens": 128, "trainer.max_steps": 24},
+        **{"trainer.compile": True, "trainer.compile_backend": "aot_eager", "test_after_training": False},
+        **{"trainer.limit_val_batches": 0, "validation.decode": "none"},
+    )
+    train(config, tmp_path)
+    assert all(s % multiple == 0 and t % multiple == 0 for _, s, t in shapes), shapes
+    assert len(set(shapes)) >= 4, shapes  # the run did change shapes
+    assert graphs[0] > 0 and graphs[-1] == graphs[0], (graphs, shapes)

@@ -82,6 +82,18 @@ def test_raise_recompile_limit_raises_and_never_lowers_it():
         config.recompile_limit = before
 
 
+def test_no_duck_sizing_turns_off_torchs_duck_shape_option():
+    from torch.fx.experimental import _config
+
+    before = _config.use_duck_shape  # a torch without the option fails here
+    try:
+        _config.use_duck_shape = True
+        compat.no_duck_sizing()
+        assert _config.use_duck_shape is False
+    finally:
+        _config.use_duck_shape = before
+
+
 def test_onednn_packed_linear_equals_f_linear():
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN")

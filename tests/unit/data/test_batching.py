@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +147,51 @@ def test_resume_from_a_checkpoint_before_epoch_batches_was_saved():
     sampler = TokenBatchSampler(src, tgt, 400, shuffle=True, seed=3)
     sampler.load_state_dict({"epoch": 1, "position": 4, "seed": 3, "batches": len(sampler)})
     assert (sampler.epoch, sampler.position) == (1, 4)
+
+
+def test_padding_to_a_multiple_rounds_every_width_and_max_tokens_counts_the_rounded_widths():
+    src, tgt = lengths(700, seed=5)
+    sampler = TokenBatchSampler(src, tgt, 512, shuffle=True, seed=2, pad_to_multiple=8)
+    batches = list(sampler)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(src)))
+    widths = set()
+    for ids in batches:
+        batch = collate([[5] * src[i] for i in ids], [[6] * tgt[i] for i in ids], ids, pad_to_multiple=8)
+        longest_src, longest_tgt = max(src[ids]) + 1, max(tgt[ids]) + 1  # + EOS (source), + BOS/EOS (target)
+        assert batch.src_ids.size(1) == -(-longest_src // 8) * 8  # the smallest multiple of 8 that holds it
+        assert batch.tgt_in.size(1) == batch.tgt_out.size(1) == -(-longest_tgt // 8) * 8
+        assert len(ids) * max(batch.src_ids.size(1), batch.tgt_in.size(1)) <= 512
+        assert int(batch.num_tgt_tokens) == batch.tgt_token_count == sum(tgt[ids]) + len(ids)
+        widths.add(batch.tgt_in.size(1))
+    assert widths <= set(range(8, 73, 8)) and len(widths) > 3
+    padded = TokenBatchSampler(src, tgt, 512, shuffle=True, seed=2, pad_to_multiple=8).padding_share()
+    plain = TokenBatchSampler(src, tgt, 512, shuffle=True, seed=2).padding_share()
+    assert plain < padded < plain + 0.25
+
+
+def test_resume_with_another_pad_to_multiple_is_refused_by_name():
+    from mt.errors import DataError
+
+    src, tgt = lengths()
+    state = TokenBatchSampler(src, tgt, 400, shuffle=True, seed=3).state_dict()
+    with pytest.raises(DataError, match=r"padded to multiples of 1, this run's to 8: .*data.pad_to_multiple=1"):
+        TokenBatchSampler(src, tgt, 400, shuffle=True, seed=3, pad_to_multiple=8).load_state_dict(state)
+
+
+def test_pin_memory_keeps_every_tensor_and_the_host_fields():
+    """``Batch.pin_memory`` is what the DataLoader calls with ``pin_memory=True`` (on CUDA runs)."""
+    batch = collate([[5, 6], [7]], [[8], [9, 10, 11]], [4, 2])
+    pinned = []
+
+    def pin(t):  # records the call: pinning itself needs a CUDA host allocator
+        pinned.append(t)
+        return t.clone()
+
+    for name in ("src_ids", "src_pad_mask", "tgt_in", "tgt_out"):
+        tensor = getattr(batch, name)
+        tensor.pin_memory = functools.partial(pin, tensor)
+    moved = batch.pin_memory()
+    assert len(pinned) == 4
+    for name in ("src_ids", "src_pad_mask", "tgt_in", "tgt_out"):
+        assert torch.equal(getattr(moved, name), getattr(batch, name))
+    assert moved.corpus_positions is batch.corpus_positions and moved.tgt_token_count == 6

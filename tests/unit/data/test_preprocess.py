@@ -301,3 +301,18 @@ def test_the_cache_key_changes_when_a_data_file_changes(tmp_path):
     before = cache_key(cfg, "train", tokenizer)
     write_text_corpus(tmp_path, {"train": toy_pairs(31)})
     assert cache_key(cfg, "train", tokenizer) != before
+
+
+def test_the_cache_key_ignores_how_pairs_are_batched(tmp_path):
+    """Batching fields (max_tokens, pad_to_multiple, workers, the cache folder) reuse the encoded corpus."""
+    from dataclasses import replace
+
+    from mt.data.corpus import cache_key
+
+    write_text_corpus(tmp_path, {"train": toy_pairs(30)})
+    cfg = from_dict(DataConfig, {"name": "toy", "path": str(tmp_path)})
+    text = load_split(cfg, "train")
+    tokenizer = train_tokenizer(text.src, text.tgt, vocab_size=60)
+    before = cache_key(cfg, "train", tokenizer)
+    assert cache_key(replace(cfg, max_tokens=2048, pad_to_multiple=8, num_workers=2), "train", tokenizer) == before
+    assert cache_key(replace(cfg, max_len=40), "train", tokenizer) != before  # cleaning does change the pairs
