@@ -429,6 +429,10 @@ class TrainerConfig:
     tf32: bool = True
     compile: bool = False
     compile_backend: str = "inductor"
+    # profile_steps=N: record training steps profile_after+1 .. profile_after+N of rank 0 with torch.profiler into
+    # <run dir>/profile/ (trace.json.gz and summary.txt: device busy share, top kernels, syncs, data wait).
+    profile_steps: int = 0
+    profile_after: int = 20
 
     def __post_init__(self) -> None:
         _require(
@@ -437,6 +441,10 @@ class TrainerConfig:
         )
         _require(
             self.collective_timeout_s >= 1, f"trainer.collective_timeout_s={self.collective_timeout_s}: expected >= 1"
+        )
+        _require(
+            self.profile_steps >= 0 and self.profile_after >= 0,
+            f"trainer.profile_steps={self.profile_steps} / profile_after={self.profile_after}: expected >= 0",
         )
         _require(self.log_every_n_steps >= 1, f"trainer.log_every_n_steps={self.log_every_n_steps}: expected >= 1")
         if isinstance(self.val_check_interval, int) and not isinstance(self.val_check_interval, bool):

@@ -1,26 +1,32 @@
 """Training speed: ``mt`` under Lightning against a plain PyTorch loop and Hugging Face Marian, one process.
 
-The same model shape for all three (d 256, 4 heads, 3+3 layers, FFN 1024, ReLU, joint vocabulary
-with tied embeddings, dropout 0.1), the same Multi30k training pairs, fp32 on CPU, in rounds that
-alternate the three, so that machine noise hits them alike:
+The same model shape for all three (``--model``: conf/model/small.yaml by default, d 256, 4 heads, 3+3
+layers, FFN 1024; ReLU, joint vocabulary with tied embeddings), the same training pairs (Multi30k, or a
+synthetic corpus with ``--synthetic N``), the same precision (fp32 on CPU; bf16 autocast on CUDA) and
+optimizer (AdamW; fused on CUDA), on one device, in rounds that alternate the three, so that machine
+noise hits them alike:
 
-- ``mt``: the ``TranslationModule`` under ``lightning.Trainer`` as ``mt.train`` builds it (logging
-  every step to CSV, progress bar off), on ``max_tokens`` batches of length-sorted pairs;
+- ``mt``: the ``TranslationModule`` under ``lightning.Trainer`` as ``mt.train`` builds it (logging to
+  CSV once a round, as ``mt.train`` logs every 50 updates; every step before 6 Dec 2026; progress bar
+  off), on ``max_tokens`` batches of length-sorted pairs;
 - ``torch``: a minimal loop (forward, the same label-smoothed loss, backward, clip, AdamW, schedule)
   over the identical batches: the floor of what torch alone does;
-- ``hf``: ``transformers.MarianMTModel`` built from a config of the same shape (random init), on
-  batches of a fixed number of sentences in shuffled order, padded, as its users batch (the count
-  chosen so that a batch holds about as many real target tokens as ``mt``'s).
+- ``hf``: ``transformers.MarianMTModel`` built from a config of the same shape (random init, SDPA
+  attention), either on batches of a fixed number of sentences in shuffled order, padded, as its users
+  batch (``--hf-batches sentences``, the CPU default; the count chosen so that a batch holds about as many
+  real target tokens as ``mt``'s), or on ``mt``'s own length-sorted batches (``same``, the CUDA default).
 
 Reported per variant: median ms per step (min-max over rounds), target tokens/s counting every
-padded position and counting real tokens only, and the peak resident memory seen during its steps;
-then the ratios the targets are stated in (mt/torch on identical batches, mt/hf in real tokens/s),
-each taken within a round and reported as the median (min-max) over rounds: the rounds alternate
-the order (mt first, then last), and this shared machine's speed drifts between minutes, so a
-paired ratio is steadier than a ratio of two medians.
+padded position and counting real tokens only, model FLOPs utilisation on CUDA (real target tokens,
+``mt.training.throughput.flops_per_target_token``, against the card's dense bf16 peak), and the peak
+memory (resident on CPU, allocated on CUDA) seen during its steps; then the ratios the targets are stated
+in (mt/torch on identical batches, mt/hf in real tokens/s), each taken within a round and reported as the
+median (min-max) over rounds: the rounds alternate the order (mt first, then last), and a shared machine's
+speed drifts between minutes, so a paired ratio is steadier than a ratio of two medians.
 
     python scripts/bench_train.py --data ../shared/data/multi30k            # MT_DATA_DIR by default
     python scripts/bench_train.py --steps 20 --rounds 3 --max-tokens 4096
+    python scripts/bench_train.py --device cuda --model base --synthetic 200000 --max-tokens 12000 --vocab 32000
 """
 
 from __future__ import annotations
@@ -48,9 +54,18 @@ from mt.training.datamodule import TranslationDataModule  # noqa: E402
 from mt.training.loss import label_smoothed_nll  # noqa: E402
 from mt.training.module import TranslationModule  # noqa: E402
 from mt.training.schedules import WarmupDecay  # noqa: E402
+from mt.training.throughput import flops_per_target_token  # noqa: E402
 
-MODEL = {"d_model": 256, "n_heads": 4, "encoder_layers": 3, "decoder_layers": 3, "d_ff": 1024, "dropout": 0.1}
 OPTIM = {"lr": 7e-4, "warmup_steps": 400, "label_smoothing": 0.1, "clip_norm": 1.0}
+DEVICE = torch.device("cpu")  # set by main: --device
+BF16 = False  # set by main: bf16 autocast (and Lightning's bf16-mixed) on CUDA
+
+
+def model_shape(name: str) -> dict:
+    """conf/model/NAME.yaml as a dict (the d_model, heads, layers, FFN and dropout of ``model=NAME``)."""
+    from omegaconf import OmegaConf
+
+    return dict(OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model" / f"{name}.yaml")))
 
 
 def current_rss_gib() -> float:
@@ -59,22 +74,32 @@ def current_rss_gib() -> float:
 
 
 class Meter:
-    """Seconds per step and peak RSS over the measured steps of one round."""
+    """Seconds per step and peak memory over the measured steps of one round. On CUDA the clock is read after
+    the device finished (a synchronisation at the first and last measured step only)."""
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, warmup: int, total: int) -> None:
         self.warmup = warmup
+        self.total = total
         self.step = 0
         self.start = 0.0
         self.seconds = 0.0
-        self.peak_rss = 0.0
+        self.peak_memory = 0.0
+        if DEVICE.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
 
     def step_done(self) -> None:
         self.step += 1
+        cuda = DEVICE.type == "cuda"
         if self.step == self.warmup:
+            if cuda:
+                torch.cuda.synchronize()
             self.start = time.perf_counter()
         elif self.step > self.warmup:
+            if cuda and self.step == self.total:
+                torch.cuda.synchronize()
             self.seconds = time.perf_counter() - self.start
-            self.peak_rss = max(self.peak_rss, current_rss_gib())
+            memory = torch.cuda.max_memory_allocated() / 2**30 if cuda else current_rss_gib()
+            self.peak_memory = max(self.peak_memory, memory)
 
 
 def batch_tokens(batches: list[Batch]) -> tuple[int, int]:
@@ -88,17 +113,19 @@ def batch_tokens(batches: list[Batch]) -> tuple[int, int]:
 
 
 def run_mt(module: TranslationModule, batches: list[Batch], warmup: int, log_dir: str) -> Meter:
-    meter = Meter(warmup)
+    meter = Meter(warmup, len(batches))
 
     class Timer(L.Callback):
         def on_train_batch_end(self, *args) -> None:
             meter.step_done()
 
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=DEVICE.type,
+        devices=1,
+        precision="bf16-mixed" if BF16 else "32-true",
         max_steps=len(batches),
         logger=CSVLogger(log_dir, name="bench"),
-        log_every_n_steps=1,
+        log_every_n_steps=len(batches),  # as mt.train logs (every 50): the loops beside it log nothing
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -112,17 +139,24 @@ def run_mt(module: TranslationModule, batches: list[Batch], warmup: int, log_dir
 
 
 def adamw_with_schedule(model: torch.nn.Module):
-    """The optimizer and schedule the TranslationModule configures (AdamW, inverse-sqrt warmup)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=OPTIM["lr"], betas=(0.9, 0.98), eps=1e-9)
+    """The optimizer and schedule the TranslationModule configures (AdamW, fused on CUDA; inverse-sqrt warmup)."""
+    fused = {"fused": True} if DEVICE.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=OPTIM["lr"], betas=(0.9, 0.98), eps=1e-9, **fused)
     return optimizer, WarmupDecay(optimizer, schedule="inverse_sqrt", warmup_steps=OPTIM["warmup_steps"])
 
 
+def autocast():
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=BF16)
+
+
 def run_torch(model: torch.nn.Module, optimizer, scheduler, batches: list[Batch], warmup: int) -> Meter:
-    meter = Meter(warmup)
+    meter = Meter(warmup, len(batches))
     model.train()
     for batch in batches:
-        logits = model(batch.src_ids, batch.src_pad_mask, batch.tgt_in)
-        loss_sum, _ = label_smoothed_nll(logits, batch.tgt_out, OPTIM["label_smoothing"])
+        batch = batch.to(DEVICE)
+        with autocast():
+            logits = model(batch.src_ids, batch.src_pad_mask, batch.tgt_in)
+        loss_sum, _ = label_smoothed_nll(logits.float(), batch.tgt_out, OPTIM["label_smoothing"])
         loss = loss_sum / batch.num_tgt_tokens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -133,20 +167,20 @@ def run_torch(model: torch.nn.Module, optimizer, scheduler, batches: list[Batch]
     return meter
 
 
-def hf_model(vocab_size: int):
-    from transformers import MarianConfig, MarianMTModel
+def hf_model(vocab_size: int, shape: dict):
+    from transformers import AutoModelForSeq2SeqLM, MarianConfig
 
     config = MarianConfig(
         vocab_size=vocab_size,
-        d_model=MODEL["d_model"],
-        encoder_layers=MODEL["encoder_layers"],
-        decoder_layers=MODEL["decoder_layers"],
-        encoder_attention_heads=MODEL["n_heads"],
-        decoder_attention_heads=MODEL["n_heads"],
-        encoder_ffn_dim=MODEL["d_ff"],
-        decoder_ffn_dim=MODEL["d_ff"],
+        d_model=shape["d_model"],
+        encoder_layers=shape["encoder_layers"],
+        decoder_layers=shape["decoder_layers"],
+        encoder_attention_heads=shape["n_heads"],
+        decoder_attention_heads=shape["n_heads"],
+        encoder_ffn_dim=shape["d_ff"],
+        decoder_ffn_dim=shape["d_ff"],
         activation_function="relu",
-        dropout=MODEL["dropout"],
+        dropout=shape["dropout"],
         attention_dropout=0.0,
         activation_dropout=0.0,
         scale_embedding=True,
@@ -157,14 +191,16 @@ def hf_model(vocab_size: int):
         eos_token_id=3,
         decoder_start_token_id=2,
     )
-    return MarianMTModel(config)
+    return AutoModelForSeq2SeqLM.from_config(config, attn_implementation="sdpa")
 
 
 def run_hf(model, optimizer, scheduler, batches: list[dict], warmup: int) -> Meter:
-    meter = Meter(warmup)
+    meter = Meter(warmup, len(batches))
     model.train()
     for batch in batches:
-        loss = model(**batch).loss  # mean cross-entropy over the label tokens (-100 = ignored)
+        batch = {k: v.to(DEVICE, non_blocking=True) for k, v in batch.items()}
+        with autocast():
+            loss = model(**batch).loss  # mean cross-entropy over the label tokens (-100 = ignored)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM["clip_norm"])
@@ -178,8 +214,12 @@ def run_hf(model, optimizer, scheduler, batches: list[dict], warmup: int) -> Met
 
 
 def load_pairs(data_dir: Path, work_dir: Path, vocab_size: int):
-    """The Multi30k training split encoded with a joint SentencePiece vocabulary (trained once into work_dir)."""
-    data = from_dict(DataConfig, {"name": "multi30k", "path": str(data_dir), "splits": {"valid": "val"}})
+    """The training split of ``data_dir`` (Multi30k's files, or make_synthetic_corpus.py's, whose validation split
+    is ``valid``) encoded with a joint SentencePiece vocabulary (trained once into work_dir)."""
+    synthetic = any(data_dir.glob("valid.*"))
+    splits = {"valid": "valid"} if synthetic else {"valid": "val"}
+    name = "synthetic" if synthetic else "multi30k"
+    data = from_dict(DataConfig, {"name": name, "path": str(data_dir), "splits": splits})
     tokenizer_cfg = from_dict(TokenizerConfig, {"vocab_size": vocab_size})
     datamodule = TranslationDataModule(data, tokenizer_cfg, run_dir=work_dir, seed=1)
     datamodule.setup("fit")
@@ -193,31 +233,41 @@ def mt_batches(corpus, max_tokens: int, count: int, seed: int) -> list[Batch]:
 
 
 def hf_batches(corpus, sentences: int, count: int, seed: int) -> list[dict]:
+    """Batches of ``sentences`` pairs in a shuffled order, as Hugging Face's users batch."""
     order = np.random.default_rng(seed).permutation(len(corpus))
-    out = []
+    batches = []
     for k in range(count):
         ids = order[k * sentences : (k + 1) * sentences].tolist()
-        batch = collate([corpus.src(i) for i in ids], [corpus.tgt(i) for i in ids], ids)
-        labels = batch.tgt_out.masked_fill(batch.tgt_out == PAD_ID, -100)
-        out.append(
-            {
-                "input_ids": batch.src_ids,
-                "attention_mask": (~batch.src_pad_mask).long(),
-                "decoder_input_ids": batch.tgt_in,
-                "decoder_attention_mask": (batch.tgt_in != PAD_ID).long(),
-                "labels": labels,
-                "_tgt_out": batch.tgt_out,
-            }
-        )
-    return out
+        batches.append(collate([corpus.src(i) for i in ids], [corpus.tgt(i) for i in ids], ids))
+    return [hf_inputs(b) for b in batches]
+
+
+def hf_inputs(batch: Batch) -> dict:
+    """A ``Batch`` as MarianMTModel's keyword arguments (labels -100 at padding), with its targets kept aside."""
+    labels = batch.tgt_out.masked_fill(batch.tgt_out == PAD_ID, -100)
+    return {
+        "input_ids": batch.src_ids,
+        "attention_mask": (~batch.src_pad_mask).long(),
+        "decoder_input_ids": batch.tgt_in,
+        "decoder_attention_mask": (batch.tgt_in != PAD_ID).long(),
+        "labels": labels,
+        "_tgt_out": batch.tgt_out,
+    }
 
 
 # -- main ----------------------------------------------------------------------------------------
 
 
 def main() -> None:
+    global DEVICE, BF16
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("MT_DATA_DIR"), help="Multi30k directory")
+    parser.add_argument("--data", default=os.environ.get("MT_DATA_DIR"), help="Multi30k (or a synthetic corpus)")
+    parser.add_argument("--synthetic", type=int, default=0, help="train on N synthetic pairs instead (no --data)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--model", default="small", help="conf/model/NAME.yaml")
+    parser.add_argument("--precision", choices=["32", "bf16"], default=None, help="default: bf16 on CUDA, 32 on CPU")
+    parser.add_argument("--hf-batches", choices=["sentences", "same"], default=None, help="default: same on CUDA")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak (MFU)")
     parser.add_argument("--steps", type=int, default=30, help="measured steps per variant per round")
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured steps at the start of each round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -225,36 +275,67 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    if not args.data:
-        sys.exit("error: pass --data DIR or set MT_DATA_DIR (the Multi30k files)")
+    if not args.data and not args.synthetic:
+        sys.exit("error: pass --data DIR, set MT_DATA_DIR (the Multi30k files) or pass --synthetic N")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda, but torch sees no CUDA device")
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        from mt.device import prepare_cuda
+
+        prepare_cuda(tf32=True)  # as mt.train: no cuDNN attention (a plan per new shape), TF32 for fp32 products
+    BF16 = (args.precision or ("bf16" if args.device == "cuda" else "32")) == "bf16"
+    same_batches = (args.hf_batches or ("same" if args.device == "cuda" else "sentences")) == "same"
     if args.threads:
         torch.set_num_threads(args.threads)
     L.seed_everything(1, verbose=False)
 
     work = Path(tempfile.mkdtemp(prefix="mt-bench-train-"))
-    corpus, tokenizer = load_pairs(Path(args.data), work, args.vocab)
+    data_dir = work / "synthetic" if args.synthetic else Path(args.data)
+    if args.synthetic:
+        import subprocess
+
+        maker = ROOT / "scripts/make_synthetic_corpus.py"
+        command = [sys.executable, str(maker), "--pairs", str(args.synthetic), "--out", str(data_dir), "--quiet"]
+        subprocess.run(command, check=True)
+    corpus, tokenizer = load_pairs(data_dir, work, args.vocab)
     per_round = args.warmup + args.steps
     ours = mt_batches(corpus, args.max_tokens, per_round * args.rounds, seed=1)
     real_per_batch = batch_tokens(ours)[1] / len(ours)
-    mean_tgt = float(np.mean(corpus.tgt_lengths)) + 1
-    sentences = max(1, round(real_per_batch / mean_tgt))  # HF batches of a fixed sentence count, same real tokens
-    theirs = hf_batches(corpus, sentences, per_round * args.rounds, seed=1)
+    if same_batches:
+        sentences = 0
+        theirs = [hf_inputs(b) for b in ours]
+    else:
+        mean_tgt = float(np.mean(corpus.tgt_lengths)) + 1
+        sentences = max(1, round(real_per_batch / mean_tgt))  # a fixed sentence count, the same real tokens
+        theirs = hf_batches(corpus, sentences, per_round * args.rounds, seed=1)
+    if DEVICE.type == "cuda":  # every variant copies its batches from page-locked memory, as mt's loader gives them
+        ours = [b.pin_memory() for b in ours]
+        theirs = [{k: v.pin_memory() for k, v in b.items()} for b in theirs]
+
+    shape = model_shape(args.model)
 
     def new_module() -> TranslationModule:  # the same initial weights for mt and the plain loop
         torch.manual_seed(0)
         vocab = {"src_vocab_size": tokenizer.src_vocab_size, "tgt_vocab_size": tokenizer.tgt_vocab_size}
-        return TranslationModule(MODEL, OPTIM, {}, {"decode": "none"}, **vocab)
+        return TranslationModule(shape, OPTIM, {}, {"decode": "none"}, **vocab)
 
     module = new_module()
-    plain = new_module().model
+    plain = new_module().model.to(DEVICE)
     plain_opt, plain_sched = adamw_with_schedule(plain)
     torch.manual_seed(0)
-    hf = hf_model(tokenizer.tgt_vocab_size)
+    hf = hf_model(tokenizer.tgt_vocab_size, shape).to(DEVICE)
     hf_opt, hf_sched = adamw_with_schedule(hf)
     params = {
         "mt": sum(p.numel() for p in module.parameters()),
         "hf": sum(p.numel() for p in hf.parameters() if p.requires_grad),
     }
+    flops = flops_per_target_token(shape, tokenizer.tgt_vocab_size)
+    peak = None
+    if DEVICE.type == "cuda":
+        from gpu_report import card_peak_tflops
+
+        peak = args.peak_tflops or card_peak_tflops(torch.cuda.get_device_name(0))
 
     results: dict[str, list[tuple[float, float, float, float]]] = {"mt": [], "torch": [], "hf": []}
     for r in range(args.rounds):
@@ -266,7 +347,7 @@ def main() -> None:
             sum(b["_tgt_out"].numel() for b in hf_measured),
             sum(int((b["_tgt_out"] != PAD_ID).sum()) for b in hf_measured),
         )
-        hf_inputs = [{k: v for k, v in b.items() if k != "_tgt_out"} for b in theirs_round]
+        hf_inputs_round = [{k: v for k, v in b.items() if k != "_tgt_out"} for b in theirs_round]
         for name in ("mt", "torch", "hf") if r % 2 == 0 else ("hf", "torch", "mt"):
             if name == "mt":
                 meter = run_mt(module, ours_round, args.warmup, str(work / "logs"))
@@ -275,34 +356,43 @@ def main() -> None:
                 meter = run_torch(plain, plain_opt, plain_sched, ours_round, args.warmup)
                 tokens = measured_ours
             else:
-                meter = run_hf(hf, hf_opt, hf_sched, hf_inputs, args.warmup)
+                meter = run_hf(hf, hf_opt, hf_sched, hf_inputs_round, args.warmup)
                 tokens = measured_hf
             results[name].append(
                 (
                     1000 * meter.seconds / args.steps,
                     tokens[0] / meter.seconds,
                     tokens[1] / meter.seconds,
-                    meter.peak_rss,
+                    meter.peak_memory,
                 )
             )
             print(f"round {r + 1} {name:5s} {results[name][-1][0]:7.1f} ms/step", file=sys.stderr, flush=True)
 
+    device = torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    hf_batching = "mt's batches" if same_batches else f"{sentences} sentences, shuffled"
     print(
-        f"\nMulti30k train, {args.rounds} rounds x {args.steps} steps (+{args.warmup} warm-up), torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads; mt/torch batches: max_tokens={args.max_tokens} "
-        f"({real_per_batch:.0f} real target tokens each); hf batches: {sentences} sentences; parameters: "
+        f"\n{data_dir} train, model={args.model}, "
+        f"{'bf16 autocast' if BF16 else 'fp32'}, {args.rounds} rounds x {args.steps} steps (+{args.warmup} warm-up), "
+        f"torch {torch.__version__}, {device}; mt/torch batches: max_tokens={args.max_tokens} "
+        f"({real_per_batch:.0f} real target tokens each); hf batches: {hf_batching}; parameters: "
         f"mt {params['mt'] / 1e6:.2f}M, hf {params['hf'] / 1e6:.2f}M\n"
     )
-    print(f"{'variant':8s} {'ms/step':>18s} {'all tgt tok/s':>15s} {'real tgt tok/s':>15s} {'peak RSS':>9s}")
+    memory = "peak alloc" if DEVICE.type == "cuda" else "peak RSS"
+    mfu_header = f" {'MFU':>6s}" if peak else ""
+    print(f"{'variant':8s} {'ms/step':>18s} {'all tgt tok/s':>15s} {'real tgt tok/s':>15s} {memory:>10s}{mfu_header}")
     for name, rows in results.items():
         ms = [row[0] for row in rows]
         median = [statistics.median(row[i] for row in rows) for i in range(3)]
+        mfu = f" {flops * median[2] / (peak * 1e12):6.1%}" if peak else ""
         print(
             f"{name:8s} {median[0]:8.1f} ({min(ms):.0f}-{max(ms):.0f}) {median[1]:15,.0f} "
-            f"{median[2]:15,.0f} {max(row[3] for row in rows):7.2f} G"
+            f"{median[2]:15,.0f} {max(row[3] for row in rows):8.2f} G{mfu}"
         )
+    if peak:
+        print(f"(MFU: {flops / 1e6:.1f} MFLOP a real target token, {peak:.0f} TFLOP/s dense bf16 peak)")
     print("\nratios per round (real target tokens/s, ours / theirs), median (min-max):")
-    for peer, label, target in (("torch", "identical batches", 0.97), ("hf", "real target tokens", 1.3)):
+    targets = (1.0, 1.5) if DEVICE.type == "cuda" else (0.97, 1.3)
+    for (peer, label), target in zip((("torch", "identical batches"), ("hf", "real target tokens")), targets):
         ratios = [ours[2] / theirs[2] for ours, theirs in zip(results["mt"], results[peer])]
         print(
             f"mt / {peer:5s} ({label}): {statistics.median(ratios):.3f} "

@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# One-GPU check, about 5 minutes on an H100/H200:
+# One-GPU check, about 5 minutes on an H100/H200 with the defaults:
 #   1. tests/integration/test_gpu.py (SDPA kernels, cached decoding and search against the CPU, bf16 training with
-#      fused AdamW, inductor-compiled training against eager), in the background while data is prepared;
-#   2. model=base in bf16 for $STEPS steps on synthetic pairs: target tokens/s and model FLOPs utilisation;
-#   3. greedy and beam decoding speed of those weights, fp32 and bf16 autocast;
-#   4. (COMPILE=1) the synthetic training of step 2 with trainer.compile=true (at most 4 minutes,
+#      fused AdamW, inductor-compiled training against eager, pinned batches, the profile), in the background
+#      while data is prepared;
+#   2. model=base in bf16 for $STEPS steps on synthetic pairs, 12k-token batches: target tokens/s and model FLOPs
+#      utilisation, and a torch.profiler summary of 10 steady steps (trainer.profile_steps: device busy share, top
+#      kernels, syncs, data wait, optimizer; trace in $WORK/eager/profile);
+#   3. (DECODE=1, the default) greedy and beam decoding speed of those weights, fp32 and bf16 autocast;
+#   4. (SWEEP_TOKENS="25000 50000") the training of step 2 at each of these data.max_tokens: MFU against batch size;
+#   5. (COMPILE=1) the synthetic training of step 2 with trainer.compile=true (at most 4 minutes,
 #      recompilations counted);
-#   5. (FP16=1) the synthetic training of step 2 in 16-mixed (float16 with loss scaling);
-#   6. (LARGE_TOKENS=N) the training of step 2 with N-token batches (12000 there): MFU against batch size;
-#   7. (MULTI30K=DIR) the Multi30k GPU recipe for $M30K_STEPS updates (3000), then its test BLEU.
-# Steps 4-7 run in that order, the longest last, so that a device-time limit cuts the least.
+#   6. (PEERS=1) scripts/bench_train.py --device cuda: mt, the plain PyTorch loop and Hugging Face Marian of the
+#      same shape on the same batches, alternating, with tokens/s, MFU and ratios;
+#   7. (BIG=1) step 2 with model=big;
+#   8. (FP16=1) the synthetic training of step 2 in 16-mixed (float16 with loss scaling);
+#   9. (MULTI30K=DIR) the Multi30k GPU recipe for $M30K_STEPS updates (3000), then its test BLEU.
+# Steps 4-9 run in that order (issue 18's priorities, the longest last), so that a device-time limit cuts the least.
 #   bash scripts/gpu_check.sh [mt.train overrides]
 # Environment: PYTHON (default .venv/bin/python), MODEL (base), STEPS (300), PAIRS (100000), VOCAB (32000),
 # WORK (/tmp/mt-gpu-check), PEAK_TFLOPS (the card's dense bf16 peak; known for H100/H200/A100/L40S/A10/L4),
-# DECODE_TIMEOUT (300 s), COMPILE, FP16, LARGE_TOKENS, MULTI30K, M30K_STEPS (see above),
+# DECODE_TIMEOUT (300 s), DECODE, SWEEP_TOKENS, COMPILE, PEERS, BIG, FP16, MULTI30K, M30K_STEPS (see above),
 # TRAINER (gpu; TRAINER=cpu MODEL=tiny STEPS=50 PAIRS=3000 VOCAB=1000 DECODE_TIMEOUT=60 checks the script
 # itself on a CPU in about 5 minutes; 50 steps make one tokens/s window).
 # Needs a CUDA build of torch with mt's dependencies (TORCH_SPEC=... bash scripts/setup.sh).
@@ -50,17 +56,24 @@ train() {  # train RUN_NAME [overrides]: a short run on the synthetic corpus, th
     && $PY scripts/gpu_report.py train "$WORK/$name" $PEAK \
     || { echo "training $name failed:"; tail -20 "$WORK/$name.log"; return 1; }
 }
-train eager "$@" || status=1
+PROFILE_AFTER=$((STEPS * 2 / 3))
+train eager trainer.profile_after=$PROFILE_AFTER trainer.profile_steps=10 "$@" || status=1
+[ -f "$WORK/eager/profile/summary.txt" ] && cat "$WORK/eager/profile/summary.txt"
 
 phase "tests/integration/test_gpu.py"
 wait $tests || status=1
 tail -15 "$WORK/pytest.log"
 
-if [ -f "$WORK/eager/checkpoints/last.ckpt" ]; then
+if [ "${DECODE:-1}" = 1 ] && [ -f "$WORK/eager/checkpoints/last.ckpt" ]; then
   phase "decoding speed, $MODEL after $STEPS steps"
   timeout "${DECODE_TIMEOUT:-300}" $PY scripts/gpu_report.py decode "$WORK/eager/checkpoints/last.ckpt" "$WORK/data/test.de.gz" "$WORK/data/test.en.gz" \
     --sentences 1000 || status=1
 fi
+
+for tokens in ${SWEEP_TOKENS:-}; do
+  phase "model=$MODEL, $STEPS steps, bf16, $tokens-token batches"
+  train "tokens$tokens" data.max_tokens="$tokens" "$@" || status=1
+done
 
 if [ "${COMPILE:-0}" = 1 ]; then
   phase "model=$MODEL, $STEPS steps (at most 4 minutes), bf16, trainer.compile=true"
@@ -68,13 +81,18 @@ if [ "${COMPILE:-0}" = 1 ]; then
   grep -c "Recompiling" "$WORK/compiled.log" | sed 's/^/dynamo recompilations: /'
 fi
 
+if [ "${PEERS:-0}" = 1 ]; then
+  phase "peers: mt, plain PyTorch, Hugging Face Marian (model=$MODEL, bf16, 12k-token batches)"
+  $PY scripts/bench_train.py --device cuda --model "$MODEL" --data "$WORK/data" --vocab "$VOCAB" \
+    --max-tokens 12000 --rounds 3 --steps 30 --warmup 10 $PEAK 2>"$WORK/peers.log" || { status=1; tail -20 "$WORK/peers.log"; }
+fi
+if [ "${BIG:-0}" = 1 ]; then
+  phase "model=big, $STEPS steps, bf16"
+  MODEL=big train big "$@" || status=1
+fi
 if [ "${FP16:-0}" = 1 ]; then
   phase "model=$MODEL, $STEPS steps, 16-mixed"
   train fp16 trainer.precision=16-mixed "$@" || status=1
-fi
-if [ -n "${LARGE_TOKENS:-}" ]; then
-  phase "model=$MODEL, $STEPS steps, bf16, $LARGE_TOKENS-token batches"
-  train large data.max_tokens="$LARGE_TOKENS" "$@" || status=1
 fi
 if [ -n "${MULTI30K:-}" ]; then
   phase "Multi30k de-en GPU recipe, ${M30K_STEPS:-3000} updates"

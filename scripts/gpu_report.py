@@ -5,8 +5,8 @@ speed (fp32 and bf16 autocast, greedy and beam) of a checkpoint on one device.
     python scripts/gpu_report.py decode CHECKPOINT SOURCE REFERENCE [--sentences 1000] [--beams 1 5]
 
 MFU counts the weight FLOPs of a target token through the whole model, forward and backward (6 per
-multiply-add of a weight), with the source as long as the target, and divides the measured rate by the
-card's dense bf16 peak. Attention scores (about 2% at these lengths) are not counted.
+multiply-add of a weight), with the source as long as the target (``mt.training.throughput``), and divides
+the measured rate by the card's dense bf16 peak. Attention scores (about 2% at these lengths) are not counted.
 """
 
 from __future__ import annotations
@@ -36,14 +36,11 @@ def train_report(run_dir: Path, peak_tflops: float | None) -> None:
     if not rates:
         raise SystemExit(f"{run_dir}/csv/metrics.csv: no train/tgt_tokens_per_s rows")
     from mt.model.checkpoint import read_checkpoint
+    from mt.training.throughput import flops_per_target_token
 
     ckpt = read_checkpoint(run_dir / "checkpoints/last.ckpt")
     hparams = ckpt["hyper_parameters"]
-    m, vocab = hparams["model"], hparams["tgt_vocab_size"]
-    d, ff = m["d_model"], m["d_ff"]
-    encoder = m["encoder_layers"] * (4 * d * d + 2 * d * ff)  # the weights an encoder token passes through
-    decoder = m["decoder_layers"] * (8 * d * d + 2 * d * ff) + d * vocab  # self + cross attention, FFN, output
-    flops_per_tgt_token = 6 * (encoder + decoder)
+    flops_per_tgt_token = flops_per_target_token(hparams["model"], hparams["tgt_vocab_size"])
     steady = rates[len(rates) // 5 :] or rates  # the first fifth holds warm-up (allocator, kernels, compile)
     rate = statistics.median(steady)
     tflops = flops_per_tgt_token * rate / 1e12

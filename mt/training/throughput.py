@@ -1,4 +1,5 @@
-"""Target tokens per second between log points, and training wall time across resumes."""
+"""Target tokens per second between log points, training wall time across resumes, and the model FLOPs a
+target token costs (for model FLOPs utilisation)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,16 @@ class Throughput:
 
     def elapsed_hours(self) -> float:
         return self.elapsed_seconds() / 3600.0
+
+
+def flops_per_target_token(model: dict, vocab_size: int) -> int:
+    """Training FLOPs of one target token through the whole model: 6 per multiply-add of a weight (forward 2,
+    backward 4), with the source as long as the target; attention scores (about 2% at translation lengths)
+    and embeddings' lookups are not counted.
+
+    ``model``: ``d_model``, ``d_ff``, ``encoder_layers``, ``decoder_layers`` (a ``ModelConfig`` as a dict).
+    """
+    d, ff = model["d_model"], model["d_ff"]
+    encoder = model["encoder_layers"] * (4 * d * d + 2 * d * ff)  # self-attention (q, k, v, out) and FFN
+    decoder = model["decoder_layers"] * (8 * d * d + 2 * d * ff) + d * vocab_size  # + cross-attention, output
+    return 6 * (encoder + decoder)

@@ -16,6 +16,7 @@ from mt.training.ema import ExponentialMovingAverage
 from mt.training.loggers import StepProgressBar, build_loggers
 from mt.training.module import TranslationModule
 from mt.training.preemption import PreemptionCallback
+from mt.training.profiling import StepProfiler
 from mt.training.rng import RngStateCallback
 
 
@@ -59,6 +60,8 @@ def build_trainer(
         )
     if cfg.enable_progress_bar:
         callbacks.append(StepProgressBar())
+    if cfg.profile_steps:
+        callbacks.append(StepProfiler(run_dir / "profile", cfg.profile_after, cfg.profile_steps))
     if cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
     version = log_version(run_dir, resuming)

@@ -179,3 +179,35 @@ def test_ordinary_training_steps_on_cuda_make_no_host_sync(toy_corpus_dir, tmp_p
     assert len(ordinary) >= 40
     syncing = {step: dict(counts[step]) for step in ordinary if counts[step]}
     assert syncing == {}, f"host syncs in ordinary steps: {syncing}"
+
+
+def test_training_batches_reach_cuda_from_pinned_memory(toy_corpus_dir, tmp_path, monkeypatch):
+    import lightning as L
+
+    from tests.helpers import with_callback
+
+    seen = []
+
+    class PinProbe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            loader = trainer.train_dataloader
+            seen.append((loader.pin_memory, batch.src_ids.device.type))
+
+    with_callback(monkeypatch, PinProbe())
+    config = tiny_train_config(
+        toy_corpus_dir, **{"trainer.accelerator": "gpu", "trainer.max_steps": 3, "validation.decode": "none"}
+    )
+    train(config, tmp_path)
+    assert seen == [(True, "cuda")] * 3
+
+
+def test_profile_on_cuda_reports_device_busy_share_and_kernels(toy_corpus_dir, tmp_path):
+    config = tiny_train_config(
+        toy_corpus_dir,
+        **{"trainer.accelerator": "gpu", "trainer.max_steps": 12, "trainer.log_every_n_steps": 50},
+        **{"trainer.profile_after": 4, "trainer.profile_steps": 5, "validation.decode": "none"},
+    )
+    train(config, tmp_path)
+    summary = (tmp_path / "profile/summary.txt").read_text()
+    assert "profile: 5 training steps" in summary and "device busy" in summary
+    assert "aten::_local_scalar_dense 0," in summary and "top kernels (device time)" in summary
