@@ -291,13 +291,18 @@ def test_runs_sharing_a_cache_reuse_its_tokenizer_and_encoded_splits(toy_corpus_
         TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path / "run3", seed=2).prepare_tokenizer()
 
 
-def test_the_cache_key_changes_when_a_data_file_changes(tmp_path):
-    from mt.data.corpus import cache_key
-
+def toy_corpus_and_tokenizer(tmp_path):
+    """A 30-pair local corpus's DataConfig and a tokenizer trained on it."""
     write_text_corpus(tmp_path, {"train": toy_pairs(30)})
     cfg = from_dict(DataConfig, {"name": "toy", "path": str(tmp_path)})
     text = load_split(cfg, "train")
-    tokenizer = train_tokenizer(text.src, text.tgt, vocab_size=60)
+    return cfg, train_tokenizer(text.src, text.tgt, vocab_size=60)
+
+
+def test_the_cache_key_changes_when_a_data_file_changes(tmp_path):
+    from mt.data.corpus import cache_key
+
+    cfg, tokenizer = toy_corpus_and_tokenizer(tmp_path)
     before = cache_key(cfg, "train", tokenizer)
     write_text_corpus(tmp_path, {"train": toy_pairs(31)})
     assert cache_key(cfg, "train", tokenizer) != before
@@ -309,10 +314,7 @@ def test_the_cache_key_ignores_how_pairs_are_batched(tmp_path):
 
     from mt.data.corpus import cache_key
 
-    write_text_corpus(tmp_path, {"train": toy_pairs(30)})
-    cfg = from_dict(DataConfig, {"name": "toy", "path": str(tmp_path)})
-    text = load_split(cfg, "train")
-    tokenizer = train_tokenizer(text.src, text.tgt, vocab_size=60)
+    cfg, tokenizer = toy_corpus_and_tokenizer(tmp_path)
     before = cache_key(cfg, "train", tokenizer)
     assert cache_key(replace(cfg, max_tokens=2048, pad_to_multiple=8, num_workers=2), "train", tokenizer) == before
     assert cache_key(replace(cfg, max_len=40), "train", tokenizer) != before  # cleaning does change the pairs
