@@ -254,7 +254,8 @@ class OutputProjection(nn.Linear):
     At decoding it is the largest matrix product of a step, (rows, D) x (D, V), with few rows and a
     wide V: there MKL's sgemm behind ``F.linear`` reaches 49 GFLOP/s on 2 Zen 3 cores (64 x 256 x 8000)
     and oneDNN with the weight packed once reaches 110. So without gradients on CPU in fp32, the weight
-    is packed (again whenever it changes, e.g. between validations) and multiplied by oneDNN; training,
+    is packed (again at each change of train/eval mode, and whenever its version changes) and multiplied by
+    oneDNN; training,
     autocast and other devices keep ``F.linear``. Parameters and checkpoints are those of ``nn.Linear``.
     """
 
@@ -267,6 +268,13 @@ class OutputProjection(nn.Linear):
             if not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
                 return onednn_linear(x, self._packed_weight(), self.bias)
         return F.linear(x, self.weight, self.bias)
+
+    def train(self, mode: bool = True) -> OutputProjection:
+        # Forget the packed weight at every change of mode (before each validation, after it): an optimizer may
+        # have changed the weight without the version counter of the key below seeing it (torch's fused AdamW on
+        # CPU updates in place without bumping it), and decoding would multiply by the weight of an earlier step.
+        self._packed = None
+        return super().train(mode)
 
     def _packed_weight(self) -> Tensor:
         weight = self.weight

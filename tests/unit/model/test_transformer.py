@@ -140,3 +140,29 @@ def test_output_projection_packed_for_cpu_inference_equals_linear_and_follows_we
     loss = layer(x).square().sum()  # with gradients: F.linear, and the weight gets its gradient
     loss.backward()
     assert layer.weight.grad is not None
+
+
+def test_output_projection_decodes_with_the_weight_a_fused_adamw_step_left():
+    """torch's fused AdamW on CPU updates the weight in place without bumping its version counter: the packed
+    weight must still follow it from one validation (eval mode) to the next, as the training between them
+    (train mode) does. Before the fix the second validation decoded with the first one's weight."""
+    from mt.model import layers
+    from mt.model.layers import OutputProjection
+
+    if not layers._ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN packed linear")
+    torch.manual_seed(0)
+    layer = OutputProjection(32, 300, bias=False)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+    x = torch.randn(5, 32)
+    layer.eval()
+    with torch.no_grad():
+        layer(x)  # the first validation packs the weight
+    layer.train()
+    layer(x).square().sum().backward()
+    before = layer.weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(layer.weight, before)
+    layer.eval()
+    with torch.no_grad():
+        assert_close(layer(x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
