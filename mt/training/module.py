@@ -262,13 +262,9 @@ class TranslationModule(L.LightningModule):
     def _use_fused_adamw(self) -> bool:
         """Fused AdamW (one kernel over all parameters, which skips a non-finite update on the device: see
         ``on_before_optimizer_step``) on CPUs and GPUs, except where Lightning's fp16 mixed precision must clip
-        its gradients (the fused kernel unscales them itself) and in CPU runs of several processes."""
+        its gradients (the fused kernel unscales them itself)."""
         trainer = self._attached_trainer()
         if self.device.type not in ("cpu", "cuda"):
-            return False
-        if self.device.type == "cpu" and trainer is not None and trainer.world_size > 1:
-            # Under DDP on CPU a slow test found validation BLEU off a fresh decode of best.ckpt with fused AdamW,
-            # most likely the stale packed projection fixed since (OutputProjection.train); kept unfused until rerun.
             return False
         precision = str(trainer.precision) if trainer is not None else ""
         return self.clips_itself(precision) or self.optim_cfg.clip_norm <= 0
