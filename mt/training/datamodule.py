@@ -202,8 +202,11 @@ class TranslationDataModule(L.LightningDataModule):
         trainer = self.trainer
         src_lengths = np.concatenate([c.src_lengths for c in corpora])
         tgt_lengths = np.concatenate([c.tgt_lengths for c in corpora])
-        sharding = dict(num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
-        sharding["pad_to_multiple"] = self.data_cfg.pad_to_multiple
+        common = dict(
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            pad_to_multiple=self.data_cfg.pad_to_multiple,
+        )
         try:
             if split == "train" and self.mixture:
                 return MixtureBatchSampler(
@@ -214,10 +217,10 @@ class TranslationDataModule(L.LightningDataModule):
                     draws=self.draws(),
                     seed=self.seed,
                     epoch=trainer.current_epoch if trainer else 0,  # the loader is rebuilt every epoch
-                    **sharding,
+                    **common,
                 )
             return TokenBatchSampler(
-                src_lengths, tgt_lengths, self.data_cfg.max_tokens, shuffle=shuffle, seed=self.seed, **sharding
+                src_lengths, tgt_lengths, self.data_cfg.max_tokens, shuffle=shuffle, seed=self.seed, **common
             )
         except ValueError as error:
             raise DataError(f"data {self.data_cfg.name!r} {split} split: {error}; raise data.max_tokens") from None
@@ -233,7 +236,7 @@ class TranslationDataModule(L.LightningDataModule):
             collate_fn=functools.partial(PairDataset.collate, pad_to_multiple=self.data_cfg.pad_to_multiple),
             num_workers=self.data_cfg.num_workers,
             persistent_workers=self.data_cfg.num_workers > 0,
-            # Page-locked batches for CUDA, so Batch.to's non-blocking copy overlaps the step before it.
+            # Page-locked batches for CUDA, so Batch.to's non-blocking copy does not block the host.
             pin_memory=self.pins_memory,
             generator=torch.Generator().manual_seed(self.seed),
         )
