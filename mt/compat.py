@@ -101,6 +101,12 @@ def logged_step(trainer: Any) -> int:
     return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
 
 
+def logs_this_update(trainer: Any) -> bool:
+    """Whether Lightning writes this update's logged values: its ``should_update_logs`` rule for a training
+    step, less the ``should_stop`` case, which can still change after the step (callers check it then)."""
+    return (logged_step(trainer) + 1) % trainer.log_every_n_steps == 0
+
+
 def align_logged_step(trainer: Any) -> None:
     """Make the step Lightning logs this update at its count of updates taken (``global_step``), as it is at
     every batch start of an uninterrupted run. Resumed from a checkpoint written at ``on_validation_end``

@@ -24,7 +24,7 @@ from mt import faults
 from mt.compat import (
     align_logged_step,
     fused_step_skippable,
-    logged_step,
+    logs_this_update,
     no_duck_sizing,
     raise_recompile_limit,
     skip_next_step,
@@ -142,7 +142,7 @@ class TranslationModule(L.LightningModule):
         self.nonfinite.observe_loss(nonfinite)
         loss = loss_sum * (world_size / total_tokens)
         # The values stay on the device (StepLog); Lightning gets them at logging steps only (on_train_batch_end).
-        self._logging_update = (logged_step(self.trainer) + 1) % self.trainer.log_every_n_steps == 0
+        self._logging_update = logs_this_update(self.trainer)
         self.step_log.start_update()
         self.step_log.record("train/loss", total_loss / total_tokens)
         self.step_log.record("train/ppl", torch.exp(total_nll / total_tokens))

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 from torch import Tensor
 
-from mt.compat import logged_step
+from mt.compat import logged_step, logs_this_update
 
 
 class StepLog:
@@ -44,10 +44,9 @@ class StepLog:
             logger.save()
         if self.pending is None or not trainer.training:
             return
-        step = logged_step(trainer)
-        if (step + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop:
+        if logs_this_update(trainer) or trainer.should_stop:
             checkpoint["unwritten_step_log"] = {
-                "step": int(step),
+                "step": logged_step(trainer),
                 "epoch": int(trainer.current_epoch),
                 "metrics": {name: float(value) for name, value in self.pending.items()},
             }

@@ -165,6 +165,22 @@ def test_logged_step_is_the_step_lightning_writes_the_updates_logs_at():
     assert seen[1::2] == recorder.steps  # the last micro-batch of each update
 
 
+def test_logs_this_update_is_true_at_the_updates_lightning_writes_logs_for():
+    """Read during each update, ``logs_this_update`` is true at exactly the steps the loggers receive."""
+    recorder = _StepRecorder()
+    told: list[tuple[int, bool]] = []
+
+    class Asking(_Toy):
+        def training_step(self, batch, batch_idx):
+            told.append((compat.logged_step(self.trainer), compat.logs_this_update(self.trainer)))
+            return super().training_step(batch, batch_idx)
+
+    loader = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=2)  # 8 updates
+    _trainer(max_epochs=1, logger=recorder, log_every_n_steps=3).fit(Asking(), loader)
+    assert recorder.steps == [2, 5]
+    assert [step for step, logs in told if logs] == recorder.steps
+
+
 def test_align_logged_step_sets_the_step_lightning_logs_the_update_at():
     """What ``align_logged_step`` writes at a batch start is the step the loggers receive for that update."""
     recorder = _StepRecorder()
