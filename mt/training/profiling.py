@@ -105,9 +105,11 @@ def busy_time(intervals: Iterable[tuple[float, float]]) -> float:
     return total
 
 
-def summarize(events: list[Event], top: int = 12) -> str:
-    """The text summary of a profile's events (see the module docstring)."""
-    steps = [e for e in events if not e.on_device and e.name.startswith(STEP_EVENT)]
+def summarize(events: list[Event], top: int = 12, complete: int | None = None) -> str:
+    """The text summary of a profile's events (see the module docstring). ``complete``: how many of the recorded
+    steps ended in an update; a run that stopped inside the window leaves one more, its tail, which is left out."""
+    steps = sorted((e for e in events if not e.on_device and e.name.startswith(STEP_EVENT)), key=lambda e: e.start)
+    steps = steps[:complete]
     if not steps:
         return "profile: no training step was recorded (fewer steps than trainer.profile_after + profile_steps?)"
     n = len(steps)
@@ -161,6 +163,8 @@ class StepProfiler(L.Callback):
         self._update_range: torch.profiler.record_function | None = None
         self._hooks: list = []
         self._stepped_at = 0
+        self._unrecorded = 0  # profiler steps before the recorded ones (waiting, warming up)
+        self._steps_taken = 0  # profiler steps taken: updates ended since the profile started
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
@@ -170,6 +174,7 @@ class StepProfiler(L.Callback):
             activities.append(ProfilerActivity.CUDA)
         # One warm-up step before recording: the profiler's own start-up cost falls there.
         wait, warmup = max(self.after - 1, 0), min(self.after, 1)
+        self._unrecorded = wait + warmup
         self.profile = torch.profiler.profile(
             activities=activities,
             schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=self.steps, repeat=1),
@@ -195,6 +200,7 @@ class StepProfiler(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if self.profile is not None and trainer.global_step > self._stepped_at:  # an update ended
             self._stepped_at = trainer.global_step
+            self._steps_taken += 1
             self.profile.step()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -218,7 +224,8 @@ class StepProfiler(L.Callback):
     def _write(self, profile: torch.profiler.profile) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         profile.export_chrome_trace(str(self.out_dir / "trace.json.gz"))
-        self.summary = summarize(events_of(profile))
+        complete = min(max(self._steps_taken - self._unrecorded, 0), self.steps)
+        self.summary = summarize(events_of(profile), complete=complete)
         with atomic_write(self.out_dir / "summary.txt") as handle:
             handle.write((self.summary + "\n").encode())
         log.info("%s\n  (trace: %s)", self.summary, self.out_dir / "trace.json.gz")

@@ -20,10 +20,10 @@ class ReadsEveryStep(L.Callback):
         torch.ones(1).add(1).item()
 
 
-def profiled_run(toy_corpus_dir, run_dir) -> str:
+def profiled_run(toy_corpus_dir, run_dir, max_steps: int = 12) -> str:
     config = tiny_train_config(
         toy_corpus_dir,
-        **{"trainer.max_steps": 12, "trainer.log_every_n_steps": 50, "validation.decode": "none"},
+        **{"trainer.max_steps": max_steps, "trainer.log_every_n_steps": 50, "validation.decode": "none"},
         **{"trainer.profile_after": 3, "trainer.profile_steps": 4, "test_after_training": False},
     )
     train(config, run_dir)
@@ -46,3 +46,14 @@ def test_profile_records_the_chosen_steps_and_counts_host_reads(toy_corpus_dir, 
     with_callback(monkeypatch, ReadsEveryStep())
     summary = profiled_run(toy_corpus_dir, tmp_path / "reading")
     assert "host-device syncs a step: aten::_local_scalar_dense 1\n" in summary
+
+
+def test_a_run_ending_inside_the_window_counts_only_its_updates(toy_corpus_dir, tmp_path):
+    """Updates 4 and 5 of a 5-update run fall in the window of 4..7: the time after the last update (validation,
+    teardown) is recorded as one more profiler step, which the summary leaves out."""
+    summary = profiled_run(toy_corpus_dir, tmp_path, max_steps=5)
+    assert summary.startswith("profile: 2 training steps,")
+    with gzip.open(tmp_path / "profile/trace.json.gz", "rt") as handle:
+        trace = json.load(handle)
+    steps = {e["name"] for e in trace["traceEvents"] if e.get("name", "").startswith("ProfilerStep#")}
+    assert steps == {"ProfilerStep#3", "ProfilerStep#4", "ProfilerStep#5"}  # the tail is in the trace

@@ -49,6 +49,20 @@ def test_summary_figures_per_step():
     assert "after the window" not in summary
 
 
+def test_summary_leaves_out_steps_past_the_complete_ones():
+    events = [
+        host("ProfilerStep#4", 1000, 2000),  # listed out of order: the first steps by start time count
+        host("ProfilerStep#3", 0, 1000),
+        host("ProfilerStep#5", 2000, 9000),  # the tail of a run that stopped inside the window
+        host("aten::mm", 100, 300),
+        host("aten::mm", 2500, 8000),  # in the tail: not counted
+    ]
+    summary = summarize(events, complete=2)
+    assert "profile: 2 training steps, 1.00 ms a step (wall)" in summary
+    assert "0.100 ms/step" in summary and "1.0 calls/step" not in summary  # 200 us over 2 steps, 0.5 calls each
+    assert "profile: 3 training steps, 3.00 ms a step" in summarize(events)
+
+
 def test_summary_without_steps_says_so():
     assert "no training step was recorded" in summarize([host("aten::mm", 0, 10)])
 
