@@ -255,8 +255,8 @@ class OutputProjection(nn.Linear):
     wide V: there MKL's sgemm behind ``F.linear`` reaches 49 GFLOP/s on 2 Zen 3 cores (64 x 256 x 8000)
     and oneDNN with the weight packed once reaches 110. So without gradients on CPU in fp32, the weight
     is packed (again at each change of train/eval mode, and whenever its version changes) and multiplied by
-    oneDNN; training,
-    autocast and other devices keep ``F.linear``. Parameters and checkpoints are those of ``nn.Linear``.
+    oneDNN; training, autocast and other devices keep ``F.linear``. Parameters and checkpoints are those of
+    ``nn.Linear``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
