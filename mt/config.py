@@ -391,7 +391,9 @@ class ValidationConfig:
         )
 
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # Lightning's names of the precisions mt is tested in
+# Lightning's names of the precisions mt is tested in, and auto: bf16-mixed where the hardware multiplies bf16
+# natively, else 32-true (mt.device.resolve_precision).
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "auto")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from mt.config import TrainConfig, TrainerConfig
+from mt.device import resolve_precision
 from mt.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from mt.training.ema import ExponentialMovingAverage
 from mt.training.loggers import StepProgressBar, build_loggers
@@ -19,11 +21,16 @@ from mt.training.preemption import PreemptionCallback
 from mt.training.profiling import StepProfiler
 from mt.training.rng import RngStateCallback
 
+log = logging.getLogger(__name__)
+
 
 def build_trainer(
     config: TrainConfig, run_dir: Path, *, resuming: bool = False, preemption: PreemptionCallback | None = None
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     cfg = config.trainer
+    precision, why = resolve_precision(cfg.precision, cfg.accelerator)
+    if cfg.precision == "auto":
+        log.info("precision %s (%s)", precision, why)
     monitor, mode = config.validation.selection  # best.ckpt, early stopping, and a sweep's objective
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -74,7 +81,7 @@ def build_trainer(
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=build_strategy(cfg),
-        precision=cfg.precision,
+        precision=precision,
         max_steps=cfg.max_steps,
         max_epochs=cfg.max_epochs,
         max_time=cfg.max_time,
@@ -84,7 +91,7 @@ def build_trainer(
         log_every_n_steps=cfg.log_every_n_steps,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         # The module clips (one pass over the gradients with its finiteness check), except under fp16.
-        gradient_clip_val=None if TranslationModule.clips_itself(cfg.precision) else (config.optim.clip_norm or None),
+        gradient_clip_val=None if TranslationModule.clips_itself(precision) else (config.optim.clip_norm or None),
         num_sanity_val_steps=cfg.num_sanity_val_steps,
         fast_dev_run=cfg.fast_dev_run,
         enable_progress_bar=cfg.enable_progress_bar,
