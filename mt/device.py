@@ -62,7 +62,7 @@ def cpu_flags(cpuinfo: Path | None = None) -> set[str]:
 def resolve_precision(precision: str, accelerator: str, *, cpuinfo: Path | None = None) -> tuple[str, str]:
     """Lightning's precision for ``trainer.precision``, and why: ``auto`` becomes ``bf16-mixed`` where the hardware
     multiplies bf16 natively (a CUDA GPU that supports it; a CPU with AVX-512 BF16 or AMX, where bf16 matrix
-    products run ~2.4x faster than fp32: docs/results.md), else ``32-true`` (on an AVX2 CPU bf16 is emulated and
+    products run 2-2.9x faster than fp32: docs/performance.md), else ``32-true`` (on an AVX2 CPU bf16 is emulated and
     several times slower). Any other value is returned as given."""
     if precision != "auto":
         return precision, "as configured"

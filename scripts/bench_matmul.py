@@ -36,6 +36,11 @@ def gflops(a: torch.Tensor, b: torch.Tensor, calls: int) -> float:
     return 2 * a.shape[0] * a.shape[1] * b.shape[1] / seconds / 1e9
 
 
+def cell(values: list[float], digits: int) -> str:
+    """Median (min-max)."""
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1024, help="rows: the tokens of a batch")
@@ -64,10 +69,6 @@ def main() -> None:
             for dtype in order:
                 rates[dtype].append(gflops(*pairs[dtype], args.calls))
         ratios = [b16 / f32 for f32, b16 in zip(rates[torch.float32], rates[torch.bfloat16])]
-
-        def cell(values: list[float], digits: int) -> str:
-            return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
-
         print(
             f"{name:<22}{f'{rows} x {inner} x {cols}':>20}{cell(rates[torch.float32], 0):>22}"
             f"{cell(rates[torch.bfloat16], 0):>22}{cell(ratios, 2):>24}"
