@@ -59,6 +59,11 @@ def cpu_flags(cpuinfo: Path | None = None) -> set[str]:
     return set()
 
 
+def native_bf16_flags(cpuinfo: Path | None = None) -> list[str]:
+    """Those of the CPU's flags that mean it multiplies bf16 in hardware (``NATIVE_BF16_FLAGS``), sorted."""
+    return sorted(set(NATIVE_BF16_FLAGS) & cpu_flags(cpuinfo))
+
+
 def resolve_precision(precision: str, accelerator: str, *, cpuinfo: Path | None = None) -> tuple[str, str]:
     """Lightning's precision for ``trainer.precision``, and why: ``auto`` becomes ``bf16-mixed`` where the hardware
     multiplies bf16 natively (a CUDA GPU that supports it; a CPU with AVX-512 BF16 or AMX, where bf16 matrix
@@ -71,7 +76,7 @@ def resolve_precision(precision: str, accelerator: str, *, cpuinfo: Path | None 
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return "bf16-mixed", "trainer.precision=auto: a GPU with bf16"
         return "32-true", "trainer.precision=auto: the GPU has no bf16"
-    native = sorted(set(NATIVE_BF16_FLAGS) & cpu_flags(cpuinfo))
+    native = native_bf16_flags(cpuinfo)
     if native:
         return "bf16-mixed", f"trainer.precision=auto: the CPU multiplies bf16 natively ({', '.join(native)})"
     return "32-true", "trainer.precision=auto: the CPU has no native bf16 (avx512_bf16 or amx_bf16)"

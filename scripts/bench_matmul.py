@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mt.device import NATIVE_BF16_FLAGS, cpu_flags  # noqa: E402
+from mt.device import native_bf16_flags  # noqa: E402
 
 
 def gflops(a: torch.Tensor, b: torch.Tensor, calls: int) -> float:
@@ -53,7 +53,7 @@ def main() -> None:
     torch.manual_seed(0)
     m, d, f, v = args.tokens, args.d_model, args.d_ff, args.vocab
     shapes = {"attention projection": (m, d, d), "FFN in": (m, d, f), "FFN out": (m, f, d), "output layer": (m, d, v)}
-    flags = sorted(set(NATIVE_BF16_FLAGS) & cpu_flags())
+    flags = native_bf16_flags()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, capability "
         f"{torch.backends.cpu.get_cpu_capability()}, native bf16 flags: {', '.join(flags) or 'none'}; "
