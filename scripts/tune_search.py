@@ -42,7 +42,8 @@ def main() -> None:
     if args.average_last:
         checkpoints[f"avg_last{args.average_last}"] = averaged_checkpoint(args.run, args.average_last)
     data = checkpoint_info(checkpoints["best"])["data"]
-    (test_set,) = load_test_sets(ReportConfig(run=str(args.run), test_splits=[args.split]), data)
+    report_config = ReportConfig(run=str(args.run), test_splits=[args.split])
+    (test_set,) = load_test_sets(report_config, data)
     settings = [(1, 0.0)] if 1 in numbers(args.beams, int) else []
     settings += [(b, a) for b in numbers(args.beams, int) if b > 1 for a in numbers(args.alphas, float)]
 
@@ -51,7 +52,7 @@ def main() -> None:
         for beam, alpha in settings:
             search = SearchConfig(beam=beam, length_penalty=alpha, length_penalty_type="gnmt" if alpha else "none")
             start = time.perf_counter()
-            result = decode_scores(path, test_set, search, args.run / "report_cache")
+            result = decode_scores(path, test_set, search, args.run / "report_cache", report_config.metrics)
             seconds = time.perf_counter() - start
             rows.append((label, beam, alpha, result["bleu"], result["chrf"], seconds))
             print(f"{label} beam {beam} alpha {alpha}: BLEU {result['bleu']:.2f} ({seconds:.0f} s)", file=sys.stderr)

@@ -160,3 +160,38 @@ def test_test_files_of_the_same_name_keep_their_own_scores_and_empty_ones_are_re
     config = ReportConfig(run="r", sources=[str(tmp_path / "empty.de")], references=[str(tmp_path / "empty.en")])
     with pytest.raises(DataError, match=r"empty.de is empty"):
         load_test_sets(config, None)
+
+
+def test_tune_search_scores_each_setting_as_evaluate_does_and_refuses_a_test_split(trained_run):
+    """scripts/tune_search.py decodes best.ckpt (and the average) under each beam × alpha through mt.report's cache;
+    its figures for best.ckpt must be mt.evaluate's for the same checkpoint, split and search."""
+    script = [sys.executable, "scripts/tune_search.py", "--run", str(trained_run)]
+    result = subprocess.run(
+        [*script, "--split", "valid", "--beams", "1,2", "--alphas", "1.0", "--average-last", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| best") or "avg" in line]
+    table = {(cells[0].strip(), int(cells[1]), float(cells[2])): float(cells[3].split()[0]) for cells in rows}
+    assert set(table) == {("best", 1, 0.0), ("best", 2, 1.0), ("avg_last2", 1, 0.0), ("avg_last2", 2, 1.0)}
+    best = trained_run / "checkpoints" / "best.ckpt"
+    for (label, beam, alpha), bleu in table.items():
+        if label != "best":
+            continue
+        search = ["search=greedy"] if beam == 1 else [f"beam={beam}", f"search.length_penalty={alpha}"]
+        evaluated = subprocess.run(
+            [sys.executable, "-m", "mt.evaluate", f"checkpoint={best}", "split=valid", *search],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+        assert bleu == json.loads(evaluated.stdout.strip().splitlines()[-1])["bleu"], (label, beam, alpha)
+
+    refused = subprocess.run([*script, "--split", "test"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0
+    assert refused.stderr.strip() == "--split=test: tune on a validation split, not a test set"
