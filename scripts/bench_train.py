@@ -227,14 +227,22 @@ def load_pairs(data_dir: Path, work_dir: Path, vocab_size: int):
 
 
 def mt_batches(corpus, max_tokens: int, count: int, seed: int) -> list[Batch]:
+    """``count`` token batches of length-sorted pairs, over as many epochs as a small corpus needs."""
     sampler = TokenBatchSampler(corpus.src_lengths, corpus.tgt_lengths, max_tokens, shuffle=True, seed=seed)
-    chosen = sampler.all_batches()[:count]
+    chosen: list[np.ndarray] = []
+    epoch = 0
+    while len(chosen) < count:
+        sampler.set_epoch(epoch)
+        chosen += sampler.all_batches()[: count - len(chosen)]
+        epoch += 1
     return [collate([corpus.src(i) for i in b], [corpus.tgt(i) for i in b], b.tolist()) for b in chosen]
 
 
 def hf_batches(corpus, sentences: int, count: int, seed: int) -> list[dict]:
-    """Batches of ``sentences`` pairs in a shuffled order, as Hugging Face's users batch."""
-    order = np.random.default_rng(seed).permutation(len(corpus))
+    """Batches of ``sentences`` pairs in a shuffled order, as Hugging Face's users batch (a new order each epoch)."""
+    rng = np.random.default_rng(seed)
+    epochs = -(-count * sentences // len(corpus))
+    order = np.concatenate([rng.permutation(len(corpus)) for _ in range(epochs)])
     batches = []
     for k in range(count):
         ids = order[k * sentences : (k + 1) * sentences].tolist()
