@@ -21,12 +21,18 @@
 # WORK (/tmp/mt-gpu-check), PEAK_TFLOPS (the card's dense bf16 peak; known for H100/H200/A100/L40S/A10/L4),
 # DECODE_TIMEOUT (300 s), DECODE, SWEEP_TOKENS, COMPILE, PEERS, BIG, FP16, MULTI30K, M30K_STEPS (see above),
 # TRAINER (gpu; TRAINER=cpu MODEL=tiny STEPS=50 PAIRS=3000 VOCAB=1000 DECODE_TIMEOUT=60 checks the script
-# itself on a CPU in about 5 minutes; 50 steps make one tokens/s window).
-# Needs a CUDA build of torch with mt's dependencies (TORCH_SPEC=... bash scripts/setup.sh).
+# itself on a CPU in about 5 minutes; 50 steps make one tokens/s window), COMPILE_TIME (the compiled run's
+# bound, 00:00:04:00), WHEELS (a folder of wheels from scripts/offline_wheels.sh, installed into $WORK/site
+# first: for a machine with torch and no package registry), LOGS (a folder that receives this output as
+# gpu_check.log, and after each phase logs.tgz: every run's log, metrics and profile summary, and the eager
+# run's trace if under 15 MiB, so that a run stopped at a time limit keeps the phases it finished).
+# Needs a CUDA build of torch with mt's dependencies (TORCH_SPEC=... bash scripts/setup.sh, or WHEELS).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+[ -n "${PYTHON:-}" ] || [ -x "$PY" ] || PY=python3
 WORK=${WORK:-/tmp/mt-gpu-check}
+LOGS=${LOGS:-}
 STEPS=${STEPS:-300}
 PAIRS=${PAIRS:-100000}
 TRAINER=${TRAINER:-gpu}
@@ -35,10 +41,26 @@ VOCAB=${VOCAB:-32000}
 PEAK=${PEAK_TFLOPS:+--peak-tflops $PEAK_TFLOPS}
 status=0
 rm -rf "$WORK" && mkdir -p "$WORK"
+if [ -n "$LOGS" ]; then
+  mkdir -p "$LOGS" && LOGS=$(realpath "$LOGS") && exec > >(tee "$LOGS/gpu_check.log") 2>&1
+fi
+if [ -n "${WHEELS:-}" ]; then
+  $PY -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$WHEELS"/*.whl \
+    || { echo "could not install the wheels in $WHEELS"; exit 1; }
+  export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 $PY -c "import torch; cuda = torch.cuda.is_available(); print('torch', torch.__version__, '|', torch.cuda.get_device_name(0) if cuda else 'no CUDA device')"
 [ "$TRAINER" = cpu ] || $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || exit 1
 
-phase() { echo; echo "== $* ($(date +%T))"; }
+keep() {  # the logs so far into $LOGS/logs.tgz (see LOGS above)
+  [ -n "$LOGS" ] || return 0
+  (cd "$WORK" && tar czf "$LOGS/logs.tgz.tmp" --ignore-failed-read ./*.log ./*/*.log ./*/csv/*.csv ./*/profile/summary.txt \
+    2>/dev/null; mv "$LOGS/logs.tgz.tmp" "$LOGS/logs.tgz")
+  local trace="$WORK/eager/profile/trace.json.gz"
+  [ -f "$trace" ] && [ "$(stat -c %s "$trace")" -lt 15728640 ] && cp "$trace" "$LOGS/"
+  return 0
+}
+phase() { keep; echo; echo "== $* ($(date +%T))"; }
 
 phase "tests/integration/test_gpu.py (background)"
 $PY -m pytest -q -p no:cacheprovider tests/integration/test_gpu.py >"$WORK/pytest.log" 2>&1 &
@@ -76,14 +98,14 @@ for tokens in ${SWEEP_TOKENS:-}; do
 done
 
 if [ "${COMPILE:-0}" = 1 ]; then
-  phase "model=$MODEL, $STEPS steps (at most 4 minutes), bf16, trainer.compile=true"
-  TORCH_LOGS=recompiles train compiled trainer.compile=true trainer.max_time=00:00:04:00 "$@" || status=1
+  phase "model=$MODEL, $STEPS steps (at most ${COMPILE_TIME:-00:00:04:00}), bf16, trainer.compile=true"
+  TORCH_LOGS=recompiles train compiled trainer.compile=true trainer.max_time="${COMPILE_TIME:-00:00:04:00}" "$@" || status=1
   grep -c "Recompiling" "$WORK/compiled.log" | sed 's/^/dynamo recompilations: /'
 fi
 
 if [ "${PEERS:-0}" = 1 ]; then
   phase "peers: mt, plain PyTorch, Hugging Face Marian (model=$MODEL, bf16, 12k-token batches)"
-  $PY scripts/bench_train.py --device cuda --model "$MODEL" --data "$WORK/data" --vocab "$VOCAB" \
+  $PY scripts/bench_train.py --device "$([ "$TRAINER" = cpu ] && echo cpu || echo cuda)" --model "$MODEL" --data "$WORK/data" --vocab "$VOCAB" \
     --max-tokens 12000 --rounds 3 --steps 30 --warmup 10 $PEAK 2>"$WORK/peers.log" || { status=1; tail -20 "$WORK/peers.log"; }
 fi
 if [ "${BIG:-0}" = 1 ]; then
