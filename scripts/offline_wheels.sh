@@ -11,18 +11,12 @@ cd "$(dirname "$0")/.."
 DIR=${1:-.whl}
 PYVER=${2:-3.12}
 PY=${PYTHON:-.venv/bin/python}
-PACKAGES="hydra-core omegaconf datasets pyarrow fsspec dill multiprocess"
-pins=$($PY -c "import sys; from importlib.metadata import version
-print(' '.join(f'{n}=={version(n)}' for n in sys.argv[1:]))" $PACKAGES antlr4-python3-runtime)
+pins() { $PY -c "import sys; from importlib.metadata import version; print(*(f'{n}=={version(n)}' for n in sys.argv[1:]))" "$@"; }
 mkdir -p "$DIR"
 rm -f "$DIR"/*.whl
-platforms=""
-for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
-  platforms="$platforms --platform $p"
-done
-binary=$(echo "$pins" | tr ' ' '\n' | grep -v '^antlr4')
-# shellcheck disable=SC2086
+# shellcheck disable=SC2046
 $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
-  $platforms -d "$DIR" $binary
-$PY -m pip wheel --quiet --no-deps -w "$DIR" "$(echo "$pins" | tr ' ' '\n' | grep '^antlr4')"
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$DIR" \
+  $(pins hydra-core omegaconf datasets pyarrow fsspec dill multiprocess)
+$PY -m pip wheel --quiet --no-deps -w "$DIR" "$(pins antlr4-python3-runtime)"
 ls -l "$DIR"/*.whl | awk '{s += $5; print $5, $9} END {printf "%.1f MiB in all\n", s / 1048576}'
