@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import random
 import socket
@@ -20,6 +21,14 @@ from tests.conftest import tiny_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+
+def load_script(name: str):
+    """``scripts/NAME.py`` as a module (its ``main`` not run), for tests of its functions."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def with_callback(monkeypatch, callback: L.Callback) -> None:

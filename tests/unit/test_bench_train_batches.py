@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from collections import Counter
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_script
 
 
 class _Corpus:
@@ -27,20 +23,13 @@ class _Corpus:
         return np.full(10 - i, 5 + i)
 
 
-def _bench_train():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "scripts" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_batches_wrap_around_a_small_corpus():
-    bench = _bench_train()
+    bench = load_script("bench_train")
     corpus = _Corpus()
     ours = bench.mt_batches(corpus, max_tokens=24, count=25, seed=1)  # 11 tokens a pair with EOS: 2 a batch
     assert len(ours) == 25
-    seen = Counter(int(i) for b in ours for i in b.corpus_positions)
-    assert set(seen) == set(range(10)) and all(len(b) >= 1 for b in ours)
+    seen = {int(i) for b in ours for i in b.corpus_positions}
+    assert seen == set(range(10)) and all(len(b) >= 1 for b in ours)
     assert ours[0].src_ids[0, 0].item() == 4 + ours[0].corpus_positions[0].item()  # rows are the pairs they name
 
     theirs = bench.hf_batches(corpus, sentences=3, count=9, seed=1)  # 27 pairs: three orders of the ten

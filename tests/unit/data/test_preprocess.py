@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -21,7 +20,7 @@ from mt.data.sampling import Reservoir, reservoir_sample
 from mt.data.tokenizer import train_tokenizer
 from mt.errors import DataError
 from tests.conftest import toy_pairs, write_text_corpus
-from tests.helpers import ROOT
+from tests.helpers import load_script
 from tests.reference_encoder import prepare_split
 
 ARRAYS = ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets", "index")
@@ -243,11 +242,7 @@ def test_hub_format_with_flat_columns_and_unknown_key(tmp_path):
 
 
 def test_synthetic_corpus_generator_writes_aligned_files(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic_corpus", ROOT / "scripts" / "make_synthetic_corpus.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("make_synthetic_corpus")
     module.main(["--pairs", "1234", "--valid-pairs", "50", "--out", str(tmp_path), "--quiet", "--de-vocab", "2000"])
     for split, count in (("train", 1234), ("valid", 50), ("test", 50)):
         for lang in ("de", "en"):
