@@ -57,7 +57,7 @@ keep() {  # the logs so far into $LOGS/logs.tgz (see LOGS above)
   (cd "$WORK" && tar czf "$LOGS/logs.tgz.tmp" --ignore-failed-read ./*.log ./*/*.log ./*/csv/*.csv ./*/profile/summary.txt \
     2>/dev/null; mv "$LOGS/logs.tgz.tmp" "$LOGS/logs.tgz")
   local trace="$WORK/eager/profile/trace.json.gz"
-  [ -f "$trace" ] && [ "$(stat -c %s "$trace")" -lt 15728640 ] && cp "$trace" "$LOGS/"
+  [ -f "$trace" ] && [ ! -f "$LOGS/trace.json.gz" ] && [ "$(stat -c %s "$trace")" -lt 15728640 ] && cp "$trace" "$LOGS/"
   return 0
 }
 phase() { keep; echo; echo "== $* ($(date +%T))"; }
@@ -104,8 +104,9 @@ if [ "${COMPILE:-0}" = 1 ]; then
 fi
 
 if [ "${PEERS:-0}" = 1 ]; then
-  phase "peers: mt, plain PyTorch, Hugging Face Marian (model=$MODEL, bf16, 12k-token batches)"
-  $PY scripts/bench_train.py --device "$([ "$TRAINER" = cpu ] && echo cpu || echo cuda)" --model "$MODEL" --data "$WORK/data" --vocab "$VOCAB" \
+  device=$([ "$TRAINER" = cpu ] && echo cpu || echo cuda)  # bench_train: bf16 on a GPU, fp32 on a CPU
+  phase "peers: mt, plain PyTorch, Hugging Face Marian (model=$MODEL, $([ $device = cpu ] && echo fp32 || echo bf16), 12k-token batches)"
+  $PY scripts/bench_train.py --device "$device" --model "$MODEL" --data "$WORK/data" --vocab "$VOCAB" \
     --max-tokens 12000 --rounds 3 --steps 30 --warmup 10 $PEAK 2>"$WORK/peers.log" || { status=1; tail -20 "$WORK/peers.log"; }
 fi
 if [ "${BIG:-0}" = 1 ]; then
