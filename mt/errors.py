@@ -35,3 +35,10 @@ class NonFiniteLossError(RunError):
 
 # What the entry points report in one line; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TokenizerError, RunError, FileExistsError, FileNotFoundError)
+
+
+def listing(names, most: int = 12) -> str:
+    """``a, b, c`` for a message; the first ``most`` and how many in all where there are more."""
+    names = sorted(names)
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown}, … ({len(names)} in all)"

@@ -4,7 +4,10 @@ Converts a checkpoint into a CTranslate2 Transformer model (``pip install -e '.[
 same weights in CTranslate2's spec (fused QKV and cross-attention KV map one to one, sinusoidal
 positions are written out as a table), the SentencePiece pieces as vocabularies, and EOS appended
 to every source as ``mt`` does. Translate with ``ctranslate2.Translator(DIR).translate_batch`` on
-SentencePiece pieces; ``scripts/bench_decode.py`` compares its speed and BLEU with ``mt``'s search.
+SentencePiece pieces; ``scripts/bench_decode.py`` compares its speed and BLEU with ``mt``'s search. A
+multilingual model's sources start with the target language's token, as in ``mt``: ``mt_export.json`` lists them
+(``"language_tokens": {"de": "<2de>", ...}``; an imported OPUS-MT model's codes, ``{"deu": ">>deu<<"}``), and
+``["<2de>", *pieces]`` translates into German.
 
 Every option of ``ModelConfig`` has a counterpart in the spec (pre- or post-norm, ReLU, GELU or SiLU, tied
 or separate embeddings, either layout of the positions, an output bias, any sizes), so nothing is refused; the
@@ -114,7 +117,14 @@ def export_ctranslate2(checkpoint: str | Path, output: str | Path, *, quantizati
     shutil.rmtree(tmp, ignore_errors=True)
     ctranslate2_convert(spec, str(tmp), quantization=quantization)
     loaded.tokenizer.save(tmp / "tokenizer")  # the SentencePiece model(s) that make the pieces
-    (tmp / "mt_export.json").write_text(json.dumps({"checkpoint": str(checkpoint), "quantization": quantization}))
+    pieces = loaded.tokenizer.src_pieces()
+    metadata = {
+        "checkpoint": str(checkpoint),
+        "quantization": quantization,
+        # a multilingual model's target-language tokens: put the one asked for before each source's pieces
+        "language_tokens": {lang: pieces[i] for lang, i in sorted(loaded.tokenizer.language_tokens().items())},
+    }
+    (tmp / "mt_export.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
     shutil.rmtree(output, ignore_errors=True)
     tmp.rename(output)
     return output

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mt.config import CorpusConfig, DataConfig, SplitNames
+from mt.data.tokenizer import language_token
 from mt.errors import ConfigError
 
 
@@ -53,11 +54,6 @@ class Corpus:
 # The random streams of a mixture's epochs, apart by a constant each: numpy pads short seed lists with zeros, so
 # [seed, corpus, cycle] and [seed, epoch] would otherwise overlap.
 STREAM_DRAW, STREAM_TIES, STREAM_ORDER = 1, 2, 3
-
-
-def lang_token(lang: str) -> str:
-    """The target-language token of ``lang``: ``<2de>``."""
-    return f"<2{lang}>"
 
 
 def corpora(cfg: DataConfig) -> list[Corpus]:
@@ -128,14 +124,14 @@ def symbols(cfg: DataConfig) -> list[str]:
     """The control symbols the run's tokenizer needs: the target-language tokens (``data.lang_tokens``) and the
     corpora's tags, in a fixed order."""
     found = corpora(cfg)
-    tokens = [lang_token(lang) for lang in sorted({c.data.tgt_lang for c in found})] if cfg.lang_tokens else []
+    tokens = [language_token(lang) for lang in sorted({c.data.tgt_lang for c in found})] if cfg.lang_tokens else []
     return tokens + sorted({c.tag for c in found if c.tag})
 
 
 def source_prefix(cfg: DataConfig, corpus: Corpus, split: str) -> list[str]:
     """The symbols before each source of ``corpus`` in ``split``: its target-language token (all splits), then
     its tag (the training split only: a model is validated and tested on untagged text)."""
-    prefix = [lang_token(corpus.data.tgt_lang)] if cfg.lang_tokens else []
+    prefix = [language_token(corpus.data.tgt_lang)] if cfg.lang_tokens else []
     if corpus.tag and split == "train":
         prefix.append(corpus.tag)
     return prefix

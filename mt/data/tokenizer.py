@@ -16,7 +16,7 @@ import sentencepiece as spm
 
 from mt.atomic import atomic_write
 from mt.data.sampling import reservoir_sample
-from mt.errors import TokenizerError
+from mt.errors import TokenizerError, listing
 
 # Special ids, fixed for every model this package trains.
 PAD_ID = 0
@@ -26,6 +26,27 @@ EOS_ID = 3
 
 
 SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")  # the pieces of PAD_ID, UNK_ID, BOS_ID, EOS_ID in a vocabulary
+
+
+def language_token(lang: str) -> str:
+    """The target-language token of ``lang`` (``<2de>``): a control symbol that starts each source."""
+    return f"<2{lang}>"
+
+
+def token_language(symbol: str) -> str | None:
+    """The language of a target-language token (``<2de>``: ``de``), else None."""
+    return symbol[2:-1] if len(symbol) > 3 and symbol.startswith("<2") and symbol.endswith(">") else None
+
+
+def language_code(lang: str) -> str:
+    """OPUS-MT's target-language code of ``lang`` (``>>de<<``): what Hugging Face Marian models and
+    ``MarianTokenizer`` know as the token that starts a source."""
+    return f">>{lang}<<"
+
+
+def code_language(piece: str) -> str | None:
+    """The language of an OPUS-MT code (``>>de<<``: ``de``), else None."""
+    return piece[2:-2] if len(piece) > 4 and piece.startswith(">>") and piece.endswith("<<") else None
 
 
 def _processor(model_proto: bytes, origin: str, *, check_ids: bool = True) -> spm.SentencePieceProcessor:
@@ -123,11 +144,23 @@ class Tokenizer:
         return [self.tgt.decode_pieces([self.vocab[i] for i in seq]) for seq in kept]
 
     def symbol_id(self, symbol: str) -> int:
-        """The source id of a control symbol (a tag or a language token), else a ``TokenizerError``."""
+        """The source id of a control symbol (a tag or a language token), else a ``TokenizerError``. In an
+        imported vocabulary the language token ``<2de>`` is OPUS-MT's code ``>>de<<``."""
         if self.vocab is None:
             i = self.src.piece_to_id(symbol)
             if self.src.id_to_piece(i) == symbol and self.src.is_control(i):
                 return i
+        elif (lang := token_language(symbol)) is None:
+            raise TokenizerError(
+                f"{self.origin}: an imported vocabulary has no tag {symbol}: it holds language codes (>>xx<<) only"
+            )
+        elif language_code(lang) in self._ids:
+            return self._ids[language_code(lang)]
+        else:
+            raise TokenizerError(
+                f"{self.origin}: has no language code >>{lang}<< for {symbol} "
+                f"(its codes: {listing(self.language_tokens()) or 'none'}); name the target language by its code"
+            )
         raise TokenizerError(
             f"{self.origin}: has no symbol {symbol} (it was trained with {self.symbols() or 'none'}); "
             f"tags and language tokens are trained into a tokenizer, so train this data in a new run directory "
@@ -135,9 +168,10 @@ class Tokenizer:
         )
 
     def symbols(self) -> list[str]:
-        """The source model's control symbols other than the special pieces: tags and language tokens."""
+        """The source model's control symbols other than the special pieces: tags and language tokens (an
+        imported vocabulary's are its language codes)."""
         if self.vocab is not None:
-            return []
+            return [piece for piece in self.vocab if code_language(piece) is not None]
         if not hasattr(self, "_symbols"):
             self._symbols = [
                 self.src.id_to_piece(i) for i in range(EOS_ID + 1, self.src_vocab_size) if self.src.is_control(i)
@@ -145,12 +179,11 @@ class Tokenizer:
         return self._symbols
 
     def language_tokens(self) -> dict[str, int]:
-        """The target languages of a multilingual model and their token ids (``<2de>``); empty for others."""
-        return {
-            symbol[2:-1]: self.src.piece_to_id(symbol)
-            for symbol in self.symbols()
-            if symbol.startswith("<2") and symbol.endswith(">")
-        }
+        """The target languages of a multilingual model and their token ids (``<2de>``, or OPUS-MT's ``>>de<<``
+        in an imported vocabulary); empty for others."""
+        if self.vocab is not None:
+            return {lang: self._ids[piece] for piece in self.symbols() if (lang := code_language(piece))}
+        return {lang: self.src.piece_to_id(symbol) for symbol in self.symbols() if (lang := token_language(symbol))}
 
     def src_pieces(self) -> list[str]:
         """The source vocabulary as SentencePiece pieces, by id."""

@@ -20,7 +20,7 @@ from torch import nn
 
 from mt.config import ModelConfig, from_dict
 from mt.data.tokenizer import Tokenizer
-from mt.errors import CheckpointError, ConfigError, RunError, TokenizerError
+from mt.errors import CheckpointError, ConfigError, RunError, TokenizerError, listing
 from mt.model.transformer import Transformer
 
 WEIGHTS_PREFIX = "model."  # the network's parameter names inside the training module's state_dict
@@ -79,26 +79,42 @@ class Checkpoint:
         return tgt_lang if tgt_lang is not None else self.tgt_lang
 
     def source_prefix(self, tgt_lang: str | None) -> list[int]:
-        """The ids to put before each source so that the model translates into ``tgt_lang``: the language's
-        token for a multilingual model (``data.lang_tokens``), nothing for a model of one target language.
+        """The ids to put before each source so that the model translates into ``tgt_lang``:
+
+        - a model trained with target-language tokens (``data.lang_tokens``): the token of ``tgt_lang``, or of
+          the one target language it was trained on when ``tgt_lang`` is None;
+        - an imported multilingual OPUS-MT model (no data config): its code ``>>xx<<`` for ``tgt_lang=xx``;
+          without ``tgt_lang`` nothing, since its sources may start with the code themselves (``>>fr<< ...``, as
+          ``MarianTokenizer`` reads them);
+        - any other model (one fine-tuned from an imported one without ``data.lang_tokens`` included): nothing.
 
         Raises:
             ConfigError: a language the model was not trained to translate into, or none given to a model of
                 several.
         """
-        languages = self.tokenizer.language_tokens()
+        imported = self.data is None and self.tokenizer.vocab is not None
+        trained_with_tokens = bool((self.data or {}).get("lang_tokens"))
+        languages = self.tokenizer.language_tokens() if imported or trained_with_tokens else {}
         if not languages:
             known = self.target_languages
             if tgt_lang is not None and known and tgt_lang not in known:
                 raise ConfigError(f"tgt_lang={tgt_lang}: {self.path} translates into {', '.join(known)} only")
             return []
-        if tgt_lang is None and len(languages) == 1:
-            tgt_lang = next(iter(languages))
         if tgt_lang is None:
-            raise ConfigError(f"{self.path} translates into {', '.join(sorted(languages))}: say which with tgt_lang=")
+            if imported:
+                return []
+            trained = [lang for lang in self.target_languages if lang in languages]
+            if len(trained) != 1 and len(languages) != 1:
+                raise ConfigError(f"{self.path} translates into {listing(languages)}: say which with tgt_lang=")
+            tgt_lang = trained[0] if len(trained) == 1 else next(iter(languages))
         if tgt_lang not in languages:
+            if imported:
+                raise ConfigError(
+                    f"tgt_lang={tgt_lang}: {self.path} has the language codes {listing(languages)} only "
+                    f"(>>{tgt_lang}<< is not in its vocab.json); BLEU's tokenizer is metrics.bleu_tokenize="
+                )
             raise ConfigError(
-                f"tgt_lang={tgt_lang}: {self.path} was trained to translate into {', '.join(sorted(languages))} only"
+                f"tgt_lang={tgt_lang}: {self.path} was trained to translate into {listing(languages)} only"
             )
         return [languages[tgt_lang]]
 

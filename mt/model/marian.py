@@ -14,6 +14,10 @@ What differs, and how it is mapped:
   log-probability (PAD and BOS are never output) is Marian's.
 - **Vocabulary.** Two SentencePiece models over one ``vocab.json`` whose order is not SentencePiece's: the
   ``Tokenizer`` keeps the list of pieces (``vocab``) and maps through it, as ``MarianTokenizer`` does.
+- **Language codes.** A multilingual OPUS-MT model's sources start with a code such as ``>>fra<<``, a piece of
+  ``vocab.json``; ``mt``'s start with a target-language token, ``<2fr>``. Import keeps the codes as pieces, which
+  the ``Tokenizer`` takes as the model's language tokens (``tgt_lang=fra``); export writes ``<2fr>`` as
+  ``>>fr<<``, so that ``MarianTokenizer`` reads ``">>fr<< text"`` as ``mt`` reads ``tgt_lang=fr``.
 - **Model options.** SiLU (Marian's swish), positions in halves, no embedding scale where the config says so, the
   final logits bias (``ModelConfig.activation``, ``positions``, ``scale_embeddings``, ``output_bias``); Marian's
   post-norm is ``pre_norm=False``; separate Q, K, V projections become ``mt``'s fused ones.
@@ -28,6 +32,7 @@ the config's ids to match), so nothing is lost and ``MarianMTModel.from_pretrain
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,7 @@ import torch
 from torch import Tensor
 
 from mt.config import ModelConfig, to_dict
-from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_PIECES, Tokenizer
+from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_PIECES, Tokenizer, language_code
 from mt.errors import CheckpointError
 from mt.model.checkpoint import WEIGHTS_PREFIX, load_checkpoint
 from mt.model.transformer import Transformer
@@ -275,7 +280,7 @@ def checkpoint_to_marian(checkpoint: str | Path, directory: str | Path) -> None:
     state = loaded.model.state_dict()
     if cfg.positions == "interleaved":
         state = positions_in_halves(state, cfg.d_model)
-    vocab = tokenizer.tgt_pieces()
+    vocab = marian_pieces(tokenizer)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
 
@@ -421,9 +426,22 @@ def _check_exportable(path: Path, cfg: ModelConfig, tokenizer: Tokenizer) -> Non
         )
     if tokenizer.src_pieces() != tokenizer.tgt_pieces():
         raise CheckpointError(f"checkpoint {path}: the two sides' vocabularies differ: Marian needs one vocab.json")
+    pieces = marian_pieces(tokenizer)
+    if tuple(pieces[:4]) != SPECIAL_PIECES:
+        raise CheckpointError(f"checkpoint {path}: its vocabulary does not start {list(SPECIAL_PIECES)}")
+    twice = next((piece for piece, count in Counter(pieces).items() if count > 1), None)
+    if twice is not None:
+        raise CheckpointError(f"checkpoint {path}: the piece {twice!r} would be in vocab.json twice")
+
+
+def marian_pieces(tokenizer: Tokenizer) -> list[str]:
+    """The pieces of ``vocab.json`` by id: the tokenizer's, with a multilingual model's target-language tokens
+    (``<2de>``) written as OPUS-MT's codes (``>>de<<``), which ``MarianTokenizer`` reads at the start of a
+    source (``">>de<< A dog."``) and import turns back into language tokens."""
     pieces = tokenizer.tgt_pieces()
-    if tuple(pieces[:4]) != SPECIAL_PIECES or len(set(pieces)) != len(pieces):
-        raise CheckpointError(f"checkpoint {path}: its vocabulary does not start {list(SPECIAL_PIECES)}, each once")
+    for lang, i in tokenizer.language_tokens().items():
+        pieces[i] = language_code(lang)
+    return pieces
 
 
 def _read_imported(path: Path) -> dict:

@@ -9,6 +9,7 @@ own ids, as OPUS-MT's are), and a ``vocab.json`` in an order of its own that lac
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -293,14 +294,19 @@ def test_a_round_trip_through_hugging_face_leaves_every_weight_equal(imported: P
     assert back["hyper_parameters"]["model"] == first["hyper_parameters"]["model"]
 
 
-def _native_checkpoint(path: Path, *, pre_norm: bool) -> Path:
-    """A randomly initialised mt model (interleaved positions, no output bias) saved as training saves it."""
+def _native_checkpoint(path: Path, *, pre_norm: bool, multilingual: bool = False) -> Path:
+    """A randomly initialised mt model (interleaved positions, no output bias) saved as training saves it;
+    ``multilingual``: de↔en with target-language tokens, as ``data.lang_tokens=true`` trains it."""
     from mt.config import ModelConfig, to_dict
     from mt.data.tokenizer import train_tokenizer
     from mt.model.transformer import Transformer
 
     lines = _multi30k_lines("de", 500), _multi30k_lines("en", 500)
-    tokenizer = train_tokenizer(*lines, vocab_size=200)
+    symbols = ("<2de>", "<2en>") if multilingual else ()
+    tokenizer = train_tokenizer(*lines, vocab_size=200, symbols=symbols)
+    data = {"src_lang": "de", "tgt_lang": "en"}
+    if multilingual:
+        data["corpora"], data["lang_tokens"] = [data, {"src_lang": "en", "tgt_lang": "de"}], True
     cfg = ModelConfig(d_model=32, n_heads=4, encoder_layers=2, decoder_layers=1, d_ff=64, pre_norm=pre_norm)
     torch.manual_seed(1)
     model = Transformer(cfg, src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size)
@@ -311,7 +317,7 @@ def _native_checkpoint(path: Path, *, pre_norm: bool) -> Path:
                 "model": to_dict(cfg),
                 "src_vocab_size": tokenizer.src_vocab_size,
                 "tgt_vocab_size": tokenizer.tgt_vocab_size,
-                "data": {"src_lang": "de", "tgt_lang": "en"},
+                "data": data,
             },
             "tokenizer": tokenizer.to_state(),
         },
@@ -341,6 +347,106 @@ def test_a_trained_mt_model_exports_to_hugging_face_with_the_same_logits(tmp_pat
     assert not torch.equal(
         positions_in_halves(state, 32)["encoder_layers.0.ffn.up.weight"], state["encoder_layers.0.ffn.up.weight"]
     )
+
+
+@pytest.fixture(scope="module")
+def multilingual(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A de↔en mt model with target-language tokens, and its Hugging Face export."""
+    directory = tmp_path_factory.mktemp("multilingual")
+    checkpoint = _native_checkpoint(directory / "multi.ckpt", pre_norm=False, multilingual=True)
+    assert convert(checkpoint, directory / "hf") == "export"
+    return checkpoint, directory / "hf"
+
+
+def test_a_multilingual_model_exports_its_language_tokens_as_opus_mt_codes(multilingual) -> None:
+    """``MarianTokenizer`` reads ``>>de<<`` at the start of a source as one token: the ids it gives are mt's own
+    source with ``<2de>`` first, and the exported model's logits are mt's for each target language."""
+    checkpoint, exported = multilingual
+    loaded = load_checkpoint(checkpoint)
+    model = transformers.MarianMTModel.from_pretrained(exported).eval()
+    tokenizer = transformers.MarianTokenizer.from_pretrained(exported)
+    assert sorted(tokenizer.supported_language_codes) == [">>de<<", ">>en<<"]
+    tgt_in = torch.tensor([[2, 40, 41, 42, 7]] * len(SENTENCES))
+    logits = {}
+    for lang in ("de", "en"):
+        prefix = loaded.source_prefix(lang)
+        assert prefix == [loaded.tokenizer.src.piece_to_id(f"<2{lang}>")]
+        src = pad_sequences([prefix + ids for ids in loaded.tokenizer.encode_src(SENTENCES)], suffix=EOS_ID)
+        input_ids, attention_mask = _hf_inputs(tokenizer, [f">>{lang}<< {s}" for s in SENTENCES])
+        assert torch.equal(src, input_ids)  # mt's PAD is 0 and Hugging Face pads with pad_token_id 0
+        with torch.no_grad():
+            expected = loaded.model(src, src == PAD_ID, tgt_in)
+            logits[lang] = model(input_ids, attention_mask=attention_mask, decoder_input_ids=tgt_in).logits
+        torch.testing.assert_close(logits[lang], expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(logits["de"], logits["en"], atol=1e-3)  # the code is read, not dropped
+
+
+def test_language_codes_come_back_as_language_tokens_on_import(multilingual, tmp_path: Path) -> None:
+    """Import → ``tgt_lang=`` (and a fine-tuning run's ``<2de>``) finds the ``>>de<<`` code, and the imported
+    model's logits with it are the original's with ``<2de>``; a source may carry the code itself, as in
+    transformers; a model fine-tuned from the import without ``data.lang_tokens`` gets no code put first."""
+    checkpoint, exported = multilingual
+    assert convert(exported, tmp_path / "back.ckpt") == "import"
+    original, back = load_checkpoint(checkpoint), load_checkpoint(tmp_path / "back.ckpt")
+    codes = {lang: json.loads((exported / "vocab.json").read_text())[f">>{lang}<<"] for lang in ("de", "en")}
+    assert back.tokenizer.language_tokens() == codes
+    assert back.tokenizer.symbol_id("<2de>") == codes["de"]  # what data.lang_tokens=true asks a tokenizer
+    assert back.source_prefix(None) == []
+    assert back.tokenizer.encode_src([">>en<< " + SENTENCES[1]]) == [
+        [codes["en"], *back.tokenizer.encode_src(SENTENCES[1:2])[0]]
+    ]
+    tgt_in = torch.tensor([[2, 40, 41, 42, 7]] * len(SENTENCES))
+    logits = {}
+    for lang in codes:
+        assert back.source_prefix(lang) == [codes[lang]]
+        for name, loaded in (("original", original), ("back", back)):
+            prefix = loaded.source_prefix(lang)
+            src = pad_sequences([prefix + ids for ids in loaded.tokenizer.encode_src(SENTENCES)], suffix=EOS_ID)
+            with torch.no_grad():
+                logits[name, lang] = loaded.model(src, src == PAD_ID, tgt_in)[..., PAD_ID + 1 :]  # import's PAD row
+        torch.testing.assert_close(logits["back", lang], logits["original", lang], rtol=0, atol=1e-5)
+    assert not torch.allclose(logits["back", "de"], logits["back", "en"], atol=1e-3)
+    with pytest.raises(ValueError, match=r"tgt_lang=fr: .*back.ckpt has the language codes de, en only"):
+        back.source_prefix("fr")
+    with pytest.raises(ValueError, match=r"has no language code >>fr<< for <2fr> \(its codes: de, en\)"):
+        back.tokenizer.symbol_id("<2fr>")
+    with pytest.raises(ValueError, match=r"an imported vocabulary has no tag <BT>"):
+        back.tokenizer.symbol_id("<BT>")
+    # Fine-tuned from the import: with the codes (data.lang_tokens) or without them.
+    one_way = {"src_lang": "de", "tgt_lang": "en"}
+    assert dataclasses.replace(back, data={**one_way, "lang_tokens": False}).source_prefix("en") == []
+    assert dataclasses.replace(back, data={**one_way, "lang_tokens": True}).source_prefix(None) == [codes["en"]]
+
+
+def test_a_multilingual_ctranslate2_export_lists_its_language_tokens(multilingual, tmp_path: Path) -> None:
+    """With the token of ``mt_export.json`` first, CTranslate2 scores a target as ``mt`` does with ``tgt_lang``
+    (log-probabilities of each target token; the model's weights are random, so greedy output says little)."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from mt.export import export_ctranslate2
+
+    checkpoint, _ = multilingual
+    loaded = load_checkpoint(checkpoint)
+    export_ctranslate2(checkpoint, tmp_path / "ct2")
+    tokens = json.loads((tmp_path / "ct2/mt_export.json").read_text())["language_tokens"]
+    assert tokens == {"de": "<2de>", "en": "<2en>"}
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"))
+    pieces, tokenizer = loaded.tokenizer.src_pieces(), loaded.tokenizer
+    targets = tokenizer.encode_tgt(["Two dogs play in the snow.", "A man in a hat."])
+    scored = {}
+    for lang, token in tokens.items():
+        sources = [[token, *(pieces[i] for i in ids)] for ids in tokenizer.encode_src(SENTENCES[1:3])]
+        results = translator.score_batch(sources, [[pieces[i] for i in ids] for ids in targets])
+        scored[lang] = [torch.tensor(r.log_probs) for r in results]
+        src = pad_sequences(
+            [loaded.source_prefix(lang) + ids for ids in tokenizer.encode_src(SENTENCES[1:3])], suffix=EOS_ID
+        )
+        for row, (ids, got) in enumerate(zip(targets, scored[lang])):
+            tgt_in = torch.tensor([[2, *ids]])
+            with torch.no_grad():
+                logits = loaded.model(src[row : row + 1], src[row : row + 1] == PAD_ID, tgt_in)
+            expected = logits.log_softmax(-1)[0].gather(-1, torch.tensor([*ids, EOS_ID])[:, None])[:, 0]
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    assert not torch.allclose(scored["de"][0], scored["en"][0], atol=1e-3)  # the token is read
 
 
 def test_a_pre_norm_model_is_refused_in_one_line(tmp_path: Path) -> None:
