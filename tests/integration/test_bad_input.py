@@ -348,8 +348,9 @@ def test_evaluate_cli_refuses_to_overwrite_before_loading_anything(checkpoint, t
 
 
 def test_a_run_directory_tokenizer_of_other_settings_is_refused(toy_corpus_dir, tmp_path):
-    """A run directory keeps the tokenizer it trained: a new start there with another vocabulary is refused,
-    not silently given the old one (a run without checkpoints, e.g. after debug=fast, is not refused)."""
+    """A run directory keeps the tokenizer it trained: a new start there with the same settings loads it again,
+    one with another vocabulary is refused, not silently given the old one. The refusal holds for a run
+    directory without checkpoints too (as after debug=fast): this one has a tokenizer and nothing else."""
     from mt.errors import TokenizerError
     from mt.training.datamodule import TranslationDataModule
 
@@ -357,6 +358,7 @@ def test_a_run_directory_tokenizer_of_other_settings_is_refused(toy_corpus_dir, 
     first = TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path, seed=1).prepare_tokenizer()
     again = TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path, seed=1).prepare_tokenizer()
     assert again.to_state() == first.to_state()
+    assert not (tmp_path / "checkpoints").exists()
     other = tiny_train_config(toy_corpus_dir, **{"tokenizer.vocab_size": 72})
     with pytest.raises(
         TokenizerError, match=r"trained with other settings: this run asks for tokenizer.vocab_size=72 \(it has 64\)"

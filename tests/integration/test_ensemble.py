@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +15,9 @@ from mt.config import SearchConfig
 from mt.data.tokenizer import BOS_ID, EOS_ID
 from mt.decode.scoring import score_checkpoint
 from mt.decode.search import beam_search, greedy_search
+from mt.decode.translator import translate
 from mt.errors import CheckpointError
-from mt.model.checkpoint import load_translator
+from mt.model.checkpoint import load_checkpoint, load_translator
 from mt.model.ensemble import Ensemble
 from tests.conftest import random_batch, random_model, toy_pairs, write_text_corpus
 from tests.helpers import ROOT, fit_tiny
@@ -73,29 +76,50 @@ def test_ensemble_differs_from_each_member_and_greedy_runs():
 
 
 def test_evaluate_and_translate_decode_an_ensemble_of_checkpoints(toy_corpus_dir, tmp_path):
+    torch.manual_seed(1)  # fixed initialisations: the outputs compared below are the same in every run
     first, trainer = fit_tiny(toy_corpus_dir, tmp_path / "run", max_steps=10)
     trainer.save_checkpoint(tmp_path / "a.ckpt")
+    torch.manual_seed(2)
     _, trainer = fit_tiny(toy_corpus_dir, tmp_path / "run", max_steps=20)  # same run dir: same tokenizer
     trainer.save_checkpoint(tmp_path / "b.ckpt")
     a, b = str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt")
 
-    files = {"source": str(toy_corpus_dir / "test.de.gz"), "references": [str(toy_corpus_dir / "test.en.gz")]}
+    # The reference: the two models loaded one by one and put in an Ensemble here, decoded with the same search.
     search = SearchConfig(beam=2)
-    alone = score_checkpoint(a, search=search, progress=False, **files)
-    assert score_checkpoint(a, search=search, progress=False, ensemble=[a], **files)["bleu"] == alone["bleu"]
-    both = score_checkpoint(a, search=search, progress=False, ensemble=[b], **files)
+    member_a, member_b = load_checkpoint(a), load_checkpoint(b)
+
+    def decode(model, sentences: list[str]) -> list[str]:
+        return [nbest[0][0] for nbest in translate(model.eval(), member_a.tokenizer, sentences, search)]
+
+    pair = Ensemble([member_a.model, member_b.model])
+    with gzip.open(toy_corpus_dir / "test.de.gz", "rt", encoding="utf-8") as handle:
+        sources = handle.read().split("\n")[:-1]
+    expected, single = decode(pair, sources), decode(member_a.model, sources)
+    assert expected != single and expected != decode(member_b.model, sources)  # both members count
+
+    files = {"source": str(toy_corpus_dir / "test.de.gz"), "references": [str(toy_corpus_dir / "test.en.gz")]}
+    outputs = {name: str(tmp_path / f"{name}.txt") for name in ("alone", "twice", "both")}
+    alone = score_checkpoint(a, search=search, progress=False, output=outputs["alone"], **files)
+    twice = score_checkpoint(a, search=search, progress=False, ensemble=[a], output=outputs["twice"], **files)
+    both = score_checkpoint(a, search=search, progress=False, ensemble=[b], output=outputs["both"], **files)
+    written = {name: Path(path).read_text(encoding="utf-8").split("\n")[:-1] for name, path in outputs.items()}
+    assert written["alone"] == single
+    assert written["twice"] == written["alone"] and twice["bleu"] == alone["bleu"]
+    assert written["both"] == expected
     assert both["ensemble"] == [a, b] and both["sentences"] == 40
 
+    lines = ["Der hund sieht der ball.", "", "Die frau mag der baum."]
+    assert decode(pair, lines) != decode(member_a.model, lines)
     result = subprocess.run(
         [sys.executable, "-m", "mt.translate", f"checkpoint={a}", f"ensemble=[{b}]", "beam=2"],
-        input="Der hund sieht der ball.\n\nDie frau mag der baum.\n",
+        input="".join(line + "\n" for line in lines),
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert len(result.stdout.splitlines()) == 3 and result.stdout.splitlines()[1] == ""
+    assert result.stdout.split("\n")[:-1] == decode(pair, lines)  # the empty line's translation is empty
 
     other_data = write_text_corpus(tmp_path / "data2", {"train": toy_pairs(300, seed=9), "valid": toy_pairs(10)})
     _, trainer = fit_tiny(other_data, tmp_path / "other", max_steps=2)

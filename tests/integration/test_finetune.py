@@ -11,7 +11,7 @@ from mt.config import TrainConfig
 from mt.errors import ConfigError, RunError
 from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
-from tests.helpers import logged
+from tests.helpers import logged, losses
 from tests.integration.test_resume import StopAt, with_callback
 
 
@@ -76,7 +76,10 @@ def test_a_finetuning_run_resumes_exactly(trained, other_corpus, tmp_path, monke
     with_callback(monkeypatch, StopAt(5))
     train(finetune_config(other_corpus, trained, 10), resumed)
     monkeypatch.undo()
+    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 5
+    assert sorted(losses(resumed / "csv/metrics.csv")) == list(range(5))
     train(finetune_config(other_corpus, trained, 10, resume="auto"), resumed)
+    assert sorted(losses(resumed / "csv/resume_1/metrics.csv")) == list(range(5, 10))  # only the steps after 5
     expected, got = logged(straight, "train/loss"), logged(resumed, "train/loss")
     assert sorted(got) == sorted(expected) == list(range(10))
     assert all(got[s] == pytest.approx(expected[s], abs=1e-6) for s in expected)

@@ -31,15 +31,25 @@ def translator():
 
 @FUZZ
 @given(st.binary(max_size=300))
+@example(b"\xef\xbb\xbf")  # nothing but a BOM: no lines
+@example(b"\xef\xbb\xbfab\r\ncd")  # a BOM, then valid lines
+@example(b"ab\ncd\xe2\n")  # a sequence cut short before the newline, on line 2 at byte 5
+@example(b"\xef\xbb\xbfa\n\xff")  # an invalid byte after a BOM: the offset counts the BOM
 def test_read_lines_never_crashes_on_bytes(tmp_path, payload):
     path = tmp_path / "input.txt"
     path.write_bytes(payload)
     try:
         lines = read_lines(path)
     except DataError as error:
-        assert "invalid UTF-8" in str(error) and str(path) in str(error)
+        # refused only if Python's own decoder refuses the bytes too, at the same line and byte
+        with pytest.raises(UnicodeDecodeError) as decoding:
+            payload.decode("utf-8")
+        start = decoding.value.start
+        line = payload[:start].count(b"\n") + 1
+        assert str(error).startswith(f"{path}:{line}: invalid UTF-8 (")
+        assert str(error).endswith(f" at byte {start})")
         return
-    text = payload.decode("utf-8")
+    text = payload.decode("utf-8-sig")  # the reader drops a leading BOM, as utf-8-sig does
     assert len(lines) == text.count("\n") + (0 if text.endswith("\n") or not text else 1)
 
 

@@ -224,7 +224,7 @@ def test_last_checkpoint_follows_every_validation_epoch_and_the_end(tmp_path, ev
             self.record("epoch start", trainer)
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if trainer.global_step == 5:
+            if trainer.global_step in (4, 5):
                 self.record("mid-epoch", trainer)
 
     loader = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=4)  # 3 updates an epoch
@@ -246,8 +246,16 @@ def test_last_checkpoint_follows_every_validation_epoch_and_the_end(tmp_path, ev
         num_sanity_val_steps=0,
     )
     trainer.fit(Toy(), loader, loader)
-    # validations after 2 batches of each epoch (steps 2, 5, 8) and the epoch ends (3, 6, 9)
-    assert seen == [("epoch start", 0, None), ("epoch start", 3, 3), ("mid-epoch", 5, 5), ("epoch start", 6, 6)]
+    # validations after 2 batches of each epoch (steps 2, 5, 8) and the epoch ends (3, 6, 9); with every=2
+    # also the steps 2, 4, 6, 8: only step 4 is saved by nothing else, so before update 5 the two differ
+    at_4 = 3 if every is None else 4
+    assert seen == [
+        ("epoch start", 0, None),
+        ("epoch start", 3, 3),
+        ("mid-epoch", 4, at_4),
+        ("mid-epoch", 5, 5),
+        ("epoch start", 6, 6),
+    ]
     assert torch.load(last_path, weights_only=False)["global_step"] == 9
 
 

@@ -19,7 +19,18 @@ from omegaconf import OmegaConf
 
 from mt.config import SearchConfig
 from mt.decode.scoring import score_checkpoint
-from tests.helpers import ROOT, Running, ddp_args, ddp_env, free_port, logged, losses, toy_args, wait_for_losses
+from tests.helpers import (
+    ROOT,
+    Running,
+    ddp_args,
+    ddp_env,
+    free_port,
+    logged,
+    logged_losses,
+    losses,
+    toy_args,
+    wait_for_losses,
+)
 
 pytestmark = pytest.mark.slow  # the system tier: whole commands in subprocesses, run in CI
 
@@ -49,6 +60,7 @@ def test_two_ranks_of_b_make_the_same_step_as_one_rank_of_2b(tmp_path):
     )
     assert len(rank0) == 3 and len(rank1) == 6 and sorted(rank0 + rank1) == sorted(both)
     assert ddp["gradients"].keys() == single["gradients"].keys()
+    assert len(single["gradients"]) > 10  # every parameter's gradient was saved, so the loop below compares them
     for name, gradient in single["gradients"].items():
         torch.testing.assert_close(ddp["gradients"][name], gradient, rtol=1e-4, atol=1e-6)
         # Adam's first update is lr * sign(gradient): compare it where the sign is not noise.
@@ -86,7 +98,13 @@ def test_a_dead_rank_stops_the_others_instead_of_hanging(toy_corpus_dir, tmp_pat
         sys.executable,
         "-m",
         "mt.train",
-        *toy_args(toy_corpus_dir, run_dir, "trainer.max_steps=100000", "trainer.collective_timeout_s=600"),
+        *toy_args(
+            toy_corpus_dir,
+            run_dir,
+            "trainer.max_steps=100000",
+            "trainer.collective_timeout_s=600",
+            "trainer.log_every_n_steps=1",
+        ),
         *ddp_args(),
     ]
     log = open(tmp_path / "stderr.txt", "w")
@@ -99,7 +117,9 @@ def test_a_dead_rank_stops_the_others_instead_of_hanging(toy_corpus_dir, tmp_pat
             time.sleep(0.5)
             children = Path(f"/proc/{main.pid}/task/{main.pid}/children").read_text().split()
             rank1 = psutil_free_process(int(children[0])) if children else None
-        time.sleep(2)
+        while logged_losses(run_dir) < 2:  # two updates logged: both ranks are past setup, all-reducing
+            assert time.monotonic() < deadline and main.poll() is None, "training made no progress"
+            time.sleep(0.1)
         dead, survivor = (rank1, main) if victim == "rank 1" else (main, rank1)
         os.kill(dead.pid, signal.SIGKILL)
         # The collective timeout is 10 minutes: a survivor that ends at all within 2 found out by itself (gloo

@@ -304,12 +304,22 @@ def test_the_cache_key_changes_when_a_data_file_changes(tmp_path):
 
 
 def test_the_cache_key_ignores_how_pairs_are_batched(tmp_path):
-    """Batching fields (max_tokens, pad_to_multiple, workers, the cache folder) reuse the encoded corpus."""
+    """Batching fields (max_tokens, pad_to_multiple, loader and preprocessing workers, the cache folder) reuse
+    the encoded corpus."""
     from dataclasses import replace
 
     from mt.data.corpus import cache_key
 
     cfg, tokenizer = toy_corpus_and_tokenizer(tmp_path)
     before = cache_key(cfg, "train", tokenizer)
-    assert cache_key(replace(cfg, max_tokens=2048, pad_to_multiple=8, num_workers=2), "train", tokenizer) == before
+    assert cfg.cache_dir is None and cfg.preprocess_workers == 1  # the values replaced below differ from these
+    batched_otherwise = replace(
+        cfg,
+        max_tokens=2048,
+        pad_to_multiple=8,
+        num_workers=2,
+        preprocess_workers=3,
+        cache_dir=str(tmp_path / "another-cache"),
+    )
+    assert cache_key(batched_otherwise, "train", tokenizer) == before
     assert cache_key(replace(cfg, max_len=40), "train", tokenizer) != before  # cleaning does change the pairs

@@ -92,7 +92,8 @@ def test_scripted_greedy_follows_the_argmax():
 
 def test_scripted_batch_of_sources_each_gets_its_nbest():
     results = beam_search(ScriptedDecoder(), *scripted_source(3), beam=2, nbest=2, length_penalty_type="none")
-    assert all([h.tokens for h in hyps] == [[A, B], [B]] for hyps in results)
+    assert [[h.tokens for h in hyps] for hyps in results] == [[[A, B], [B]]] * 3
+    assert [[h.log_prob for h in hyps] for hyps in results] == [pytest.approx([math.log(0.42), math.log(0.27)])] * 3
 
 
 @pytest.mark.parametrize("alpha,kind", [(0.0, "none"), (1.0, "gnmt"), (0.6, "average")])
@@ -122,6 +123,7 @@ def test_beam_scores_equal_teacher_forced_log_probabilities(alpha, kind):
         max_len_a=1.0,
         max_len_b=5,
     )
+    assert len(results) == 2  # one n-best list per source
     for row, nbest in enumerate(results):
         assert len(nbest) == 4
         assert [h.score for h in nbest] == sorted((h.score for h in nbest), reverse=True)
@@ -151,10 +153,13 @@ def test_outputs_respect_max_length():
     model = random_model(27, vocab=30)
     src_ids, src_pad_mask = random_batch(28, [2, 5], vocab=30)
     results = beam_search(model, src_ids, src_pad_mask, beam=3, nbest=3, max_len_a=1.0, max_len_b=1)
+    assert [len(nbest) for nbest in results] == [3, 3]
     for nbest, length in zip(results, [4, 7]):  # |src| counts EOS
         for hyp in nbest:
             assert len(hyp.tokens) + 1 <= length
-    for hyp, length in zip(greedy_search(model, src_ids, src_pad_mask, max_len_a=0.0, max_len_b=2), [2, 2]):
+    greedy = greedy_search(model, src_ids, src_pad_mask, max_len_a=0.0, max_len_b=2)
+    assert len(greedy) == 2
+    for hyp, length in zip(greedy, [2, 2]):
         assert len(hyp.tokens) + 1 <= length
 
 
@@ -242,9 +247,9 @@ def test_min_len_delays_eos_and_max_len_still_wins(beam):
             return greedy_search(model, src_ids, src_pad_mask, max_len_a=0.0, **options)
         return [h[0] for h in beam_search(model, src_ids, src_pad_mask, beam=beam, max_len_a=0.0, **options)]
 
-    assert all(h.tokens == [] for h in decode(max_len_b=12))
-    assert all(len(h.tokens) == 6 for h in decode(min_len=6, max_len_b=12))  # EOS as soon as allowed
-    assert all(len(h.tokens) == 8 for h in decode(min_len=20, max_len_b=9))  # the maximum (EOS included) wins
+    assert [h.tokens for h in decode(max_len_b=12)] == [[], [], []]
+    assert [len(h.tokens) for h in decode(min_len=6, max_len_b=12)] == [6, 6, 6]  # EOS as soon as allowed
+    assert [len(h.tokens) for h in decode(min_len=20, max_len_b=9)] == [8, 8, 8]  # the maximum (EOS included) wins
 
 
 class EosLeaning(EosFirst):
@@ -272,6 +277,7 @@ def test_greedy_batch_whose_outputs_end_apart_decodes_like_each_sentence_alone()
 @pytest.mark.parametrize("beam", [4, 7])  # 2K above the vocabulary of 6; K above it
 def test_beam_wider_than_the_vocabulary_still_finds_the_hand_computed_best(beam):
     hyps = beam_search(ScriptedDecoder(), *scripted_source(2), beam=beam, nbest=2, length_penalty_type="none")
+    assert len(hyps) == 2  # one n-best list per source
     for nbest in hyps:
         assert [h.tokens for h in nbest] == [[A, B], [B]]
         assert [h.log_prob for h in nbest] == pytest.approx([math.log(0.42), math.log(0.27)])

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
 from mt.data.tokenizer import BOS_ID
-from mt.model.layers import attend, attention_mask, causal_mask, sinusoidal_positions
+from mt.model.layers import attend, attention_mask, causal_mask
 from tests.conftest import random_attention_inputs, random_batch, random_model
+
+
+def hand_sinusoid_row(pos: int, d_model: int) -> torch.Tensor:
+    """Row ``pos`` of the paper's interleaved table, written out with ``math``: column 2i holds
+    sin(pos / 10000^(2i/D)), column 2i+1 cos of the same angle."""
+    row = []
+    for i in range(d_model // 2):
+        angle = pos / 10000.0 ** (2 * i / d_model)
+        row += [math.sin(angle), math.cos(angle)]
+    return torch.tensor(row, dtype=torch.float32)
 
 
 def teacher_forced_log_probs(model, src_ids, src_pad_mask, tgt_in):
@@ -98,7 +110,10 @@ def test_embeddings_are_tied_and_positions_grow_for_long_inputs():
     src_ids, src_pad_mask = random_batch(16, [400])  # longer than the precomputed position table
     memory = model.encode(src_ids, src_pad_mask)
     assert memory.shape == (1, 401, 32) and torch.isfinite(memory).all()
-    assert_close(model.src_embed.positions[:256], sinusoidal_positions(256, 32))
+    table = model.src_embed.positions
+    assert table.shape[0] >= 401 and table.shape[1] == 32  # grew past 256 to cover all 401 positions
+    for pos in (0, 1, 255, 256, 300, 400):  # rows of the original table and rows added when it grew
+        assert_close(table[pos], hand_sinusoid_row(pos, 32), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("query_len,key_len,causal", [(5, 5, True), (1, 7, True), (3, 7, True), (4, 6, False)])
