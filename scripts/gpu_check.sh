@@ -19,7 +19,8 @@
 #   bash scripts/gpu_check.sh [mt.train overrides]
 # Environment: PYTHON (default .venv/bin/python), MODEL (base), STEPS (300), PAIRS (100000), VOCAB (32000),
 # WORK (/tmp/mt-gpu-check), PEAK_TFLOPS (the card's dense bf16 peak; known for H100/H200/A100/L40S/A10/L4),
-# DECODE_TIMEOUT (300 s), DECODE, SWEEP_TOKENS, COMPILE, PEERS, BIG, FP16, MULTI30K, M30K_STEPS (see above),
+# DECODE_TIMEOUT (300 s), DECODE_SENTENCES (1000), DECODE, SWEEP_TOKENS, COMPILE, PEERS, PEER_TOKENS (12000),
+# PEER_STEPS (30 a round), BIG, FP16, MULTI30K, M30K_STEPS (see above),
 # TRAINER (gpu; TRAINER=cpu MODEL=tiny STEPS=50 PAIRS=3000 VOCAB=1000 DECODE_TIMEOUT=60 checks the script
 # itself on a CPU in about 5 minutes; 50 steps make one tokens/s window), COMPILE_TIME (the compiled run's
 # bound, 00:00:04:00), WHEELS (a folder of wheels from scripts/offline_wheels.sh, installed into $WORK/site
@@ -89,7 +90,7 @@ tail -15 "$WORK/pytest.log"
 if [ "${DECODE:-1}" = 1 ] && [ -f "$WORK/eager/checkpoints/last.ckpt" ]; then
   phase "decoding speed, $MODEL after $STEPS steps"
   timeout "${DECODE_TIMEOUT:-300}" $PY scripts/gpu_report.py decode "$WORK/eager/checkpoints/last.ckpt" "$WORK/data/test.de.gz" "$WORK/data/test.en.gz" \
-    --sentences 1000 || status=1
+    --sentences "${DECODE_SENTENCES:-1000}" || status=1
 fi
 
 for tokens in ${SWEEP_TOKENS:-}; do
@@ -105,9 +106,9 @@ fi
 
 if [ "${PEERS:-0}" = 1 ]; then
   device=$([ "$TRAINER" = cpu ] && echo cpu || echo cuda)  # bench_train: bf16 on a GPU, fp32 on a CPU
-  phase "peers: mt, plain PyTorch, Hugging Face Marian (model=$MODEL, $([ $device = cpu ] && echo fp32 || echo bf16), 12k-token batches)"
+  phase "peers: mt, plain PyTorch, Hugging Face Marian (model=$MODEL, $([ $device = cpu ] && echo fp32 || echo bf16), ${PEER_TOKENS:-12000}-token batches)"
   $PY scripts/bench_train.py --device "$device" --model "$MODEL" --data "$WORK/data" --vocab "$VOCAB" \
-    --max-tokens 12000 --rounds 3 --steps 30 --warmup 10 $PEAK 2>"$WORK/peers.log" || { status=1; tail -20 "$WORK/peers.log"; }
+    --max-tokens "${PEER_TOKENS:-12000}" --rounds 3 --steps "${PEER_STEPS:-30}" --warmup 10 $PEAK 2>"$WORK/peers.log" || { status=1; tail -20 "$WORK/peers.log"; }
 fi
 if [ "${BIG:-0}" = 1 ]; then
   phase "model=big, $STEPS steps, bf16"

@@ -84,7 +84,7 @@ def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: in
                         torch.cuda.synchronize()
                     seconds = time.perf_counter() - start
                 tokens = sum(len(n[0].tokens) + 1 for n in hyps)
-                bleu = scores(loaded.tokenizer.decode_tgt([n[0].tokens for n in hyps]), ref_text)["bleu"]
+                bleu = scores(loaded.tokenizer.decode_tgt([n[0].tokens for n in hyps]), [ref_text])["bleu"]
                 name = "bfloat16" if bf16 else "float32"
                 print(
                     f"  {name:8s} beam {beam}  {source_tokens:5d} source tokens a batch: "
