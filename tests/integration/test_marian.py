@@ -146,8 +146,9 @@ def _hf_inputs(tokenizer, sentences):
     return batch["input_ids"], batch["attention_mask"]
 
 
-def _mt_inputs(loaded, sentences):
-    src = pad_sequences(loaded.tokenizer.encode_src(sentences), suffix=EOS_ID)
+def _mt_inputs(loaded, sentences, prefix=()):
+    """mt's padded sources of ``sentences`` (``prefix``: ids before each, a language token) and their pad mask."""
+    src = pad_sequences([[*prefix, *ids] for ids in loaded.tokenizer.encode_src(sentences)], suffix=EOS_ID)
     return src, src == PAD_ID
 
 
@@ -371,11 +372,11 @@ def test_a_multilingual_model_exports_its_language_tokens_as_opus_mt_codes(multi
     for lang in ("de", "en"):
         prefix = loaded.source_prefix(lang)
         assert prefix == [loaded.tokenizer.src.piece_to_id(f"<2{lang}>")]
-        src = pad_sequences([prefix + ids for ids in loaded.tokenizer.encode_src(SENTENCES)], suffix=EOS_ID)
+        src, pad_mask = _mt_inputs(loaded, SENTENCES, prefix)
         input_ids, attention_mask = _hf_inputs(tokenizer, [f">>{lang}<< {s}" for s in SENTENCES])
         assert torch.equal(src, input_ids)  # mt's PAD is 0 and Hugging Face pads with pad_token_id 0
         with torch.no_grad():
-            expected = loaded.model(src, src == PAD_ID, tgt_in)
+            expected = loaded.model(src, pad_mask, tgt_in)
             logits[lang] = model(input_ids, attention_mask=attention_mask, decoder_input_ids=tgt_in).logits
         torch.testing.assert_close(logits[lang], expected, rtol=0, atol=1e-5)
     assert not torch.allclose(logits["de"], logits["en"], atol=1e-3)  # the code is read, not dropped
@@ -400,10 +401,9 @@ def test_language_codes_come_back_as_language_tokens_on_import(multilingual, tmp
     for lang in codes:
         assert back.source_prefix(lang) == [codes[lang]]
         for name, loaded in (("original", original), ("back", back)):
-            prefix = loaded.source_prefix(lang)
-            src = pad_sequences([prefix + ids for ids in loaded.tokenizer.encode_src(SENTENCES)], suffix=EOS_ID)
+            src, pad_mask = _mt_inputs(loaded, SENTENCES, loaded.source_prefix(lang))
             with torch.no_grad():
-                logits[name, lang] = loaded.model(src, src == PAD_ID, tgt_in)[..., PAD_ID + 1 :]  # import's PAD row
+                logits[name, lang] = loaded.model(src, pad_mask, tgt_in)[..., PAD_ID + 1 :]  # import's PAD row
         torch.testing.assert_close(logits["back", lang], logits["original", lang], rtol=0, atol=1e-5)
     assert not torch.allclose(logits["back", "de"], logits["back", "en"], atol=1e-3)
     with pytest.raises(ValueError, match=r"tgt_lang=fr: .*back.ckpt has the language codes de, en only"):
@@ -437,13 +437,11 @@ def test_a_multilingual_ctranslate2_export_lists_its_language_tokens(multilingua
         sources = [[token, *(pieces[i] for i in ids)] for ids in tokenizer.encode_src(SENTENCES[1:3])]
         results = translator.score_batch(sources, [[pieces[i] for i in ids] for ids in targets])
         scored[lang] = [torch.tensor(r.log_probs) for r in results]
-        src = pad_sequences(
-            [loaded.source_prefix(lang) + ids for ids in tokenizer.encode_src(SENTENCES[1:3])], suffix=EOS_ID
-        )
+        src, pad_mask = _mt_inputs(loaded, SENTENCES[1:3], loaded.source_prefix(lang))
         for row, (ids, got) in enumerate(zip(targets, scored[lang])):
             tgt_in = torch.tensor([[2, *ids]])
             with torch.no_grad():
-                logits = loaded.model(src[row : row + 1], src[row : row + 1] == PAD_ID, tgt_in)
+                logits = loaded.model(src[row : row + 1], pad_mask[row : row + 1], tgt_in)
             expected = logits.log_softmax(-1)[0].gather(-1, torch.tensor([*ids, EOS_ID])[:, None])[:, 0]
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
     assert not torch.allclose(scored["de"][0], scored["en"][0], atol=1e-3)  # the token is read
