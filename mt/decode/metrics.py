@@ -2,13 +2,15 @@
 
 Cased, detokenized BLEU is the headline number. Its tokenizer follows the target language as sacreBLEU
 chooses it (``zh`` for Chinese, ``ja-mecab`` for Japanese, ``ko-mecab`` for Korean, ``13a`` for the rest)
-unless one is given; the signature says exactly how each score was computed, so it can be published beside
-it. Every function takes one or more reference streams: ``references[k][i]`` is the k-th reference of
-sentence i.
+unless one is given; the language is also known by the names OPUS-MT and FLORES give it (``cmn_Hans``,
+``zho_Hant``, ``jpn``, ``kor_Hang``, ``zh-TW``: ``sacrebleu_language``). The signature says exactly how each
+score was computed, so it can be published beside it. Every function takes one or more reference streams:
+``references[k][i]`` is the k-th reference of sentence i.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,11 +22,28 @@ from mt.errors import ConfigError, DataError
 
 BOOTSTRAP_SAMPLES = 1000  # sacreBLEU's default for --paired-bs
 
+# ISO 639-3 codes of the languages sacreBLEU tokenizes apart, by their ISO 639-1 code (Chinese: the macrolanguage,
+# its written varieties, and Classical Chinese), for OPUS-MT's and FLORES's names of them.
+_ISO_639_1 = {
+    **dict.fromkeys(("zho", "chi", "cmn", "yue", "wuu", "gan", "hak", "hsn", "nan", "cjy", "lzh"), "zh"),
+    "jpn": "ja",
+    "kor": "ko",
+}
+
 
 @dataclass
 class Score:
     score: float
     signature: str
+
+
+def sacrebleu_language(lang: str | None) -> str:
+    """The code sacreBLEU chooses a BLEU tokenizer by (``zh``, ``ja``, ``ko``, or another) for a target language
+    written with a script or region (``zh_Hans``, ``zh-TW``, ``kor_Hang``) or as ISO 639-3 (``cmn_Hans``, ``jpn``):
+    sacreBLEU knows the two-letter codes only, and would give those languages ``13a``, which does not split Chinese
+    or Japanese into words."""
+    base = re.split(r"[_\-]", (lang or "").strip())[0].lower()
+    return _ISO_639_1.get(base, base)
 
 
 def bleu_metric(tgt_lang: str | None = None, tokenize: str | None = None) -> BLEU:
@@ -34,7 +53,7 @@ def bleu_metric(tgt_lang: str | None = None, tokenize: str | None = None) -> BLE
     ``'sacrebleu[ko]'``) or whose model cannot be fetched offline (``flores200``, ``spm``) is a ``ConfigError``.
     """
     try:
-        metric = BLEU(tokenize=tokenize, trg_lang=tgt_lang or "")
+        metric = BLEU(tokenize=tokenize, trg_lang=sacrebleu_language(tgt_lang))
         metric.corpus_score(["a"], [["a"]])  # loads the tokenizer (a dictionary, a model) now, not mid-evaluation
     except (ImportError, RuntimeError, OSError, AssertionError) as error:
         chosen = tokenize or f"{metric_name(None, tgt_lang)} (sacreBLEU's choice for target language {tgt_lang!r})"
@@ -49,7 +68,7 @@ def bleu_metric(tgt_lang: str | None = None, tokenize: str | None = None) -> BLE
 
 def metric_name(tokenize: str | None, tgt_lang: str | None) -> str:
     """The name of the BLEU tokenizer used: ``tokenize``, else sacreBLEU's choice for ``tgt_lang``."""
-    return tokenize or sacrebleu_tokenizer_for(tgt_lang)
+    return tokenize or sacrebleu_tokenizer_for(sacrebleu_language(tgt_lang))
 
 
 def first_line(error: BaseException) -> str:

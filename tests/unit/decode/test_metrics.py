@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mt.decode.metrics import bleu, bleu_metric, chrf, paired_bootstrap, scores, ter
+from mt.decode.metrics import bleu, bleu_metric, chrf, metric_name, paired_bootstrap, scores, ter
 from mt.errors import ConfigError, DataError
 
 HYPOTHESES = ["The cat sat on the mat.", "A dog runs in the park!", "Hello, world.", "Two men are playing chess"]
@@ -81,6 +81,22 @@ def test_the_bleu_tokenizer_follows_the_target_language_as_in_sacrebleu(tmp_path
     # The tokenizer matters: 13a does not split Chinese or Japanese, so the score differs.
     if lang in ("zh", "ja"):
         assert bleu(hypotheses, [references], tgt_lang=lang, tokenize="13a").score != pytest.approx(ours.score)
+
+
+@pytest.mark.parametrize("lang", ["cmn_Hans", "zho_Hant", "zh-TW", "yue"])
+def test_chinese_under_opus_mt_and_flores_names_gets_sacrebleus_chinese_tokenizer(tmp_path, lang):
+    """OPUS-MT's and FLORES's names of Chinese score as sacreBLEU's ``-l en-zh`` does, not with 13a."""
+    hypotheses, references = ["今天天气很好。", "我喜欢学习机器翻译。"], ["今天天气不错。", "我喜欢研究机器翻译。"]
+    ours = bleu(hypotheses, [references], tgt_lang=lang)
+    theirs = cli_scores(tmp_path, hypotheses, references, extra=("-l", "en-zh"))["BLEU"]
+    assert (ours.score, ours.signature) == (pytest.approx(theirs["score"], abs=1e-4), theirs["signature"])
+    assert "tok:zh" in ours.signature
+
+
+def test_japanese_korean_and_others_under_iso_639_3_names():
+    assert metric_name(None, "jpn") == "ja-mecab" and metric_name(None, "kor_Hang") == "ko-mecab"
+    assert metric_name(None, "deu") == metric_name(None, "de_DE") == metric_name(None, None) == "13a"
+    assert metric_name("char", "cmn_Hans") == "char"
 
 
 def test_a_tokenizer_can_be_chosen_and_a_wrong_one_is_a_one_line_error():
