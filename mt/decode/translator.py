@@ -16,8 +16,9 @@ from tqdm import tqdm
 
 from mt.config import SearchConfig
 from mt.data.batching import collate, token_batches
-from mt.data.tokenizer import Tokenizer
+from mt.data.tokenizer import UNK_ID, Tokenizer
 from mt.decode.search import Decodable, Hypothesis, beam_search, greedy_search, sample
+from mt.errors import DataError, listing
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,30 @@ def _map_on_threads(function, items: list, workers: int):
         torch.set_num_threads(threads)
 
 
+def _own_codes(
+    src: list[list[int]], sentences: Sequence[str], codes: dict[str, int], prefix: Sequence[int], lines: list[int]
+) -> list[list[int]]:
+    """Sources of an imported OPUS-MT model that start with a language code of their own (``>>fr<< text``, as
+    ``MarianTokenizer`` reads them). With ``tgt_lang=`` putting the same code first, the code is kept once; a code
+    the model does not have (read as an unknown piece) or another than ``tgt_lang``'s is a ``DataError``."""
+    language = {i: lang for lang, i in codes.items()}
+    for k, (ids, sentence) in enumerate(zip(src, sentences)):
+        if not ids:
+            continue
+        if ids[0] == UNK_ID and sentence.startswith(">>") and "<<" in sentence:
+            code = sentence[: sentence.index("<<") + 2]
+            raise DataError(f"line {lines[k]}: starts with {code}, not one of the model's codes ({listing(codes)})")
+        if prefix and ids[0] in language:
+            if ids[0] != prefix[-1]:
+                asked = language.get(prefix[-1], "?")
+                raise DataError(
+                    f"line {lines[k]}: starts with >>{language[ids[0]]}<< but tgt_lang={asked} puts >>{asked}<< "
+                    "first: give the target language one way"
+                )
+            src[k] = ids[1:]
+    return src
+
+
 def translate(
     model: Decodable,
     tokenizer: Tokenizer,
@@ -166,6 +191,8 @@ def translate(
     """
     nonempty = [i for i, s in enumerate(sentences) if s.strip()]
     src = tokenizer.encode_src([sentences[i] for i in nonempty])
+    if tokenizer.vocab is not None and (codes := tokenizer.language_tokens()):
+        src = _own_codes(src, [sentences[i] for i in nonempty], codes, src_prefix, [first_line + i for i in nonempty])
     room = max(1, search.max_src_len - len(src_prefix))  # the prefix counts towards max_src_len
     for k, ids in enumerate(src):
         if len(ids) > room:

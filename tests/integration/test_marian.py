@@ -418,6 +418,35 @@ def test_language_codes_come_back_as_language_tokens_on_import(multilingual, tmp
     assert dataclasses.replace(back, data={**one_way, "lang_tokens": True}).source_prefix(None) == [codes["en"]]
 
 
+def test_a_source_with_its_own_code_and_tgt_lang_gets_the_code_once(multilingual, tmp_path, monkeypatch) -> None:
+    """``tgt_lang=en`` and a source ``>>en<< text`` give the model the code once, as ``MarianTokenizer`` reads the
+    text alone; another code than ``tgt_lang``'s, or one the model lacks, is refused naming the line."""
+    from mt.config import SearchConfig
+    from mt.decode import translator
+    from mt.errors import DataError
+
+    _, exported = multilingual
+    assert convert(exported, tmp_path / "back.ckpt") == "import"
+    back = load_checkpoint(tmp_path / "back.ckpt")
+    en = json.loads((exported / "vocab.json").read_text())[">>en<<"]
+    fed = []
+    monkeypatch.setattr(translator, "decode_ids", lambda model, src, *args, **kw: fed.extend(src) or [])
+
+    def run(sources, tgt_lang=None):
+        fed.clear()
+        prefix = back.source_prefix(tgt_lang)
+        translator.translate(back.model, back.tokenizer, sources, SearchConfig(beam=1), src_prefix=prefix)
+        return fed
+
+    plain = back.tokenizer.encode_src(SENTENCES[:2])
+    expected = [[en, *ids] for ids in plain]
+    assert run([f">>en<< {SENTENCES[0]}", SENTENCES[1]], "en") == expected
+    assert run([f">>en<< {SENTENCES[0]}"]) == expected[:1]  # without tgt_lang the source's own code, as before
+    for code, tgt_lang in ((">>de<<", "en"), (">>fr<<", "en"), (">>fr<<", None)):
+        with pytest.raises(DataError, match=rf"^line 2: starts with {code}"):
+            run(["", f"{code} {SENTENCES[0]}"], tgt_lang)
+
+
 def test_a_multilingual_ctranslate2_export_lists_its_language_tokens(multilingual, tmp_path: Path) -> None:
     """With the token of ``mt_export.json`` first, CTranslate2 scores a target as ``mt`` does with ``tgt_lang``
     (log-probabilities of each target token; the model's weights are random, so greedy output says little)."""
