@@ -161,6 +161,7 @@ def decode_scores(
             device=device,
             return_scores=False,
             src_prefix=loaded.source_prefix(test_set.tgt_lang),
+            origin=test_set.name,
         )
     ]
     language = loaded.target_language(test_set.tgt_lang)

@@ -100,6 +100,7 @@ def translate_to_file(config: TranslateConfig, model, loaded, search, device, pr
             first_line=first + 1,
             return_scores=config.nbest is not None,
             src_prefix=prefix,
+            origin=config.input,
         )
         return output_lines(translations, first, config.nbest is not None)
 
@@ -164,6 +165,7 @@ def main(config: TranslateConfig) -> None:
             first_line=offset + 1,
             return_scores=config.nbest is not None,  # scores are printed only with n-best lists
             src_prefix=prefix,
+            origin=config.input or "",
         )
         for index, nbest in enumerate(translations):
             if config.nbest is None:

@@ -211,6 +211,6 @@ def cache_key(cfg: DataConfig, split: str, tokenizer: Tokenizer, src_prefix: Seq
         digest.update(json.dumps(list(src_prefix)).encode())
     digest.update(tokenizer.src_model)
     digest.update(tokenizer.tgt_model)
-    if tokenizer.vocab is not None:
-        digest.update(json.dumps(tokenizer.vocab).encode())
+    if tokenizer.vocab is not None:  # "codes once": sources' own language codes no longer doubled (2026-12-07)
+        digest.update(json.dumps(["codes once", tokenizer.vocab]).encode())
     return digest.hexdigest()[:16]

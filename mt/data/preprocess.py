@@ -280,9 +280,12 @@ class _Encoder:
     """The batched ``datasets.map`` function: picklable, it ships the SentencePiece models as bytes
     and builds the ``Tokenizer`` once per worker process, on first use."""
 
-    def __init__(self, tokenizer_state: dict, dtype: str, num_threads: int, src_prefix: list[int] = ()) -> None:
+    def __init__(
+        self, tokenizer_state: dict, dtype: str, num_threads: int, src_prefix: list[int] = (), origin: str = ""
+    ) -> None:
         self.tokenizer_state = tokenizer_state
         self.src_prefix = list(src_prefix)
+        self.origin = origin
         self.dtype = dtype
         self.num_threads = num_threads
         self._tokenizer: Tokenizer | None = None
@@ -290,16 +293,20 @@ class _Encoder:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_tokenizer": None}
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, batch: pa.Table, indices: list[int]) -> pa.Table:
         if self._tokenizer is None:
             self._tokenizer = Tokenizer.from_state(self.tokenizer_state)
         tokenizer, dtype = self._tokenizer, np.dtype(self.dtype)
-        # Threads only when running in one process.
-        src = tokenizer.encode_src(batch.column("src").to_pylist(), num_threads=self.num_threads)
-        if self.src_prefix:  # tags and language tokens: ids of their own before the text
-            src = [self.src_prefix + ids for ids in src]
+        texts = batch.column("src").to_pylist()
+        src = tokenizer.encode_src(texts, num_threads=self.num_threads)  # threads only when running in one process
+        prefixed = []  # tags and language tokens: ids of their own before the text (a source's own code once)
+        for index, ids, text in zip(indices, src, texts):
+            try:
+                prefixed.append(tokenizer.prefixed(ids, text, self.src_prefix))
+            except DataError as error:
+                raise DataError(f"{self.origin}: pair {index + 1}: {error}") from None
         tgt = tokenizer.encode_tgt(batch.column("tgt").to_pylist(), num_threads=self.num_threads)
-        return pa.table({"src_ids": _list_array(src, dtype), "tgt_ids": _list_array(tgt, dtype)})
+        return pa.table({"src_ids": _list_array(prefixed, dtype), "tgt_ids": _list_array(tgt, dtype)})
 
 
 def token_dtype(tokenizer: Tokenizer) -> np.dtype:
@@ -438,10 +445,12 @@ def _encode_into(
             "tgt_ids": datasets.Sequence(datasets.Value(str(arrow_type))),
         }
     )
-    encoder = _Encoder(tokenizer.to_state(), dtype.name, num_threads=1 if num_proc > 1 else -1, src_prefix=src_prefix)
+    threads = 1 if num_proc > 1 else -1
+    encoder = _Encoder(tokenizer.to_state(), dtype.name, num_threads=threads, src_prefix=src_prefix, origin=origin)
     encoded = raw.with_format("arrow").map(
         encoder,
         batched=True,
+        with_indices=True,
         batch_size=BATCH_SIZE,
         num_proc=num_proc if num_proc > 1 else None,
         remove_columns=raw.column_names,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import sentencepiece as spm
 
 from mt.atomic import atomic_write
 from mt.data.sampling import reservoir_sample
-from mt.errors import TokenizerError, listing
+from mt.errors import DataError, TokenizerError, listing
 
 # Special ids, fixed for every model this package trains.
 PAD_ID = 0
@@ -26,6 +27,10 @@ EOS_ID = 3
 
 
 SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")  # the pieces of PAD_ID, UNK_ID, BOS_ID, EOS_ID in a vocabulary
+
+# What OPUS-MT's language codes look like at the start of a source (>>fr<<, >>cmn_Hans<<, >>pt_BR<<), as opposed to
+# text in ASCII quotes (>>Hallo<<, sagte er.), which MarianTokenizer reads as one unknown piece all the same.
+LANGUAGE_CODE = re.compile(r">>[a-z]{2,3}(?:_[A-Za-z]{2,4})?<<")
 
 
 def language_token(lang: str) -> str:
@@ -181,9 +186,37 @@ class Tokenizer:
     def language_tokens(self) -> dict[str, int]:
         """The target languages of a multilingual model and their token ids (``<2de>``, or OPUS-MT's ``>>de<<``
         in an imported vocabulary); empty for others."""
-        if self.vocab is not None:
-            return {lang: self._ids[piece] for piece in self.symbols() if (lang := code_language(piece))}
-        return {lang: self.src.piece_to_id(symbol) for symbol in self.symbols() if (lang := token_language(symbol))}
+        if not hasattr(self, "_languages"):
+            if self.vocab is not None:
+                found = {lang: self._ids[piece] for piece in self.symbols() if (lang := code_language(piece))}
+            else:
+                found = {lang: self.src.piece_to_id(s) for s in self.symbols() if (lang := token_language(s))}
+            self._languages = found
+        return dict(self._languages)
+
+    def prefixed(self, ids: list[int], sentence: str, prefix: Sequence[int] = ()) -> list[int]:
+        """``prefix`` (a corpus's tag, a target-language token), then the ids of the source ``sentence``.
+
+        A source of an imported multilingual vocabulary may start with a language code of its own (``>>fr<<
+        text``, one token as ``MarianTokenizer`` reads it); where ``prefix`` ends with the same code, the code
+        is there once.
+
+        Raises:
+            DataError: (without the line: the caller adds it) the source starts with a code the vocabulary lacks
+                (which would be read as an unknown piece), or another than the one ``prefix`` puts first.
+        """
+        if self.vocab is None or not ids or not (languages := self.language_tokens()):
+            return [*prefix, *ids]
+        if ids[0] == UNK_ID and (code := LANGUAGE_CODE.match(sentence)):
+            raise DataError(f"starts with {code.group()}, not one of the model's codes ({listing(languages)})")
+        language = {i: lang for lang, i in languages.items()}
+        if prefix and ids[0] != prefix[-1] and ids[0] in language and prefix[-1] in language:
+            own, asked = language[ids[0]], language[prefix[-1]]
+            raise DataError(
+                f"starts with {language_code(own)}, but {language_code(asked)} is put first to translate into "
+                f"{asked}: give the target language one way"
+            )
+        return [*prefix, *(ids[1:] if prefix and ids[0] == prefix[-1] else ids)]
 
     def src_pieces(self) -> list[str]:
         """The source vocabulary as SentencePiece pieces, by id."""

@@ -41,9 +41,9 @@ def sacrebleu_language(lang: str | None) -> str:
     """The code sacreBLEU chooses a BLEU tokenizer by (``zh``, ``ja``, ``ko``, or another) for a target language
     written with a script or region (``zh_Hans``, ``zh-TW``, ``kor_Hang``) or as ISO 639-3 (``cmn_Hans``, ``jpn``):
     sacreBLEU knows the two-letter codes only, and would give those languages ``13a``, which does not split Chinese
-    or Japanese into words."""
-    base = re.split(r"[_\-]", (lang or "").strip())[0].lower()
-    return _ISO_639_1.get(base, base)
+    or Japanese into words. Romanized (``jpn_Latn``, ``ja-Latn``) they are left as they are, so ``13a`` it is."""
+    base, *subtags = re.split(r"[_\-]", (lang or "").strip().lower())
+    return (lang or "") if "latn" in subtags else _ISO_639_1.get(base, base)
 
 
 def bleu_metric(tgt_lang: str | None = None, tokenize: str | None = None) -> BLEU:

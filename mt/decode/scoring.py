@@ -85,6 +85,7 @@ def score_checkpoint(
             progress=progress,
             return_scores=False,
             src_prefix=prefix,
+            origin=origin,
         )
     ]
     result: dict = {

@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from mt.config import SearchConfig
 from mt.data.batching import collate, token_batches
-from mt.data.tokenizer import UNK_ID, Tokenizer
+from mt.data.tokenizer import Tokenizer
 from mt.decode.search import Decodable, Hypothesis, beam_search, greedy_search, sample
-from mt.errors import DataError, listing
+from mt.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -142,30 +142,6 @@ def _map_on_threads(function, items: list, workers: int):
         torch.set_num_threads(threads)
 
 
-def _own_codes(
-    src: list[list[int]], sentences: Sequence[str], codes: dict[str, int], prefix: Sequence[int], lines: list[int]
-) -> list[list[int]]:
-    """Sources of an imported OPUS-MT model that start with a language code of their own (``>>fr<< text``, as
-    ``MarianTokenizer`` reads them). With ``tgt_lang=`` putting the same code first, the code is kept once; a code
-    the model does not have (read as an unknown piece) or another than ``tgt_lang``'s is a ``DataError``."""
-    language = {i: lang for lang, i in codes.items()}
-    for k, (ids, sentence) in enumerate(zip(src, sentences)):
-        if not ids:
-            continue
-        if ids[0] == UNK_ID and sentence.startswith(">>") and "<<" in sentence:
-            code = sentence[: sentence.index("<<") + 2]
-            raise DataError(f"line {lines[k]}: starts with {code}, not one of the model's codes ({listing(codes)})")
-        if prefix and ids[0] in language:
-            if ids[0] != prefix[-1]:
-                asked = language.get(prefix[-1], "?")
-                raise DataError(
-                    f"line {lines[k]}: starts with >>{language[ids[0]]}<< but tgt_lang={asked} puts >>{asked}<< "
-                    "first: give the target language one way"
-                )
-            src[k] = ids[1:]
-    return src
-
-
 def translate(
     model: Decodable,
     tokenizer: Tokenizer,
@@ -178,6 +154,7 @@ def translate(
     return_scores: bool = True,
     first_line: int = 1,
     src_prefix: Sequence[int] = (),
+    origin: str = "",
 ) -> list[list[tuple[str, float | None]]]:
     """Detokenized n-best translations with scores, one list per sentence, in input order.
 
@@ -187,24 +164,25 @@ def translate(
     sentences) are ``None``. Sources longer than ``search.max_src_len`` subwords are cut, with a warning
     naming the line (``first_line``: the number of the first sentence in the input, for the message).
     ``src_prefix``: ids before each source (a multilingual model's target-language token:
-    ``Checkpoint.source_prefix``).
+    ``Checkpoint.source_prefix``); a source's own language code is handled by ``Tokenizer.prefixed``.
+    ``origin``: the input's name, for messages (a file, a test set).
+
+    Raises:
+        DataError: a source that starts with a language code the model lacks or ``src_prefix`` contradicts.
     """
     nonempty = [i for i, s in enumerate(sentences) if s.strip()]
     src = tokenizer.encode_src([sentences[i] for i in nonempty])
-    if tokenizer.vocab is not None and (codes := tokenizer.language_tokens()):
-        src = _own_codes(src, [sentences[i] for i in nonempty], codes, src_prefix, [first_line + i for i in nonempty])
     room = max(1, search.max_src_len - len(src_prefix))  # the prefix counts towards max_src_len
     for k, ids in enumerate(src):
+        where = f"{origin}: line {first_line + nonempty[k]}" if origin else f"line {first_line + nonempty[k]}"
+        try:
+            ids = tokenizer.prefixed(ids, sentences[nonempty[k]], src_prefix)[len(src_prefix) :]
+        except DataError as error:
+            raise DataError(f"{where}: {error}") from None
         if len(ids) > room:
-            log.warning(
-                "line %d: %d subwords, cut to the first %d (search.max_src_len)",
-                first_line + nonempty[k],
-                len(ids),
-                room,
-            )
-            src[k] = ids[:room]
-    if src_prefix:
-        src = [list(src_prefix) + ids for ids in src]
+            log.warning("%s: %d subwords, cut to the first %d (search.max_src_len)", where, len(ids), room)
+            ids = ids[:room]
+        src[k] = [*src_prefix, *ids]
     hyps = decode_ids(
         model,
         src,

@@ -419,11 +419,14 @@ def test_language_codes_come_back_as_language_tokens_on_import(multilingual, tmp
 
 
 def test_a_source_with_its_own_code_and_tgt_lang_gets_the_code_once(multilingual, tmp_path, monkeypatch) -> None:
-    """``tgt_lang=en`` and a source ``>>en<< text`` give the model the code once, as ``MarianTokenizer`` reads the
-    text alone; another code than ``tgt_lang``'s, or one the model lacks, is refused naming the line."""
-    from mt.config import SearchConfig
+    """``tgt_lang=en`` and a source ``>>en<< text`` give the model the code once (as ``MarianTokenizer`` reads the
+    text alone), in decoding and in a fine-tuning run's encoded corpus; another code than ``tgt_lang``'s, or a
+    code the model lacks, is refused naming the line, while text in ASCII quotes (``>>Hallo<<``) is text."""
+    from mt.config import DataConfig, SearchConfig, from_dict
+    from mt.data.preprocess import prepare_split_arrow
     from mt.decode import translator
     from mt.errors import DataError
+    from tests.conftest import write_text_corpus
 
     _, exported = multilingual
     assert convert(exported, tmp_path / "back.ckpt") == "import"
@@ -435,16 +438,31 @@ def test_a_source_with_its_own_code_and_tgt_lang_gets_the_code_once(multilingual
     def run(sources, tgt_lang=None):
         fed.clear()
         prefix = back.source_prefix(tgt_lang)
-        translator.translate(back.model, back.tokenizer, sources, SearchConfig(beam=1), src_prefix=prefix)
+        search = SearchConfig(beam=1)
+        translator.translate(back.model, back.tokenizer, sources, search, src_prefix=prefix, origin="in.de")
         return fed
 
     plain = back.tokenizer.encode_src(SENTENCES[:2])
     expected = [[en, *ids] for ids in plain]
     assert run([f">>en<< {SENTENCES[0]}", SENTENCES[1]], "en") == expected
     assert run([f">>en<< {SENTENCES[0]}"]) == expected[:1]  # without tgt_lang the source's own code, as before
+    quoted = f">>Hallo<< {SENTENCES[0]}"
+    assert run([quoted], "en") == [[en, *back.tokenizer.encode_src([quoted])[0]]]
     for code, tgt_lang in ((">>de<<", "en"), (">>fr<<", "en"), (">>fr<<", None)):
-        with pytest.raises(DataError, match=rf"^line 2: starts with {code}"):
+        with pytest.raises(DataError, match=rf"^in.de: line 2: starts with {code}"):
             run(["", f"{code} {SENTENCES[0]}"], tgt_lang)
+
+    # Fine-tuning with data.lang_tokens: the encoded sources, against the code's id and the plain text's ids.
+    pairs = [(f">>en<< {SENTENCES[0]}", "A man."), (SENTENCES[1], "Two dogs.")]
+    corpus = write_text_corpus(tmp_path / "corpus", {"valid": pairs})  # valid: no cleaning
+    cfg = from_dict(DataConfig, {"name": "t", "path": str(corpus), "splits": {"valid": "valid"}})
+    encoded = prepare_split_arrow(cfg, "valid", back.tokenizer, cache_dir=tmp_path / "cache", src_prefix=[en])
+    offsets = encoded.src_offsets
+    assert [encoded.src_tokens[offsets[i] : offsets[i + 1]].tolist() for i in range(2)] == expected
+    corpus = write_text_corpus(tmp_path / "wrong", {"valid": [pairs[1], (f">>de<< {SENTENCES[0]}", "A man.")]})
+    cfg = from_dict(DataConfig, {"name": "t", "path": str(corpus), "splits": {"valid": "valid"}})
+    with pytest.raises(DataError, match=r"wrong.*: pair 2: starts with >>de<<, but >>en<< is put first"):
+        prepare_split_arrow(cfg, "valid", back.tokenizer, cache_dir=tmp_path / "cache", src_prefix=[en])
 
 
 def test_a_multilingual_ctranslate2_export_lists_its_language_tokens(multilingual, tmp_path: Path) -> None:

@@ -83,19 +83,30 @@ def test_the_bleu_tokenizer_follows_the_target_language_as_in_sacrebleu(tmp_path
         assert bleu(hypotheses, [references], tgt_lang=lang, tokenize="13a").score != pytest.approx(ours.score)
 
 
-@pytest.mark.parametrize("lang", ["cmn_Hans", "zho_Hant", "zh-TW", "yue"])
-def test_chinese_under_opus_mt_and_flores_names_gets_sacrebleus_chinese_tokenizer(tmp_path, lang):
-    """OPUS-MT's and FLORES's names of Chinese score as sacreBLEU's ``-l en-zh`` does, not with 13a."""
-    hypotheses, references = ["今天天气很好。", "我喜欢学习机器翻译。"], ["今天天气不错。", "我喜欢研究机器翻译。"]
+@pytest.mark.parametrize(
+    ("lang", "code"), [("cmn_Hans", "zh"), ("zho_Hant", "zh"), ("zh-TW", "zh"), ("yue", "zh"), ("jpn", "ja")]
+)
+def test_opus_mt_and_flores_names_get_sacrebleus_tokenizer_for_the_language(tmp_path, lang, code):
+    """OPUS-MT's and FLORES's names of Chinese and Japanese score as sacreBLEU's ``-l en-zh`` / ``-l en-ja`` do,
+    not with 13a."""
+    pytest.importorskip("MeCab") if code == "ja" else None
+    hypotheses, references = {
+        "zh": (["今天天气很好。", "我喜欢学习机器翻译。"], ["今天天气不错。", "我喜欢研究机器翻译。"]),
+        "ja": (
+            ["今日は良い天気です。", "私は機械翻訳を勉強するのが好きです。"],
+            ["今日はいい天気です。", "私は機械翻訳の勉強が好きです。"],
+        ),
+    }[code]
     ours = bleu(hypotheses, [references], tgt_lang=lang)
-    theirs = cli_scores(tmp_path, hypotheses, references, extra=("-l", "en-zh"))["BLEU"]
+    theirs = cli_scores(tmp_path, hypotheses, references, extra=("-l", f"en-{code}"))["BLEU"]
     assert (ours.score, ours.signature) == (pytest.approx(theirs["score"], abs=1e-4), theirs["signature"])
-    assert "tok:zh" in ours.signature
+    assert "tok:13a" not in ours.signature
 
 
 def test_japanese_korean_and_others_under_iso_639_3_names():
     assert metric_name(None, "jpn") == "ja-mecab" and metric_name(None, "kor_Hang") == "ko-mecab"
     assert metric_name(None, "deu") == metric_name(None, "de_DE") == metric_name(None, None) == "13a"
+    assert {metric_name(None, lang) for lang in ("jpn_Latn", "ja-Latn", "cmn_Latn", "kor_Latn")} == {"13a"}
     assert metric_name("char", "cmn_Hans") == "char"
 
 
