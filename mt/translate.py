@@ -108,11 +108,17 @@ def translate_to_file(config: TranslateConfig, model, loaded, search, device, pr
         bar = tqdm(total=total, initial=done, unit="line", desc=f"translate {rank + 1}/{world}", file=sys.stderr)
         return bar.update
 
+    def version(path: str) -> list:
+        """A file and the version of it (size, modification time) that this output is translated with: a
+        ``best.ckpt`` that training rewrites, or another file copied over the name, is not resumed into it."""
+        stat = Path(path).stat()
+        return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+
     identity = {
         "input": str(Path(config.input).resolve()),
         "input_bytes": Path(config.input).stat().st_size,
-        "checkpoint": str(Path(config.checkpoint).resolve()),
-        "ensemble": [str(Path(p).resolve()) for p in config.ensemble],
+        "checkpoint": version(config.checkpoint),
+        "ensemble": [version(p) for p in config.ensemble],
         "search": dataclasses.asdict(search),
         "nbest": config.nbest,
         "tgt_lang": config.tgt_lang,

@@ -85,6 +85,20 @@ def test_a_resumed_output_with_other_settings_is_refused(checkpoint, source, tmp
     assert len(errors) == 1 and "was started with search=" in errors[0] and "overwrite=true" in errors[0]
 
 
+def test_a_resumed_output_whose_checkpoint_file_changed_is_refused(checkpoint, source, tmp_path):
+    """Another checkpoint copied over the name (or a best.ckpt that training rewrote) is not resumed into the
+    same file: its lines would come from two models."""
+    model = tmp_path / "model.ckpt"
+    model.write_bytes(checkpoint.read_bytes())
+    output = tmp_path / "out.txt"
+    translate(model, f"input={source}", f"output={output}", env={"MT_FAULT": "translate_chunk:2"})
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))  # rewritten, same bytes
+    result = translate(model, f"input={source}", f"output={output}")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "was started with checkpoint=" in errors[0], result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("search", [[], ["search=sample", "search.seed=3"]], ids=["beam", "sampling"])
 def test_shards_merged_in_order_equal_one_process(checkpoint, source, streamed, tmp_path, search):
     single = tmp_path / "single.txt"
