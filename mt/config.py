@@ -22,6 +22,10 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _require_threads(threads: int | None) -> None:
+    _require(threads is None or threads >= 1, f"threads={threads}: expected >= 1, or null for torch's default")
+
+
 @dataclass
 class SplitNames:
     """Names of the three splits in the corpus source (file stems or hub split names)."""
@@ -438,6 +442,30 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _require(
+            self.max_steps == -1 or self.max_steps >= 1,
+            f"trainer.max_steps={self.max_steps}: expected >= 1, or -1 for no limit",
+        )
+        _require(
+            self.max_epochs in (None, -1) or self.max_epochs >= 1,
+            f"trainer.max_epochs={self.max_epochs}: expected >= 1, or -1 / null for no limit",
+        )
+        _require(self.num_nodes >= 1, f"trainer.num_nodes={self.num_nodes}: expected >= 1")
+        for name in ("check_val_every_n_epoch", "checkpoint_every_n_steps"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"trainer.{name}={value}: expected >= 1 or null")
+        _require(self.keep_checkpoints >= 0, f"trainer.keep_checkpoints={self.keep_checkpoints}: expected >= 0")
+        _require(
+            self.early_stopping_patience is None or self.early_stopping_patience >= 0,
+            f"trainer.early_stopping_patience={self.early_stopping_patience}: expected >= 0 or null (no early stop)",
+        )
+        interval = self.val_check_interval
+        if isinstance(interval, (int, float)) and not isinstance(interval, bool):
+            _require(
+                interval >= 1 if isinstance(interval, int) else 0.0 < interval <= 1.0,
+                f"trainer.val_check_interval={interval}: expected a number of batches >= 1 or a fraction of an "
+                "epoch in (0, 1]",
+            )
+        _require(
             self.accumulate_grad_batches >= 1,
             f"trainer.accumulate_grad_batches={self.accumulate_grad_batches}: expected >= 1",
         )
@@ -497,6 +525,8 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU; null = torch's default
 
     def __post_init__(self) -> None:
+        _require(0 <= self.seed < 2**32, f"seed={self.seed}: expected 0 <= seed < 2**32")
+        _require_threads(self.threads)
         _require(
             not (self.init_from and self.resume not in (None, "auto")),
             f"init_from={self.init_from} starts a new run from a checkpoint's weights and resume={self.resume} "
@@ -548,6 +578,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _require(self.split in ("train", "valid", "test"), f"split={self.split!r}: expected train, valid or test")
+        _require_threads(self.threads)
         _require(self.beam is None or self.beam >= 1, f"beam={self.beam}: expected >= 1")
         _require(
             not (self.reference is not None and self.references),
@@ -586,6 +617,7 @@ class TranslateConfig:
         _require(self.beam is None or self.beam >= 1, f"beam={self.beam}: expected >= 1")
         _require(self.nbest is None or self.nbest >= 1, f"nbest={self.nbest}: expected >= 1")
         _require(self.buffer is None or self.buffer >= 1, f"buffer={self.buffer}: expected >= 1")
+        _require_threads(self.threads)
         _require(self.output is None or self.input is not None, "output= needs input=FILE (a file can be resumed)")
 
 
@@ -606,6 +638,10 @@ class AverageConfig:
         _require(
             self.run is None or (self.last is not None and self.last >= 1),
             f"run= needs last=N with N >= 1 (got last={self.last})",
+        )
+        _require(
+            self.last is None or self.run is not None,
+            f"last={self.last} goes with run=DIR; checkpoints=[...] averages exactly the files given",
         )
 
 
@@ -633,6 +669,7 @@ class ReportConfig:
     def __post_init__(self) -> None:
         _require(bool(self.run) != bool(self.runs), "give either run=DIR or runs=[DIR,...]")
         _require(self.average_last >= 0, f"average_last={self.average_last}: expected >= 0")
+        _require_threads(self.threads)
         _require(
             len(self.sources) == len(self.references),
             f"sources= has {len(self.sources)} files but references= has {len(self.references)}",

@@ -127,6 +127,16 @@ def test_evaluate_and_translate_compose_with_shortcuts():
         (["optim.betas=[0.9,1.5]"], r"optim.betas=\[0.9, 1.5\]: expected two values in \[0, 1\)"),
         (["optim.eps=-1"], "optim.eps=-1"),
         (["optim.weight_decay=-0.1"], "optim.weight_decay=-0.1"),
+        (["trainer.max_steps=-5"], r"trainer.max_steps=-5: expected >= 1, or -1"),
+        (["trainer.max_steps=0"], r"trainer.max_steps=0: expected >= 1"),
+        (["trainer.val_check_interval=0"], r"trainer.val_check_interval=0: expected a number of batches >= 1"),
+        (["trainer.val_check_interval=1.5"], r"trainer.val_check_interval=1.5: .* fraction of an epoch in \(0, 1\]"),
+        (["trainer.keep_checkpoints=-1"], "trainer.keep_checkpoints=-1: expected >= 0"),
+        (["trainer.early_stopping_patience=-1"], "trainer.early_stopping_patience=-1: expected >= 0"),
+        (["trainer.checkpoint_every_n_steps=0"], "trainer.checkpoint_every_n_steps=0: expected >= 1"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected >= 1"),
+        (["seed=-1"], r"seed=-1: expected 0 <= seed < 2\*\*32"),
+        (["threads=-1"], "threads=-1: expected >= 1"),
     ],
 )
 def test_impossible_values_are_refused(overrides, message):
@@ -143,6 +153,18 @@ def test_wrong_types_and_unknown_keys_are_refused():
         to_typed(compose_config("evaluate", []), EvaluateConfig)
 
 
+@pytest.mark.parametrize(
+    "command,schema,overrides",
+    [
+        ("evaluate", EvaluateConfig, ["checkpoint=x.ckpt", "threads=0"]),
+        ("translate", TranslateConfig, ["checkpoint=x.ckpt", "threads=-1"]),
+    ],
+)
+def test_threads_below_one_are_refused_by_every_command(command, schema, overrides):
+    with pytest.raises(ConfigError, match=r"threads=-?\d: expected >= 1, or null"):
+        to_typed(compose_config(command, overrides), schema)
+
+
 def test_average_config_needs_either_a_list_or_a_run():
     from mt.config import AverageConfig
 
@@ -152,3 +174,5 @@ def test_average_config_needs_either_a_list_or_a_run():
         to_typed(compose_config("average", ["output=avg.ckpt"]), AverageConfig)
     with pytest.raises(ConfigError, match="last=N"):
         to_typed(compose_config("average", ["run=outputs/x", "output=avg.ckpt"]), AverageConfig)
+    with pytest.raises(ConfigError, match=r"last=3 goes with run=DIR; checkpoints=\[...\] averages exactly"):
+        to_typed(compose_config("average", ["checkpoints=[a.ckpt,b.ckpt]", "last=3", "output=avg.ckpt"]), AverageConfig)
