@@ -173,11 +173,7 @@ def main(config: TranslateConfig) -> None:
             src_prefix=prefix,
             origin=config.input or "",
         )
-        for index, nbest in enumerate(translations):
-            if config.nbest is None:
-                sys.stdout.write(nbest[0][0] + "\n")
-            else:
-                sys.stdout.writelines(f"{offset + index}\t{score:.4f}\t{text}\n" for text, score in nbest)
+        sys.stdout.writelines(line + "\n" for line in output_lines(translations, offset, config.nbest is not None))
         offset += len(chunk)
         sys.stdout.flush()
 

@@ -158,7 +158,8 @@ def translate(
 ) -> list[list[tuple[str, float | None]]]:
     """Detokenized n-best translations with scores, one list per sentence, in input order.
 
-    Empty (or whitespace-only) sentences are not decoded: their translation is the empty string.
+    Empty (or whitespace-only) sentences are not decoded: their translations are the empty string (``nbest`` of
+    them, scored 0, so that each sentence has as many).
     ``generator``: sampling's random stream, to continue it across calls (``sampling_generator``).
     ``return_scores=False``: greedy and sampling skip scoring, and their scores (and those of empty
     sentences) are ``None``. Sources longer than ``search.max_src_len`` subwords are cut, with a warning
@@ -193,8 +194,8 @@ def translate(
         generator=generator,
         return_scores=return_scores,
     )
-    empty_score = 0.0 if return_scores else None
-    out: list[list[tuple[str, float | None]]] = [[("", empty_score)] for _ in sentences]
+    empty = [("", 0.0 if return_scores else None)] * (1 if search.sampling else search.nbest)  # as many as the rest
+    out: list[list[tuple[str, float | None]]] = [list(empty) for _ in sentences]
     for i, nbest in zip(nonempty, hyps):
         texts = tokenizer.decode_tgt([h.tokens for h in nbest])
         out[i] = [(text, h.score) for text, h in zip(texts, nbest)]

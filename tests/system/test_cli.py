@@ -245,12 +245,13 @@ def test_translate_nbest_writes_sorted_tsv(trained_run):
         "mt.translate",
         f"checkpoint={run_dir}/checkpoints/best.ckpt",
         "nbest=3",
-        stdin="Ein Hund rennt.\nZwei Männer.\n",
+        stdin="Ein Hund rennt.\n\nZwei Männer.\n",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1]
-    for sentence in (rows[:3], rows[3:]):
+    assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # K lines for the empty one too
+    assert [r[2] for r in rows[3:6]] == ["", "", ""] and all(r[2] for r in rows[:3] + rows[6:])
+    for sentence in (rows[:3], rows[6:]):
         scores = [float(r[1]) for r in sentence]
         assert scores == sorted(scores, reverse=True)
 
