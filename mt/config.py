@@ -313,7 +313,8 @@ class SearchConfig:
             self.length_penalty_type in ("gnmt", "average", "none"),
             f"length_penalty_type={self.length_penalty_type!r}: expected gnmt, average or none",
         )
-        _require(self.max_len_a >= 0 and self.max_len_b >= 1, "max_len_a must be >= 0 and max_len_b >= 1")
+        _require(self.max_len_a >= 0, f"search.max_len_a={self.max_len_a}: expected >= 0")
+        _require(self.max_len_b >= 1, f"search.max_len_b={self.max_len_b}: expected >= 1")
         _require(self.max_tokens >= 1, f"search.max_tokens={self.max_tokens}: expected >= 1")
         _require(self.max_len >= 1, f"search.max_len={self.max_len}: expected >= 1")
         _require(self.max_src_len >= 1, f"search.max_src_len={self.max_src_len}: expected >= 1")

@@ -129,6 +129,8 @@ def read_source_and_references(source: str, references: Sequence[str]) -> tuple[
     sources = read_lines(source)
     if not sources:
         raise DataError(f"source {source} is empty: expected one sentence a line")
+    if not any(line.strip() for line in sources):
+        raise DataError(f"source {source}: its {len(sources)} lines are all blank: expected one sentence a line")
     if not references:
         return sources, None
     streams = []

@@ -34,6 +34,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises ``CheckpointError`` (one line, naming the file) for a missing, truncated or foreign file.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(
+            p.relative_to(path).as_posix() for p in (*path.glob("*.ckpt"), *path.glob("checkpoints/*.ckpt"))
+        )
+        hint = f"the checkpoints in it: {listing(inside, most=4)}" if inside else "it holds no .ckpt file"
+        raise CheckpointError(f"checkpoint {path}: a directory, not a checkpoint file ({hint})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
@@ -222,12 +228,15 @@ def step_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda path: int(path.stem[4:]))
 
 
-def newest_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
-    """The ``count`` step checkpoints of ``run_dir`` with the highest steps, oldest first."""
+def newest_checkpoints(run_dir: str | Path, count: int, option: str = "last") -> list[Path]:
+    """The ``count`` step checkpoints of ``run_dir`` with the highest steps, oldest first (``option``: the
+    setting that asked for ``count``, for the message)."""
+    if not Path(run_dir).is_dir():
+        raise RunError(f"run={run_dir}: no such directory")
     found = step_checkpoints(run_dir)
     if len(found) < count:
         raise RunError(
-            f"{run_dir}/checkpoints holds {len(found)} step*.ckpt files, fewer than last={count} "
+            f"{run_dir}/checkpoints holds {len(found)} step*.ckpt files, fewer than {option}={count} "
             f"(train with trainer.keep_checkpoints=N to keep them)"
         )
     return found[-count:]

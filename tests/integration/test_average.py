@@ -54,6 +54,8 @@ def test_averaging_refuses_other_models_and_missing_files(two_checkpoints, tmp_p
         average_checkpoints([a, tmp_path / "absent.ckpt"])
     with pytest.raises(RunError, match="keep_checkpoints"):
         newest_checkpoints(tmp_path, 2)
+    with pytest.raises(RunError, match=r"run=.*absent: no such directory"):
+        newest_checkpoints(tmp_path / "absent", 2)
 
 
 def test_averaging_refuses_another_runs_tokenizer_or_model_config(two_checkpoints, tmp_path):

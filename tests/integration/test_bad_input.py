@@ -295,6 +295,10 @@ def test_evaluate_refuses_empty_input(checkpoint, tmp_path):
     with pytest.raises(DataError) as caught:
         score_checkpoint(checkpoint, search=FAST_SEARCH, source=str(tmp_path / "empty.de"), progress=False)
     assert_user_error(caught.value, str(tmp_path / "empty.de"), "empty")
+    (tmp_path / "blank.de").write_text("\n \n\t\n")  # lines, none with a sentence: BLEU 0 of nothing
+    with pytest.raises(DataError) as caught:
+        score_checkpoint(checkpoint, search=FAST_SEARCH, source=str(tmp_path / "blank.de"), progress=False)
+    assert_user_error(caught.value, str(tmp_path / "blank.de"), "3 lines are all blank")
 
     # The checkpoint's own test split, when its files are empty.
     data_dir = write_text_corpus(tmp_path / "data", {"test": []}, gz=False)

@@ -86,6 +86,14 @@ def test_training_refuses_a_run_directory_with_checkpoints(toy_corpus_dir, tmp_p
 def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         load_checkpoint(tmp_path / "absent.ckpt")
+    (tmp_path / "run/checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"run: a directory, not a checkpoint file \(it holds no .ckpt file\)"):
+        load_checkpoint(tmp_path / "run")
+    for name in ("best", "last"):
+        (tmp_path / f"run/checkpoints/{name}.ckpt").write_bytes(b"")
+    hint = r"\(the checkpoints in it: checkpoints/best.ckpt, checkpoints/last.ckpt\)"
+    with pytest.raises(CheckpointError, match=rf"run: a directory, not a checkpoint file {hint}"):
+        load_checkpoint(tmp_path / "run")
     (tmp_path / "random.ckpt").write_bytes(torch.randint(0, 255, (1000,), dtype=torch.uint8).numpy().tobytes())
     with pytest.raises(CheckpointError, match="cannot be loaded"):
         load_checkpoint(tmp_path / "random.ckpt")
