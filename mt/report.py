@@ -9,6 +9,12 @@ each test set with each checkpoint's own search (``search.*`` on the command lin
 entry per source file: a file, or a list of files for several references. Decodes are cached under
 ``<run>/report_cache/``, keyed by the checkpoint file, the search settings and the test set, so a second
 report only decodes what is new.
+
+With ``runs=[...]`` each row is labelled by the shortest end of its run directory's path that no other run's path
+ends with (``s1/0/best`` and ``s2/0/best`` for the ``0`` jobs of two sweeps, ``1/best`` beside them); ``baseline=``
+takes a label or any end of ``RUN_PATH/CHECKPOINT`` that names exactly one row. A row whose translations are the
+baseline's, line for line, is not tested: ``report.json`` gives it ``"paired_bootstrap": {"identical_to_baseline":
+true}`` and no p-value (every tested row has ``"identical_to_baseline": false``), ``report.md`` shows ``= baseline``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,13 +87,52 @@ def checkpoint_info(path: Path) -> dict:
 
 def averaged_checkpoint(run_dir: Path, count: int) -> Path:
     """The average of the run's last ``count`` step checkpoints, written once into its report cache."""
-    inputs = newest_checkpoints(run_dir, count)
+    inputs = newest_checkpoints(run_dir, count, option="average_last")
     key = hashlib.sha256(json.dumps([file_key(p) for p in inputs]).encode()).hexdigest()[:12]
     output = run_dir / "report_cache" / f"avg_last{count}.{key}.ckpt"
     if not output.is_file():
         with atomic_write(output) as handle:
             torch.save(average_checkpoints(inputs), handle)
     return output
+
+
+def run_labels(runs: list[Path]) -> list[str]:
+    """Each run's label: the shortest end of its (absolute) path that no other run's path ends with, so that two
+    sweeps' job ``0`` become ``s1/0`` and ``s2/0``. One run: no label. A run directory named twice is refused."""
+    if len(runs) == 1:
+        return [""]
+    named: dict[Path, Path] = {}
+    for run in runs:
+        earlier = named.setdefault(run.resolve(), run)
+        if earlier is not run:
+            raise RunError(f"runs: {run} is the same run directory as {earlier}; expected each run once")
+    paths = [Path(os.path.abspath(run)).parts for run in runs]
+    labels = []
+    for parts in paths:
+        others = [other for other in paths if other != parts]
+        size = next(n for n in range(1, len(parts) + 1) if all(other[-n:] != parts[-n:] for other in others))
+        labels.append(Path(*parts[-size:]).as_posix())
+    return labels
+
+
+def resolve_baseline(baseline: str, labels: list[str], paths: list[tuple[str, ...]]) -> str:
+    """The label of the one row ``baseline`` names: a label, or an end of a row's ``RUN_PATH/CHECKPOINT``
+    (``paths``: their parts)."""
+    if baseline in labels:
+        return baseline
+    wanted = Path(baseline).parts
+    matches = [label for label, parts in zip(labels, paths) if wanted and parts[-len(wanted) :] == wanted]
+    if not matches:
+        raise RunError(f"baseline={baseline}: no such checkpoint; expected one of {', '.join(labels)}")
+    if len(matches) > 1:
+        raise RunError(
+            f"baseline={baseline}: names {len(matches)} checkpoints ({', '.join(matches)}); expected one of them"
+        )
+    return matches[0]
+
+
+def is_average(label: str) -> bool:
+    return label.rsplit("/", 1)[-1].startswith("avg_last")  # not the run's part of the label: a run may be avg_last*
 
 
 def file_key(path: Path) -> list:
@@ -178,17 +224,18 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
     """Decode and score every checkpoint. Each decodes with its own saved search, with the ``search_fields`` of
     ``config.search`` (the ones the command line set) over it; None: ``config.search`` as it is."""
     runs = [Path(r) for r in ([config.run] if config.run else config.runs)]
-    entries: list[tuple[str, Path, Path]] = []  # (label, checkpoint, run)
-    for run_dir in runs:
-        prefix = f"{run_dir.name}/" if len(runs) > 1 else ""
-        entries += [(prefix + path.stem, path, run_dir) for path in run_checkpoints(run_dir)]
+    # (label, checkpoint, run); the labels are unique, for hypotheses are keyed by them
+    entries: list[tuple[str, Path, Path]] = []
+    row_paths: list[tuple[str, ...]] = []  # each row's absolute RUN_PATH/CHECKPOINT, for baseline=
+    for run_dir, run_label in zip(runs, run_labels(runs)):
+        prefix = f"{run_label}/" if run_label else ""
+        names = [(path.stem, path) for path in run_checkpoints(run_dir)]
         if config.average_last:
-            entries.append(
-                (f"{prefix}avg_last{config.average_last}", averaged_checkpoint(run_dir, config.average_last), run_dir)
-            )
+            names.append((f"avg_last{config.average_last}", averaged_checkpoint(run_dir, config.average_last)))
+        entries += [(prefix + name, path, run_dir) for name, path in names]
+        row_paths += [(*Path(os.path.abspath(run_dir)).parts, name) for name, _ in names]
     labels = [label for label, _, _ in entries]
-    if config.baseline is not None and config.baseline not in labels:
-        raise RunError(f"baseline={config.baseline}: no such checkpoint; expected one of {', '.join(labels)}")
+    baseline = None if config.baseline is None else resolve_baseline(config.baseline, labels, row_paths)
     infos = {path: checkpoint_info(path) for _, path, _ in entries}
     first = next(iter(infos.values()))
     test_sets = load_test_sets(config, first["data"])
@@ -213,20 +260,28 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
                 row[test_set.name] = {k: v for k, v in found.items() if k != "hypotheses"}
                 bar.update(1)
             rows.append(row)
-    if config.baseline is not None:
+    if baseline is not None:
         for row in rows:
             for test_set in test_sets:
-                if row["checkpoint"] != config.baseline:
-                    row[test_set.name]["paired_bootstrap"] = paired_bootstrap(
-                        hypotheses[config.baseline, test_set.name],
-                        hypotheses[row["checkpoint"], test_set.name],
+                if row["checkpoint"] == baseline:
+                    continue
+                ours, theirs = hypotheses[row["checkpoint"], test_set.name], hypotheses[baseline, test_set.name]
+                if ours == theirs:  # sacreBLEU's test gives identical systems p = 1/(samples+1): no difference to test
+                    row[test_set.name]["paired_bootstrap"] = {"identical_to_baseline": True}
+                    continue
+                row[test_set.name]["paired_bootstrap"] = {
+                    **paired_bootstrap(
+                        theirs,
+                        ours,
                         test_set.references,
                         tgt_lang=test_set.tgt_lang or tgt_lang,
                         bleu_tokenize=config.metrics.bleu_tokenize,
-                    )
+                    ),
+                    "identical_to_baseline": False,
+                }
     return {
         "runs": [str(r) for r in runs],
-        "baseline": config.baseline,
+        "baseline": baseline,
         "test_sets": [
             {
                 "name": t.name,
@@ -274,7 +329,12 @@ def markdown(report: dict) -> str:
             cell = f"{row[n]['bleu']:.2f} | {row[n]['chrf']:.2f} | {row[n]['ter']:.2f}"
             if baseline:
                 test = row[n].get("paired_bootstrap")
-                cell += " | " + ("—" if test is None else f"{test['bleu']['p_value']:.4f}")
+                if test is None:
+                    cell += " | —"
+                elif test.get("identical_to_baseline"):
+                    cell += " | = baseline"
+                else:
+                    cell += f" | {test['bleu']['p_value']:.4f}"
             cells.append(cell)
         lines.append(f"| {row['checkpoint']} | {row['step']} | {val} | {' | '.join(cells)} |")
     directions = [t for t in report["test_sets"] if t.get("direction")]
@@ -302,6 +362,13 @@ def markdown(report: dict) -> str:
             f"p: sacreBLEU's paired bootstrap resampling ({BOOTSTRAP_SAMPLES} samples) of each checkpoint against "
             f"{baseline}; below 0.05, the difference is unlikely to be chance."
         )
+        if any(
+            row[n].get("paired_bootstrap", {}).get("identical_to_baseline") for row in report["rows"] for n in names
+        ):
+            lines.append(
+                f"= baseline: the same translations as {baseline}, line for line; no difference, so no test "
+                "(sacreBLEU's would give them a small p-value)."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -314,12 +381,10 @@ def plot(report: dict, output: Path) -> None:
     fig, axis = plt.subplots(figsize=(7, 4), dpi=110)
     for test_set in report["test_sets"]:
         name = test_set["name"]
-        points = sorted(
-            (row["step"], row[name]["bleu"]) for row in report["rows"] if "avg_last" not in row["checkpoint"]
-        )
+        points = sorted((row["step"], row[name]["bleu"]) for row in report["rows"] if not is_average(row["checkpoint"]))
         line = axis.plot(*zip(*points), marker="o", label=name)[0]
         for row in report["rows"]:
-            if "avg_last" in row["checkpoint"]:
+            if is_average(row["checkpoint"]):
                 axis.scatter([row["step"]], [row[name]["bleu"]], marker="*", s=120, color=line.get_color())
     axis.set_xlabel("training step")
     axis.set_ylabel("sacreBLEU")
@@ -343,8 +408,10 @@ def write_report(report: dict, output_dir: Path) -> None:
 @entry_point("report", ReportConfig)
 def main(config: ReportConfig) -> None:
     set_threads(config.threads)
-    report = build_report(config, set_on_command_line("search"))
     output_dir = Path(config.output_dir or config.run or config.runs[0])
+    if output_dir.exists() and not output_dir.is_dir():  # before decoding, not after
+        raise RunError(f"output_dir={output_dir}: a file, expected a directory for report.md, .json and .png")
+    report = build_report(config, set_on_command_line("search"))
     write_report(report, output_dir)
     print(json.dumps({"report": str(output_dir / "report.md"), "rows": len(report["rows"])}), flush=True)
 

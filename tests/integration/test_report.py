@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 
 import mt.report
 from mt.config import ReportConfig, SearchConfig
+from mt.errors import RunError
 from mt.report import build_report, write_report
 from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
@@ -112,9 +114,18 @@ def test_report_cli_writes_the_three_files(trained_run, tmp_path):
     assert "extra.de p (BLEU vs best)" in table and "sacreBLEU's paired bootstrap" in table
 
 
-def test_report_refuses_a_baseline_that_is_not_one_of_its_checkpoints(trained_run):
+def test_report_refuses_a_baseline_that_is_not_one_of_its_checkpoints(trained_run, tmp_path):
     with pytest.raises(Exception, match="baseline=nope: no such checkpoint; expected one of step0000010"):
         build_report(ReportConfig(run=str(trained_run), baseline="nope"))
+    with pytest.raises(Exception, match=r"step\*.ckpt files, fewer than average_last=9 "):
+        build_report(ReportConfig(run=str(trained_run), average_last=9))
+    (tmp_path / "taken").write_text("a file")
+    command = [sys.executable, "-m", "mt.report", f"run={trained_run}", f"output_dir={tmp_path / 'taken'}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and (tmp_path / "taken").read_text() == "a file"
+    assert result.stderr.strip().endswith(
+        f"error: output_dir={tmp_path / 'taken'}: a file, expected a directory for report.md, .json and .png"
+    )
 
 
 def test_report_of_a_directory_without_checkpoints_is_a_clear_error(tmp_path):
@@ -195,3 +206,64 @@ def test_tune_search_scores_each_setting_as_evaluate_does_and_refuses_a_test_spl
     refused = subprocess.run([*script, "--split", "test"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0
     assert refused.stderr.strip() == "--split=test: tune on a validation split, not a test set"
+
+
+def copied_run(run_dir, checkpoints: dict):
+    """A run directory whose ``checkpoints/NAME.ckpt`` are copies of the given checkpoint files."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for name, source in checkpoints.items():
+        shutil.copy(source, run_dir / "checkpoints" / f"{name}.ckpt")
+    return run_dir
+
+
+def test_runs_of_the_same_name_get_their_own_labels_and_baseline(trained_run, tmp_path):
+    """Job 0 of two sweeps: rows labelled by the shortest distinguishing end of each run's path; the p-values of
+    s1/0 are against s2/0's own translations, and a baseline naming both is refused."""
+    step = str(trained_run / "checkpoints" / "step{:07d}.ckpt")
+    runs = [
+        copied_run(tmp_path / "s1" / "0", {"best": step.format(10)}),
+        copied_run(tmp_path / "s2" / "0", {"best": step.format(30)}),
+        copied_run(tmp_path / "s1" / "1", {"best": step.format(20)}),
+    ]
+
+    def report(baseline, run_dirs=runs):
+        return build_report(
+            ReportConfig(runs=[str(r) for r in run_dirs], baseline=baseline, search=SearchConfig(beam=1))
+        )
+
+    with pytest.raises(RunError, match=r"^baseline=0/best: names 2 checkpoints \(s1/0/best, s2/0/best\); expected"):
+        report("0/best")
+    with pytest.raises(RunError, match=r"^runs: .*s1/\.\./s1/0 is the same run directory as .*s1/0; expected"):
+        report(None, [*runs, tmp_path / "s1" / ".." / "s1" / "0"])
+
+    found = report("s2/0/best")
+    rows = {row["checkpoint"]: row["test"] for row in found["rows"]}
+    assert list(rows) == ["s1/0/best", "s2/0/best", "1/best"] and found["baseline"] == "s2/0/best"
+    assert rows["s1/0/best"]["chrf"] != rows["s2/0/best"]["chrf"]  # two systems, so the check below can fail
+    for label in ("s1/0/best", "1/best"):
+        test = rows[label]["paired_bootstrap"]
+        assert (test["chrf"]["baseline"], test["chrf"]["system"]) == (rows["s2/0/best"]["chrf"], rows[label]["chrf"])
+        assert (test["bleu"]["baseline"], test["bleu"]["system"]) == (rows["s2/0/best"]["bleu"], rows[label]["bleu"])
+    assert "paired_bootstrap" not in rows["s2/0/best"]
+    # The whole path names a row too; its label is the baseline.
+    assert report(str(tmp_path / "s1" / "0" / "best"))["baseline"] == "s1/0/best"
+
+
+def test_a_checkpoint_with_the_baselines_translations_is_shown_identical_not_significant(trained_run, tmp_path):
+    """last.ckpt is best.ckpt's copy: the same translations, which sacreBLEU's bootstrap would give p = 0.001."""
+    step = str(trained_run / "checkpoints" / "step{:07d}.ckpt")
+    run = copied_run(
+        tmp_path / "run", {"step0000010": step.format(10), "best": step.format(30), "last": step.format(30)}
+    )
+    report = build_report(ReportConfig(run=str(run), baseline="best", search=SearchConfig(beam=1)))
+    write_report(report, tmp_path / "out")
+    rows = {row["checkpoint"]: row["test"] for row in json.loads((tmp_path / "out/report.json").read_text())["rows"]}
+    assert rows["last"]["paired_bootstrap"] == {"identical_to_baseline": True}
+    assert rows["step0000010"]["chrf"] != rows["best"]["chrf"]  # other translations: tested as before
+    tested = rows["step0000010"]["paired_bootstrap"]
+    assert tested["identical_to_baseline"] is False and 0 < tested["bleu"]["p_value"] <= 1
+    table = {line.split(" | ")[0]: line for line in (tmp_path / "out/report.md").read_text().splitlines()}
+    assert table["| last"].endswith(" | = baseline |")
+    assert table["| step0000010"].endswith(f" | {tested['bleu']['p_value']:.4f} |")
+    assert table["| best"].endswith(" | — |")
+    assert any(line.startswith("= baseline: the same translations as best") for line in table)
