@@ -14,13 +14,36 @@ from mt.training.finetune import with_checkpoint_architecture
 from mt.training.run import train
 
 
+def record_launch(config: TrainConfig, run_dir: Path) -> None:
+    """Hydra's record of this launch, as Hydra writes it (``.hydra/config.yaml``, ``hydra.yaml``,
+    ``overrides.yaml``: what ``mt.trials`` reads), written by ``train`` only once the launch has passed its checks:
+    conf/train.yaml sets ``hydra.output_subdir: null``, so a refused launch (a run directory that holds another
+    run, or is busy) does not rewrite the record of the run that is there."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from mt.atomic import atomic_write
+    from mt.config import to_dict
+
+    hydra = HydraConfig.get()
+    record = {
+        "config.yaml": OmegaConf.create(to_dict(config)),
+        "hydra.yaml": OmegaConf.create({"hydra": hydra}),
+        "overrides.yaml": hydra.overrides.task,
+    }
+    for name, content in record.items():
+        with atomic_write(run_dir / ".hydra" / name) as handle:
+            handle.write(OmegaConf.to_yaml(content).encode())
+
+
 @entry_point("train", TrainConfig)
 def main(config: TrainConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     if config.init_from:  # the checkpoint's architecture, but for what the command line sets
         config = with_checkpoint_architecture(config, set_on_command_line("model"))
-    result = train(config, Path(HydraConfig.get().runtime.output_dir))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    result = train(config, run_dir, on_start=lambda: record_launch(config, run_dir))
     return None if result is None else result["selection"]["value"]  # what Hydra's sweepers optimise
 
 

@@ -55,7 +55,7 @@ class RunDirectoryLock:
             handle.close()
             raise RunDirectoryBusy(
                 f"{self.path.parent} is in use by a running training job ({holder}); "
-                f"wait for it to end or choose another hydra.run.dir"
+                f"wait for it to end or choose another run directory (hydra.run.dir; hydra.sweep.dir in a multirun)"
             ) from None
         handle.seek(0)
         handle.truncate()

@@ -34,7 +34,8 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
         if existing:
             raise RunError(
                 f"{checkpoint_dir} already holds checkpoints ({existing[0].name}, ...): "
-                f"pass resume=auto to continue that run, or choose another hydra.run.dir"
+                f"pass resume=auto to continue that run, or choose another run directory (hydra.run.dir; "
+                f"hydra.sweep.dir in a multirun)"
             )
         return None
     if resume == "auto":

@@ -12,6 +12,7 @@ import logging
 import math
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -44,11 +45,13 @@ from mt.training.trainer import build_trainer
 log = logging.getLogger(__name__)
 
 
-def train(config: TrainConfig, run_dir: Path) -> dict | None:
+def train(config: TrainConfig, run_dir: Path, on_start: Callable[[], None] | None = None) -> dict | None:
     """Train as configured in ``run_dir``. Rank 0 returns ``{"selection": ..., "test": ...}``: the validation
     metric that chose the best checkpoint, its value, step and path (also in ``run_dir/selection.json``), and
     that checkpoint's test scores (None without ``test_after_training``); the other ranks, and a preempted run,
-    return None."""
+    return None. ``on_start``: called on rank 0 once the run has passed the checks that refuse a launch (another
+    run's checkpoints, a busy run directory, a missing test split), before anything is trained: a refused
+    launch leaves the run directory as it was."""
     set_threads(config.threads)
     if config.data.path:  # checkpoints record where their data is: make it valid from any directory
         config.data.path = str(Path(config.data.path).expanduser().resolve())
@@ -58,23 +61,25 @@ def train(config: TrainConfig, run_dir: Path) -> dict | None:
     if is_global_zero_from_env():  # one job per run directory; its other ranks share it
         lock.acquire()
     try:
-        return _train(config, run_dir)
+        return _train(config, run_dir, on_start)
     finally:
         lock.release()
 
 
-def _train(config: TrainConfig, run_dir: Path) -> dict | None:
+def _train(config: TrainConfig, run_dir: Path, on_start: Callable[[], None] | None) -> dict | None:
     preemption = PreemptionCallback(run_dir / "checkpoints" / "last.ckpt") if config.trainer.handle_signals else None
     if preemption is not None:
         preemption.install()
     try:
-        return _train_with(config, run_dir, preemption)
+        return _train_with(config, run_dir, preemption, on_start)
     finally:
         if preemption is not None:
             preemption.uninstall()
 
 
-def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallback | None) -> dict | None:
+def _train_with(
+    config: TrainConfig, run_dir: Path, preemption: PreemptionCallback | None, on_start: Callable[[], None] | None
+) -> dict | None:
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
     config_path = run_dir / "config.yaml"
     if ckpt_path is None or not config_path.exists():  # a fresh start (in a run directory without checkpoints too)
@@ -86,6 +91,8 @@ def _train_with(config: TrainConfig, run_dir: Path, preemption: PreemptionCallba
     if config.validation.decode != "none" or config.test_after_training:  # an unavailable BLEU tokenizer: now
         for language in sorted({corpus.data.tgt_lang for corpus in corpora(config.data)}):
             bleu_metric(language, config.metrics.bleu_tokenize)
+    if on_start is not None and is_global_zero_from_env():
+        on_start()
     L.seed_everything(config.seed, workers=True)
 
     datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)

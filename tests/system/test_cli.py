@@ -90,6 +90,22 @@ def test_train_writes_the_run_directory_and_prints_test_scores(trained_run):
     assert scores["bleu_signature"].startswith("nrefs:1|case:mixed")
 
 
+def test_a_refused_launch_leaves_the_runs_hydra_record_as_it_was(trained_run, multi30k_slice):
+    """Hydra's record of the launch (.hydra/, what mt.trials reads) is the run's own; relaunching into the run
+    directory without resume=auto is refused, and the record still says how the run was trained."""
+    run_dir, _ = trained_run
+    record = {name: (run_dir / ".hydra" / name).read_text() for name in ("config.yaml", "hydra.yaml", "overrides.yaml")}
+    overrides = yaml.safe_load(record["overrides.yaml"])
+    assert "trainer.max_steps=40" in overrides and "model=tiny" in overrides
+    assert yaml.safe_load(record["config.yaml"])["trainer"]["max_steps"] == 40
+    assert yaml.safe_load(record["hydra.yaml"])["hydra"]["runtime"]["output_dir"] == str(run_dir)
+    refused = run(
+        "mt.train", "model=tiny", "optim.lr=0.05", f"hydra.run.dir={run_dir}", env={"MT_DATA_DIR": str(multi30k_slice)}
+    )
+    assert refused.returncode == 2 and "already holds checkpoints" in refused.stderr, refused.stderr[-2000:]
+    assert {name: (run_dir / ".hydra" / name).read_text() for name in record} == record
+
+
 def test_evaluate_files_writes_hypotheses_and_refuses_to_overwrite(trained_run, multi30k_slice, tmp_path):
     run_dir, _ = trained_run
     output = tmp_path / "hyp.en"
