@@ -96,6 +96,11 @@ def test_several_references_ter_and_a_baseline_match_sacrebleus_command_line(tun
     assert test["bleu"]["baseline"] == pytest.approx(sacrebleu_cli(references, baseline)["BLEU"]["score"], abs=0.006)
     assert 0 < test["bleu"]["p_value"] <= 1 and test["bleu"]["baseline_ci95"] > 0
     assert json.loads(Path(f"{output}.scores.json").read_text()) == result
+    assert test["identical_to_baseline"] is False
+    # Against its own translations: no test (sacreBLEU's would give identical systems p = 0.001).
+    args = (f"checkpoint={tuned_checkpoint}", f"source={source}", f"references=[{references[0]},{references[1]}]")
+    again = evaluate(*args, f"baseline={output}")
+    assert again["paired_bootstrap"] == {"baseline": str(output), "identical_to_baseline": True}
 
 
 def test_a_baseline_of_another_length_is_refused_before_decoding(tuned_checkpoint, tmp_path):
