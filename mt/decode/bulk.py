@@ -15,6 +15,7 @@ records a finished output, so running the command again does nothing.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -107,6 +108,8 @@ def translate_file(
             handle.seek(done_bytes)
             for index, lines in _chunks(source, first + done_lines, end, chunk_lines):
                 data = "".join(line + "\n" for line in translate(lines, index)).encode("utf-8")
+                if output.name.endswith(".gz"):  # a gzip member a chunk: their concatenation is one gzip file
+                    data = gzip.compress(data, compresslevel=6, mtime=0)
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -7,6 +7,7 @@ Used by ``mt.evaluate`` and by ``mt.train`` after training (``test_after_trainin
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,8 +109,9 @@ def score_checkpoint(
             **paired_bootstrap(baseline_lines, hypotheses, streams, tgt_lang=language, bleu_tokenize=bleu_tokenize),
         }
     if output is not None:
-        with atomic_write(output) as handle:
-            handle.write("".join(h + "\n" for h in hypotheses).encode("utf-8"))
+        text = "".join(h + "\n" for h in hypotheses).encode("utf-8")
+        with atomic_write(output) as handle:  # output=hyp.en.gz: compressed, as the inputs may be
+            handle.write(gzip.compress(text, mtime=0) if str(output).endswith(".gz") else text)
         with atomic_write(f"{output}.scores.json") as handle:
             handle.write((json.dumps(result, indent=2) + "\n").encode("utf-8"))
     return result

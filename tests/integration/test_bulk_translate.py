@@ -6,6 +6,7 @@ the file, its progress not yet recorded: the worst moment)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -74,6 +75,17 @@ def test_killed_after_writing_a_chunk_and_restarted_it_gives_the_same_file(check
     result = translate(checkpoint, f"input={source}", f"output={output}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert output.read_text() == streamed  # no line lost or written twice
+
+
+def test_a_gz_output_is_gzip_and_resumes_after_a_kill(checkpoint, source, streamed, tmp_path):
+    """output=*.gz: a gzip member a chunk, so a resumed file is still one gzip stream, read back by Python's gzip
+    (the reference) as the streamed translation."""
+    output = tmp_path / "out.txt.gz"
+    killed = translate(checkpoint, f"input={source}", f"output={output}", env={"MT_FAULT": "translate_chunk:3"})
+    assert killed.returncode == -9
+    result = translate(checkpoint, f"input={source}", f"output={output}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert output.read_bytes()[:2] == b"\x1f\x8b" and gzip.decompress(output.read_bytes()).decode() == streamed
 
 
 def test_a_resumed_output_with_other_settings_is_refused(checkpoint, source, tmp_path):

@@ -3,6 +3,7 @@ references, TER, and a paired bootstrap test against a baseline, each checked ag
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -99,8 +100,9 @@ def test_several_references_ter_and_a_baseline_match_sacrebleus_command_line(tun
     assert test["identical_to_baseline"] is False
     # Against its own translations: no test (sacreBLEU's would give identical systems p = 0.001).
     args = (f"checkpoint={tuned_checkpoint}", f"source={source}", f"references=[{references[0]},{references[1]}]")
-    again = evaluate(*args, f"baseline={output}")
+    again = evaluate(*args, f"baseline={output}", f"output={tmp_path / 'hyp.en.gz'}")
     assert again["paired_bootstrap"] == {"baseline": str(output), "identical_to_baseline": True}
+    assert gzip.decompress((tmp_path / "hyp.en.gz").read_bytes()) == output.read_bytes()  # output=*.gz: gzip
 
 
 def test_a_baseline_of_another_length_is_refused_before_decoding(tuned_checkpoint, tmp_path):
