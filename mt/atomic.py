@@ -2,14 +2,17 @@
 
 Used for checkpoints, the tokenizer, the encoded-data cache and evaluation outputs: the bytes go
 to a temporary file beside the target (unique per process, since ranks may race), which is
-flushed, fsynced and renamed over the target; the directory entry is fsynced too.
+flushed, fsynced and renamed over the target; the directory entry is fsynced too. Exported model
+directories are built the same way beside their target (``replacing_directory``), and replace only a
+directory that ``refuse_to_replace`` lets go: an empty one or a previous output of the same command.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +29,65 @@ def refuse_to_overwrite(path: str | Path, *, overwrite: bool, directory: bool = 
         raise RunError(f"output {path} is a {kind}; expected a {expected} name")
     if path.exists() and not overwrite:
         raise RunError(f"{path} exists; pass overwrite=true to replace it")
+
+
+def refuse_to_replace(
+    directory: str | Path, *, source: str | Path, kind: str, foreign: Callable[[Path], str | None]
+) -> None:
+    """Refuse, before any work, to replace the existing ``directory`` unless it is empty or a previous output
+    of the command: ``foreign(directory)`` says why it is not one (e.g. ``"it holds checkpoints/"``), or None.
+    A directory that holds ``source`` (the command's input) at any depth is refused whatever it looks like."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    if Path(source).resolve().is_relative_to(directory.resolve()):
+        raise RunError(f"output={directory}: holds the input {source}; choose another output")
+    if not any(directory.iterdir()):
+        return
+    reason = foreign(directory)
+    if reason is not None:
+        raise RunError(f"output={directory}: not a previous {kind} ({reason}); choose another output")
+
+
+def foreign_entries(directory: Path, files: Collection[str], folders: Mapping[str, Collection[str]] = {}) -> list[str]:
+    """The entries of ``directory`` that a command's output does not have: any but the regular ``files`` and
+    the ``folders`` (each holding only its own files), folders named with a slash (``checkpoints/``)."""
+    found = []
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and not path.is_symlink() and path.name in files:
+            continue
+        if path.is_dir() and not path.is_symlink() and path.name in folders:
+            found += [f"{path.name}/{name}" for name in foreign_entries(path, folders[path.name])]
+            continue
+        found.append(f"{path.name}/" if path.is_dir() else path.name)
+    return found
+
+
+@contextmanager
+def replacing_directory(path: str | Path) -> Iterator[Path]:
+    """A new, empty directory beside ``path`` to build into; it replaces ``path`` (moved aside first and
+    removed only once the new one is in place) if the ``with`` block succeeds, and is removed if not."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                os.rename(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

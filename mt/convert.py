@@ -10,39 +10,60 @@ two layouts map: ``mt/model/marian.py``.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
-from mt.atomic import atomic_write, refuse_to_overwrite
+from mt.atomic import atomic_write, refuse_to_overwrite, refuse_to_replace, replacing_directory
 from mt.cli import entry_point
 from mt.config import ConvertConfig
-from mt.errors import RunError
-from mt.model.marian import checkpoint_to_marian, is_marian_directory, marian_to_checkpoint
+from mt.errors import CheckpointError, RunError
+from mt.model.checkpoint import read_checkpoint
+from mt.model.marian import checkpoint_to_marian, is_marian_directory, marian_to_checkpoint, not_an_export
 
 
 def convert(source: str | Path, output: str | Path) -> str:
-    """Convert ``source`` into ``output``; returns the direction, ``import`` or ``export``."""
+    """Convert ``source`` into ``output``; returns the direction, ``import`` or ``export``.
+
+    An existing ``output`` is replaced only if it is what this direction writes: a checkpoint of an earlier
+    import, or an empty directory or an earlier export; never one that is, or holds, ``source``.
+    """
     source, output = Path(source), Path(output)
     if is_marian_directory(source):
+        _refuse_to_replace_checkpoint(source, output)
         checkpoint = marian_to_checkpoint(source)
         with atomic_write(output) as handle:
             torch.save(checkpoint, handle)
         return "import"
     if source.is_file():
-        tmp = output.with_name(f".{output.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        if output.exists() and not output.is_dir():
+            raise RunError(f"output={output}: a file; expected a directory name for the Hugging Face export")
+        refuse_to_replace(output, source=source, kind="Hugging Face export", foreign=not_an_export)
+        with replacing_directory(output) as tmp:
             checkpoint_to_marian(source, tmp)
-            shutil.rmtree(output, ignore_errors=True)
-            tmp.rename(output)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return "export"
     raise RunError(
         f"input={source}: expected a Hugging Face Marian directory (with config.json) or an mt checkpoint file"
     )
+
+
+def _refuse_to_replace_checkpoint(source: Path, output: Path) -> None:
+    """Refuse an existing ``output`` that is not a checkpoint of an earlier import (a training checkpoint, any
+    other file), or that is a file of the ``source`` directory."""
+    if not output.exists():
+        return
+    if output.is_dir():
+        raise RunError(f"output={output}: a directory; expected a checkpoint file name for the import")
+    if output.resolve().is_relative_to(source.resolve()):
+        raise RunError(f"output={output}: a file of the input {source}; choose another output")
+    try:
+        imported = "imported_from" in read_checkpoint(output)
+    except CheckpointError:
+        raise RunError(f"output={output}: not a checkpoint; choose another output") from None
+    if not imported:
+        raise RunError(
+            f"output={output}: a checkpoint that no earlier import wrote (a training run's?); choose another output"
+        )
 
 
 @entry_point("convert", ConvertConfig)

@@ -18,21 +18,38 @@ CTranslate2, not in ``mt``).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
-from mt.atomic import refuse_to_overwrite
+from mt.atomic import foreign_entries, refuse_to_overwrite, refuse_to_replace, replacing_directory
 from mt.cli import entry_point
 from mt.compat import ctranslate2_convert
 from mt.config import ExportConfig, ModelConfig
 from mt.data.tokenizer import Tokenizer
-from mt.errors import RunError
+from mt.errors import RunError, listing
 from mt.model.checkpoint import load_checkpoint
 from mt.model.layers import sinusoidal_positions
 
 MAX_POSITIONS = 1024  # position table written into the model: the longest source or output it handles
+# What an export holds, and so what a directory that overwrite=true may replace holds: CTranslate2's model and
+# vocabularies (.json in 4.x, .txt before), the tokenizer folder and mt_export.json.
+EXPORT_FILES = tuple(
+    ["model.bin", "config.json", "mt_export.json"]
+    + [f"{side}_vocabulary.{ext}" for side in ("shared", "source", "target") for ext in ("json", "txt")]
+)
+EXPORT_FOLDERS = {"tokenizer": ("spm.model", "spm.src.model", "spm.tgt.model", "vocab.json")}
+
+
+def not_an_export(directory: Path) -> str | None:
+    """Why the non-empty ``directory`` is not a previous export (a run directory, a checkpoints folder, ...),
+    or None: an export holds ``model.bin``, ``mt_export.json`` and the other ``EXPORT_FILES`` only."""
+    foreign = foreign_entries(directory, EXPORT_FILES, EXPORT_FOLDERS)
+    if foreign:
+        return f"it holds {listing(foreign)}"
+    if not (directory / "model.bin").is_file() or not (directory / "mt_export.json").is_file():
+        return "it has no model.bin and mt_export.json"
+    return None
 
 
 def build_spec(model_cfg: ModelConfig, state: dict[str, torch.Tensor], tokenizer: Tokenizer):
@@ -107,26 +124,26 @@ def build_spec(model_cfg: ModelConfig, state: dict[str, torch.Tensor], tokenizer
 
 
 def export_ctranslate2(checkpoint: str | Path, output: str | Path, *, quantization: str | None = None) -> Path:
-    """Write the CTranslate2 model of ``checkpoint`` into the directory ``output``; return it."""
+    """Write the CTranslate2 model of ``checkpoint`` into the directory ``output``; return it. An existing
+    ``output`` is replaced only if it is empty or an earlier export, and does not hold ``checkpoint``."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise RunError(f"output={output}: a file; expected a directory name for the CTranslate2 model")
+    refuse_to_replace(output, source=checkpoint, kind="CTranslate2 export", foreign=not_an_export)
 
     loaded = load_checkpoint(checkpoint)
     spec = build_spec(loaded.model_config, loaded.model.state_dict(), loaded.tokenizer)
-
-    output = Path(output)
-    tmp = output.with_name(f".{output.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ctranslate2_convert(spec, str(tmp), quantization=quantization)
-    loaded.tokenizer.save(tmp / "tokenizer")  # the SentencePiece model(s) that make the pieces
-    pieces = loaded.tokenizer.src_pieces()
-    metadata = {
-        "checkpoint": str(checkpoint),
-        "quantization": quantization,
-        # a multilingual model's target-language tokens: put the one asked for before each source's pieces
-        "language_tokens": {lang: pieces[i] for lang, i in sorted(loaded.tokenizer.language_tokens().items())},
-    }
-    (tmp / "mt_export.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
-    shutil.rmtree(output, ignore_errors=True)
-    tmp.rename(output)
+    with replacing_directory(output) as tmp:
+        ctranslate2_convert(spec, str(tmp), quantization=quantization)
+        loaded.tokenizer.save(tmp / "tokenizer")  # the SentencePiece model(s) that make the pieces
+        pieces = loaded.tokenizer.src_pieces()
+        metadata = {
+            "checkpoint": str(checkpoint),
+            "quantization": quantization,
+            # a multilingual model's target-language tokens: put the one asked for before each source's pieces
+            "language_tokens": {lang: pieces[i] for lang, i in sorted(loaded.tokenizer.language_tokens().items())},
+        }
+        (tmp / "mt_export.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
     return output
 
 

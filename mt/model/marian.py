@@ -26,12 +26,16 @@ Export writes a model with positions interleaved (``mt``'s default) as the same 
 permuted (``positions_in_halves``), in ``mt``'s own order (``vocab.json`` with PAD 0, UNK 1, BOS 2, EOS 3 and
 the config's ids to match), so nothing is lost and ``MarianMTModel.from_pretrained`` /
 ``MarianTokenizer.from_pretrained`` load it as it is; Marian is post-norm, so a pre-norm model is refused.
-``generation_config.json`` forbids PAD and BOS, as ``mt``'s search does, and carries the checkpoint's beam.
+``generation_config.json`` forbids PAD and BOS, as ``mt``'s search does, and carries the checkpoint's search
+where ``generate()`` has its counterpart (``search_to_generation``); what it has none for (the ``gnmt`` length
+penalty, a maximum length relative to the source, sampling) is logged in one warning. Export replaces an existing
+output directory only if it is empty or a previous export (``not_an_export``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -39,22 +43,47 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mt.config import ModelConfig, to_dict
+from mt.atomic import foreign_entries
+from mt.config import ModelConfig, SearchConfig, saved_search, to_dict
 from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_PIECES, Tokenizer, language_code
-from mt.errors import CheckpointError
+from mt.errors import CheckpointError, listing
 from mt.model.checkpoint import WEIGHTS_PREFIX, load_checkpoint
 from mt.model.transformer import Transformer
+
+log = logging.getLogger(__name__)
 
 PAD_LOGIT = -1e4  # the imported PAD row's logits bias: exp(-1e4) is 0 in float32, and finite for the loss
 
 ACTIVATIONS = {"swish": "silu", "silu": "silu", "relu": "relu", "gelu": "gelu"}  # Marian's name -> mt's
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# What export writes, and so what a directory that overwrite=true may replace holds (with config.json and weights).
+EXPORT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "special_tokens_map.json",
+    "source.spm",
+    "target.spm",
+    *WEIGHT_FILES,
+)
 # Marian config fields of other BART-family layouts that mt has no counterpart for, and their Marian value.
 UNSUPPORTED = {"normalize_before": False, "add_final_layer_norm": False, "normalize_embedding": False}
 
 
 def is_marian_directory(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def not_an_export(directory: Path) -> str | None:
+    """Why the non-empty ``directory`` is not a previous export (a run directory, a checkpoints folder, ...),
+    or None: an export holds ``config.json``, weights and the other ``EXPORT_FILES`` only, no folders."""
+    foreign = foreign_entries(directory, EXPORT_FILES)
+    if foreign:
+        return f"it holds {listing(foreign)}"
+    if not (directory / "config.json").is_file() or not any((directory / name).is_file() for name in WEIGHT_FILES):
+        return f"it has no config.json and {' or '.join(WEIGHT_FILES)}"
+    return None
 
 
 # -- import ------------------------------------------------------------------------------------
@@ -319,7 +348,6 @@ def checkpoint_to_marian(checkpoint: str | Path, directory: str | Path) -> None:
         norm(f"{hf}.final_layer_norm", f"{mt}.ffn_block.norm")
     save_file({name: tensor.contiguous() for name, tensor in weights.items()}, directory / "model.safetensors")
 
-    search = loaded.search or {}
     activation = {"silu": "swish"}.get(cfg.activation, cfg.activation)
     config = {
         "architectures": ["MarianMTModel"],
@@ -349,6 +377,9 @@ def checkpoint_to_marian(checkpoint: str | Path, directory: str | Path) -> None:
         "is_encoder_decoder": True,
         "dtype": "float32",
     }
+    settings, dropped = search_to_generation(saved_search(loaded.search, {}))
+    if dropped:
+        log.warning("checkpoint %s: generation_config.json cannot hold its search's %s", checkpoint, "; ".join(dropped))
     generation = {
         "decoder_start_token_id": BOS_ID,
         "bos_token_id": BOS_ID,
@@ -356,12 +387,9 @@ def checkpoint_to_marian(checkpoint: str | Path, directory: str | Path) -> None:
         "forced_eos_token_id": EOS_ID,
         "pad_token_id": PAD_ID,
         "bad_words_ids": [[PAD_ID], [BOS_ID]],  # mt's search never outputs them
-        "num_beams": int(search.get("beam", 5)),
         "early_stopping": True,  # as mt's beam search: a source is done with num_beams finished hypotheses
-        "max_length": 512,
+        **settings,
     }
-    if search.get("length_penalty_type", "gnmt") == "average":  # the one length penalty the two share
-        generation["length_penalty"] = float(search.get("length_penalty", 1.0))
     imported = _read_imported(Path(checkpoint))
     tokenizer_config = {
         "source_lang": imported.get("source_lang") or (loaded.data or {}).get("src_lang"),
@@ -384,6 +412,38 @@ def checkpoint_to_marian(checkpoint: str | Path, directory: str | Path) -> None:
         (directory / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (directory / "source.spm").write_bytes(tokenizer.src_model)
     (directory / "target.spm").write_bytes(tokenizer.tgt_model)
+
+
+def search_to_generation(search: SearchConfig) -> tuple[dict[str, Any], list[str]]:
+    """``generate()``'s settings for ``mt``'s ``search``, and what of it they cannot say (each with what
+    ``generate()`` does instead).
+
+    ``generate()``'s beam score is the log-probability over (generated tokens, EOS included) ** length_penalty:
+    ``mt``'s ``average``, and ``none`` with 0. Its ``max_length`` counts the decoder's start token, so
+    ``max_len + 1`` allows ``mt``'s ``max_len`` output tokens (EOS included), and ``min_new_tokens`` forbids EOS
+    at the same steps as ``min_len``.
+    """
+    alpha = float(search.length_penalty)
+    no_penalty = search.length_penalty_type == "none" or alpha == 0
+    settings: dict[str, Any] = {"num_beams": search.beam, "length_penalty": 0.0 if no_penalty else alpha}
+    dropped = []
+    if search.length_penalty_type == "gnmt" and not no_penalty:
+        dropped.append(
+            f"length_penalty_type=gnmt (score / ((5 + length) / 6) ** {alpha:g}): generate() divides by "
+            f"length ** {alpha:g} instead (length_penalty_type=average)"
+        )
+    ceiling = min(search.max_len_b, search.max_len) if search.max_len_a == 0 else search.max_len
+    settings["max_length"] = ceiling + 1
+    if search.max_len_a > 0 and search.max_len_b < search.max_len:
+        dropped.append(
+            f"max_len_a={search.max_len_a:g}, max_len_b={search.max_len_b} (at most {search.max_len_a:g} x source "
+            f"tokens + {search.max_len_b} output tokens): generate() stops at {ceiling} tokens only"
+        )
+    if search.min_len > 0:
+        settings["min_new_tokens"] = search.min_len
+    if search.sampling:
+        dropped.append(f"sampling=true: generate() searches with num_beams={search.beam} instead")
+    return settings, dropped
 
 
 # Linear layers that read the residual stream (their input columns are its dimensions) and that write it.

@@ -20,6 +20,7 @@ output shows the EOS it ended with.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -200,3 +201,71 @@ def test_export_refuses_an_existing_output(exported):
         result.returncode == 2
         and result.stderr.strip() == f"error: {model_dir} exists; pass overwrite=true to replace it"
     )
+
+
+def _files(root):
+    """Every file under ``root`` and its bytes: a directory left alone compares equal."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _export_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "mt.export", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_export_overwrite_never_replaces_a_run_directory_or_the_checkpoints(exported, tmp_path):
+    """overwrite=true replaces an empty directory or an earlier export only: a run directory and its checkpoints
+    folder (which hold the input), another run's directory, an export with a file of someone else's are refused
+    in one line and left as they were."""
+    from mt.errors import RunError
+    from mt.export import export_ctranslate2
+
+    model_ckpt, model_dir = exported
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "tokenizer").mkdir()
+    checkpoint = run / "checkpoints/best.ckpt"
+    checkpoint.write_bytes(model_ckpt.read_bytes())
+    (run / "config.yaml").write_text("model:\n  d_model: 32\n")
+    (run / "tokenizer/spm.model").write_bytes(b"spm")
+    before = _files(run)
+    result = _export_cli(f"checkpoint={checkpoint}", f"output={run}", "overwrite=true")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: output={run}: holds the input {checkpoint}; choose another output"
+    ]
+    with pytest.raises(RunError, match=rf"^output={run}/checkpoints: holds the input {checkpoint}; choose another"):
+        export_ctranslate2(checkpoint, run / "checkpoints")
+    with pytest.raises(
+        RunError,
+        match=rf"^output={run}: not a previous CTranslate2 export \(it holds checkpoints/, config.yaml\); "
+        r"choose another output$",
+    ):
+        export_ctranslate2(model_ckpt, run)  # another checkpoint: the run directory is still not an export
+    assert _files(run) == before
+
+    # An earlier export is replaced whole; one with a file of someone else's is not.
+    earlier = tmp_path / "ct2"
+    earlier.mkdir()
+    for name, payload in _files(model_dir).items():
+        (earlier / name).parent.mkdir(exist_ok=True)
+        (earlier / name).write_bytes(payload)
+    assert json.loads((earlier / "mt_export.json").read_text())["checkpoint"] == str(model_ckpt)
+    result = _export_cli(f"checkpoint={checkpoint}", f"output={earlier}", "overwrite=true")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((earlier / "mt_export.json").read_text())["checkpoint"] == str(checkpoint)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct2", "run"]  # no temporaries left
+    (earlier / "notes.txt").write_text("mine")
+    kept = _files(earlier)
+    with pytest.raises(RunError, match=r"not a previous CTranslate2 export \(it holds notes.txt\)"):
+        export_ctranslate2(model_ckpt, earlier)
+    assert _files(earlier) == kept
+    (tmp_path / "empty").mkdir()
+    export_ctranslate2(model_ckpt, tmp_path / "empty")
+    assert (tmp_path / "empty/model.bin").is_file()

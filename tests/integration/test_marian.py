@@ -295,9 +295,10 @@ def test_a_round_trip_through_hugging_face_leaves_every_weight_equal(imported: P
     assert back["hyper_parameters"]["model"] == first["hyper_parameters"]["model"]
 
 
-def _native_checkpoint(path: Path, *, pre_norm: bool, multilingual: bool = False) -> Path:
+def _native_checkpoint(path: Path, *, pre_norm: bool, multilingual: bool = False, search: dict | None = None) -> Path:
     """A randomly initialised mt model (interleaved positions, no output bias) saved as training saves it;
-    ``multilingual``: de↔en with target-language tokens, as ``data.lang_tokens=true`` trains it."""
+    ``multilingual``: de↔en with target-language tokens, as ``data.lang_tokens=true`` trains it; ``search``: the
+    saved search (none: a file without one)."""
     from mt.config import ModelConfig, to_dict
     from mt.data.tokenizer import train_tokenizer
     from mt.model.transformer import Transformer
@@ -319,6 +320,7 @@ def _native_checkpoint(path: Path, *, pre_norm: bool, multilingual: bool = False
                 "src_vocab_size": tokenizer.src_vocab_size,
                 "tgt_vocab_size": tokenizer.tgt_vocab_size,
                 "data": data,
+                **({"search": search} if search is not None else {}),
             },
             "tokenizer": tokenizer.to_state(),
         },
@@ -570,3 +572,202 @@ def test_fine_tuning_an_imported_model_takes_its_architecture(imported: Path, to
             f"error: init_from={imported}: the checkpoint is of another model (model.d_model=32 there, 64 here)"
         )
     )
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` and its bytes: a directory left alone compares equal."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _run_directory(root: Path, *, search: dict | None = None) -> Path:
+    """A training run's layout (checkpoints, config, tokenizer, logs) with a real checkpoint; returns it."""
+    (root / "checkpoints").mkdir(parents=True)
+    checkpoint = _native_checkpoint(root / "checkpoints/best.ckpt", pre_norm=False, search=search)
+    (root / "config.yaml").write_text("model:\n  d_model: 32\n")
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer/spm.model").write_bytes(b"spm")
+    (root / "csv").mkdir()
+    (root / "csv/metrics.csv").write_text("step,loss\n1,9.0\n")
+    return checkpoint
+
+
+def _convert_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mt.convert", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+
+
+def test_convert_overwrite_never_replaces_a_run_directory_or_the_checkpoints(tmp_path: Path) -> None:
+    """overwrite=true replaces an empty directory or an earlier export only; a run directory, its checkpoints
+    folder (which hold the input) or a directory of anything else are refused in one line and left as they were."""
+    from mt.errors import RunError
+
+    run = tmp_path / "run"
+    checkpoint = _run_directory(run)
+    before = _files(run)
+    result = _convert_cli(f"input={checkpoint}", f"output={run}", "overwrite=true")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: output={run}: holds the input {checkpoint}; choose another output"
+    ]
+    with pytest.raises(RunError, match=rf"^output={run}/checkpoints: holds the input {checkpoint}; choose another"):
+        convert(checkpoint, run / "checkpoints")
+    other = tmp_path / "other"  # another run's directory: it does not hold the input
+    _run_directory(other)
+    with pytest.raises(
+        RunError,
+        match=rf"^output={other}: not a previous Hugging Face export \(it holds checkpoints/, config.yaml, csv/, "
+        r"tokenizer/\); choose another output$",
+    ):
+        convert(checkpoint, other)
+    assert _files(run) == before and _files(other) == _files(run)
+
+    # An earlier export is replaced whole (its stale pytorch_model.bin goes); one with a file of another's is not.
+    exported = tmp_path / "hf"
+    convert(checkpoint, exported)
+    (exported / "pytorch_model.bin").write_bytes(b"stale")
+    beam3 = _native_checkpoint(tmp_path / "beam3.ckpt", pre_norm=False, search={"beam": 3})
+    result = _convert_cli(f"input={beam3}", f"output={exported}", "overwrite=true")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((exported / "generation_config.json").read_text())["num_beams"] == 3
+    assert not (exported / "pytorch_model.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beam3.ckpt", "hf", "other", "run"]  # no temporaries
+    (exported / "notes.txt").write_text("mine")
+    kept = _files(exported)
+    with pytest.raises(RunError, match=r"not a previous Hugging Face export \(it holds notes.txt\)"):
+        convert(checkpoint, exported)
+    assert _files(exported) == kept
+    (tmp_path / "empty").mkdir()
+    assert convert(checkpoint, tmp_path / "empty") == "export"
+    assert (tmp_path / "empty/config.json").is_file()
+
+
+def test_import_overwrite_replaces_only_an_earlier_import(marian_dir: Path, tmp_path: Path) -> None:
+    """The output of an import is a checkpoint: overwrite=true may replace an earlier import's, never a file of
+    the input directory, a training checkpoint or a file that is no checkpoint."""
+    from mt.errors import RunError
+
+    source = tmp_path / "opus"
+    source.mkdir()
+    for path in marian_dir.iterdir():
+        (source / path.name).write_bytes(path.read_bytes())
+    originals = _files(source)
+    weights = source / "model.safetensors"
+    result = _convert_cli(f"input={source}", f"output={weights}", "overwrite=true")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: output={weights}: a file of the input {source}; choose another output"
+    ]
+    trained = _native_checkpoint(tmp_path / "best.ckpt", pre_norm=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint\n")
+    kept = trained.read_bytes()
+    with pytest.raises(RunError, match=rf"^output={trained}: a checkpoint that no earlier import wrote"):
+        convert(source, trained)
+    with pytest.raises(RunError, match=rf"^output={notes}: not a checkpoint; choose another output$"):
+        convert(source, notes)
+    assert _files(source) == originals and trained.read_bytes() == kept and notes.read_text() == "not a checkpoint\n"
+
+    earlier = tmp_path / "opus.ckpt"  # the training checkpoint made an import's: only then may it be replaced
+    torch.save({**read_checkpoint(trained), "imported_from": {"directory": "elsewhere"}}, earlier)
+    assert convert(source, earlier) == "import"
+    assert read_checkpoint(earlier)["imported_from"]["directory"] == str(source)
+
+
+_PLAIN = {"max_len_a": 0.0, "max_len_b": 200}  # a length limit generate() can hold
+
+
+@pytest.mark.parametrize(
+    ("search", "length_penalty", "warned"),
+    [
+        (
+            {"beam": 4, "length_penalty": 0.8, "length_penalty_type": "gnmt", **_PLAIN},
+            0.8,
+            "length_penalty_type=gnmt (score / ((5 + length) / 6) ** 0.8): generate() divides by length ** 0.8 "
+            "instead (length_penalty_type=average)",
+        ),
+        ({"beam": 4, "length_penalty": 0.8, "length_penalty_type": "average", **_PLAIN}, 0.8, None),
+        ({"beam": 4, "length_penalty": 0.8, "length_penalty_type": "none", **_PLAIN}, 0.0, None),  # length ** 0
+        ({"beam": 4, "length_penalty": 0.0, "length_penalty_type": "gnmt", **_PLAIN}, 0.0, None),
+        (
+            {"beam": 2, "sampling": True, "length_penalty_type": "average", **_PLAIN},
+            1.0,
+            "sampling=true: generate() searches with num_beams=2 instead",
+        ),
+    ],
+)
+def test_a_search_generate_cannot_do_is_exported_with_a_warning(tmp_path, caplog, search, length_penalty, warned):
+    checkpoint = _native_checkpoint(tmp_path / "model.ckpt", pre_norm=False, search=search)
+    with caplog.at_level("WARNING", logger="mt.model.marian"):
+        assert convert(checkpoint, tmp_path / "hf") == "export"
+    generation = json.loads((tmp_path / "hf/generation_config.json").read_text())
+    assert (generation["num_beams"], generation["length_penalty"]) == (search["beam"], length_penalty)
+    expected = (
+        [] if warned is None else [f"checkpoint {checkpoint}: generation_config.json cannot hold its search's {warned}"]
+    )
+    assert [record.getMessage() for record in caplog.records] == expected
+
+
+def test_convert_warns_in_one_line_of_what_the_default_search_loses(tmp_path: Path) -> None:
+    """A checkpoint without a saved search decodes with the defaults: GNMT's length penalty and at most
+    1.2 x source + 10 tokens, which generate() has no counterpart for; the export goes on."""
+    checkpoint = _native_checkpoint(tmp_path / "model.ckpt", pre_norm=False)
+    result = _convert_cli(f"input={checkpoint}", f"output={tmp_path / 'hf'}")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"checkpoint {checkpoint}: generation_config.json cannot hold its search's length_penalty_type=gnmt "
+        "(score / ((5 + length) / 6) ** 1): generate() divides by length ** 1 instead (length_penalty_type=average); "
+        "max_len_a=1.2, max_len_b=10 (at most 1.2 x source tokens + 10 output tokens): generate() stops at 512 "
+        "tokens only"
+    ]
+    assert (tmp_path / "hf/model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        {"beam": 4, "length_penalty": 0.6, "length_penalty_type": "average", "min_len": 6, "max_len_b": 30},
+        {"beam": 1, "length_penalty_type": "average", "max_len_b": 9},
+    ],
+)
+def test_generate_with_the_exported_generation_config_decodes_as_the_saved_search(
+    imported: Path, tmp_path: Path, search: dict
+) -> None:
+    """generate() given nothing but the inputs (the exported generation_config.json) gives mt's output under the
+    checkpoint's saved search: its beam and length penalty, no EOS before ``min_len`` tokens, at most ``max_len_b``
+    tokens (EOS included). The export keeps mt's ids, so the two compare without a mapping."""
+    search = {**search, "max_len_a": 0.0}
+    stored = read_checkpoint(imported)
+    tuned = tmp_path / "tuned.ckpt"
+    torch.save({**stored, "hyper_parameters": {**stored["hyper_parameters"], "search": search}}, tuned)
+    convert(tuned, tmp_path / "hf")
+    model = transformers.MarianMTModel.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = transformers.MarianTokenizer.from_pretrained(tmp_path / "hf")
+    input_ids, attention_mask = _hf_inputs(tokenizer, SENTENCES)
+    with torch.no_grad():
+        out = model.generate(input_ids, attention_mask=attention_mask)
+    expected = [row[: row.index(EOS_ID) + 1] for row in out[:, 1:].tolist()]
+
+    loaded = load_checkpoint(tuned)
+    src, pad_mask = _mt_inputs(loaded, SENTENCES)
+    settings = dict(max_len_a=0.0, max_len_b=search["max_len_b"], length_penalty_type="average")
+
+    def decode(min_len: int, max_len_b: int) -> list[list[int]]:
+        limits = {**settings, "min_len": min_len, "max_len_b": max_len_b}
+        if search["beam"] == 1:
+            hyps = greedy_search(loaded.model, src, pad_mask, length_penalty_alpha=1.0, **limits)
+        else:
+            alpha = search["length_penalty"]
+            found = beam_search(loaded.model, src, pad_mask, beam=4, length_penalty_alpha=alpha, **limits)
+            hyps = [best[0] for best in found]
+        return [[*h.tokens, EOS_ID] for h in hyps]
+
+    got = decode(search.get("min_len", 0), search["max_len_b"])
+    assert got == expected
+    # The limits are what made them equal: without them mt's outputs differ.
+    free = decode(0, MAX_NEW)
+    if "min_len" in search:
+        assert all(len(seq) > search["min_len"] for seq in got) and min(len(seq) for seq in free) <= search["min_len"]
+        assert all(len(seq) < search["max_len_b"] for seq in got)  # none cut at the limit (scored alike)
+    else:
+        assert max(len(seq) for seq in got) == search["max_len_b"] < max(len(seq) for seq in free)
