@@ -92,8 +92,11 @@ def replacing_directory(path: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file handle whose content replaces ``path`` only if the ``with`` block succeeds."""
+    """A binary file handle whose content replaces ``path`` only if the ``with`` block succeeds. A ``path``
+    that is a directory is a ``RunError`` before anything is written."""
     path = Path(path)
+    if path.is_dir():
+        raise RunError(f"{path}: a directory, expected a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

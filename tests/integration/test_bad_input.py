@@ -339,6 +339,19 @@ def test_evaluate_refuses_an_existing_output_unless_overwrite(checkpoint, tmp_pa
     assert '"sentences": 3' in Path(f"{output}.scores.json").read_text()
 
 
+def test_an_output_that_is_a_directory_is_refused_naming_it(tmp_path):
+    """Every file a command writes goes through atomic_write: a directory there (mt.trials output=DIR) is named,
+    not an internal temporary file, and nothing is left behind."""
+    from mt.atomic import atomic_write
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(RunError) as caught:
+        with atomic_write(tmp_path / "out") as handle:
+            handle.write(b"table")
+    assert_user_error(caught.value, str(tmp_path / "out"), "a directory, expected a file name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and not any((tmp_path / "out").iterdir())
+
+
 def test_evaluate_cli_refuses_to_overwrite_before_loading_anything(checkpoint, tmp_path):
     (tmp_path / "src.de").write_text("Der hund.\n")
     output = tmp_path / "hyp.en"
