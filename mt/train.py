@@ -10,15 +10,17 @@ from pathlib import Path
 
 from mt.cli import entry_point, set_on_command_line
 from mt.config import TrainConfig
+from mt.training.distributed import is_global_zero_from_env
 from mt.training.finetune import with_checkpoint_architecture
 from mt.training.run import train
 
 
 def record_launch(config: TrainConfig, run_dir: Path) -> None:
     """Hydra's record of this launch, as Hydra writes it (``.hydra/config.yaml``, ``hydra.yaml``,
-    ``overrides.yaml``: what ``mt.trials`` reads), written by ``train`` only once the launch has passed its checks:
-    conf/train.yaml sets ``hydra.output_subdir: null``, so a refused launch (a run directory that holds another
-    run, or is busy) does not rewrite the record of the run that is there."""
+    ``overrides.yaml``: what ``mt.trials`` reads). conf/train.yaml sets ``hydra.output_subdir: null`` and
+    ``main`` writes it: at once in a run directory without one (so a trial that fails early has it too), else only
+    once ``train`` has passed its checks, so a refused launch (a run directory that holds another run, or is
+    busy, or a checkpoint of another model) does not rewrite the record of the run that is there."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -43,6 +45,8 @@ def main(config: TrainConfig) -> float | None:
     if config.init_from:  # the checkpoint's architecture, but for what the command line sets
         config = with_checkpoint_architecture(config, set_on_command_line("model"))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if is_global_zero_from_env() and not (run_dir / ".hydra" / "overrides.yaml").is_file():
+        record_launch(config, run_dir)
     result = train(config, run_dir, on_start=lambda: record_launch(config, run_dir))
     return None if result is None else result["selection"]["value"]  # what Hydra's sweepers optimise
 

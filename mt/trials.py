@@ -31,7 +31,8 @@ def read_trials(sweep_dir: Path) -> list[dict]:
         trials.append(
             {
                 "job": int(job.name),
-                "overrides": yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else [],
+                # None: no record (a trial refused before it started, e.g. by an impossible value)
+                "overrides": yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None,
                 "selection": json.loads(selection_file.read_text()) if selection_file.is_file() else None,
                 "test_bleu": json.loads(test_file.read_text()).get("bleu") if test_file.is_file() else None,
             }
@@ -46,14 +47,16 @@ def markdown(sweep_dir: Path, trials: list[dict]) -> str:
     metric, mode = (finished[0]["selection"]["metric"], finished[0]["selection"]["mode"]) if finished else ("-", "max")
     finished.sort(key=lambda t: t["selection"]["value"], reverse=mode == "max")
     unfinished = [t for t in trials if t not in finished]
-    common = set.intersection(*(set(t["overrides"]) for t in trials))
+    recorded = [t for t in trials if t["overrides"] is not None]
+    common = set.intersection(*(set(t["overrides"]) for t in recorded)) if recorded else set()
+    shared = [o for o in recorded[0]["overrides"] if o in common] if recorded else []  # in the order given
     lines = [
         f"# Trials: {sweep_dir}",
         "",
         f"Best first by {metric} ({mode}), the validation figure that chose each trial's best checkpoint. "
         "Test BLEU is shown for information; it chose nothing.",
         "",
-        f"Common to all trials: {' '.join(f'`{o}`' for o in trials[0]['overrides'] if o in common) or 'nothing'}.",
+        f"Common to all trials: {' '.join(f'`{o}`' for o in shared) or 'nothing'}.",
         "",
         f"| job | overrides | {metric} | step | test BLEU |",
         "|---|---|---|---|---|",
@@ -63,7 +66,11 @@ def markdown(sweep_dir: Path, trials: list[dict]) -> str:
         value = selection.get("value")
         shown = "not finished" if value is None else (f"{value:.2f}" if mode == "max" else f"{value:.4f}")
         test = "" if trial["test_bleu"] is None else f"{trial['test_bleu']:.2f}"
-        overrides = " ".join(f"`{o}`" for o in trial["overrides"] if o not in common)
+        overrides = (
+            "(no record: refused before it started)"
+            if trial["overrides"] is None
+            else " ".join(f"`{o}`" for o in trial["overrides"] if o not in common)
+        )
         step = "" if selection.get("step") is None else selection["step"]
         lines.append(f"| {trial['job']} | {overrides} | {shown} | {step} | {test} |")
     optuna = sweep_dir / "optimization_results.yaml"

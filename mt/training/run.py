@@ -50,8 +50,9 @@ def train(config: TrainConfig, run_dir: Path, on_start: Callable[[], None] | Non
     metric that chose the best checkpoint, its value, step and path (also in ``run_dir/selection.json``), and
     that checkpoint's test scores (None without ``test_after_training``); the other ranks, and a preempted run,
     return None. ``on_start``: called on rank 0 once the run has passed the checks that refuse a launch (another
-    run's checkpoints, a busy run directory, a missing test split), before anything is trained: a refused
-    launch leaves the run directory as it was."""
+    run's checkpoints, a busy run directory, a missing test split, a checkpoint of another model), before
+    anything is trained; ``config.yaml`` is written then too, so a refused launch leaves the records of the run
+    in ``run_dir`` as they were (a tokenizer it trained before being refused stays)."""
     set_threads(config.threads)
     if config.data.path:  # checkpoints record where their data is: make it valid from any directory
         config.data.path = str(Path(config.data.path).expanduser().resolve())
@@ -81,18 +82,12 @@ def _train_with(
     config: TrainConfig, run_dir: Path, preemption: PreemptionCallback | None, on_start: Callable[[], None] | None
 ) -> dict | None:
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
-    config_path = run_dir / "config.yaml"
-    if ckpt_path is None or not config_path.exists():  # a fresh start (in a run directory without checkpoints too)
-        with atomic_write(config_path) as handle:
-            handle.write(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))).encode())
     for corpus in validated(config.data):  # a missing test split fails now, not after the training
         if config.test_after_training and not config.trainer.fast_dev_run and corpus.data.path:
             local_split(corpus.data, "test")
     if config.validation.decode != "none" or config.test_after_training:  # an unavailable BLEU tokenizer: now
         for language in sorted({corpus.data.tgt_lang for corpus in corpora(config.data)}):
             bleu_metric(language, config.metrics.bleu_tokenize)
-    if on_start is not None and is_global_zero_from_env():
-        on_start()
     L.seed_everything(config.seed, workers=True)
 
     datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)
@@ -113,6 +108,13 @@ def _train_with(
     prepare_cuda(tf32=config.trainer.tf32)
     if ckpt_path is not None:
         check_same_model(Path(ckpt_path), config.model, tokenizer, ema=config.optim.ema_decay > 0)
+    # The launch has passed every check that refuses it: its records.
+    config_path = run_dir / "config.yaml"
+    if is_global_zero_from_env() and (ckpt_path is None or not config_path.exists()):  # a fresh start
+        with atomic_write(config_path) as handle:
+            handle.write(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))).encode())
+    if on_start is not None and is_global_zero_from_env():
+        on_start()
     if preemption is not None and preemption.received:
         # Nothing trained yet, so nothing to save; a time-limit warning still requeues the job (rank 0).
         requeued = preemption.received in REQUEUE_SIGNALS and is_global_zero_from_env() and requeue_slurm_job()

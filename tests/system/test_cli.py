@@ -104,6 +104,20 @@ def test_a_refused_launch_leaves_the_runs_hydra_record_as_it_was(trained_run, mu
     )
     assert refused.returncode == 2 and "already holds checkpoints" in refused.stderr, refused.stderr[-2000:]
     assert {name: (run_dir / ".hydra" / name).read_text() for name in record} == record
+    # resume=auto with another model: refused later, once its checkpoint is compared with the model asked for.
+    config = (run_dir / "config.yaml").read_text()
+    other = run(
+        "mt.train",
+        "model=tiny",
+        "model.d_model=48",
+        "resume=auto",
+        "tokenizer.vocab_size=1000",
+        f"hydra.run.dir={run_dir}",
+        env={"MT_DATA_DIR": str(multi30k_slice)},
+    )
+    assert other.returncode == 2 and "d_model" in other.stderr, other.stderr[-2000:]
+    assert {name: (run_dir / ".hydra" / name).read_text() for name in record} == record
+    assert (run_dir / "config.yaml").read_text() == config
 
 
 def test_evaluate_files_writes_hypotheses_and_refuses_to_overwrite(trained_run, multi30k_slice, tmp_path):

@@ -1,0 +1,34 @@
+"""mt.trials' table from a sweep directory written by hand: the overrides common to the trials that have a
+record, and a trial refused before it started (no .hydra/ record) shown as such."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mt.trials import markdown, read_trials
+
+
+def write_trial(sweep: Path, job: int, overrides: list[str] | None, bleu: float | None) -> None:
+    directory = sweep / str(job)
+    directory.mkdir(parents=True)
+    if overrides is not None:
+        (directory / ".hydra").mkdir()
+        (directory / ".hydra/overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if bleu is not None:
+        selection = {"metric": "val/bleu", "mode": "max", "value": bleu, "step": 100 * job}
+        (directory / "selection.json").write_text(json.dumps(selection))
+
+
+def test_a_trial_without_a_record_is_named_and_left_out_of_the_common_overrides(tmp_path):
+    write_trial(tmp_path, 0, ["model=tiny", "optim.lr=0.001"], 30.5)
+    write_trial(tmp_path, 1, ["model=tiny", "optim.lr=0.003"], 31.25)
+    write_trial(tmp_path, 2, None, None)
+    table = markdown(tmp_path, read_trials(tmp_path)).splitlines()
+    assert "Common to all trials: `model=tiny`." in table
+    rows = [line for line in table if line.startswith("| ") and line[2].isdigit()]
+    assert rows == [
+        "| 1 | `optim.lr=0.003` | 31.25 | 100 |  |",
+        "| 0 | `optim.lr=0.001` | 30.50 | 0 |  |",
+        "| 2 | (no record: refused before it started) | not finished |  |  |",
+    ]
