@@ -460,6 +460,8 @@ class TrainerConfig:
             f"trainer.early_stopping_patience={self.early_stopping_patience}: expected >= 0 or null (no early stop)",
         )
         interval = self.val_check_interval
+        if isinstance(interval, float) and interval > 1 and interval.is_integer():  # 1000.0 (YAML): batches, as
+            self.val_check_interval = interval = int(interval)  # Lightning reads it
         if isinstance(interval, (int, float)) and not isinstance(interval, bool):
             _require(
                 interval >= 1 if isinstance(interval, int) else 0.0 < interval <= 1.0,

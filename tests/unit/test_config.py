@@ -165,6 +165,15 @@ def test_threads_below_one_are_refused_by_every_command(command, schema, overrid
         to_typed(compose_config(command, overrides), schema)
 
 
+def test_a_whole_float_validation_interval_is_a_number_of_batches():
+    """Lightning reads val_check_interval=1000.0 as 1000 batches; so does the check of accumulation windows."""
+    trainer = to_typed(compose_config("train", ["trainer.val_check_interval=1000.0"]), TrainConfig).trainer
+    assert trainer.val_check_interval == 1000 and isinstance(trainer.val_check_interval, int)
+    overrides = ["trainer.val_check_interval=1000.0", "trainer.accumulate_grad_batches=3"]
+    with pytest.raises(ConfigError, match=r"val_check_interval=1000 \(batches\) is not a multiple of .*=3"):
+        to_typed(compose_config("train", overrides), TrainConfig)
+
+
 def test_average_config_needs_either_a_list_or_a_run():
     from mt.config import AverageConfig
 
