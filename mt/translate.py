@@ -79,8 +79,21 @@ def output_lines(translations: list[list[tuple[str, float | None]]], first: int,
     return [f"{first + i}\t{score:.4f}\t{text}" for i, best in enumerate(translations) for text, score in best]
 
 
-def translate_to_file(config: TranslateConfig, model, loaded, search, device, prefix: list[int]) -> None:
-    """``output=``: this process's shard of ``input=``, resumably, merged in order by the last to finish."""
+def file_version(path: str) -> dict | None:
+    """A file and the version of it (size, modification time) that an output is translated with or from: a
+    ``best.ckpt`` that training rewrites, or another file copied over the name, is not resumed into it. None
+    where there is no such file (loading it then says so)."""
+    if not Path(path).is_file():
+        return None
+    stat = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns}
+
+
+def translate_to_file(
+    config: TranslateConfig, model, loaded, search, device, prefix: list[int], versions: dict
+) -> None:
+    """``output=``: this process's shard of ``input=``, resumably, merged in order by the last to finish.
+    ``versions``: of the checkpoint and the ensemble's, taken before they were loaded."""
     from tqdm import tqdm
 
     rank, world = shard_of_environment()
@@ -108,17 +121,9 @@ def translate_to_file(config: TranslateConfig, model, loaded, search, device, pr
         bar = tqdm(total=total, initial=done, unit="line", desc=f"translate {rank + 1}/{world}", file=sys.stderr)
         return bar.update
 
-    def version(path: str) -> list:
-        """A file and the version of it (size, modification time) that this output is translated with: a
-        ``best.ckpt`` that training rewrites, or another file copied over the name, is not resumed into it."""
-        stat = Path(path).stat()
-        return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
-
     identity = {
-        "input": str(Path(config.input).resolve()),
-        "input_bytes": Path(config.input).stat().st_size,
-        "checkpoint": version(config.checkpoint),
-        "ensemble": [version(p) for p in config.ensemble],
+        "input": file_version(config.input),
+        **versions,
         "search": dataclasses.asdict(search),
         "nbest": config.nbest,
         "tgt_lang": config.tgt_lang,
@@ -147,6 +152,10 @@ def main(config: TranslateConfig) -> None:
         lines: Iterable[str] = ()
     else:
         lines = read_lines(config.input) if config.input else stdin_lines()  # a bad input= fails before the load
+    versions = {  # before loading: a file rewritten meanwhile is then found changed, never taken as the one loaded
+        "checkpoint": file_version(config.checkpoint),
+        "ensemble": [file_version(p) for p in config.ensemble],
+    }
     model, loaded = load_translator(config.checkpoint, config.ensemble)
     prefix = loaded.source_prefix(config.tgt_lang)  # a language the model cannot produce fails before decoding
     # The checkpoint's own search, with what the command line sets winning.
@@ -155,7 +164,7 @@ def main(config: TranslateConfig) -> None:
     device = best_device()
     model = model.to(device)
     if config.output is not None:
-        return translate_to_file(config, model, loaded, search, device, prefix)
+        return translate_to_file(config, model, loaded, search, device, prefix, versions)
     generator = sampling_generator(search, device) if search.sampling else None  # one stream for all chunks
     offset = 0
     buffer = buffer_lines(config)

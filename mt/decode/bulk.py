@@ -118,6 +118,9 @@ def translate_file(
                 _write_progress(record, {**state, "lines": done_lines, "bytes": done_bytes})
                 if tell:
                     tell(len(lines))
+        if done_bytes == 0 and output.name.endswith(".gz"):  # no line in this shard: still a gzip file
+            with open(target, "ab") as handle:
+                done_bytes = handle.write(gzip.compress(b"", mtime=0))
         state = {**state, "lines": done_lines, "bytes": done_bytes, "done": True}
         _write_progress(record, state)
     if world == 1:
@@ -154,8 +157,11 @@ def _merge_if_last(output: Path, world: int, identity: dict) -> bool:
         if (_read_progress(final) or {}).get("done"):
             return True
         shards = [shard_path(output, rank, world) for rank in range(world)]
-        if not all((_read_progress(progress_path(s)) or {}).get("done") for s in shards):
+        records = [_read_progress(progress_path(s)) or {} for s in shards]
+        if not all(record.get("done") for record in records):
             return False  # another process finishes later and merges
+        for shard, record in zip(shards, records):  # shards started apart (a job array) saw the same files
+            _check_identity(shard, record, identity)
         with atomic_write(output) as merged:
             for shard in shards:
                 with open(shard, "rb") as handle:
@@ -185,8 +191,15 @@ def _check_identity(path: Path, state: dict, expected: dict) -> None:
     recorded = state.get("identity", {})
     for key, value in expected.items():
         if recorded.get(key) != value:
+            was, now = recorded.get(key), value
+            if isinstance(was, dict) and isinstance(now, dict) and "path" in now and was.get("path") == now["path"]:
+                raise RunError(  # a file_version: the same file, changed since
+                    f"{path} was started with {key}={now['path']} as it was then ({was.get('bytes')} bytes), and "
+                    f"it has changed since ({now.get('bytes')} bytes, modified later): its lines would come from "
+                    f"two versions; pass overwrite=true to start again or choose another output"
+                )
             raise RunError(
-                f"{path} was started with {key}={recorded.get(key)!r}, not {value!r}; pass overwrite=true to "
+                f"{path} was started with {key}={was!r}, not {now!r}; pass overwrite=true to "
                 f"start again or choose another output"
             )
 

@@ -103,12 +103,31 @@ def test_a_resumed_output_whose_checkpoint_file_changed_is_refused(checkpoint, s
     model = tmp_path / "model.ckpt"
     model.write_bytes(checkpoint.read_bytes())
     output = tmp_path / "out.txt"
-    translate(model, f"input={source}", f"output={output}", env={"MT_FAULT": "translate_chunk:2"})
+    killed = translate(model, f"input={source}", f"output={output}", env={"MT_FAULT": "translate_chunk:2"})
+    assert killed.returncode == -9  # a resume, not a finished output
     os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))  # rewritten, same bytes
     result = translate(model, f"input={source}", f"output={output}")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "was started with checkpoint=" in errors[0], result.stderr[-2000:]
+    assert len(errors) == 1 and f"was started with checkpoint={model} as it was then" in errors[0], errors
+    assert "it has changed since" in errors[0]
+
+
+def test_shards_translated_with_two_versions_of_the_checkpoint_are_not_merged(checkpoint, source, tmp_path):
+    """A job array's tasks start apart: a best.ckpt rewritten between them is found at the merge."""
+    model = tmp_path / "model.ckpt"
+    model.write_bytes(checkpoint.read_bytes())
+    output = tmp_path / "out.txt.gz"
+    first = translate(model, f"input={source}", f"output={output}", env={"WORLD_SIZE": "2", "RANK": "0"})
+    assert first.returncode == 0, first.stderr[-2000:]
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))
+    last = translate(model, f"input={source}", f"output={output}", env={"WORLD_SIZE": "2", "RANK": "1"})
+    assert last.returncode == 2 and "it has changed since" in last.stderr, last.stderr[-2000:]
+    assert not output.exists()
+    # An empty input still makes a gzip file of nothing.
+    (tmp_path / "empty.src").write_text("")
+    empty = translate(checkpoint, f"input={tmp_path / 'empty.src'}", f"output={tmp_path / 'empty.txt.gz'}")
+    assert empty.returncode == 0 and gzip.decompress((tmp_path / "empty.txt.gz").read_bytes()) == b""
 
 
 @pytest.mark.parametrize("search", [[], ["search=sample", "search.seed=3"]], ids=["beam", "sampling"])
