@@ -36,8 +36,14 @@ def refuse_to_replace(
 ) -> None:
     """Refuse, before any work, to replace the existing ``directory`` unless it is empty or a previous output
     of the command: ``foreign(directory)`` says why it is not one (e.g. ``"it holds checkpoints/"``), or None.
-    A directory that holds ``source`` (the command's input) at any depth is refused whatever it looks like."""
+    A directory that holds ``source`` (the command's input) at any depth is refused whatever it looks like, and
+    so are a symbolic link (replacing it would leave what it points to as it was) and a name that is no name
+    (``.``, ``..``)."""
     directory = Path(directory)
+    if directory.name in ("", ".", ".."):
+        raise RunError(f"output={directory}: expected the name of a directory to write")
+    if directory.is_symlink():
+        raise RunError(f"output={directory}: a symbolic link; give the directory it points to, or another name")
     if not directory.is_dir():
         return
     if Path(source).resolve().is_relative_to(directory.resolve()):
@@ -66,11 +72,13 @@ def foreign_entries(directory: Path, files: Collection[str], folders: Mapping[st
 @contextmanager
 def replacing_directory(path: str | Path) -> Iterator[Path]:
     """A new, empty directory beside ``path`` to build into; it replaces ``path`` (moved aside first and
-    removed only once the new one is in place) if the ``with`` block succeeds, and is removed if not."""
+    removed only once the new one is in place) if the ``with`` block succeeds, and is removed if not. The two
+    names beside it are fixed (``.NAME.tmp``, ``.NAME.old``), so what a killed process left there is removed by
+    the next one (after a kill between the two renames, ``.NAME.old`` is the previous output, until then)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    old = path.with_name(f".{path.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

@@ -640,6 +640,19 @@ def test_convert_overwrite_never_replaces_a_run_directory_or_the_checkpoints(tmp
     (tmp_path / "empty").mkdir()
     assert convert(checkpoint, tmp_path / "empty") == "export"
     assert (tmp_path / "empty/config.json").is_file()
+    # A link to an earlier export (replacing the link would leave the export stale), a dangling one, no name.
+    (tmp_path / "link").symlink_to(exported)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for link in ("link", "dangling"):
+        with pytest.raises(RunError, match=rf"^output={tmp_path / link}: a symbolic link; give the directory"):
+            convert(checkpoint, tmp_path / link)
+    assert _files(exported) == kept and (tmp_path / "link").is_symlink()
+    with pytest.raises(RunError, match=r"^output=\.: expected the name of a directory"):
+        convert(checkpoint, Path("."))
+    # What a killed export left beside its output goes with the next one.
+    (tmp_path / ".empty.tmp").mkdir()
+    (tmp_path / ".empty.tmp/partial.bin").write_bytes(b"half")
+    assert convert(checkpoint, tmp_path / "empty") == "export" and not (tmp_path / ".empty.tmp").exists()
 
 
 def test_import_overwrite_replaces_only_an_earlier_import(marian_dir: Path, tmp_path: Path) -> None:
