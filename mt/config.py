@@ -660,7 +660,8 @@ class ReportConfig:
     sources: list[str] = field(default_factory=list)  # plain-text test sets, with references in the same order
     # One entry per source: a reference file, or a list of files (several references of that source).
     references: list[Any] = field(default_factory=list)
-    # The checkpoint (a row's label, e.g. best) the others are tested against by paired bootstrap; null: none.
+    # The checkpoint the others are tested against by paired bootstrap (a row's label, e.g. best, or an end of
+    # RUN_PATH/CHECKPOINT naming one row); null: none.
     baseline: str | None = None
     output_dir: str | None = None  # default: the (first) run directory
     tgt_lang: str | None = None  # the language sources= are translated into, for a model of several

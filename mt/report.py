@@ -251,6 +251,7 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
             row = {
                 "checkpoint": label,
                 "path": str(path),
+                "run": str(run_dir),
                 **{k: infos[path][k] for k in ("step", "val_bleu")},
                 "search": dataclasses.asdict(search),
             }
@@ -372,6 +373,23 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def curves(report: dict) -> dict[str, tuple[list, list]]:
+    """The plot's lines: for each run and test set (``RUN · SET`` with several runs), its checkpoints' (step,
+    BLEU) by step and its averaged checkpoints' apart."""
+    runs = list(dict.fromkeys(row.get("run", "") for row in report["rows"]))
+    found = {}
+    for test_set in report["test_sets"]:
+        name = test_set["name"]
+        for run in runs:
+            rows = [row for row in report["rows"] if row.get("run", "") == run]
+            prefix = rows[0]["checkpoint"].rpartition("/")[0] if len(runs) > 1 else ""
+            found[f"{prefix} · {name}" if prefix else name] = (
+                sorted((row["step"], row[name]["bleu"]) for row in rows if not is_average(row["checkpoint"])),
+                [(row["step"], row[name]["bleu"]) for row in rows if is_average(row["checkpoint"])],
+            )
+    return found
+
+
 def plot(report: dict, output: Path) -> None:
     import matplotlib
 
@@ -379,13 +397,11 @@ def plot(report: dict, output: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axis = plt.subplots(figsize=(7, 4), dpi=110)
-    for test_set in report["test_sets"]:
-        name = test_set["name"]
-        points = sorted((row["step"], row[name]["bleu"]) for row in report["rows"] if not is_average(row["checkpoint"]))
-        line = axis.plot(*zip(*points), marker="o", label=name)[0]
-        for row in report["rows"]:
-            if is_average(row["checkpoint"]):
-                axis.scatter([row["step"]], [row[name]["bleu"]], marker="*", s=120, color=line.get_color())
+    for label, (points, averaged) in curves(report).items():
+        line = axis.plot(*zip(*points), marker="o", label=label)[0] if points else None
+        for step, bleu in averaged:
+            color = line.get_color() if line is not None else None
+            axis.scatter([step], [bleu], marker="*", s=120, color=color)
     axis.set_xlabel("training step")
     axis.set_ylabel("sacreBLEU")
     axis.set_title("test BLEU of each checkpoint (★ = averaged)")

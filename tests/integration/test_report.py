@@ -12,7 +12,7 @@ import pytest
 import mt.report
 from mt.config import ReportConfig, SearchConfig
 from mt.errors import RunError
-from mt.report import build_report, write_report
+from mt.report import build_report, curves, write_report
 from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
 from tests.helpers import ROOT
@@ -245,6 +245,10 @@ def test_runs_of_the_same_name_get_their_own_labels_and_baseline(trained_run, tm
         assert (test["chrf"]["baseline"], test["chrf"]["system"]) == (rows["s2/0/best"]["chrf"], rows[label]["chrf"])
         assert (test["bleu"]["baseline"], test["bleu"]["system"]) == (rows["s2/0/best"]["bleu"], rows[label]["bleu"])
     assert "paired_bootstrap" not in rows["s2/0/best"]
+    # The plot draws each run's checkpoints as a line of its own (they were one line across runs).
+    lines = curves(found)
+    assert list(lines) == ["s1/0 · test", "s2/0 · test", "1 · test"]
+    assert lines["s2/0 · test"] == ([(30, rows["s2/0/best"]["bleu"])], [])
     # The whole path names a row too; its label is the baseline.
     assert report(str(tmp_path / "s1" / "0" / "best"))["baseline"] == "s1/0/best"
 
