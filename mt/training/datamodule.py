@@ -58,6 +58,14 @@ class TranslationDataModule(L.LightningDataModule):
         self.train_corpora: list[EncodedCorpus] = []
         self.valid_sets: list[ValidSet] = []
 
+    def state_dict(self) -> dict:
+        """What a checkpoint records of the data beside the model's ``data`` hyperparameters: the seed that orders
+        the batches (``mt.training.resume.check_same_data`` compares it before a resumed run starts)."""
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Nothing to restore: the position in the data is the batch sampler's own state."""
+
     @property
     def train_corpus(self) -> EncodedCorpus | None:
         """The training split of a one-corpus run."""

@@ -52,6 +52,40 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
     return resume
 
 
+# Data settings a resumed run may change: they change neither the pairs of an epoch nor their order.
+DATA_FREE = frozenset({"num_workers", "cache_dir", "preprocess_workers"})
+DATAMODULE_STATE = "TranslationDataModule"  # where Lightning keeps the datamodule's state_dict: its class name
+
+
+def check_same_data(path: Path, data: dict, seed: int) -> None:
+    """Refuse, before anything of the run is written, to resume from ``path`` with other data (``data``: this
+    run's data config as a dict) or another seed: the saved position in the data would mean other pairs. Fields
+    a checkpoint does not record (older versions) are not compared; paths are compared resolved."""
+    stored = read_checkpoint(path)
+    saved = (stored.get("hyper_parameters") or {}).get("data") or {}
+    for key in sorted((saved.keys() & data.keys()) - DATA_FREE):
+        if _resolved(key, saved[key]) != _resolved(key, data[key]):
+            raise RunError(
+                f"resume from {path}: data.{key} is {data[key]!r} here but {saved[key]!r} in the checkpoint; a "
+                f"resumed run goes on with the data it started with (to train its weights on other data: init_from=)"
+            )
+    saved_seed = (stored.get(DATAMODULE_STATE) or {}).get("seed")
+    if saved_seed is not None and saved_seed != seed:
+        raise RunError(
+            f"resume from {path}: seed={seed} here but {saved_seed} in the checkpoint, which orders the batches; "
+            f"resume with seed={saved_seed}"
+        )
+
+
+def _resolved(key: str, value):
+    """A data field's value with its paths made absolute (relative to this directory), for comparison."""
+    if key == "path" and isinstance(value, str):
+        return str(Path(value).expanduser().resolve())
+    if key == "corpora" and isinstance(value, list):
+        return [{**c, "path": _resolved("path", c.get("path"))} if isinstance(c, dict) else c for c in value]
+    return value
+
+
 # The model options that decide its parameters' names and shapes (or their meaning); dropout may change.
 ARCHITECTURE = (
     "positions",

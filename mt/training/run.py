@@ -39,7 +39,7 @@ from mt.training.loggers import finish_loggers
 from mt.training.module import TranslationModule
 from mt.training.plots import plot_learning_curve
 from mt.training.preemption import REQUEUE_SIGNALS, Preempted, PreemptionCallback, requeue_slurm_job
-from mt.training.resume import check_same_model, resume_checkpoint
+from mt.training.resume import check_same_data, check_same_model, resume_checkpoint
 from mt.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ def train(config: TrainConfig, run_dir: Path, on_start: Callable[[], None] | Non
     set_threads(config.threads)
     if config.data.path:  # checkpoints record where their data is: make it valid from any directory
         config.data.path = str(Path(config.data.path).expanduser().resolve())
+    for corpus in config.data.corpora:  # each corpus's too
+        if corpus.path:
+            corpus.path = str(Path(corpus.path).expanduser().resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
     faults.point("run_directory", run_dir / ".lock")
     lock = RunDirectoryLock(run_dir)
@@ -82,6 +85,8 @@ def _train_with(
     config: TrainConfig, run_dir: Path, preemption: PreemptionCallback | None, on_start: Callable[[], None] | None
 ) -> dict | None:
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
+    if ckpt_path is not None:  # other data or seed: refused now, not inside fit once the run is recorded
+        check_same_data(Path(ckpt_path), to_dict(config.data), config.seed)
     for corpus in validated(config.data):  # a missing test split fails now, not after the training
         if config.test_after_training and not config.trainer.fast_dev_run and corpus.data.path:
             local_split(corpus.data, "test")
