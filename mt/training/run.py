@@ -24,8 +24,8 @@ from mt import faults
 from mt.atomic import atomic_write, exclusive
 from mt.compat import val_check_interval_overflow
 from mt.config import TrainConfig, max_time_seconds, to_dict
+from mt.data.corpus import load_split
 from mt.data.mixture import corpora, validated
-from mt.data.readers import local_split
 from mt.data.tokenizer import Tokenizer
 from mt.decode.metrics import bleu_metric
 from mt.decode.scoring import score_checkpoint
@@ -87,9 +87,9 @@ def _train_with(
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
     if ckpt_path is not None:  # other data or seed: refused now, not inside fit once the run is recorded
         check_same_data(Path(ckpt_path), to_dict(config.data), config.seed)
-    for corpus in validated(config.data):  # a missing test split fails now, not after the training
+    for corpus in validated(config.data):  # a missing or misaligned test split fails now, not after the training
         if config.test_after_training and not config.trainer.fast_dev_run and corpus.data.path:
-            local_split(corpus.data, "test")
+            load_split(corpus.data, "test")
     if config.validation.decode != "none" or config.test_after_training:  # an unavailable BLEU tokenizer: now
         for language in sorted({corpus.data.tgt_lang for corpus in corpora(config.data)}):
             bleu_metric(language, config.metrics.bleu_tokenize)

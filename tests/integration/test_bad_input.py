@@ -115,6 +115,12 @@ def test_a_missing_test_split_fails_before_training_when_it_is_to_be_scored(tmp_
         train(config, tmp_path / "run")
     assert_user_error(caught.value, "test.de[.gz]", "no such file")
     assert not (tmp_path / "run" / "tokenizer").exists()  # refused at the start: nothing trained
+    write_text_corpus(data_dir, {"test": pairs[:8]}, gz=False)
+    (data_dir / "test.en").write_text("".join(t + "\n" for _, t in pairs[:7]))  # a line short
+    with pytest.raises(DataError) as caught:
+        train(config, tmp_path / "run")
+    assert_user_error(caught.value, "test", "misaligned")
+    assert not (tmp_path / "run" / "tokenizer").exists()
 
 
 def test_a_validation_interval_longer_than_an_epoch_is_a_one_line_error(toy_corpus_dir, tmp_path):
