@@ -124,8 +124,9 @@ class DataConfig:
             f"(data.max_len={self.max_len} + 2{extra}{padded}): no batch could hold it",
         )
         _require(
-            self.temperature is None or self.temperature > 0,
-            f"data.temperature={self.temperature}: expected > 0 (1: in proportion to size; large: uniform)",
+            self.temperature is None or 0 < self.temperature < float("inf"),  # NaN fails both
+            f"data.temperature={self.temperature}: expected a finite number > 0 (1: in proportion to size; "
+            f"large: uniform; small: mostly the largest corpus)",
         )
         weights = [c.weight for c in self.corpora]
         if self.corpora:
@@ -137,13 +138,17 @@ class DataConfig:
                 self.temperature is None or weights[0] is None,
                 "data.temperature and data.corpora weights both set: give one",
             )
+        # SentencePiece's built-in pieces (mt.data.tokenizer.SPECIAL_PIECES; this module imports no layer of mt): a
+        # tag of one of these names would be that id (padding: masked out; BOS, EOS; unknown), not a tag of its own.
+        special = ("<pad>", "<unk>", "<s>", "</s>")
         for i, corpus in enumerate(self.corpora):
             _require(
                 corpus.name is None or (corpus.name and all(ch.isalnum() or ch in "-_." for ch in corpus.name)),
                 f"data.corpora[{i}].name={corpus.name!r}: expected letters, digits, '-', '_' or '.' (it names files)",
             )
             _require(
-                corpus.weight is None or corpus.weight > 0, f"data.corpora[{i}].weight={corpus.weight}: expected > 0"
+                corpus.weight is None or 0 < corpus.weight < float("inf"),
+                f"data.corpora[{i}].weight={corpus.weight}: expected a finite number > 0",
             )
             _require(
                 corpus.format is None or corpus.format in ("text", "tsv", "jsonl"),
@@ -157,6 +162,11 @@ class DataConfig:
             _require(
                 tag is None or not tag.startswith("<2"),
                 f"data.corpora[{i}].tag={tag!r}: <2...> tokens are the target-language tokens (data.lang_tokens)",
+            )
+            _require(
+                tag not in special,
+                f"data.corpora[{i}].tag={tag!r}: {', '.join(special)} are SentencePiece's padding, unknown, BOS and "
+                f"EOS tokens; choose another, such as <BT>",
             )
 
 

@@ -18,6 +18,8 @@ matched in text (a source that contains "<BT>" is text) and never decoded into i
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -26,6 +28,8 @@ import numpy as np
 from mt.config import CorpusConfig, DataConfig, SplitNames
 from mt.data.tokenizer import language_token
 from mt.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,11 @@ def corpora(cfg: DataConfig) -> list[Corpus]:
             or several target languages without ``data.lang_tokens``.
     """
     alone = dataclasses.replace(cfg, corpora=[], temperature=None, lang_tokens=False)
+    if cfg.temperature is not None and len(cfg.corpora) < 2:
+        _note_once(
+            f"data.temperature={cfg.temperature} has no effect with one corpus: each epoch draws its every pair once "
+            f"(temperature shares out the draws of several data.corpora)"
+        )
     if not cfg.corpora:
         return [Corpus(cfg.name, alone)]
     directions = Counter(_direction(cfg, entry) for entry in cfg.corpora if not entry.name)  # unnamed ones
@@ -96,6 +105,16 @@ def corpora(cfg: DataConfig) -> list[Corpus]:
             f"says which language to translate it into"
         )
     return resolved
+
+
+_noted: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    """Log ``message`` once per process: ``corpora`` is resolved several times in one run."""
+    if message not in _noted:
+        _noted.add(message)
+        log.warning(message)
 
 
 def _direction(cfg: DataConfig, entry: CorpusConfig) -> str:
@@ -145,15 +164,29 @@ def draw_counts(sizes: list[int], *, weights: list[float] | None = None, tempera
     """Pairs each epoch draws from each corpus: ``round(p_i * sum(sizes))`` (largest remainders, so they add up
     to the total), at least one from each.
 
-    ``p_i``: ``weights`` normalised; else ``n_i ** (1/temperature)`` normalised; else ``n_i / N``.
+    ``p_i``: ``weights`` normalised; else ``n_i ** (1/temperature)`` normalised; else ``n_i / N``. The shares are
+    computed in log space, so any finite temperature > 0 works: as it tends to 0 the largest corpus (or the
+    largest, equally) takes all the draws, and every other corpus its one; as it grows the shares tend to uniform.
+
+    Raises:
+        ValueError: a corpus without pairs, or a weight or temperature that is not a finite number > 0.
     """
     sizes_array = np.asarray(sizes, dtype=np.float64)
     if (sizes_array <= 0).any():
         raise ValueError(f"corpus sizes {sizes}: expected every corpus to hold pairs")
     if weights is not None:
         shares = np.asarray(weights, dtype=np.float64)
+        if not (np.isfinite(shares).all() and (shares > 0).all()):
+            raise ValueError(f"corpus weights {weights}: expected finite numbers > 0")
+        shares = shares / shares.max()  # a sum of huge weights would overflow
     elif temperature is not None:
-        shares = sizes_array ** (1.0 / temperature)
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature {temperature}: expected a finite number > 0")
+        # n_i^(1/T) / max_j n_j^(1/T) = exp((log n_i - max_j log n_j) / T): the exponent is <= 0, so nothing
+        # overflows; a tiny T sends it to -inf (a share of 0) for every corpus but the largest, never to NaN.
+        logs = np.log(sizes_array)
+        with np.errstate(over="ignore"):  # a subnormal T: -inf, as meant
+            shares = np.exp((logs - logs.max()) / temperature)
     else:
         shares = sizes_array
     total = int(sizes_array.sum())

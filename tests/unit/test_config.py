@@ -137,6 +137,10 @@ def test_evaluate_and_translate_compose_with_shortcuts():
         (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected >= 1"),
         (["seed=-1"], r"seed=-1: expected 0 <= seed < 2\*\*32"),
         (["threads=-1"], "threads=-1: expected >= 1"),
+        (["data.temperature=0.0"], "data.temperature=0.0: expected a finite number > 0"),
+        (["data.temperature=inf"], "data.temperature=inf: expected a finite number > 0"),
+        (["data.corpora=[{weight:1},{path:/bt,weight:1e400,valid:false}]"], r"data.corpora\[1\].weight=inf: expected"),
+        (['data.corpora=[{},{path:/bt,tag:"<pad>",valid:false}]'], r"data.corpora\[1\].tag='<pad>': .* SentencePiece"),
     ],
 )
 def test_impossible_values_are_refused(overrides, message):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
 from mt.config import CorpusConfig, DataConfig
+from mt.data import mixture
 from mt.data.batching import MixtureBatchSampler
 from mt.data.mixture import corpora, direction_corpus, draw_counts, epoch_draw, source_prefix, symbols
-from mt.data.tokenizer import EOS_ID, train_tokenizer
+from mt.data.tokenizer import EOS_ID, SPECIAL_PIECES, train_tokenizer
 from mt.errors import ConfigError, DataError
 from tests.conftest import toy_pairs
 
@@ -72,10 +75,24 @@ def test_inconsistent_corpora_are_refused_in_one_line(entries, options, message)
     [
         (({"weight": 1.0}, {"src_lang": "fr"}), {}, "give a weight to every corpus or to none"),
         (({"weight": 1.0}, {"src_lang": "fr", "weight": 2.0}), {"temperature": 2.0}, "give one"),
-        (({"weight": -1.0},), {}, r"data.corpora\[0\].weight=-1.0: expected > 0"),
+        (({"weight": -1.0},), {}, r"data.corpora\[0\].weight=-1.0: expected a finite number > 0"),
+        (
+            ({"weight": 1.0}, {"src_lang": "fr", "weight": 1e400}),
+            {},
+            r"data.corpora\[1\].weight=inf: expected a finite",
+        ),
+        (({"weight": float("nan")},), {}, r"data.corpora\[0\].weight=nan: expected a finite number > 0"),
         (({"tag": "BT"},), {}, "expected a token such as <BT>"),
         (({"tag": "<2de>"},), {}, "target-language tokens"),
-        ((), {"temperature": 0.0}, "data.temperature=0.0: expected > 0"),
+        ((), {"temperature": 0.0}, "data.temperature=0.0: expected a finite number > 0"),
+        ((), {"temperature": -2.0}, "data.temperature=-2.0: expected a finite number > 0"),
+        ((), {"temperature": float("inf")}, "data.temperature=inf: expected a finite number > 0"),
+        ((), {"temperature": float("nan")}, "data.temperature=nan: expected a finite number > 0"),
+        (({}, {"path": "/bt", "tag": "<pad>", "valid": False}), {}, r"data.corpora\[1\].tag='<pad>': .* SentencePiece"),
+        (({"tag": "<unk>"},), {}, r"data.corpora\[0\].tag='<unk>': <pad>, <unk>, <s>, </s> are SentencePiece's"),
+        (({"tag": "<s>"},), {}, r"data.corpora\[0\].tag='<s>': .* BOS and EOS tokens; choose another"),
+        (({"tag": "</s>"},), {}, r"data.corpora\[0\].tag='</s>': .* BOS and EOS tokens; choose another"),
+        (({"tag": "<2xx>"},), {}, r"data.corpora\[0\].tag='<2xx>': <2...> tokens are the target-language tokens"),
         (({"name": "a/b"},), {}, r"data.corpora\[0\].name='a/b': expected letters"),
         (({"tag": "<BT>"},), {"lang_tokens": True, "max_len": 100, "max_tokens": 103}, r"\+ 2 \+ 2 for the language"),
     ],
@@ -109,6 +126,65 @@ def test_draw_counts_follow_weights_temperature_or_sizes():
     assert draw_counts([100, 300], temperature=1.0) == [100, 300]
     assert sum(draw_counts([7, 11, 13], weights=[1, 1, 1])) == 31  # largest remainders: 10, 10, 11
     assert sorted(draw_counts([7, 11, 13], weights=[1, 1, 1])) == [10, 10, 11]
+
+
+def test_draw_counts_hold_for_extreme_temperatures_and_weights():
+    # T=0.01 on corpora of 30,000 and 30,300 pairs: n ** 100 overflows a float (~1e448), the ratio does not:
+    # (30300/30000) ** 100 = 1.01 ** 100 = 2.7048138, so the larger takes 2.7048138/3.7048138 of 60,300 pairs =
+    # 44,023.88, the smaller 16,276.12: floors 16,276 and 44,023, the leftover pair to the larger remainder.
+    assert draw_counts([30000, 30300], temperature=0.01) == [16276, 44024]
+    # T -> 0: every draw from the largest corpus, at least one from each other (the contract), on toy corpora ...
+    assert draw_counts([100, 300], temperature=0.001) == [1, 400]  # (1/3) ** 1000 ~ 1e-477 of the draws: none
+    assert draw_counts([29000, 1000], temperature=0.01) == [30000, 1]  # ... and at Multi30k's size
+    assert draw_counts([300, 300, 100], temperature=1e-300) == [350, 350, 1]  # two largest: half each
+    # T -> infinity: uniform (log ratios / 1e300 ~ 0).
+    assert draw_counts([100, 300], temperature=1e300) == [200, 200]
+    # Weights near the largest float: their sum would overflow; equal weights are still 1:1.
+    assert draw_counts([100, 300], weights=[1e308, 1e308]) == [200, 200]
+    assert draw_counts([100, 300], weights=[1e308, 1e307]) == [364, 36]  # 10/11 and 1/11 of 400: 363.6, 36.4
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"temperature": float("inf")}, "temperature inf: expected a finite number > 0"),
+        ({"temperature": float("nan")}, "temperature nan: expected a finite number > 0"),
+        ({"temperature": 0.0}, "temperature 0.0: expected a finite number > 0"),
+        ({"weights": [1.0, float("inf")]}, r"corpus weights \[1.0, inf\]: expected finite numbers > 0"),
+        ({"weights": [1.0, float("nan")]}, r"corpus weights \[1.0, nan\]: expected finite numbers > 0"),
+        ({"weights": [1.0, 0.0]}, r"corpus weights \[1.0, 0.0\]: expected finite numbers > 0"),
+    ],
+)
+def test_draw_counts_refuse_what_has_no_shares(options, message):
+    with pytest.raises(ValueError, match=message):
+        draw_counts([100, 300], **options)
+
+
+def test_every_sentencepiece_built_in_piece_is_refused_as_a_tag():
+    for piece in SPECIAL_PIECES:  # the tokenizer's own list: a piece it gains is refused too, or this fails
+        with pytest.raises(ConfigError, match=f"data.corpora\\[1\\].tag='{piece}'"):
+            data({}, {"path": "/bt", "tag": piece, "valid": False})
+
+
+@pytest.mark.parametrize("entries", [(), ({"path": "/other"},)])
+def test_a_temperature_with_one_corpus_is_logged_as_having_no_effect(entries, caplog, monkeypatch):
+    monkeypatch.setattr(mixture, "_noted", set(), raising=False)  # logged once a process: forget earlier tests
+    cfg = data(*entries, temperature=0.5)
+    with caplog.at_level(logging.INFO, logger="mt.data.mixture"):
+        corpora(cfg)
+        corpora(cfg)  # resolved several times in one run: one line
+    lines = [r.getMessage() for r in caplog.records if r.name == "mt.data.mixture"]
+    assert lines == [
+        "data.temperature=0.5 has no effect with one corpus: each epoch draws its every pair once "
+        "(temperature shares out the draws of several data.corpora)"
+    ]
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "mt.data.mixture")
+
+
+def test_a_temperature_with_several_corpora_is_not_logged(caplog):
+    with caplog.at_level(logging.INFO, logger="mt.data.mixture"):
+        corpora(data({}, {"path": "/bt", "valid": False}, temperature=0.5))
+    assert not [r for r in caplog.records if r.name == "mt.data.mixture"]
 
 
 def test_a_corpus_drawn_below_its_size_shows_every_pair_before_repeating_one():
