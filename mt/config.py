@@ -9,6 +9,7 @@ plain objects travel, never a ``DictConfig``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -539,6 +540,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(0 <= self.seed < 2**32, f"seed={self.seed}: expected 0 <= seed < 2**32")
+        if self.init_from:  # "~/..." quoted on the command line reaches here unexpanded
+            self.init_from = os.path.expanduser(self.init_from)
+        if self.resume not in (None, "auto"):
+            self.resume = os.path.expanduser(self.resume)
         _require_threads(self.threads)
         _require(
             not (self.init_from and self.resume not in (None, "auto")),

@@ -42,9 +42,11 @@ def record_launch(config: TrainConfig, run_dir: Path) -> None:
 def main(config: TrainConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    if config.init_from:  # the checkpoint's architecture, but for what the command line sets
-        config = with_checkpoint_architecture(config, set_on_command_line("model"))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if config.init_from:  # the checkpoint's architecture, but for what the command line sets
+        last = run_dir / "checkpoints" / "last.ckpt"  # resuming: the run's own (init_from is not applied again)
+        source = last if config.resume == "auto" and last.is_file() else None
+        config = with_checkpoint_architecture(config, set_on_command_line("model"), source)
     if is_global_zero_from_env() and not (run_dir / ".hydra" / "overrides.yaml").is_file():
         record_launch(config, run_dir)
     result = train(config, run_dir, on_start=lambda: record_launch(config, run_dir))

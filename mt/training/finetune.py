@@ -20,13 +20,17 @@ from mt.model.checkpoint import read_checkpoint
 from mt.training.resume import ARCHITECTURE, architecture_differences
 
 
-def with_checkpoint_architecture(config: TrainConfig, chosen: set[str] | None) -> TrainConfig:
+def with_checkpoint_architecture(
+    config: TrainConfig, chosen: set[str] | None, source: Path | None = None
+) -> TrainConfig:
     """``config`` with the model architecture of its ``init_from`` checkpoint, but for the fields in ``chosen``
     (those the command line set; ``None``: it chose the model group, so nothing is taken), which must then match
     the checkpoint's (``prepare_init_from`` refuses them otherwise). A fine-tuning run, of an imported Hugging Face
     model say, needs no model settings of its own; a missing checkpoint is left to ``prepare_init_from``'s error.
+    ``source``: the checkpoint to take it from instead (the run's own ``last.ckpt`` when it resumes, so that it
+    resumes also once the ``init_from`` file is gone).
     """
-    path = Path(str(config.init_from))
+    path = source if source is not None else Path(str(config.init_from))
     if chosen is None or not path.is_file():
         return config
     saved = from_dict(ModelConfig, read_checkpoint(path).get("hyper_parameters", {}).get("model", {}))

@@ -546,12 +546,21 @@ def test_ctranslate2_export_of_an_imported_model_gives_mt_greedy_output(imported
 def test_fine_tuning_an_imported_model_takes_its_architecture(imported: Path, toy_corpus_dir: Path, tmp_path) -> None:
     """init_from= an imported model needs no model settings: the checkpoint's architecture is taken, but for
     fields set on the command line, which must match it."""
+    base = tmp_path / "base.ckpt"
+    base.write_bytes(imported.read_bytes())
     args = [a for a in toy_args(toy_corpus_dir, tmp_path / "run", "trainer.max_steps=2") if a != "model=tiny"]
-    args += [f"init_from={imported}", "validation.decode=none", "data.max_len=200"]
+    args += [f"init_from={base}", "validation.decode=none", "data.max_len=200"]
     result = subprocess.run([sys.executable, "-m", "mt.train", *args], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     model = read_checkpoint(tmp_path / "run/checkpoints/last.ckpt")["hyper_parameters"]["model"]
     wanted = read_checkpoint(imported)["hyper_parameters"]["model"]
+    # Resumed once the init_from file is gone: the architecture is the run's own last.ckpt's.
+    base.unlink()
+    more = [*args, "trainer.max_steps=3", "resume=auto"]
+    resumed = subprocess.run([sys.executable, "-m", "mt.train", *more], capture_output=True, text=True, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert read_checkpoint(tmp_path / "run/checkpoints/last.ckpt")["global_step"] == 3
+    base.write_bytes(imported.read_bytes())  # for the refusal below
     assert model == wanted and (model["activation"], model["positions"], model["output_bias"]) == (
         "silu",
         "halves",
@@ -568,9 +577,7 @@ def test_fine_tuning_an_imported_model_takes_its_architecture(imported: Path, to
     assert (
         refused.stderr.strip()
         .splitlines()[-1]
-        .startswith(
-            f"error: init_from={imported}: the checkpoint is of another model (model.d_model=32 there, 64 here)"
-        )
+        .startswith(f"error: init_from={base}: the checkpoint is of another model (model.d_model=32 there, 64 here)")
     )
 
 
