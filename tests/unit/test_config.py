@@ -181,9 +181,9 @@ def test_a_whole_float_validation_interval_is_a_number_of_batches():
 def test_init_from_and_resume_paths_expand_the_home_directory(monkeypatch):
     """A quoted "~/..." reaches mt unexpanded by the shell; data.path already expanded it, these did not."""
     monkeypatch.setenv("HOME", "/home/someone")
-    config = to_typed(compose_config("train", ["init_from=~/base.ckpt", "resume=auto"]), TrainConfig)
+    config = to_typed(compose_config("train", ["init_from='~/base.ckpt'", "resume=auto"]), TrainConfig)
     assert (config.init_from, config.resume) == ("/home/someone/base.ckpt", "auto")
-    config = to_typed(compose_config("train", ["resume=~/run/last.ckpt"]), TrainConfig)
+    config = to_typed(compose_config("train", ["resume='~/run/last.ckpt'"]), TrainConfig)
     assert config.resume == "/home/someone/run/last.ckpt"
 
 
