@@ -80,5 +80,7 @@ class LastCheckpoint(ModelCheckpoint):
         save_last_checkpoint(self, trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:  # debug=fast keeps no checkpoint; Lightning's on_train_end saves last.ckpt anyway
+            return
         super().on_train_end(trainer, pl_module)
         save_last_checkpoint(self, trainer)

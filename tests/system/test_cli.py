@@ -267,6 +267,7 @@ def test_fast_dev_run_and_multirun_sweep(toy_corpus_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
     for job in ("0", "1"):
         assert (tmp_path / "sweep" / job / "tokenizer/spm.model").is_file()
+        assert not list((tmp_path / "sweep" / job).rglob("*.ckpt"))  # "no checkpoints kept": a real run may follow
 
 
 def test_translate_nbest_writes_sorted_tsv(trained_run):
