@@ -8,12 +8,13 @@ from pathlib import Path
 
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from mt.config import TrainConfig, TrainerConfig
 from mt.device import resolve_precision
-from mt.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from mt.training.callback_state import ConfiguredEarlyStopping, RunCheckpoint, RunLastCheckpoint
+from mt.training.checkpointing import AtomicCheckpointIO
 from mt.training.ema import ExponentialMovingAverage
 from mt.training.loggers import StepProgressBar, build_loggers
 from mt.training.module import TranslationModule
@@ -32,7 +33,8 @@ def build_trainer(
     if cfg.precision == "auto":
         log.info("precision %s (%s)", precision, why)
     monitor, mode = config.validation.selection  # best.ckpt, early stopping, and a sweep's objective
-    best = ModelCheckpoint(
+    # The checkpoint writers keep their records when the run directory is moved or copied and resumed there.
+    best = RunCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=monitor,
@@ -42,21 +44,17 @@ def build_trainer(
         enable_version_counter=False,  # one best.ckpt, never best-v1
     )
     # One writer owns last.ckpt: after every validation, or every N steps when asked (for resuming).
-    last = LastCheckpoint(
+    last = RunLastCheckpoint(
         dirpath=run_dir / "checkpoints",
         save_top_k=0,
         save_last=True,
         every_n_train_steps=cfg.checkpoint_every_n_steps,
         enable_version_counter=False,
     )
-    callbacks: list[L.Callback] = [RngStateCallback(), best, last]
-    if config.optim.ema_decay > 0:  # updated before the checkpoint writers run (Lightning orders them last)
-        callbacks.append(ExponentialMovingAverage(config.optim.ema_decay))
-    if preemption is not None:
-        callbacks.append(preemption)
+    writers: list[L.Callback] = [best]
     if cfg.keep_checkpoints:
-        callbacks.append(
-            ModelCheckpoint(
+        writers.append(
+            RunCheckpoint(
                 dirpath=run_dir / "checkpoints",
                 filename="step{step:07d}",
                 monitor="step",
@@ -65,12 +63,20 @@ def build_trainer(
                 auto_insert_metric_name=False,
             )
         )
+    # last.ckpt is written after the others (Lightning keeps their order), so it records the files they just wrote:
+    # a resume then prunes the oldest kept step checkpoint instead of leaving it behind.
+    callbacks: list[L.Callback] = [RngStateCallback(), *writers, last]
+    if config.optim.ema_decay > 0:  # updated before the checkpoint writers run (Lightning orders them last)
+        callbacks.append(ExponentialMovingAverage(config.optim.ema_decay))
+    if preemption is not None:
+        callbacks.append(preemption)
     if cfg.enable_progress_bar:
         callbacks.append(StepProgressBar())
     if cfg.profile_steps:
         callbacks.append(StepProfiler(run_dir / "profile", cfg.profile_after, cfg.profile_steps))
     if cfg.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
+        # the configured patience, also on resume (Lightning's would be the checkpoint's)
+        callbacks.append(ConfiguredEarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
     version = log_version(run_dir, resuming)
     loggers = build_loggers(config.logger, run_dir, version)
     plugins: list = [AtomicCheckpointIO()]

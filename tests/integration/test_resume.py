@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +16,7 @@ import mt.training.run
 from mt.training.checkpointing import AtomicCheckpointIO
 from mt.training.run import train
 from tests.conftest import tiny_train_config
-from tests.helpers import losses
+from tests.helpers import logged, losses
 
 
 def run(
@@ -277,3 +281,116 @@ def test_a_requeued_job_goes_on_from_its_own_last_checkpoint(tmp_path, monkeypat
         assert mt.training.resume.resume_checkpoint(resume, checkpoints) == str(checkpoints / "last.ckpt")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # a first start does as told
     assert mt.training.resume.resume_checkpoint(str(started_from), checkpoints) == str(started_from)
+
+
+def run_selecting(data_dir: Path, run_dir: Path, max_steps: int, resume: str | None = None, **trainer: object) -> dict:
+    """A run that validates (loss only) every 5 steps, with a learning rate so high that most validations after
+    the first are worse: on the toy corpus, val/loss at steps 5, 10, 15, 20, 25 is about 10, 21, 15, 13, 8.
+    Its ``selection`` (also ``selection.json``)."""
+    config = tiny_train_config(
+        data_dir,
+        **{
+            "trainer.max_steps": max_steps,
+            "trainer.val_check_interval": 5,
+            "trainer.check_val_every_n_epoch": None,
+            "trainer.log_every_n_steps": 5,
+            "optim.lr": 1.0,
+            "optim.warmup_steps": 5,
+            "data.max_tokens": 300,
+            "validation.decode": "none",
+            "validation.metric": "loss",
+            "test_after_training": False,
+            "resume": resume,
+            **{f"trainer.{key}": value for key, value in trainer.items()},
+        },
+    )
+    return train(config, run_dir)["selection"]
+
+
+def validation_losses(run_dir: Path) -> dict[int, float]:
+    """val/loss by the global step it was computed at (Lightning logs it one lower)."""
+    return {step + 1: value for step, value in logged(run_dir, "val/loss").items()}
+
+
+def test_a_moved_or_copied_run_directory_resumed_keeps_its_best_checkpoint(toy_corpus_dir, tmp_path):
+    """Resumed in a copy (``cp -a A B``) or after a move, a run keeps its best score: ``best.ckpt`` and
+    ``selection.json`` are the uninterrupted run's, in the new directory (Lightning forgot the score of a
+    checkpoint writer whose directory changed, so its next validation replaced ``best.ckpt``, however worse)."""
+    straight, first, copy, moved = (tmp_path / name for name in ("straight", "A", "B", "C"))
+    expected = run_selecting(toy_corpus_dir, straight, 20, keep_checkpoints=2)
+    val_loss = validation_losses(straight)
+    best_step = min(val_loss, key=val_loss.get)
+    assert (expected["step"], expected["value"]) == (best_step, round(val_loss[best_step], 4))
+    # the run is copied at step 10: both validations after it are worse than the best before it
+    assert min(val_loss[15], val_loss[20]) > min(val_loss[5], val_loss[10])
+
+    run_selecting(toy_corpus_dir, first, 10, keep_checkpoints=2)
+    shutil.copytree(first, copy, symlinks=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = run_selecting(toy_corpus_dir, copy, 20, resume="auto", keep_checkpoints=2)
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    best_path = os.path.realpath(copy / "checkpoints" / "best.ckpt")
+    assert got == {**expected, "checkpoint": best_path}
+    best_copy = torch.load(best_path, weights_only=False)
+    best_straight = torch.load(expected["checkpoint"], weights_only=False)
+    assert best_copy["global_step"] == best_straight["global_step"] == best_step
+    for name, tensor in best_straight["state_dict"].items():
+        torch.testing.assert_close(best_copy["state_dict"][name], tensor, rtol=1e-5, atol=1e-6)
+    # the kept step checkpoints (top 2 by step) are pruned in the copy as in the uninterrupted run
+    kept = sorted(path.name for path in (straight / "checkpoints").glob("step*.ckpt"))
+    assert sorted(path.name for path in (copy / "checkpoints").glob("step*.ckpt")) == kept
+
+    # moved once it has finished, and resumed with nothing left to train: the same selection, in its new place
+    shutil.move(copy, moved)
+    got = run_selecting(toy_corpus_dir, moved, 20, resume="auto", keep_checkpoints=2)
+    assert got == {**expected, "checkpoint": os.path.realpath(moved / "checkpoints" / "best.ckpt")}
+    assert json.loads((moved / "selection.json").read_text()) == got
+
+
+def test_a_run_resumed_from_another_runs_checkpoint_selects_among_its_own_validations(toy_corpus_dir, tmp_path):
+    """``resume=PATH`` of another run directory is no move: the new directory has none of that run's files, so its
+    best checkpoint is the best of its own validations (none is kept pointing at a file it does not have)."""
+    straight, first, other = tmp_path / "straight", tmp_path / "A", tmp_path / "D"
+    run_selecting(toy_corpus_dir, straight, 20)
+    val_loss = validation_losses(straight)
+    best_after_10 = min((15, 20), key=val_loss.get)
+    run_selecting(toy_corpus_dir, first, 10)
+    got = run_selecting(toy_corpus_dir, other, 20, resume=str(first / "checkpoints" / "last.ckpt"))
+    assert got["step"] == best_after_10
+    assert got["value"] == round(val_loss[best_after_10], 4)
+    assert got["checkpoint"] == os.path.realpath(other / "checkpoints" / "best.ckpt")
+
+
+def test_the_configured_early_stopping_patience_wins_on_resume(toy_corpus_dir, tmp_path):
+    """A run stopped early with patience 1 and resumed with patience 3 stops where an uninterrupted run with
+    patience 3 stops: the configured patience applies, and the count of validations without improvement (and
+    the best score) are the checkpoint's. Lightning restored the checkpoint's patience, and stopped at once."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_selecting(toy_corpus_dir, straight, 40, early_stopping_patience=3)
+    run_selecting(toy_corpus_dir, resumed, 40, early_stopping_patience=1)
+    stopped_at = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    run_selecting(toy_corpus_dir, resumed, 40, resume="auto", early_stopping_patience=3)
+
+    expected, got = validation_losses(straight), validation_losses(resumed)
+    # hand-checked from the log: patience 1 stops at the first worse validation, patience 3 at the third in a row
+    steps = sorted(expected)
+    assert steps == [5, 10, 15, 20] and stopped_at == 10
+    assert expected[5] < min(expected[10], expected[15], expected[20])
+    assert sorted(got) == steps
+    for step in steps:
+        assert abs(got[step] - expected[step]) < 1e-4, (step, got[step], expected[step])
+    final = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=False) for run in (straight, resumed)]
+    assert final[0]["global_step"] == final[1]["global_step"] == 20
+
+
+def test_a_resumed_run_keeps_the_same_step_checkpoints_as_an_uninterrupted_one(toy_corpus_dir, tmp_path):
+    """``trainer.keep_checkpoints=2``: a resume prunes the step checkpoints as the uninterrupted run does (last.ckpt
+    is written after them, so it records the one saved at its own step, which a resume would otherwise keep)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_selecting(toy_corpus_dir, straight, 20, keep_checkpoints=2)
+    run_selecting(toy_corpus_dir, resumed, 10, keep_checkpoints=2)
+    run_selecting(toy_corpus_dir, resumed, 20, resume="auto", keep_checkpoints=2)
+    kept = sorted(path.name for path in (straight / "checkpoints").glob("step*.ckpt"))
+    assert kept == ["step0000015.ckpt", "step0000020.ckpt"]
+    assert sorted(path.name for path in (resumed / "checkpoints").glob("step*.ckpt")) == kept
