@@ -24,7 +24,21 @@ from mt.training.checkpointing import LastCheckpoint
 log = logging.getLogger(__name__)
 
 
-class FollowsRunDirectory:
+class SavedUnderBaseName:
+    """A Lightning callback subclass whose state a checkpoint files under its base class's name, as before the
+    subclass existed (Lightning keys a callback's state by its class name): checkpoints of either load into
+    either, and a resumed older run keeps its best score, its kept checkpoints and its early-stopping count."""
+
+    saved_as: str
+
+    @property
+    def state_key(self) -> str:
+        key = super().state_key
+        name = type(self).__qualname__
+        return self.saved_as + key[len(name) :] if key.startswith(name) else key
+
+
+class FollowsRunDirectory(SavedUnderBaseName):
     """A ``ModelCheckpoint`` mixin: resumed from a checkpoint in its own directory that records another one (the
     run directory was moved or copied), it keeps the saved best score and top-k files and finds them in its
     directory under the same names. Resumed from another run's checkpoint (``resume=PATH`` elsewhere), it does as
@@ -46,10 +60,13 @@ class FollowsRunDirectory:
             and self._resumed_from
             and _resolved(os.path.dirname(self._resumed_from)) == _resolved(self.dirpath)
         ):
-            log.info(
-                "the run directory moved from %s to %s: its checkpoints' records follow it", saved_dir, self.dirpath
-            )
-            state_dict = moved_state(state_dict, saved_dir, self.dirpath)
+            moved = moved_state(state_dict, saved_dir, self.dirpath)
+            best = moved.get("best_model_path")
+            if not best or os.path.isfile(best):  # a last.ckpt copied alone into a new run is no moved run
+                log.info(
+                    "the run directory moved from %s to %s: its checkpoints' records follow it", saved_dir, self.dirpath
+                )
+                state_dict = moved
         super().load_state_dict(state_dict)
 
 
@@ -80,14 +97,20 @@ def _resolved(directory: str) -> str:
 class RunCheckpoint(FollowsRunDirectory, ModelCheckpoint):
     """``ModelCheckpoint`` (best.ckpt, the kept step checkpoints) that follows its run directory on resume."""
 
+    saved_as = "ModelCheckpoint"
+
 
 class RunLastCheckpoint(FollowsRunDirectory, LastCheckpoint):
     """``LastCheckpoint`` (last.ckpt) that follows its run directory on resume."""
 
+    saved_as = "LastCheckpoint"
 
-class ConfiguredEarlyStopping(EarlyStopping):
+
+class ConfiguredEarlyStopping(SavedUnderBaseName, EarlyStopping):
     """``EarlyStopping`` whose patience is the configured one also on resume; the count of validations without
     improvement and the best score so far are restored from the checkpoint."""
+
+    saved_as = "EarlyStopping"
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict({**state_dict, "patience": self.patience})

@@ -360,6 +360,13 @@ def test_a_run_resumed_from_another_runs_checkpoint_selects_among_its_own_valida
     assert got["step"] == best_after_10
     assert got["value"] == round(val_loss[best_after_10], 4)
     assert got["checkpoint"] == os.path.realpath(other / "checkpoints" / "best.ckpt")
+    # last.ckpt alone copied into a new run directory: no best.ckpt came with it, so the same as resume=PATH
+    alone = tmp_path / "E"
+    (alone / "checkpoints").mkdir(parents=True)
+    shutil.copy(first / "checkpoints" / "last.ckpt", alone / "checkpoints" / "last.ckpt")
+    got = run_selecting(toy_corpus_dir, alone, 20, resume="auto")
+    assert (got["step"], got["value"]) == (best_after_10, round(val_loss[best_after_10], 4))
+    assert got["checkpoint"] == os.path.realpath(alone / "checkpoints" / "best.ckpt")
 
 
 def test_the_configured_early_stopping_patience_wins_on_resume(toy_corpus_dir, tmp_path):
@@ -394,3 +401,14 @@ def test_a_resumed_run_keeps_the_same_step_checkpoints_as_an_uninterrupted_one(t
     kept = sorted(path.name for path in (straight / "checkpoints").glob("step*.ckpt"))
     assert kept == ["step0000015.ckpt", "step0000020.ckpt"]
     assert sorted(path.name for path in (resumed / "checkpoints").glob("step*.ckpt")) == kept
+
+
+def test_checkpoints_file_the_writers_state_under_the_names_older_checkpoints_use(toy_corpus_dir, tmp_path):
+    """Lightning keys a callback's state by its class name: the writers and early stopping file theirs under
+    ModelCheckpoint, LastCheckpoint and EarlyStopping, as checkpoints written before their subclasses existed do,
+    so resuming such a run in place keeps its best score, kept checkpoints and early-stopping count."""
+    run_selecting(toy_corpus_dir, tmp_path / "run", 10, keep_checkpoints=2, early_stopping_patience=3)
+    keys = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["callbacks"]
+    names = sorted(key.split("{")[0] for key in keys)
+    assert names.count("ModelCheckpoint") == 2 and {"LastCheckpoint", "EarlyStopping"} <= set(names)
+    assert not {"RunCheckpoint", "RunLastCheckpoint", "ConfiguredEarlyStopping"} & set(names)
