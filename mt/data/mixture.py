@@ -164,9 +164,11 @@ def draw_counts(sizes: list[int], *, weights: list[float] | None = None, tempera
     """Pairs each epoch draws from each corpus: ``round(p_i * sum(sizes))`` (largest remainders, so they add up
     to the total), at least one from each.
 
-    ``p_i``: ``weights`` normalised; else ``n_i ** (1/temperature)`` normalised; else ``n_i / N``. The shares are
-    computed in log space, so any finite temperature > 0 works: as it tends to 0 the largest corpus (or the
-    largest, equally) takes all the draws, and every other corpus its one; as it grows the shares tend to uniform.
+    ``p_i``: ``weights`` normalised; else ``n_i ** (1/temperature)`` normalised; else ``n_i / N``. Where that
+    arithmetic overflows (a small temperature, huge weights) the shares are computed in log space instead, so any
+    finite temperature > 0 works: as it tends to 0 the largest corpus (or the largest, equally) takes all the
+    draws, and every other corpus its one; as it grows the shares tend to uniform. Where it does not overflow it
+    is the arithmetic of earlier versions, so their epochs' draws, and resumes across versions, stay the same.
 
     Raises:
         ValueError: a corpus without pairs, or a weight or temperature that is not a finite number > 0.
@@ -178,15 +180,19 @@ def draw_counts(sizes: list[int], *, weights: list[float] | None = None, tempera
         shares = np.asarray(weights, dtype=np.float64)
         if not (np.isfinite(shares).all() and (shares > 0).all()):
             raise ValueError(f"corpus weights {weights}: expected finite numbers > 0")
-        shares = shares / shares.max()  # a sum of huge weights would overflow
+        with np.errstate(over="ignore"):
+            if not np.isfinite(shares.sum()):  # huge weights: their sum overflows
+                shares = shares / shares.max()
     elif temperature is not None:
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature {temperature}: expected a finite number > 0")
         # n_i^(1/T) / max_j n_j^(1/T) = exp((log n_i - max_j log n_j) / T): the exponent is <= 0, so nothing
         # overflows; a tiny T sends it to -inf (a share of 0) for every corpus but the largest, never to NaN.
-        logs = np.log(sizes_array)
-        with np.errstate(over="ignore"):  # a subnormal T: -inf, as meant
-            shares = np.exp((logs - logs.max()) / temperature)
+        with np.errstate(over="ignore"):
+            shares = sizes_array ** (1.0 / temperature)
+            if not np.isfinite(shares.sum()):
+                logs = np.log(sizes_array)  # a subnormal T: -inf, as meant
+                shares = np.exp((logs - logs.max()) / temperature)
     else:
         shares = sizes_array
     total = int(sizes_array.sum())

@@ -278,6 +278,27 @@ def test_a_checkpoint_after_an_epoch_s_last_batch_resumes_at_the_next_epoch():
     assert list(resumed) == next_epoch and len(resumed) == len(next_epoch)
 
 
+def test_draw_counts_are_earlier_versions_where_their_arithmetic_is_finite():
+    """The log-space shares are a fallback: where n^(1/T) and the weights' sum are finite the counts are those of
+    the plain formula (written out here), so epochs drawn before, and resumes across versions, stay the same."""
+    import numpy as np
+
+    def plain(sizes, weights=None, temperature=None):
+        n = np.asarray(sizes, dtype=np.float64)
+        shares = np.asarray(weights, dtype=np.float64) if weights else n ** (1.0 / temperature)
+        exact = shares / shares.sum() * int(n.sum())
+        counts = np.floor(exact).astype(np.int64)
+        counts[np.argsort(-(exact - counts), kind="stable")[: int(n.sum()) - int(counts.sum())]] += 1
+        return np.maximum(counts, 1).tolist()
+
+    # a case whose largest remainders tie-break differently under weights divided by their largest
+    assert draw_counts([136768, 304946, 663684], weights=[7, 1, 2]) == plain([136768, 304946, 663684], [7, 1, 2])
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        sizes = rng.integers(1, 10**6, 3).tolist()
+        assert draw_counts(sizes, temperature=0.5) == plain(sizes, temperature=0.5)
+
+
 def test_resume_with_other_weights_is_refused_in_one_line():
     state = sampler(weights=(1.0, 3.0)).state_dict()
     with pytest.raises(
