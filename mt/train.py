@@ -12,6 +12,7 @@ from mt.cli import entry_point, set_on_command_line
 from mt.config import TrainConfig
 from mt.training.distributed import is_global_zero_from_env
 from mt.training.finetune import with_checkpoint_architecture
+from mt.training.resume import requeued
 from mt.training.run import train
 
 
@@ -45,7 +46,7 @@ def main(config: TrainConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if config.init_from:  # the checkpoint's architecture, but for what the command line sets
         last = run_dir / "checkpoints" / "last.ckpt"  # resuming: the run's own (init_from is not applied again)
-        source = last if config.resume == "auto" and last.is_file() else None
+        source = last if last.is_file() and (config.resume == "auto" or requeued()) else None
         config = with_checkpoint_architecture(config, set_on_command_line("model"), source)
     if is_global_zero_from_env() and not (run_dir / ".hydra" / "overrides.yaml").is_file():
         record_launch(config, run_dir)

@@ -20,12 +20,15 @@ from mt.model.checkpoint import read_checkpoint
 log = logging.getLogger(__name__)
 
 
+def requeued() -> bool:
+    """Whether SLURM has requeued this job (it then goes on from its own last.ckpt)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+
+
 def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
     """The checkpoint to resume from, refusing to train over an existing run by accident."""
     existing = sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
-    if int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 and (
-        resume is None or (checkpoint_dir / "last.ckpt").is_file()
-    ):
+    if requeued() and (resume is None or (checkpoint_dir / "last.ckpt").is_file()):
         # A requeued job goes on from its own last.ckpt, also when it was first started from resume=PATH
         # (which would repeat all the training since).
         log.info("SLURM requeued this job (restart %s): resume=auto", os.environ["SLURM_RESTART_COUNT"])

@@ -554,10 +554,14 @@ def test_fine_tuning_an_imported_model_takes_its_architecture(imported: Path, to
     assert result.returncode == 0, result.stderr[-2000:]
     model = read_checkpoint(tmp_path / "run/checkpoints/last.ckpt")["hyper_parameters"]["model"]
     wanted = read_checkpoint(imported)["hyper_parameters"]["model"]
-    # Resumed once the init_from file is gone: the architecture is the run's own last.ckpt's.
+    # Resumed once the init_from file is gone: the architecture is the run's own last.ckpt's. Here as SLURM
+    # requeues a job (no resume=auto given: the requeued job goes on from its last.ckpt); resume=auto alike.
     base.unlink()
-    more = [*args, "trainer.max_steps=3", "resume=auto"]
-    resumed = subprocess.run([sys.executable, "-m", "mt.train", *more], capture_output=True, text=True, cwd=ROOT)
+    more = [*args, "trainer.max_steps=3"]
+    env = {**os.environ, "SLURM_RESTART_COUNT": "1"}
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mt.train", *more], capture_output=True, text=True, cwd=ROOT, env=env
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert read_checkpoint(tmp_path / "run/checkpoints/last.ckpt")["global_step"] == 3
     base.write_bytes(imported.read_bytes())  # for the refusal below
