@@ -21,6 +21,7 @@ from mt.data.batching import Batch, MixtureBatchSampler, PairDataset, ResumableL
 from mt.data.corpus import EncodedCorpus, data_identity
 from mt.data.mixture import Corpus, corpora, draw_counts, source_prefix, symbols
 from mt.data.preprocess import describe_source, prepare_split_arrow, raw_dataset, sample_sentences
+from mt.data.readers import local_split
 from mt.data.tokenizer import Tokenizer, train_tokenizer
 from mt.errors import DataError, TokenizerError
 
@@ -35,6 +36,21 @@ class ValidSet:
     tgt_lang: str
     corpus: EncodedCorpus
     references: list[str]
+
+
+def train_files(data: DataConfig) -> list:
+    """Each corpus's training data as its files' names and sizes (a hub dataset: its name and config): what a
+    moved copy of the data shares with the original, and a changed file does not."""
+    found = []
+    for corpus in corpora(data):
+        cfg = corpus.data
+        if cfg.path:
+            split = local_split(cfg, "train")
+            paths = [p for p in (split.src_path, split.tgt_path) if p]
+            found.append([[Path(p).name, Path(p).stat().st_size] for p in paths])
+        else:
+            found.append([cfg.hub_name, cfg.hub_config])
+    return found
 
 
 class TranslationDataModule(L.LightningDataModule):
@@ -60,8 +76,9 @@ class TranslationDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         """What a checkpoint records of the data beside the model's ``data`` hyperparameters: the seed that orders
-        the batches (``mt.training.resume.check_same_data`` compares it before a resumed run starts)."""
-        return {"seed": self.seed}
+        the batches, and the training files (``train_files``) that ``mt.training.resume.check_same_data`` compares
+        before a resumed run starts."""
+        return {"seed": self.seed, "train_files": train_files(self.data_cfg)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Nothing to restore: the position in the data is the batch sampler's own state."""

@@ -56,23 +56,42 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
 
 
 # Data settings a resumed run may change: they change neither the pairs of an epoch nor their order.
-DATA_FREE = frozenset({"num_workers", "cache_dir", "preprocess_workers"})
+DATA_FREE = frozenset({"name", "num_workers", "cache_dir", "preprocess_workers"})
+CORPUS_FREE = frozenset({"name", "valid"})  # of a data.corpora entry
 DATAMODULE_STATE = "TranslationDataModule"  # where Lightning keeps the datamodule's state_dict: its class name
 
 
-def check_same_data(path: Path, data: dict, seed: int) -> None:
+def check_same_data(path: Path, data: dict, seed: int, files: list | None = None) -> None:
     """Refuse, before anything of the run is written, to resume from ``path`` with other data (``data``: this
-    run's data config as a dict) or another seed: the saved position in the data would mean other pairs. Fields
-    a checkpoint does not record (older versions) are not compared; paths are compared resolved."""
+    run's data config as a dict; ``files``: its training files, ``datamodule.train_files``) or another seed: the
+    saved position in the data would mean other pairs.
+
+    Compared: every data field that decides the training pairs (not the validation and test splits' names, the
+    corpora's names, workers or caches), on the fields both sides record (older checkpoints have fewer); paths
+    resolved, and not at all where the checkpoint records the same training files (names and sizes) as found
+    here, so data moved, or mounted elsewhere, resumes; the files themselves, where the checkpoint records them.
+    """
     stored = read_checkpoint(path)
     saved = (stored.get("hyper_parameters") or {}).get("data") or {}
+    state = stored.get(DATAMODULE_STATE) or {}
+    recorded = state.get("train_files")
+    if recorded is not None and files is not None and recorded != files:
+        changed = (
+            next(i for i, (a, b) in enumerate(zip(recorded, files)) if a != b) if len(recorded) == len(files) else 0
+        )
+        raise RunError(
+            f"resume from {path}: the training files of corpus {changed} are {files[changed]} here but were "
+            f"{recorded[changed]} (names and sizes); a resumed run goes on with the data it started with (to train "
+            f"its weights on other data: init_from=)"
+        )
+    moved = recorded is not None and recorded == files
     for key in sorted((saved.keys() & data.keys()) - DATA_FREE):
-        if _resolved(key, saved[key]) != _resolved(key, data[key]):
+        if not _same(key, saved[key], data[key], moved):
             raise RunError(
                 f"resume from {path}: data.{key} is {data[key]!r} here but {saved[key]!r} in the checkpoint; a "
                 f"resumed run goes on with the data it started with (to train its weights on other data: init_from=)"
             )
-    saved_seed = (stored.get(DATAMODULE_STATE) or {}).get("seed")
+    saved_seed = state.get("seed")
     if saved_seed is not None and saved_seed != seed:
         raise RunError(
             f"resume from {path}: seed={seed} here but {saved_seed} in the checkpoint, which orders the batches; "
@@ -80,13 +99,25 @@ def check_same_data(path: Path, data: dict, seed: int) -> None:
         )
 
 
-def _resolved(key: str, value):
-    """A data field's value with its paths made absolute (relative to this directory), for comparison."""
-    if key == "path" and isinstance(value, str):
-        return str(Path(value).expanduser().resolve())
-    if key == "corpora" and isinstance(value, list):
-        return [{**c, "path": _resolved("path", c.get("path"))} if isinstance(c, dict) else c for c in value]
-    return value
+def _same(key: str, saved, here, same_files: bool) -> bool:
+    """Whether a data field is the same for the training pairs: a path resolved (not compared where the files
+    are the same), the train split's name of ``splits``, each corpus entry on the fields both record but its
+    name and ``valid``."""
+    if key == "path":
+        return same_files or _resolved_path(saved) == _resolved_path(here)
+    if key in ("splits", "hub_splits") and isinstance(saved, dict) and isinstance(here, dict):
+        return saved.get("train") == here.get("train")
+    if key == "corpora" and isinstance(saved, list) and isinstance(here, list):
+        return len(saved) == len(here) and all(
+            _same(k, a[k], b[k], same_files)
+            for a, b in zip(saved, here)
+            for k in sorted((a.keys() & b.keys()) - CORPUS_FREE)
+        )
+    return saved == here
+
+
+def _resolved_path(value):
+    return str(Path(value).expanduser().resolve()) if isinstance(value, str) else value
 
 
 # The model options that decide its parameters' names and shapes (or their meaning); dropout may change.

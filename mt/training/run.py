@@ -32,7 +32,7 @@ from mt.decode.scoring import score_checkpoint
 from mt.device import prepare_cuda, set_threads
 from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
-from mt.training.datamodule import TranslationDataModule
+from mt.training.datamodule import TranslationDataModule, train_files
 from mt.training.distributed import RunDirectoryLock, is_global_zero_from_env
 from mt.training.finetune import prepare_init_from
 from mt.training.loggers import finish_loggers
@@ -86,7 +86,7 @@ def _train_with(
 ) -> dict | None:
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
     if ckpt_path is not None:  # other data or seed: refused now, not inside fit once the run is recorded
-        check_same_data(Path(ckpt_path), to_dict(config.data), config.seed)
+        check_same_data(Path(ckpt_path), to_dict(config.data), config.seed, train_files(config.data))
     for corpus in validated(config.data):  # a missing or misaligned test split fails now, not after the training
         if config.test_after_training and not config.trainer.fast_dev_run and corpus.data.path:
             load_split(corpus.data, "test")
