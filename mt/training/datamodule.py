@@ -78,7 +78,11 @@ class TranslationDataModule(L.LightningDataModule):
         """What a checkpoint records of the data beside the model's ``data`` hyperparameters: the seed that orders
         the batches, and the training files (``train_files``) that ``mt.training.resume.check_same_data`` compares
         before a resumed run starts."""
-        return {"seed": self.seed, "train_files": train_files(self.data_cfg)}
+        try:
+            files = train_files(self.data_cfg)
+        except (DataError, OSError):  # the files gone mid-run: the checkpoint is saved all the same
+            files = None
+        return {"seed": self.seed, "train_files": files}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Nothing to restore: the position in the data is the batch sampler's own state."""
