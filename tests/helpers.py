@@ -92,6 +92,11 @@ def losses(csv_file: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
 
 
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` and its bytes: a directory left alone compares equal."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def toy_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     """mt.train overrides for a tiny model on the toy corpus, on CPU."""
     return [

@@ -33,7 +33,7 @@ from mt.data.tokenizer import EOS_ID, PAD_ID
 from mt.decode.search import Hypothesis, beam_search, greedy_search
 from mt.model.checkpoint import load_checkpoint
 from tests.conftest import toy_pairs
-from tests.helpers import ROOT, fit_tiny
+from tests.helpers import ROOT, fit_tiny, tree_bytes
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
@@ -203,11 +203,6 @@ def test_export_refuses_an_existing_output(exported):
     )
 
 
-def _files(root):
-    """Every file under ``root`` and its bytes: a directory left alone compares equal."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def _export_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "mt.export", *args],
@@ -234,7 +229,7 @@ def test_export_overwrite_never_replaces_a_run_directory_or_the_checkpoints(expo
     checkpoint.write_bytes(model_ckpt.read_bytes())
     (run / "config.yaml").write_text("model:\n  d_model: 32\n")
     (run / "tokenizer/spm.model").write_bytes(b"spm")
-    before = _files(run)
+    before = tree_bytes(run)
     result = _export_cli(f"checkpoint={checkpoint}", f"output={run}", "overwrite=true")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -248,12 +243,12 @@ def test_export_overwrite_never_replaces_a_run_directory_or_the_checkpoints(expo
         r"choose another output$",
     ):
         export_ctranslate2(model_ckpt, run)  # another checkpoint: the run directory is still not an export
-    assert _files(run) == before
+    assert tree_bytes(run) == before
 
     # An earlier export is replaced whole; one with a file of someone else's is not.
     earlier = tmp_path / "ct2"
     earlier.mkdir()
-    for name, payload in _files(model_dir).items():
+    for name, payload in tree_bytes(model_dir).items():
         (earlier / name).parent.mkdir(exist_ok=True)
         (earlier / name).write_bytes(payload)
     assert json.loads((earlier / "mt_export.json").read_text())["checkpoint"] == str(model_ckpt)
@@ -262,10 +257,10 @@ def test_export_overwrite_never_replaces_a_run_directory_or_the_checkpoints(expo
     assert json.loads((earlier / "mt_export.json").read_text())["checkpoint"] == str(checkpoint)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct2", "run"]  # no temporaries left
     (earlier / "notes.txt").write_text("mine")
-    kept = _files(earlier)
+    kept = tree_bytes(earlier)
     with pytest.raises(RunError, match=r"not a previous CTranslate2 export \(it holds notes.txt\)"):
         export_ctranslate2(model_ckpt, earlier)
-    assert _files(earlier) == kept
+    assert tree_bytes(earlier) == kept
     (tmp_path / "empty").mkdir()
     export_ctranslate2(model_ckpt, tmp_path / "empty")
     assert (tmp_path / "empty/model.bin").is_file()

@@ -28,7 +28,7 @@ from mt.data.tokenizer import EOS_ID, PAD_ID
 from mt.decode.search import beam_search, greedy_search
 from mt.model.checkpoint import load_checkpoint, read_checkpoint
 from mt.model.marian import positions_in_halves
-from tests.helpers import ROOT, toy_args
+from tests.helpers import ROOT, toy_args, tree_bytes
 
 transformers = pytest.importorskip("transformers")
 
@@ -585,11 +585,6 @@ def test_fine_tuning_an_imported_model_takes_its_architecture(imported: Path, to
     )
 
 
-def _files(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` and its bytes: a directory left alone compares equal."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def _run_directory(root: Path, *, search: dict | None = None) -> Path:
     """A training run's layout (checkpoints, config, tokenizer, logs) with a real checkpoint; returns it."""
     (root / "checkpoints").mkdir(parents=True)
@@ -615,7 +610,7 @@ def test_convert_overwrite_never_replaces_a_run_directory_or_the_checkpoints(tmp
 
     run = tmp_path / "run"
     checkpoint = _run_directory(run)
-    before = _files(run)
+    before = tree_bytes(run)
     result = _convert_cli(f"input={checkpoint}", f"output={run}", "overwrite=true")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -631,7 +626,7 @@ def test_convert_overwrite_never_replaces_a_run_directory_or_the_checkpoints(tmp
         r"tokenizer/\); choose another output$",
     ):
         convert(checkpoint, other)
-    assert _files(run) == before and _files(other) == _files(run)
+    assert tree_bytes(run) == before and tree_bytes(other) == tree_bytes(run)
 
     # An earlier export is replaced whole (its stale pytorch_model.bin goes); one with a file of another's is not.
     exported = tmp_path / "hf"
@@ -644,10 +639,10 @@ def test_convert_overwrite_never_replaces_a_run_directory_or_the_checkpoints(tmp
     assert not (exported / "pytorch_model.bin").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["beam3.ckpt", "hf", "other", "run"]  # no temporaries
     (exported / "notes.txt").write_text("mine")
-    kept = _files(exported)
+    kept = tree_bytes(exported)
     with pytest.raises(RunError, match=r"not a previous Hugging Face export \(it holds notes.txt\)"):
         convert(checkpoint, exported)
-    assert _files(exported) == kept
+    assert tree_bytes(exported) == kept
     (tmp_path / "empty").mkdir()
     assert convert(checkpoint, tmp_path / "empty") == "export"
     assert (tmp_path / "empty/config.json").is_file()
@@ -657,7 +652,7 @@ def test_convert_overwrite_never_replaces_a_run_directory_or_the_checkpoints(tmp
     for link in ("link", "dangling"):
         with pytest.raises(RunError, match=rf"^output={tmp_path / link}: a symbolic link; give the directory"):
             convert(checkpoint, tmp_path / link)
-    assert _files(exported) == kept and (tmp_path / "link").is_symlink()
+    assert tree_bytes(exported) == kept and (tmp_path / "link").is_symlink()
     with pytest.raises(RunError, match=r"^output=\.: expected the name of a directory"):
         convert(checkpoint, Path("."))
     # What a killed export left beside its output goes with the next one.
@@ -675,7 +670,7 @@ def test_import_overwrite_replaces_only_an_earlier_import(marian_dir: Path, tmp_
     source.mkdir()
     for path in marian_dir.iterdir():
         (source / path.name).write_bytes(path.read_bytes())
-    originals = _files(source)
+    originals = tree_bytes(source)
     weights = source / "model.safetensors"
     result = _convert_cli(f"input={source}", f"output={weights}", "overwrite=true")
     assert result.returncode == 2
@@ -690,7 +685,9 @@ def test_import_overwrite_replaces_only_an_earlier_import(marian_dir: Path, tmp_
         convert(source, trained)
     with pytest.raises(RunError, match=rf"^output={notes}: not a checkpoint; choose another output$"):
         convert(source, notes)
-    assert _files(source) == originals and trained.read_bytes() == kept and notes.read_text() == "not a checkpoint\n"
+    assert (
+        tree_bytes(source) == originals and trained.read_bytes() == kept and notes.read_text() == "not a checkpoint\n"
+    )
 
     earlier = tmp_path / "opus.ckpt"  # the training checkpoint made an import's: only then may it be replaced
     torch.save({**read_checkpoint(trained), "imported_from": {"directory": "elsewhere"}}, earlier)

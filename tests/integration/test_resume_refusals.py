@@ -12,19 +12,16 @@ from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
 from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
+from tests.helpers import tree_bytes
 
 SETTINGS = {"trainer.max_steps": 6, "validation.decode": "none", "test_after_training": False}
-
-
-def files(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_other_data_or_seed_is_refused_before_the_run_is_touched(toy_corpus_dir, tmp_path):
     started = []
     train(tiny_train_config(toy_corpus_dir, **SETTINGS), tmp_path / "run", on_start=lambda: started.append(1))
     assert started == [1]
-    before = files(tmp_path / "run")
+    before = tree_bytes(tmp_path / "run")
     # Same size, other pairs: the batch count alone (the check inside fit) may not tell them apart.
     other = write_text_corpus(
         tmp_path / "other",
@@ -37,7 +34,7 @@ def test_other_data_or_seed_is_refused_before_the_run_is_touched(toy_corpus_dir,
         config = tiny_train_config(toy_corpus_dir, **SETTINGS, **{"resume": "auto", **changed})
         with pytest.raises(RunError, match=message):
             train(config, tmp_path / "run", on_start=lambda: started.append(2))
-    assert started == [1] and files(tmp_path / "run") == before
+    assert started == [1] and tree_bytes(tmp_path / "run") == before
     # The same data, with a setting that changes neither its pairs nor their order: the resume goes on.
     config = tiny_train_config(
         toy_corpus_dir, **{**SETTINGS, "trainer.max_steps": 8, "resume": "auto", "data.num_workers": 0}
