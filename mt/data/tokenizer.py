@@ -186,7 +186,7 @@ class Tokenizer:
     def language_tokens(self) -> dict[str, int]:
         """The target languages of a multilingual model and their token ids (``<2de>``, or OPUS-MT's ``>>de<<``
         in an imported vocabulary); empty for others."""
-        if not hasattr(self, "_languages"):
+        if not hasattr(self, "_languages"):  # once (a copy is returned)
             if self.vocab is not None:
                 found = {lang: self._ids[piece] for piece in self.symbols() if (lang := code_language(piece))}
             else:
@@ -205,11 +205,15 @@ class Tokenizer:
             DataError: (without the line: the caller adds it) the source starts with a code the vocabulary lacks
                 (which would be read as an unknown piece), or another than the one ``prefix`` puts first.
         """
-        if self.vocab is None or not ids or not (languages := self.language_tokens()):
+        if self.vocab is None or not ids:
             return [*prefix, *ids]
+        if not hasattr(self, "_language_of"):  # once: this runs for every source of a corpus
+            self._language_of = {i: lang for lang, i in self.language_tokens().items()}
+        if not self._language_of:
+            return [*prefix, *ids]
+        language = self._language_of
         if ids[0] == UNK_ID and (code := LANGUAGE_CODE.match(sentence)):
-            raise DataError(f"starts with {code.group()}, not one of the model's codes ({listing(languages)})")
-        language = {i: lang for lang, i in languages.items()}
+            raise DataError(f"starts with {code.group()}, not one of the model's codes ({listing(self._languages)})")
         if prefix and ids[0] != prefix[-1] and ids[0] in language and prefix[-1] in language:
             own, asked = language[ids[0]], language[prefix[-1]]
             raise DataError(
