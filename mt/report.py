@@ -266,20 +266,13 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
             for test_set in test_sets:
                 if row["checkpoint"] == baseline:
                     continue
-                ours, theirs = hypotheses[row["checkpoint"], test_set.name], hypotheses[baseline, test_set.name]
-                if ours == theirs:  # sacreBLEU's test gives identical systems p = 1/(samples+1): no difference to test
-                    row[test_set.name]["paired_bootstrap"] = {"identical_to_baseline": True}
-                    continue
-                row[test_set.name]["paired_bootstrap"] = {
-                    **paired_bootstrap(
-                        theirs,
-                        ours,
-                        test_set.references,
-                        tgt_lang=test_set.tgt_lang or tgt_lang,
-                        bleu_tokenize=config.metrics.bleu_tokenize,
-                    ),
-                    "identical_to_baseline": False,
-                }
+                row[test_set.name]["paired_bootstrap"] = paired_bootstrap(  # identical translations: not tested
+                    hypotheses[baseline, test_set.name],
+                    hypotheses[row["checkpoint"], test_set.name],
+                    test_set.references,
+                    tgt_lang=test_set.tgt_lang or tgt_lang,
+                    bleu_tokenize=config.metrics.bleu_tokenize,
+                )
     return {
         "runs": [str(r) for r in runs],
         "baseline": baseline,

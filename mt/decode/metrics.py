@@ -146,19 +146,23 @@ def paired_bootstrap(
     (what ``sacrebleu REF -i BASELINE SYSTEM --paired-bs`` computes; its seed: ``SACREBLEU_SEED``, default 12345).
 
     For BLEU and chrF: each system's score, its bootstrap mean and 95% confidence half-width, and the p-value of
-    the difference (small: unlikely to be chance).
+    the difference (small: unlikely to be chance); ``identical_to_baseline``: False. Translations that are the
+    baseline's, line for line, are not tested (``{"identical_to_baseline": True}`` alone): sacreBLEU gives
+    identical systems p = 1 / (samples + 1), a difference that is not there.
     """
     from sacrebleu.significance import PairedTest
 
     streams = _streams(system, references)
     if len(baseline) != len(system):
         raise DataError(f"the baseline has {len(baseline)} lines but there are {len(system)} hypotheses")
+    if list(baseline) == list(system):
+        return {"identical_to_baseline": True}
     metrics = {"BLEU": bleu_metric(tgt_lang, bleu_tokenize), "chrF": CHRF()}
     test = PairedTest(
         [("baseline", list(baseline)), ("system", list(system))], metrics, streams, test_type="bs", n_samples=samples
     )
     signatures, results = test()
-    report: dict = {"test": "paired bootstrap resampling", "samples": samples}
+    report: dict = {"test": "paired bootstrap resampling", "samples": samples, "identical_to_baseline": False}
     for key, name in zip(("bleu", "chrf"), signatures):  # sacreBLEU's names: BLEU, chrF2
         base, ours = results[name]
         report[key] = {  # sacreBLEU's means and intervals are numpy float32: plain floats, for JSON

@@ -100,12 +100,9 @@ def score_checkpoint(
     }
     if streams is not None:
         result.update(scores(hypotheses, streams, tgt_lang=language, bleu_tokenize=bleu_tokenize))
-    if baseline_lines is not None and baseline_lines == hypotheses:  # sacreBLEU would give them p = 0.001
-        result["paired_bootstrap"] = {"baseline": baseline, "identical_to_baseline": True}
-    elif baseline_lines is not None:
+    if baseline_lines is not None:
         result["paired_bootstrap"] = {
             "baseline": baseline,
-            "identical_to_baseline": False,
             **paired_bootstrap(baseline_lines, hypotheses, streams, tgt_lang=language, bleu_tokenize=bleu_tokenize),
         }
     if output is not None:
