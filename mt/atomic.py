@@ -98,6 +98,17 @@ def replacing_directory(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def file_version(path: str | Path) -> dict | None:
+    """A file and its version (resolved path, size, modification time): what a cache or a resumable output is
+    keyed by, so that a file rewritten under the same name (a ``best.ckpt`` that training replaces) is another.
+    None where there is no such file (loading it then says so)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns}
+
+
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file handle whose content replaces ``path`` only if the ``with`` block succeeds. A ``path``

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mt.atomic import atomic_write
+from mt.atomic import atomic_write, file_version
 from mt.cli import entry_point, set_on_command_line
 from mt.config import DataConfig, MetricsConfig, ReportConfig, SearchConfig, from_dict, saved_search, search_overrides
 from mt.data.corpus import load_split
@@ -136,8 +136,8 @@ def is_average(label: str) -> bool:
 
 
 def file_key(path: Path) -> list:
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    """The report cache's key of a file: its ``file_version`` as a list (the keys of earlier reports)."""
+    return list(file_version(path).values())
 
 
 def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:

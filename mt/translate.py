@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 import torch
 
+from mt.atomic import file_version
 from mt.cli import entry_point, set_on_command_line
 from mt.config import TranslateConfig, saved_search, search_overrides, with_nbest
 from mt.data.readers import read_lines
@@ -77,16 +78,6 @@ def output_lines(translations: list[list[tuple[str, float | None]]], first: int,
     if not nbest:
         return [best[0][0] for best in translations]
     return [f"{first + i}\t{score:.4f}\t{text}" for i, best in enumerate(translations) for text, score in best]
-
-
-def file_version(path: str) -> dict | None:
-    """A file and the version of it (size, modification time) that an output is translated with or from: a
-    ``best.ckpt`` that training rewrites, or another file copied over the name, is not resumed into it. None
-    where there is no such file (loading it then says so)."""
-    if not Path(path).is_file():
-        return None
-    stat = Path(path).stat()
-    return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns}
 
 
 def translate_to_file(
