@@ -37,6 +37,15 @@ class SplitNames:
 
 
 @dataclass
+class CorpusSplits:
+    """A corpus entry's split names: each one unset is ``data.splits``' (filled in by ``DataConfig``)."""
+
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+
+
+@dataclass
 class CorpusConfig:
     """One corpus of a mixture (``data.corpora``): the fields it changes of ``data``'s (unset: ``data``'s own),
     its share of each epoch and its tag.
@@ -47,7 +56,7 @@ class CorpusConfig:
     name: str | None = None  # default: "{src_lang}-{tgt_lang}", or "{...}.{n}" where directions repeat
     path: str | None = None
     format: str | None = None
-    splits: SplitNames | None = None
+    splits: CorpusSplits | None = None
     hub_name: str | None = None
     hub_config: str | None = None
     src_lang: str | None = None
@@ -143,6 +152,10 @@ class DataConfig:
         # tag of one of these names would be that id (padding: masked out; BOS, EOS; unknown), not a tag of its own.
         special = ("<pad>", "<unk>", "<s>", "</s>")
         for i, corpus in enumerate(self.corpora):
+            if corpus.splits is not None:  # a name left out is data's, not SplitNames' default
+                for split, name in dataclasses.asdict(corpus.splits).items():
+                    if name is None:
+                        setattr(corpus.splits, split, getattr(self.splits, split))
             _require(
                 corpus.name is None or (corpus.name and all(ch.isalnum() or ch in "-_." for ch in corpus.name)),
                 f"data.corpora[{i}].name={corpus.name!r}: expected letters, digits, '-', '_' or '.' (it names files)",

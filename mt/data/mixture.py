@@ -127,7 +127,7 @@ def _corpus_data(base: DataConfig, entry: CorpusConfig, index: int) -> DataConfi
         if getattr(entry, name) is not None:
             changes[name] = getattr(entry, name)
     if entry.splits is not None:
-        changes["splits"] = SplitNames(**dataclasses.asdict(entry.splits))
+        changes["splits"] = SplitNames(**dataclasses.asdict(entry.splits))  # its unset names filled by DataConfig
     if entry.path is not None or entry.hub_name is not None:  # another source: the base's is not inherited
         changes["path"] = entry.path
         changes["hub_name"] = entry.hub_name

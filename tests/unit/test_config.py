@@ -198,3 +198,26 @@ def test_average_config_needs_either_a_list_or_a_run():
         to_typed(compose_config("average", ["run=outputs/x", "output=avg.ckpt"]), AverageConfig)
     with pytest.raises(ConfigError, match=r"last=3 goes with run=DIR; checkpoints=\[...\] averages exactly"):
         to_typed(compose_config("average", ["checkpoints=[a.ckpt,b.ckpt]", "last=3", "output=avg.ckpt"]), AverageConfig)
+
+
+def test_a_corpus_entry_naming_one_split_keeps_the_others_from_data():
+    """``data.corpora=[{splits:{test:X}}]``: its train and valid names are data.splits', not the schema's defaults
+    (which once sent the corpus to train.* instead of data.splits.train's files)."""
+    from mt.data.mixture import corpora
+
+    config = to_typed(
+        compose_config(
+            "train",
+            [
+                "data=local",
+                "data.path=/tmp/corpus",
+                "data.splits.train=clean",
+                "data.splits.valid=val",
+                "data.corpora=[{name:a,splits:{test:t2017}},{name:b,valid:false}]",
+            ],
+        ),
+        TrainConfig,
+    )
+    first, second = (c.data.splits for c in corpora(config.data))
+    assert (first.train, first.valid, first.test) == ("clean", "val", "t2017")
+    assert (second.train, second.valid, second.test) == ("clean", "val", "test")
