@@ -193,13 +193,26 @@ def data_identity(cfg: DataConfig, split: str) -> dict:
     identity: dict = {k: v for k, v in asdict(cfg).items() if k not in batching_only}
     identity["layout"] = CACHE_LAYOUT
     if cfg.path and Path(cfg.path).expanduser().is_dir():
-        stem = getattr(cfg.splits, split)
-        files = sorted(p for p in Path(cfg.path).expanduser().iterdir() if p.name.startswith(f"{stem}."))
-        identity["files"] = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        directory = Path(cfg.path).expanduser()
+        stem = directory / getattr(cfg.splits, split)  # a split name may hold folders: tr/train, or be absolute
+        files = (
+            sorted(p for p in stem.parent.iterdir() if p.name.startswith(f"{stem.name}."))
+            if stem.parent.is_dir()
+            else []
+        )
+        identity["files"] = [[_relative(p, directory), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     elif cfg.hub_name and Path(cfg.hub_name).expanduser().is_dir():  # a hub-format dataset folder on disk
         files = sorted(p for p in Path(cfg.hub_name).expanduser().rglob("*") if p.is_file())
         identity["files"] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     return identity
+
+
+def _relative(path: Path, directory: Path) -> str:
+    """``path`` below ``directory`` as a relative name (a file directly in it: its name), else in full."""
+    try:
+        return str(path.relative_to(directory))
+    except ValueError:
+        return str(path)
 
 
 def cache_key(cfg: DataConfig, split: str, tokenizer: Tokenizer, src_prefix: Sequence[int] = ()) -> str:

@@ -303,6 +303,22 @@ def test_the_cache_key_changes_when_a_data_file_changes(tmp_path):
     assert cache_key(cfg, "train", tokenizer) != before
 
 
+def test_the_cache_key_changes_when_a_file_under_a_split_folder_changes(tmp_path):
+    """``data.splits.train=tr/train`` reads DIR/tr/train.*: their changes must change the key too (it once
+    listed only DIR's own entries, so the old encoded corpus and tokenizer were reused)."""
+    from dataclasses import replace
+
+    from mt.config import SplitNames
+    from mt.data.corpus import cache_key
+
+    cfg, tokenizer = toy_corpus_and_tokenizer(tmp_path)
+    write_text_corpus(tmp_path / "tr", {"train": toy_pairs(30)})
+    cfg = replace(cfg, splits=SplitNames(train="tr/train"))
+    before = cache_key(cfg, "train", tokenizer)
+    write_text_corpus(tmp_path / "tr", {"train": toy_pairs(20)})
+    assert cache_key(cfg, "train", tokenizer) != before
+
+
 def test_the_cache_key_ignores_how_pairs_are_batched(tmp_path):
     """Batching fields (max_tokens, pad_to_multiple, loader and preprocessing workers, the cache folder) reuse
     the encoded corpus."""
