@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from mt.errors import ConfigError
+
 CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that multiply bf16 in hardware (Linux's names)
 
@@ -68,10 +70,16 @@ def resolve_precision(precision: str, accelerator: str, *, cpuinfo: Path | None 
     """Lightning's precision for ``trainer.precision``, and why: ``auto`` becomes ``bf16-mixed`` where the hardware
     multiplies bf16 natively (a CUDA GPU that supports it; a CPU with AVX-512 BF16 or AMX, where bf16 matrix
     products run 2-2.9x faster than fp32: docs/performance.md), else ``32-true`` (on an AVX2 CPU bf16 is emulated and
-    several times slower). Any other value is returned as given."""
+    several times slower). Any other value is returned as given, but ``16-mixed`` only on a GPU: Lightning would
+    run it as bf16 on a CPU, behind the module's back (``ConfigError``)."""
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if precision == "16-mixed" and not on_gpu:
+        raise ConfigError(
+            f"trainer.precision=16-mixed: fp16 with a grad scaler needs a CUDA GPU (trainer.accelerator="
+            f"{accelerator} trains on the CPU); use bf16-mixed or 32-true there, or auto"
+        )
     if precision != "auto":
         return precision, "as configured"
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if on_gpu:
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return "bf16-mixed", "trainer.precision=auto: a GPU with bf16"

@@ -29,7 +29,7 @@ from mt.data.mixture import corpora, validated
 from mt.data.tokenizer import Tokenizer
 from mt.decode.metrics import bleu_metric
 from mt.decode.scoring import score_checkpoint
-from mt.device import prepare_cuda, set_threads
+from mt.device import prepare_cuda, resolve_precision, set_threads
 from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
 from mt.training.datamodule import TranslationDataModule, train_files
@@ -84,6 +84,7 @@ def _train(config: TrainConfig, run_dir: Path, on_start: Callable[[], None] | No
 def _train_with(
     config: TrainConfig, run_dir: Path, preemption: PreemptionCallback | None, on_start: Callable[[], None] | None
 ) -> dict | None:
+    resolve_precision(config.trainer.precision, config.trainer.accelerator)  # fp16 on a CPU: refused now
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
     if ckpt_path is not None:  # other data or seed: refused now, not inside fit once the run is recorded
         check_same_data(Path(ckpt_path), to_dict(config.data), config.seed, train_files(config.data))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import mt.device
 from mt.device import cpu_flags, resolve_precision
@@ -58,10 +59,21 @@ def test_auto_without_a_cpuinfo_file_is_fp32(tmp_path):
     assert resolve_precision("auto", "cpu", cpuinfo=tmp_path / "missing")[0] == "32-true"
 
 
-@pytest.mark.parametrize("given", ["32-true", "bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("given", ["32-true", "bf16-mixed"])
 def test_any_other_precision_is_kept_whatever_the_cpu(cpuinfo, given):
     assert resolve_precision(given, "cpu", cpuinfo=cpuinfo(ZEN4))[0] == given
     assert resolve_precision(given, "cpu", cpuinfo=cpuinfo(ZEN3))[0] == given
+    assert resolve_precision(given, "gpu", cpuinfo=cpuinfo(ZEN3))[0] == given
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "auto"])
+def test_fp16_on_the_cpu_is_refused_in_one_line(cpuinfo, monkeypatch, accelerator):
+    """Lightning runs ``16-mixed`` as bf16 on a CPU, while the module chose its optimizer and clipping for fp16: the
+    first update crashed on a "fused optimizer" traceback."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"trainer.precision=16-mixed: .* needs a CUDA GPU"):
+        resolve_precision("16-mixed", accelerator, cpuinfo=cpuinfo(ZEN4))
+    assert resolve_precision("16-mixed", "gpu", cpuinfo=cpuinfo(ZEN4))[0] == "16-mixed"
 
 
 @pytest.mark.parametrize(("text", "expected"), [(ZEN4, "bf16-mixed"), (ZEN3, "32-true")])
