@@ -56,6 +56,12 @@ class ExponentialMovingAverage(L.Callback):
         if stage == "fit" and self.average is None:
             self.average = AveragedModel(pl_module.model, multi_avg_fn=warm_ema(self.decay), use_buffers=False)
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # ``setup`` runs before the strategy moves the model to its device (and a resumed average is loaded where
+        # it was built): the average goes where the weights it follows are, or a GPU run mixes devices.
+        if self.average is not None:
+            self.average.to(pl_module.device)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Read once here (after a resume restored it), so that no update has to read the device's count.
         self._host_count = int(self.average.n_averaged)

@@ -168,6 +168,17 @@ def test_fused_adamw_on_cuda_skips_a_step_on_the_device_bit_for_bit():
     assert int(optimizer.state[param]["step"]) == before[2]
 
 
+def test_a_moving_average_of_the_weights_trains_and_resumes_on_cuda(toy_corpus_dir, tmp_path):
+    """``optim.ema_decay``: the average lives where the weights do (it stayed on the CPU, and the second update
+    mixed devices), also once a resume has loaded it."""
+    options = {"trainer.accelerator": "gpu", "optim.ema_decay": 0.9, "trainer.log_every_n_steps": 1}
+    options["test_after_training"] = False
+    train(tiny_train_config(toy_corpus_dir, **options, **{"trainer.max_steps": 10}), tmp_path)
+    train(tiny_train_config(toy_corpus_dir, **options, **{"trainer.max_steps": 20, "resume": "auto"}), tmp_path)
+    saved = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 20 and int(saved["averaging_state"]["n_averaged"]) == 20
+
+
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
 def test_ordinary_training_steps_on_cuda_make_no_host_sync(toy_corpus_dir, tmp_path, monkeypatch, precision):
     from tests.integration.test_host_syncs import counted_run

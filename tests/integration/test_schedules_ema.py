@@ -123,3 +123,19 @@ def test_a_run_with_a_cosine_decay_and_an_ema_resumes_exactly(toy_corpus_dir, tm
     for key in ("state_dict", "current_model_state"):  # the average, and the weights being trained
         for name, tensor in a[key].items():
             torch.testing.assert_close(b[key][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_the_moving_average_moves_to_the_device_the_weights_are_moved_to():
+    """Lightning calls ``setup`` before the strategy moves the model to its device: the average must follow it
+    there (on a GPU it stayed on the CPU, and the second update mixed devices). ``meta`` stands in for CUDA."""
+    from types import SimpleNamespace
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    module = SimpleNamespace(model=model, device=torch.device("cpu"))
+    ema = ExponentialMovingAverage(0.9)
+    ema.setup(None, module, "fit")
+    model.to("meta")  # what strategy.setup does, after the callbacks' setup
+    module.device = torch.device("meta")
+    ema.on_fit_start(None, module)
+    assert {p.device.type for p in ema.average.parameters()} == {"meta"}
+    assert ema.average.n_averaged.device.type == "meta"
