@@ -242,6 +242,23 @@ def newest_checkpoints(run_dir: str | Path, count: int, option: str = "last") ->
     return found[-count:]
 
 
+# The model options that decide its parameters' names and shapes (or their meaning); dropout may change.
+ARCHITECTURE = (
+    "positions",
+    "scale_embeddings",
+    "output_bias",
+    "d_model",
+    "n_heads",
+    "encoder_layers",
+    "decoder_layers",
+    "d_ff",
+    "activation",
+    "pre_norm",
+    "share_all_embeddings",
+    "share_decoder_input_output",
+)
+
+
 def average_checkpoints(paths: list[Path]) -> dict:
     """A checkpoint whose floating-point parameters are the mean of those in ``paths``.
 
@@ -258,7 +275,7 @@ def average_checkpoints(paths: list[Path]) -> dict:
         state, last_step = checkpoint["state_dict"], checkpoint.get("global_step", last_step)
         if state.keys() != sums.keys() or any(state[k].shape != sums[k].shape for k in sums):
             raise CheckpointError(f"checkpoint {path}: its parameters differ in names or shapes from {paths[0]}")
-        for what, value in (("model config", _model_config), ("tokenizer", _tokenizer)):
+        for what, value in (("model architecture", _model_config), ("tokenizer", _tokenizer)):
             if value(checkpoint) != value(first):
                 raise CheckpointError(f"checkpoint {path}: its {what} differs from {paths[0]}'s (another run?)")
         for name, tensor in state.items():
@@ -276,7 +293,9 @@ def average_checkpoints(paths: list[Path]) -> dict:
 
 
 def _model_config(checkpoint: dict) -> object:
-    return checkpoint.get("hyper_parameters", {}).get("model")
+    """The architecture of its model (not the dropouts, which a resume may change within one run)."""
+    model = checkpoint.get("hyper_parameters", {}).get("model") or {}
+    return {name: model.get(name) for name in ARCHITECTURE}
 
 
 def _tokenizer(checkpoint: dict) -> object:

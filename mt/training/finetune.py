@@ -16,8 +16,8 @@ from torch import Tensor
 from mt.config import ModelConfig, TrainConfig, from_dict
 from mt.data.tokenizer import Tokenizer
 from mt.errors import RunError
-from mt.model.checkpoint import read_checkpoint
-from mt.training.resume import ARCHITECTURE, architecture_differences
+from mt.model.checkpoint import ARCHITECTURE, read_checkpoint
+from mt.training.resume import architecture_differences
 
 
 def with_checkpoint_architecture(

@@ -15,7 +15,7 @@ from pathlib import Path
 from mt.config import ModelConfig, from_dict
 from mt.data.tokenizer import Tokenizer
 from mt.errors import RunError
-from mt.model.checkpoint import read_checkpoint
+from mt.model.checkpoint import ARCHITECTURE, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -118,23 +118,6 @@ def _same(key: str, saved, here, same_files: bool) -> bool:
 
 def _resolved_path(value):
     return str(Path(value).expanduser().resolve()) if isinstance(value, str) else value
-
-
-# The model options that decide its parameters' names and shapes (or their meaning); dropout may change.
-ARCHITECTURE = (
-    "positions",
-    "scale_embeddings",
-    "output_bias",
-    "d_model",
-    "n_heads",
-    "encoder_layers",
-    "decoder_layers",
-    "d_ff",
-    "activation",
-    "pre_norm",
-    "share_all_embeddings",
-    "share_decoder_input_output",
-)
 
 
 def check_same_model(checkpoint: Path, model: ModelConfig, tokenizer: Tokenizer, *, ema: bool = False) -> None:

@@ -62,13 +62,24 @@ def test_averaging_refuses_another_runs_tokenizer_or_model_config(two_checkpoint
     a, _ = two_checkpoints
     for what, change in (
         ("tokenizer", lambda c: c["tokenizer"].update({"src": b"another model"})),
-        ("model config", lambda c: c["hyper_parameters"]["model"].update({"pre_norm": False})),
+        ("model architecture", lambda c: c["hyper_parameters"]["model"].update({"pre_norm": False})),
     ):
         other = torch.load(a, weights_only=False)
         change(other)
         torch.save(other, tmp_path / "other.ckpt")
         with pytest.raises(CheckpointError, match=f"its {what} differs from"):
             average_checkpoints([a, tmp_path / "other.ckpt"])
+
+
+def test_averaging_takes_one_runs_checkpoints_across_a_resume_that_changed_dropout(two_checkpoints, tmp_path):
+    """A resume may change the dropouts (not the architecture): the run's step checkpoints still average."""
+    a, _ = two_checkpoints
+    resumed = torch.load(a, weights_only=False)
+    resumed["hyper_parameters"]["model"].update({"dropout": 0.3, "attention_dropout": 0.1})
+    torch.save(resumed, tmp_path / "resumed.ckpt")
+    averaged = average_checkpoints([a, tmp_path / "resumed.ckpt"])
+    for name, tensor in torch.load(a, weights_only=False)["state_dict"].items():
+        torch.testing.assert_close(averaged["state_dict"][name], tensor)
 
 
 def test_step_checkpoints_are_ordered_by_step_past_seven_digits(tmp_path):
