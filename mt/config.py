@@ -9,6 +9,7 @@ plain objects travel, never a ``DictConfig``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -337,7 +338,13 @@ class SearchConfig:
             self.length_penalty_type in ("gnmt", "average", "none"),
             f"length_penalty_type={self.length_penalty_type!r}: expected gnmt, average or none",
         )
-        _require(self.max_len_a >= 0, f"search.max_len_a={self.max_len_a}: expected >= 0")
+        _require(
+            math.isfinite(self.length_penalty), f"search.length_penalty={self.length_penalty}: expected a finite number"
+        )
+        _require(
+            0 <= self.max_len_a < float("inf"),  # NaN fails both
+            f"search.max_len_a={self.max_len_a}: expected a finite number >= 0 (search.max_len caps every output)",
+        )
         _require(self.max_len_b >= 1, f"search.max_len_b={self.max_len_b}: expected >= 1")
         _require(self.max_tokens >= 1, f"search.max_tokens={self.max_tokens}: expected >= 1")
         _require(self.max_len >= 1, f"search.max_len={self.max_len}: expected >= 1")
@@ -346,7 +353,11 @@ class SearchConfig:
         _require(self.min_len >= 0, f"min_len={self.min_len}: expected >= 0")
         _require(self.top_k >= 0, f"top_k={self.top_k}: expected >= 0")
         _require(0.0 < self.top_p <= 1.0, f"top_p={self.top_p}: expected 0 < top_p <= 1")
-        _require(self.temperature > 0, f"temperature={self.temperature}: expected > 0")
+        _require(
+            1e-6 <= self.temperature < float("inf"),
+            f"temperature={self.temperature}: expected a finite number >= 1e-6 (the sharpest: top_k=1, greedy)",
+        )
+        _require(0 <= self.seed < 2**32, f"search.seed={self.seed}: expected 0 <= seed < 2**32")
         _require(
             not (self.sampling and self.nbest > 1),
             f"nbest={self.nbest} with sampling=true: sampling draws one translation a sentence (expected nbest=1)",

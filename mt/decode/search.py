@@ -60,7 +60,8 @@ def length_penalty(length: Tensor | int, alpha: float, kind: str) -> Tensor | fl
 def max_output_lengths(src_pad_mask: Tensor, a: float, b: int, ceiling: int | None = None) -> Tensor:
     """(B,) most tokens (EOS included) each output may have: ``floor(a * |src| + b)``, at most ``ceiling``."""
     src_lengths = (~src_pad_mask).sum(dim=1)
-    return (a * src_lengths.float() + b).floor().long().clamp(min=1, max=ceiling)
+    lengths = (a * src_lengths.float() + b).floor()  # clamped before the cast: a huge a must not overflow
+    return lengths.clamp(min=1, max=float(ceiling) if ceiling is not None else 2.0**31).long()
 
 
 def _mask_step(next_scores: Tensor, at_max: Tensor, before_min: bool = False) -> Tensor:

@@ -163,6 +163,38 @@ def test_outputs_respect_max_length():
         assert len(hyp.tokens) + 1 <= length
 
 
+def test_a_huge_max_len_a_leaves_only_the_ceiling():
+    """``floor(a * |src| + b)`` for an ``a`` past int64 once overflowed to 1: every output was EOS alone."""
+    from mt.decode.search import max_output_lengths
+
+    pad_mask = torch.tensor([[False, False, True], [False, False, False]])
+    assert max_output_lengths(pad_mask, 1e30, 10, 512).tolist() == [512, 512]
+    assert max_output_lengths(pad_mask, 1e30, 10).tolist() == [2**31, 2**31]
+    assert max_output_lengths(pad_mask, 1.5, 2, 512).tolist() == [5, 6]  # floor(1.5 * 2 + 2), floor(1.5 * 3 + 2)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"length_penalty": math.nan}, "search.length_penalty=nan: expected a finite number"),
+        ({"max_len_a": math.inf}, "search.max_len_a=inf: expected a finite number >= 0"),
+        ({"max_len_a": math.nan}, "search.max_len_a=nan: expected a finite number >= 0"),
+        ({"sampling": True, "temperature": math.inf}, "temperature=inf: expected a finite number >= 1e-6"),
+        ({"sampling": True, "temperature": 1e-45}, "temperature=1e-45: expected a finite number >= 1e-6"),
+        ({"sampling": True, "seed": 2**64}, "search.seed=18446744073709551616: expected 0 <= seed < 2\\*\\*32"),
+        ({"seed": -1}, "search.seed=-1: expected 0 <= seed"),
+    ],
+)
+def test_search_values_that_cannot_decode_are_refused(options, message):
+    """NaN length penalties sorted n-best lists at random (and wrote NaN into JSON), an infinite temperature
+    or a seed past 64 bits ended in tracebacks mid-decode."""
+    from mt.config import SearchConfig
+    from mt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        SearchConfig(**options)
+
+
 def test_nbest_larger_than_beam_is_refused():
     with pytest.raises(ValueError, match="nbest"):
         beam_search(ScriptedDecoder(), *scripted_source(), beam=2, nbest=3)
