@@ -158,8 +158,8 @@ def translate(
 ) -> list[list[tuple[str, float | None]]]:
     """Detokenized n-best translations with scores, one list per sentence, in input order.
 
-    Empty (or whitespace-only) sentences are not decoded: their translations are the empty string (``nbest`` of
-    them, scored 0, so that each sentence has as many).
+    Empty sentences (whitespace only, or nothing the tokenizer keeps, such as a zero-width space) are not decoded:
+    their translations are the empty string (``nbest`` of them, scored 0, so that each sentence has as many).
     ``generator``: sampling's random stream, to continue it across calls (``sampling_generator``).
     ``return_scores=False``: greedy and sampling skip scoring, and their scores (and those of empty
     sentences) are ``None``. Sources longer than ``search.max_src_len`` subwords are cut, with a warning
@@ -171,8 +171,12 @@ def translate(
     Raises:
         DataError: a source that starts with a language code the model lacks or ``src_prefix`` contradicts.
     """
-    nonempty = [i for i, s in enumerate(sentences) if s.strip()]
-    src = tokenizer.encode_src([sentences[i] for i in nonempty])
+    written = [i for i, s in enumerate(sentences) if s.strip()]
+    encoded = tokenizer.encode_src([sentences[i] for i in written])
+    # A line of nothing SentencePiece keeps (zero-width spaces, control characters) is empty too: decoded from
+    # EOS alone, the model would make a sentence up.
+    nonempty = [i for i, ids in zip(written, encoded) if ids]
+    src = [ids for ids in encoded if ids]
     room = max(1, search.max_src_len - len(src_prefix))  # the prefix counts towards max_src_len
     for k, ids in enumerate(src):
         where = f"{origin}: line {first_line + nonempty[k]}" if origin else f"line {first_line + nonempty[k]}"

@@ -77,6 +77,17 @@ def test_a_very_long_line_is_cut_and_translated_without_holding_the_others(check
     assert out[1][0][0] == translate(loaded.model, loaded.tokenizer, [first_100], search)[0][0][0]
 
 
+def test_a_line_of_nothing_the_tokenizer_keeps_is_translated_as_an_empty_line(checkpoint):
+    """A zero-width space, a byte-order mark or a control character alone encode to no subword: decoded from EOS
+    alone, the model made a sentence up, where an empty line stays empty."""
+    loaded = load_checkpoint(checkpoint)
+    lines = ["\u200b", "\ufeff", "\x01", "", "Der hund sieht der ball."]
+    assert loaded.tokenizer.encode_src(lines[:3]) == [[], [], []]  # what makes them empty
+    outputs = translate(loaded.model, loaded.tokenizer, lines, SearchConfig(beam=2, nbest=2, max_len_b=8))
+    assert outputs[:4] == [[("", 0.0), ("", 0.0)]] * 4
+    assert all(text for text, _ in outputs[4])
+
+
 def test_an_interactive_translate_answers_each_line_before_the_next_is_written(checkpoint):
     """buffer=1 through a pipe, as a terminal gets it: line 2 is written only after line 1's translation came
     back (a translate that waits for more input would never answer; the 120 s limit only stops a hang)."""
