@@ -29,6 +29,20 @@ def refuse_to_overwrite(path: str | Path, *, overwrite: bool, directory: bool = 
         raise RunError(f"output {path} is a {kind}; expected a {expected} name")
     if path.exists() and not overwrite:
         raise RunError(f"{path} exists; pass overwrite=true to replace it")
+    refuse_unwritable_folder(path)
+
+
+def refuse_unwritable_folder(path: str | Path) -> None:
+    """Refuse, before any work, an output whose folder cannot be made or written: the nearest existing folder
+    above it is a file, or not writable (the folders below it are made when the output is written)."""
+    path = Path(path)
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise RunError(f"output {path}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise RunError(f"output {path}: {above} is not writable")
 
 
 def refuse_to_replace(

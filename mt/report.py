@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mt.atomic import atomic_write, file_version
+from mt.atomic import atomic_write, file_version, refuse_unwritable_folder
 from mt.cli import entry_point, set_on_command_line
 from mt.config import DataConfig, MetricsConfig, ReportConfig, SearchConfig, from_dict, saved_search, search_overrides
 from mt.data.corpus import load_split
@@ -420,6 +420,7 @@ def main(config: ReportConfig) -> None:
     output_dir = Path(config.output_dir or config.run or config.runs[0])
     if output_dir.exists() and not output_dir.is_dir():  # before decoding, not after
         raise RunError(f"output_dir={output_dir}: a file, expected a directory for report.md, .json and .png")
+    refuse_unwritable_folder(output_dir / "report.md")
     report = build_report(config, set_on_command_line("search"))
     write_report(report, output_dir)
     print(json.dumps({"report": str(output_dir / "report.md"), "rows": len(report["rows"])}), flush=True)

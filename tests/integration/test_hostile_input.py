@@ -88,6 +88,27 @@ def test_a_line_of_nothing_the_tokenizer_keeps_is_translated_as_an_empty_line(ch
     assert all(text for text, _ in outputs[4])
 
 
+def test_an_output_under_a_file_is_refused_before_the_checkpoint_is_loaded(checkpoint, tmp_path, monkeypatch):
+    """``mt.evaluate output=A/hyp`` where A is a file: refused at once, not after decoding the whole set (the
+    folder was first made when the output was written)."""
+    import mt.decode.scoring
+    from mt.decode.scoring import score_checkpoint
+
+    (tmp_path / "src.de").write_text("Der hund.\n")
+    (tmp_path / "ref.en").write_text("The dog.\n")
+    (tmp_path / "a-file").write_text("x\n")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded")
+
+    monkeypatch.setattr(mt.decode.scoring, "load_translator", no_decoding)
+    for output in (tmp_path / "a-file/hyp.en", tmp_path / "a-file/deeper/hyp.en"):
+        with pytest.raises(RunError, match=f"output {output}: {tmp_path / 'a-file'} is a file, not a folder"):
+            score_checkpoint(
+                checkpoint, source=str(tmp_path / "src.de"), references=[str(tmp_path / "ref.en")], output=str(output)
+            )
+
+
 def test_an_interactive_translate_answers_each_line_before_the_next_is_written(checkpoint):
     """buffer=1 through a pipe, as a terminal gets it: line 2 is written only after line 1's translation came
     back (a translate that waits for more input would never answer; the 120 s limit only stops a hang)."""

@@ -271,3 +271,13 @@ def test_a_checkpoint_with_the_baselines_translations_is_shown_identical_not_sig
     assert table["| step0000010"].endswith(f" | {tested['bleu']['p_value']:.4f} |")
     assert table["| best"].endswith(" | — |")
     assert any(line.startswith("= baseline: the same translations as best") for line in table)
+
+
+def test_an_output_dir_under_a_file_is_refused_before_decoding(trained_run, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    command = [sys.executable, "-m", "mt.report", f"run={trained_run}", f"output_dir={tmp_path / 'a-file/report'}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "translate" not in result.stderr  # no progress bar: nothing decoded
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: output {tmp_path / 'a-file/report/report.md'}: {tmp_path / 'a-file'} is a file, not a folder"
+    )
