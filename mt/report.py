@@ -344,13 +344,20 @@ def markdown(report: dict) -> str:
             values = [row[t["name"]]["bleu"] for t in directions]
             cells = " | ".join(f"{v:.2f}" for v in values)
             lines.append(f"| {row['checkpoint']} | {cells} | {sum(values) / len(values):.2f} |")
-    first = report["rows"][0][names[0]]
-    lines += [
-        "",
-        f"BLEU signature: `{first['bleu_signature']}`",
-        f"chrF signature: `{first['chrf_signature']}`",
-        f"TER signature: `{first['ter_signature']}`",
-    ]
+    signatures: dict[tuple[str, str, str], list[str]] = {}  # test sets differ in references, tokenizer
+    for n in names:
+        scores = report["rows"][0][n]
+        signatures.setdefault((scores["bleu_signature"], scores["chrf_signature"], scores["ter_signature"]), []).append(
+            n
+        )
+    lines.append("")
+    for (bleu, chrf, ter), sets in signatures.items():
+        which = f" ({', '.join(sets)})" if len(signatures) > 1 else ""
+        lines += [
+            f"BLEU signature{which}: `{bleu}`",
+            f"chrF signature{which}: `{chrf}`",
+            f"TER signature{which}: `{ter}`",
+        ]
     if baseline:
         lines.append(
             f"p: sacreBLEU's paired bootstrap resampling ({BOOTSTRAP_SAMPLES} samples) of each checkpoint against "

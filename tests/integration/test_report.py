@@ -112,6 +112,53 @@ def test_report_cli_writes_the_three_files(trained_run, tmp_path):
         assert ("paired_bootstrap" in scores) == (row["checkpoint"] != "best")
     table = (tmp_path / "out/report.md").read_text()
     assert "extra.de p (BLEU vs best)" in table and "sacreBLEU's paired bootstrap" in table
+    assert f"BLEU signature: `{report['rows'][0]['extra.de']['bleu_signature']}`" in table
+
+
+def test_each_test_set_is_shown_with_its_own_signatures(trained_run, tmp_path):
+    """Two test sets of one and two references: report.md printed the first one's signatures (nrefs:1) only."""
+    extra = write_text_corpus(tmp_path / "extra", {"extra": toy_pairs(6, seed=9)}, gz=False)
+    other = write_text_corpus(tmp_path / "other", {"other": toy_pairs(6, seed=3)}, gz=False)
+    run = copied_run(tmp_path / "run", {"best": trained_run / "checkpoints" / "step0000030.ckpt"})
+    config = ReportConfig(
+        run=str(run),
+        include_data_splits=False,
+        sources=[str(extra / "extra.de"), str(other / "other.de")],
+        references=[str(extra / "extra.en"), [str(other / "other.en"), str(extra / "extra.en")]],
+        search=SearchConfig(beam=1),
+    )
+    write_report(build_report(config), tmp_path / "out")
+    table = (tmp_path / "out/report.md").read_text()
+    for which, refs in (("extra.de", 1), ("other.de", 2)):
+        for metric in ("BLEU", "chrF", "TER"):
+            (line,) = [line for line in table.splitlines() if line.startswith(f"{metric} signature ({which}): ")]
+            assert f"nrefs:{refs}|" in line
+
+
+def test_a_checkpoint_rewritten_in_place_is_decoded_again(trained_run, tmp_path, monkeypatch):
+    """The cache follows the checkpoint file's version, not its name: a best.ckpt that training replaced is
+    decoded again (and scores as the weights it now holds), the files left alone are not."""
+    step = str(trained_run / "checkpoints" / "step{:07d}.ckpt")
+    run = copied_run(tmp_path / "run", {"step0000010": step.format(10), "best": step.format(30)})
+    config = ReportConfig(run=str(run), search=SearchConfig(beam=1))
+    first = {row["checkpoint"]: row["test"] for row in build_report(config)["rows"]}
+    assert first["best"]["chrf"] != first["step0000010"]["chrf"]  # other weights, so the check below can fail
+    shutil.copyfile(step.format(10), run / "checkpoints" / "best.ckpt")
+    loaded, load = [], mt.report.load_checkpoint
+    monkeypatch.setattr(mt.report, "load_checkpoint", lambda path, *a, **k: loaded.append(path) or load(path, *a, **k))
+    second = {row["checkpoint"]: row["test"] for row in build_report(config)["rows"]}
+    assert [str(path) for path in loaded] == [str(run / "checkpoints" / "best.ckpt")]
+    assert second["best"] == first["step0000010"]
+
+
+def test_an_output_dir_under_a_file_is_refused_before_decoding(trained_run, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    command = [sys.executable, "-m", "mt.report", f"run={trained_run}", f"output_dir={tmp_path / 'a-file/report'}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "translate" not in result.stderr  # no progress bar: nothing decoded
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: output {tmp_path / 'a-file/report/report.md'}: {tmp_path / 'a-file'} is a file, not a folder"
+    )
 
 
 def test_report_refuses_a_baseline_that_is_not_one_of_its_checkpoints(trained_run, tmp_path):
@@ -271,13 +318,3 @@ def test_a_checkpoint_with_the_baselines_translations_is_shown_identical_not_sig
     assert table["| step0000010"].endswith(f" | {tested['bleu']['p_value']:.4f} |")
     assert table["| best"].endswith(" | — |")
     assert any(line.startswith("= baseline: the same translations as best") for line in table)
-
-
-def test_an_output_dir_under_a_file_is_refused_before_decoding(trained_run, tmp_path):
-    (tmp_path / "a-file").write_text("x")
-    command = [sys.executable, "-m", "mt.report", f"run={trained_run}", f"output_dir={tmp_path / 'a-file/report'}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "translate" not in result.stderr  # no progress bar: nothing decoded
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: output {tmp_path / 'a-file/report/report.md'}: {tmp_path / 'a-file'} is a file, not a folder"
-    )
