@@ -151,7 +151,14 @@ def main(config: TranslateConfig) -> None:
     prefix = loaded.source_prefix(config.tgt_lang)  # a language the model cannot produce fails before decoding
     # The checkpoint's own search, with what the command line sets winning.
     overrides = search_overrides(config.search, set_on_command_line("search"), config.beam)
-    search = with_nbest(saved_search(loaded.search, overrides), config.nbest)
+    chosen = saved_search(loaded.search, overrides)
+    search = with_nbest(chosen, config.nbest)
+    if search.beam > chosen.beam:  # said, since the first of the n-best may then differ from the plain translation
+        print(
+            f"nbest={config.nbest}: beam {search.beam} instead of {chosen.beam}, so the best of the {config.nbest} "
+            f"may differ from the translation without nbest (beam= sets the beam)",
+            file=sys.stderr,
+        )
     device = best_device()
     model = model.to(device)
     if config.output is not None:

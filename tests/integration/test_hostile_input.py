@@ -109,6 +109,20 @@ def test_an_output_under_a_file_is_refused_before_the_checkpoint_is_loaded(check
             )
 
 
+def test_an_nbest_wider_than_the_beam_says_that_it_widens_the_beam(checkpoint):
+    """``nbest=K`` over a narrower beam decodes with beam K, whose best may differ from the plain translation:
+    said on stderr."""
+    from mt.config import saved_search
+
+    saved = saved_search(load_checkpoint(checkpoint).search, {}).beam
+    wide = subprocess.run(
+        command("mt.translate", f"checkpoint={checkpoint}", f"nbest={saved + 2}", "search.max_len_b=4", "threads=1"),
+        cwd=ROOT, input=b"Der hund.\n", capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert wide.returncode == 0 and len(wide.stdout.decode().splitlines()) == saved + 2
+    assert f"nbest={saved + 2}: beam {saved + 2} instead of {saved}, so the best" in wide.stderr.decode()
+
+
 def test_an_interactive_translate_answers_each_line_before_the_next_is_written(checkpoint):
     """buffer=1 through a pipe, as a terminal gets it: line 2 is written only after line 1's translation came
     back (a translate that waits for more input would never answer; the 120 s limit only stops a hang)."""
