@@ -107,6 +107,9 @@ class TranslationDataModule(L.LightningDataModule):
         directory = self.run_dir / "tokenizer"
         tokenizer = Tokenizer.load(directory)
         settings = asdict(self.tokenizer_cfg)
+        # The training files it learnt from (names and sizes: moved data matches); none where it came from
+        # init_from's checkpoint, whose vocabulary a run keeps whatever its data.
+        trained_on = train_files(self.data_cfg)
         saved_settings = directory / "settings.json"  # runs before it was written have none: trusted
         if tokenizer is not None and saved_settings.is_file():
             saved = json.loads(saved_settings.read_text())
@@ -118,6 +121,12 @@ class TranslationDataModule(L.LightningDataModule):
                     f"{directory} was trained with other settings: this run asks for {', '.join(changed)}; "
                     f"keep them, or train in another hydra.run.dir"
                 )
+            if saved.get("trained_on") not in (None, trained_on):  # e.g. a start that failed, relaunched on other data
+                raise TokenizerError(
+                    f"{directory} was trained on other training files ({saved['trained_on']}; this run's: "
+                    f"{trained_on}); train in another hydra.run.dir, or remove {directory} to train it again"
+                )
+        learnt = tokenizer is None  # from this run's data (trained, or a cached one keyed by the same data)
         shared = self._shared_tokenizer_dir()
         if tokenizer is None and shared is not None and (tokenizer := Tokenizer.load(shared)) is not None:
             log.info("tokenizer from the cache: %s", shared)
@@ -149,7 +158,8 @@ class TranslationDataModule(L.LightningDataModule):
                 tokenizer.save(shared)
         if not saved_settings.is_file():
             with atomic_write(saved_settings) as handle:
-                handle.write(json.dumps(settings, sort_keys=True).encode())
+                record = {**settings, "trained_on": trained_on} if learnt else settings
+                handle.write(json.dumps(record, sort_keys=True).encode())
         for symbol in symbols(self.data_cfg):  # a tokenizer of an earlier run without them fails now
             tokenizer.symbol_id(symbol)
         self.tokenizer = tokenizer
