@@ -201,6 +201,15 @@ class TokenizerConfig:
             self.model_type in ("unigram", "bpe"), f"tokenizer.model_type={self.model_type!r}: expected unigram or bpe"
         )
         _require(self.vocab_size >= 16, f"tokenizer.vocab_size={self.vocab_size}: expected >= 16")
+        _require(  # SentencePiece's own range (trainer_interface.cc)
+            0.98 <= self.character_coverage <= 1.0,
+            f"tokenizer.character_coverage={self.character_coverage}: expected 0.98 <= character_coverage <= 1 "
+            f"(SentencePiece's range; 0.9995 for languages of many characters)",
+        )
+        _require(
+            self.input_sentence_size >= 1,
+            f"tokenizer.input_sentence_size={self.input_sentence_size}: expected >= 1 (pairs sampled to train it)",
+        )
 
 
 @dataclass

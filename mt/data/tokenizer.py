@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,12 +21,15 @@ from mt.data.sampling import reservoir_sample
 from mt.errors import DataError, TokenizerError, listing
 
 # Special ids, fixed for every model this package trains.
+log = logging.getLogger(__name__)
+
 PAD_ID = 0
 UNK_ID = 1
 BOS_ID = 2
 EOS_ID = 3
 
 
+MAX_SENTENCE_BYTES = 4192  # SentencePiece's max_sentence_length: longer lines are left out of its training
 SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")  # the pieces of PAD_ID, UNK_ID, BOS_ID, EOS_ID in a vocabulary
 
 # What OPUS-MT's language codes look like at the start of a source (>>fr<<, >>cmn_Hans<<, >>pt_BR<<), as opposed to
@@ -320,11 +324,24 @@ def train_sentencepiece(
         )
     except RuntimeError as error:  # e.g. a vocabulary smaller than the corpus's characters
         reason = str(error).strip().splitlines()[-1]
+        if "sentences_.empty()" in reason:  # SentencePiece dropped every line as too long
+            raise TokenizerError(
+                f"SentencePiece found no sentence of at most {MAX_SENTENCE_BYTES} bytes to train on ({reason}): "
+                f"expected one sentence a line (are the lines ended by \\r alone, or is each line a document?)"
+            ) from None
         raise TokenizerError(
             f"SentencePiece cannot train a {vocab_size}-piece {model_type} vocabulary on this corpus ({reason}): "
             f"raise tokenizer.vocab_size or lower tokenizer.character_coverage"
         ) from None
-    return model.getvalue()
+    serialized = model.getvalue()
+    pieces = spm.SentencePieceProcessor(model_proto=serialized).get_piece_size()
+    if pieces < vocab_size:  # hard_vocab_limit=False: a small corpus may not support the size asked for
+        log.warning(
+            "SentencePiece learnt %d pieces of the %d asked for (tokenizer.vocab_size): the corpus has no more",
+            pieces,
+            vocab_size,
+        )
+    return serialized
 
 
 def train_tokenizer(

@@ -94,3 +94,45 @@ def test_round_trip_on_real_multi30k_lines_with_umlauts_quotes_and_nfkc(multi30k
     assert UNK_ID in ids
     text = tokenizer.src.decode(ids)
     assert text.startswith("Ein Hund") and text.endswith("läuft.") and "犬" not in text
+
+
+def test_lines_sentencepiece_leaves_out_are_named_as_such_not_as_a_vocabulary_size(pairs):
+    """Files whose lines end in ``\\r`` alone are one long line each, which SentencePiece leaves out of its training
+    (over 4,192 bytes): the advice was to raise the vocabulary size, which cannot help."""
+    from mt.data.tokenizer import MAX_SENTENCE_BYTES
+
+    one_line = "\r".join(s for s, _ in pairs)
+    assert len(one_line.encode()) > MAX_SENTENCE_BYTES
+    with pytest.raises(TokenizerError, match=r"no sentence of at most 4192 bytes .*ended by \\r alone") as caught:
+        train_tokenizer([one_line], [one_line], vocab_size=80)
+    assert "vocab_size" not in str(caught.value)
+
+
+def test_a_vocabulary_the_corpus_cannot_fill_is_said(pairs, caplog):
+    """``hard_vocab_limit=False`` lets a small corpus give fewer pieces than ``vocab_size``: said, with both sizes."""
+    with caplog.at_level("WARNING", logger="mt.data.tokenizer"):
+        small = train_tokenizer([s for s, _ in pairs], [t for _, t in pairs], vocab_size=5000)
+    assert small.src_vocab_size < 5000
+    assert f"learnt {small.src_vocab_size} pieces of the 5000 asked for" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mt.data.tokenizer"):
+        assert train_tokenizer([s for s, _ in pairs], [t for _, t in pairs], vocab_size=40).src_vocab_size == 40
+    assert "asked for" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"character_coverage": 0.5}, r"tokenizer.character_coverage=0.5: expected 0.98 <= character_coverage <= 1"),
+        ({"character_coverage": 1.5}, r"tokenizer.character_coverage=1.5: expected 0.98 <= character_coverage <= 1"),
+        ({"input_sentence_size": 0}, r"tokenizer.input_sentence_size=0: expected >= 1"),
+    ],
+)
+def test_tokenizer_settings_sentencepiece_cannot_train_with_are_refused_at_the_start(options, message):
+    """They failed once the corpus was read, as "an empty corpus" or with the advice to lower a coverage of 0.5."""
+    from mt.config import TokenizerConfig
+    from mt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        TokenizerConfig(**options)
+    TokenizerConfig(character_coverage=0.9995)  # the usual value for Chinese or Japanese
