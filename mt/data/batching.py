@@ -143,20 +143,33 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 def token_batches(
-    order: np.ndarray, cost_lengths: np.ndarray, max_tokens: int, max_sentences: int | None = None
+    order: np.ndarray,
+    cost_lengths: np.ndarray,
+    max_tokens: int,
+    max_sentences: int | None = None,
+    *,
+    oversize_alone: bool = False,
 ) -> list[np.ndarray]:
     """Cut ``order`` greedily into batches whose padded size ``n * max_len`` stays <= ``max_tokens``.
 
     Args:
         order: (N,) indices, already sorted by length.
         cost_lengths: (num_pairs,) padded length each pair needs (max of source and target + 1).
+        oversize_alone: a pair longer than ``max_tokens`` gets a batch of its own (validation: every pair is
+            scored); else it is an error (training data is cleaned to fit).
     """
     batches: list[np.ndarray] = []
     start, longest = 0, 0
     lengths = cost_lengths[order]
     for position, length in enumerate(lengths.tolist()):
         if length > max_tokens:
-            raise ValueError(f"a pair needs {length} tokens but max_tokens={max_tokens}")
+            if not oversize_alone:
+                raise ValueError(f"a pair needs {length} tokens but max_tokens={max_tokens}")
+            if position > start:
+                batches.append(order[start:position])
+            batches.append(order[position : position + 1])
+            start, longest = position + 1, 0
+            continue
         size = position - start
         new_longest = max(longest, length)
         if size and ((size + 1) * new_longest > max_tokens or (max_sentences and size >= max_sentences)):
@@ -196,13 +209,15 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         rank: int = 0,
         max_sentences: int | None = None,
         pad_to_multiple: int = 1,
+        oversize_alone: bool = False,
     ) -> None:
         self.src_lengths = np.asarray(src_lengths, dtype=np.int64)
         self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int64)
         self.pad_to_multiple = pad_to_multiple
+        self.oversize_alone = oversize_alone
         self.cost_lengths = round_up(np.maximum(self.src_lengths, self.tgt_lengths) + 1, pad_to_multiple)
         longest = int(self.cost_lengths.max(initial=0))
-        if longest > max_tokens:
+        if longest > max_tokens and not oversize_alone:
             raise ValueError(f"max_tokens={max_tokens} is below the longest pair ({longest} tokens with EOS)")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank={rank} outside 0..{num_replicas - 1}")
@@ -224,7 +239,9 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         order = np.random.default_rng(self.seed).permutation(n) if self.shuffle else np.arange(n)
         # Sort by target length then source length; the stable sort keeps the shuffled tie order.
         order = order[np.lexsort((self.src_lengths[order], self.tgt_lengths[order]))]
-        return token_batches(order, self.cost_lengths, self.max_tokens, self.max_sentences)
+        return token_batches(
+            order, self.cost_lengths, self.max_tokens, self.max_sentences, oversize_alone=self.oversize_alone
+        )
 
     @property
     def sampler(self) -> _EpochSetter:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from mt.atomic import atomic_write
 from mt.config import DataConfig, TokenizerConfig
-from mt.data.batching import Batch, MixtureBatchSampler, PairDataset, ResumableLoader, TokenBatchSampler
+from mt.data.batching import Batch, MixtureBatchSampler, PairDataset, ResumableLoader, TokenBatchSampler, round_up
 from mt.data.corpus import EncodedCorpus, data_identity
 from mt.data.mixture import Corpus, corpora, draw_counts, source_prefix, symbols
 from mt.data.preprocess import describe_source, prepare_split_arrow, raw_dataset, sample_sentences
@@ -216,6 +216,25 @@ class TranslationDataModule(L.LightningDataModule):
                 for corpus in self.corpora
                 if corpus.valid
             ]
+            for corpus, valid in zip([c for c in self.corpora if c.valid], self.valid_sets):
+                self._note_oversize(corpus, valid.corpus)
+
+    def _note_oversize(self, corpus: Corpus, encoded: EncodedCorpus) -> None:
+        """Warn about validation pairs longer than ``data.max_tokens``, naming their lines: each is validated in a
+        batch of its own (the training split is cleaned to ``data.max_len`` instead)."""
+        cost = round_up(np.maximum(encoded.src_lengths, encoded.tgt_lengths) + 1, self.data_cfg.pad_to_multiple)
+        long = np.flatnonzero(cost > self.data_cfg.max_tokens)
+        if long.size:
+            lines = ", ".join(f"{int(encoded.index[i]) + 1} ({int(cost[i])} tokens)" for i in long[:5])
+            log.warning(
+                "%s: %d pair%s longer than data.max_tokens=%d, each validated in a batch of its own: line %s%s",
+                describe_source(corpus.data, "valid"),
+                long.size,
+                "s" if long.size > 1 else "",
+                self.data_cfg.max_tokens,
+                lines,
+                ", ..." if long.size > 5 else "",
+            )
 
     def _encoded(self, corpus: Corpus, split: str) -> EncodedCorpus:
         prefix = [self.tokenizer.symbol_id(symbol) for symbol in source_prefix(self.data_cfg, corpus, split)]
@@ -259,7 +278,13 @@ class TranslationDataModule(L.LightningDataModule):
                     **common,
                 )
             return TokenBatchSampler(
-                src_lengths, tgt_lengths, self.data_cfg.max_tokens, shuffle=shuffle, seed=self.seed, **common
+                src_lengths,
+                tgt_lengths,
+                self.data_cfg.max_tokens,
+                shuffle=shuffle,
+                seed=self.seed,
+                oversize_alone=split != "train",  # validation scores every pair; training data is cleaned to fit
+                **common,
             )
         except ValueError as error:
             raise DataError(f"data {self.data_cfg.name!r} {split} split: {error}; raise data.max_tokens") from None

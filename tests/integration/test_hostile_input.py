@@ -251,3 +251,20 @@ def test_a_run_directory_tokenizer_of_other_training_files_is_refused(tmp_path):
     moved = tmp_path / "moved"
     first_data.rename(moved)
     assert prepare(moved).to_state() == first.to_state()
+
+
+def test_a_validation_line_longer_than_max_tokens_is_validated_alone_and_named(tmp_path, caplog):
+    """Only the training split is cleaned to data.max_len: one long validation line stopped the run at the start
+    with "raise data.max_tokens" (which also sizes every training batch), naming neither file nor line."""
+    import gzip
+
+    data = write_text_corpus(tmp_path / "data", {"train": toy_pairs(60), "valid": toy_pairs(6, seed=1)})
+    valid = gzip.decompress((data / "valid.en.gz").read_bytes()).decode().splitlines()
+    valid[3] = " ".join(["The dog sees the red ball."] * 120)  # far above max_tokens=512 subwords
+    (data / "valid.en.gz").write_bytes(gzip.compress(("\n".join(valid) + "\n").encode()))
+    config = tiny_train_config(data, **{"trainer.max_steps": 4, "test_after_training": False})
+    with caplog.at_level("WARNING", logger="mt.training.datamodule"):
+        train(config, tmp_path / "run")
+    assert f"{data / 'valid.de.gz'} + {data / 'valid.en.gz'}: 1 pair longer than data.max_tokens=512" in caplog.text
+    assert "each validated in a batch of its own: line 4 (" in caplog.text
+    assert (tmp_path / "run/checkpoints/last.ckpt").is_file()

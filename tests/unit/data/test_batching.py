@@ -79,6 +79,20 @@ def test_max_tokens_below_the_longest_pair_is_an_error():
         TokenBatchSampler(np.array([3, 20]), np.array([3, 4]), 10, shuffle=False)
 
 
+def test_a_validation_pair_longer_than_max_tokens_gets_a_batch_of_its_own():
+    """``oversize_alone`` (validation): each pair above max_tokens alone, the others batched as before, every pair
+    once; the batches of the others stay within max_tokens."""
+    src = np.array([3, 40, 5, 4, 60, 6])
+    tgt = np.array([4, 30, 5, 3, 70, 6])
+    sampler = TokenBatchSampler(src, tgt, 24, shuffle=False, oversize_alone=True)
+    batches = [list(b) for b in sampler]
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert [1] in batches and [4] in batches  # 41 and 71 tokens with EOS, above 24
+    for batch in batches:
+        if batch not in ([1], [4]):
+            assert len(batch) * max(max(src[i], tgt[i]) + 1 for i in batch) <= 24
+
+
 def test_padding_share_is_small_with_length_buckets():
     src, tgt = lengths(2000)
     bucketed = TokenBatchSampler(src, tgt, 2000, shuffle=True, seed=0).padding_share()
