@@ -85,6 +85,7 @@ class TranslationModule(L.LightningModule):
         self._clock: tuple[int, float] | None = None  # (step, seconds) of the last shared clock reading
         self._logging_update = False  # whether Lightning writes the logs of the update in progress
         self._updated_at_step = 0
+        self._window_stats: Tensor | None = None  # loss, NLL and token sums of the accumulation window so far
         self.progress_bar_values: dict[str, float] = {}  # read at the last logging step (StepProgressBar)
 
     def setup(self, stage: str) -> None:
@@ -141,13 +142,17 @@ class TranslationModule(L.LightningModule):
         total_loss, total_nll, total_tokens, nonfinite = stats.unbind()
         self.nonfinite.observe_loss(nonfinite)
         loss = loss_sum * (world_size / total_tokens)
+        # The update's values: over every batch of its accumulation window (and every rank), on the device.
+        window = stats if self._window_stats is None else self._window_stats + stats
+        self._window_stats = window
+        window_loss, window_nll, window_tokens, _ = window.unbind()
         # The values stay on the device (StepLog); Lightning gets them at logging steps only (on_train_batch_end).
         self._logging_update = logs_this_update(self.trainer)
         self.step_log.start_update()
-        self.step_log.record("train/loss", total_loss / total_tokens)
-        self.step_log.record("train/ppl", torch.exp(total_nll / total_tokens))
+        self.step_log.record("train/loss", window_loss / window_tokens)
+        self.step_log.record("train/ppl", torch.exp(window_nll / window_tokens))
         self.step_log.record("train/lr", self.optimizers().param_groups[0]["lr"])
-        self.throughput.update(batch.tgt_token_count)
+        self.throughput.update(total_tokens)  # every rank's: the job's rate
         return loss
 
     def on_train_batch_end(self, *args: Any) -> None:
@@ -157,6 +162,8 @@ class TranslationModule(L.LightningModule):
         faults.point("after_step_saves")
         update_ended = self.trainer.global_step > self._updated_at_step  # not inside an accumulation window
         self._updated_at_step = self.trainer.global_step
+        if update_ended:
+            self._window_stats = None
         if update_ended and (self._logging_update or self.trainer.should_stop):
             if not self._logging_update:
                 self._record_skipped()
@@ -282,6 +289,11 @@ class TranslationModule(L.LightningModule):
     def on_validation_start(self) -> None:
         # A limit of skipped updates reached since the last logging step stops the run before it validates.
         self.nonfinite.check(self._last_checkpoint)
+        self.throughput.pause()  # the training rate leaves validation and its saves out
+
+    def on_validation_end(self) -> None:
+        # After the callbacks' hooks: the checkpoint writers have saved.
+        self.throughput.resume()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss_sum, nll_sum, num_tokens = self._loss(batch)

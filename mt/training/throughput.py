@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import time
 
+from torch import Tensor
+
 
 class Throughput:
-    """Tokens a second over the updates since the last reading (``rate``, read at logging steps); training
-    seconds including earlier runs (``previous_seconds``, restored from the checkpoint)."""
+    """Tokens a second over the updates since the last reading (``rate``, read at logging steps), the time between
+    ``pause`` and ``resume`` (validation, and the saves after it) left out; training seconds including earlier runs
+    (``previous_seconds``, restored from the checkpoint), pauses included."""
 
     def __init__(self) -> None:
         self.previous_seconds = 0.0
@@ -17,14 +20,25 @@ class Throughput:
     def reset(self) -> None:
         self.start = time.perf_counter()
         self.window_start = self.start
-        self.window_tokens = 0
+        self.window_tokens: float | Tensor = 0
+        self.paused_at: float | None = None
 
-    def update(self, tokens: int) -> None:
-        """Count one update's tokens (a number known on the host)."""
-        self.window_tokens += tokens
+    def update(self, tokens: int | Tensor) -> None:
+        """Count one batch's tokens: a number, or a tensor on the device (added there: no host sync)."""
+        self.window_tokens = self.window_tokens + tokens
 
-    def rate(self) -> float:
-        """Tokens a second since the previous reading (or the start), and start the next window."""
+    def pause(self) -> None:
+        if self.paused_at is None:
+            self.paused_at = time.perf_counter()
+
+    def resume(self) -> None:
+        if self.paused_at is not None:
+            self.window_start += time.perf_counter() - self.paused_at
+            self.paused_at = None
+
+    def rate(self) -> float | Tensor:
+        """Tokens a second since the previous reading (or the start), and start the next window (a tensor where
+        the tokens were counted on the device, read with the other logged values)."""
         now = time.perf_counter()
         rate = self.window_tokens / max(now - self.window_start, 1e-9)
         self.window_start, self.window_tokens = now, 0

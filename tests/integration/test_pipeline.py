@@ -97,3 +97,28 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
     (tmp_path / "random.ckpt").write_bytes(torch.randint(0, 255, (1000,), dtype=torch.uint8).numpy().tobytes())
     with pytest.raises(CheckpointError, match="cannot be loaded"):
         load_checkpoint(tmp_path / "random.ckpt")
+
+
+def test_the_logged_loss_of_an_accumulated_update_covers_all_its_batches(toy_corpus_dir, tmp_path, monkeypatch):
+    """``accumulate_grad_batches=2``: each update's train/loss is its two batches' summed loss over their summed
+    tokens (it was the last batch's alone)."""
+    from mt.training.module import TranslationModule
+    from tests.helpers import losses
+
+    seen: list[tuple[float, float]] = []
+    original = TranslationModule._loss
+
+    def recording(self, batch):
+        loss_sum, nll_sum, tokens = original(self, batch)
+        seen.append((float(loss_sum), float(tokens)))
+        return loss_sum, nll_sum, tokens
+
+    monkeypatch.setattr(TranslationModule, "_loss", recording)
+    options = {"trainer.accumulate_grad_batches": 2, "trainer.max_steps": 4, "trainer.log_every_n_steps": 1}
+    train(tiny_train_config(toy_corpus_dir, **options, test_after_training=False), tmp_path)
+    logged = losses(tmp_path / "csv/metrics.csv")
+    assert sorted(logged) == [0, 1, 2, 3] and len(seen) == 8
+    for step, loss in logged.items():
+        (first, first_tokens), (second, second_tokens) = seen[2 * step : 2 * step + 2]
+        assert first / first_tokens != pytest.approx(second / second_tokens, rel=1e-4)  # so the check can fail
+        assert loss == pytest.approx((first + second) / (first_tokens + second_tokens), rel=1e-5)

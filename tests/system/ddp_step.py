@@ -56,11 +56,12 @@ class SaveGradients(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.gradients = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+        self.tokens = float(pl_module.throughput.window_tokens)  # what train/tgt_tokens_per_s will divide
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             params = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
-            torch.save({"gradients": self.gradients, "parameters": params}, self.path)
+            torch.save({"gradients": self.gradients, "parameters": params, "tokens": self.tokens}, self.path)
 
 
 def main(out: Path, mode: str) -> None:

@@ -59,6 +59,10 @@ def test_two_ranks_of_b_make_the_same_step_as_one_rank_of_2b(tmp_path):
         torch.load(tmp_path / name) for name in ("ddp.rank0.src", "ddp.rank1.src", "single.rank0.src")
     )
     assert len(rank0) == 3 and len(rank1) == 6 and sorted(rank0 + rank1) == sorted(both)
+    # The logged rate counts every rank's target tokens (EOS included), not rank 0's alone.
+    from tests.system.ddp_step import batches
+
+    assert ddp["tokens"] == single["tokens"] == sum(len(t) + 1 for _, tgt in batches() for t in tgt)
     assert ddp["gradients"].keys() == single["gradients"].keys()
     assert len(single["gradients"]) > 10  # every parameter's gradient was saved, so the loop below compares them
     for name, gradient in single["gradients"].items():

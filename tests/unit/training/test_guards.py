@@ -96,3 +96,12 @@ def test_throughput_counts_tokens_per_second_between_readings_and_time_across_re
     assert meter.rate() == pytest.approx(50.0)  # 200 tokens in 4 s
     assert meter.elapsed_seconds() == pytest.approx(36.0)
     assert meter.elapsed_hours() == pytest.approx(36.0 / 3600)
+    # Validation (and the saves after it) between two readings: its time is left out of the rate, not the total.
+    meter.update(torch.tensor(300.0))  # counted on the device
+    now[0] = 108.0
+    meter.pause()
+    now[0] = 150.0
+    meter.resume()
+    now[0] = 109.0 + 42.0
+    assert float(meter.rate()) == pytest.approx(100.0)  # 300 tokens in 3 s of training
+    assert meter.elapsed_seconds() == pytest.approx(30.0 + 51.0)
