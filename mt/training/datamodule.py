@@ -39,18 +39,49 @@ class ValidSet:
 
 
 def train_files(data: DataConfig) -> list:
-    """Each corpus's training data as its files' names and sizes (a hub dataset: its name and config): what a
-    moved copy of the data shares with the original, and a changed file does not."""
+    """Each corpus's training data as its files' names, sizes and content digests (a hub dataset: its name and
+    config): what a moved copy of the data shares with the original, and a changed file does not, even of the same
+    size (shuffled lines)."""
     found = []
     for corpus in corpora(data):
         cfg = corpus.data
         if cfg.path:
             split = local_split(cfg, "train")
-            paths = [p for p in (split.src_path, split.tgt_path) if p]
-            found.append([[Path(p).name, Path(p).stat().st_size] for p in paths])
+            paths = [Path(p) for p in (split.src_path, split.tgt_path) if p]
+            found.append(
+                [
+                    [p.name, p.stat().st_size, _digest(p.resolve(), p.stat().st_size, p.stat().st_mtime_ns)]
+                    for p in paths
+                ]
+            )
         else:
             found.append([cfg.hub_name, cfg.hub_config])
     return found
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    """BLAKE2b of the file's bytes (about 1 s a GB), once per version of the file in a process."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def same_files(recorded: list, found: list) -> bool:
+    """Whether two ``train_files`` records name the same data, on the fields both hold (records from before the
+    digests have names and sizes only)."""
+    if len(recorded) != len(found):
+        return False
+    for saved, here in zip(recorded, found):
+        if not (saved and isinstance(saved[0], list)) or not (here and isinstance(here[0], list)):
+            if saved != here:  # a hub dataset, or local files on one side only
+                return False
+            continue
+        if len(saved) != len(here) or any(a[: len(b)] != b[: len(a)] for a, b in zip(saved, here)):
+            return False
+    return True
 
 
 class TranslationDataModule(L.LightningDataModule):
@@ -121,7 +152,8 @@ class TranslationDataModule(L.LightningDataModule):
                     f"{directory} was trained with other settings: this run asks for {', '.join(changed)}; "
                     f"keep them, or train in another hydra.run.dir"
                 )
-            if saved.get("trained_on") not in (None, trained_on):  # e.g. a start that failed, relaunched on other data
+            if saved.get("trained_on") is not None and not same_files(saved["trained_on"], trained_on):
+                # e.g. a start that failed before its first checkpoint, relaunched on other data
                 raise TokenizerError(
                     f"{directory} was trained on other training files ({saved['trained_on']}; this run's: "
                     f"{trained_on}); train in another hydra.run.dir, or remove {directory} to train it again"

@@ -16,6 +16,7 @@ from mt.config import ModelConfig, from_dict
 from mt.data.tokenizer import Tokenizer
 from mt.errors import RunError
 from mt.model.checkpoint import ARCHITECTURE, read_checkpoint
+from mt.training.datamodule import same_files
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,18 @@ def check_same_data(path: Path, data: dict, seed: int, files: list | None = None
     saved = (stored.get("hyper_parameters") or {}).get("data") or {}
     state = stored.get(DATAMODULE_STATE) or {}
     recorded = state.get("train_files")
-    if recorded is not None and files is not None and recorded != files:
+    if recorded is not None and files is not None and not same_files(recorded, files):
         changed = (
-            next(i for i, (a, b) in enumerate(zip(recorded, files)) if a != b) if len(recorded) == len(files) else 0
+            next(i for i, (a, b) in enumerate(zip(recorded, files)) if not same_files([a], [b]))
+            if len(recorded) == len(files)
+            else 0
         )
         raise RunError(
             f"resume from {path}: the training files of corpus {changed} are {files[changed]} here but were "
-            f"{recorded[changed]} (names and sizes); a resumed run goes on with the data it started with (to train "
-            f"its weights on other data: init_from=)"
+            f"{recorded[changed]} (names, sizes and content digests); a resumed run goes on with the data it started "
+            f"with (to train its weights on other data: init_from=)"
         )
-    moved = recorded is not None and recorded == files
+    moved = recorded is not None and files is not None and same_files(recorded, files)
     for key in sorted((saved.keys() & data.keys()) - DATA_FREE):
         if not _same(key, saved[key], data[key], moved):
             raise RunError(

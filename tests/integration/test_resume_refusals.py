@@ -28,7 +28,10 @@ def test_other_data_or_seed_is_refused_before_the_run_is_touched(toy_corpus_dir,
         {"train": toy_pairs(400, seed=11), "valid": toy_pairs(40, seed=2), "test": toy_pairs(40, seed=3)},
     )
     for changed, message in (
-        ({"data": {**_data(other)}}, r"the training files of corpus 0 are \[\['train.de.gz', \d+\], .* but were "),
+        (
+            {"data": {**_data(other)}},
+            r"the training files of corpus 0 are \[\['train.de.gz', \d+, '[0-9a-f]{32}'\], .* but were ",
+        ),
         ({"seed": 2}, r"seed=2 here but 1 in the checkpoint, which orders the batches; resume with seed=1"),
     ):
         config = tiny_train_config(toy_corpus_dir, **SETTINGS, **{"resume": "auto", **changed})
@@ -44,7 +47,7 @@ def test_other_data_or_seed_is_refused_before_the_run_is_touched(toy_corpus_dir,
 
 
 def test_moved_data_resumes_and_changed_files_or_pair_fields_do_not(toy_corpus_dir, tmp_path):
-    """The checkpoint records its training files' names and sizes: the same files moved (another mount) resume,
+    """The checkpoint records its training files' names, sizes and digests: the same files moved (another mount) resume,
     and so do other validation or test split names; a file changed in place, or max_len, is refused."""
     data = tmp_path / "data"
     shutil.copytree(toy_corpus_dir, data)
@@ -57,16 +60,49 @@ def test_moved_data_resumes_and_changed_files_or_pair_fields_do_not(toy_corpus_d
     config = tiny_train_config(moved, **{**SETTINGS, **resumed, "data": {**_data(moved), "splits": {"valid": "dev"}}})
     train(config, tmp_path / "run")
     assert read_checkpoint(tmp_path / "run/checkpoints/last.ckpt")["global_step"] == 8
+    kept = {name: (moved / name).read_bytes() for name in ("train.de.gz", "train.en.gz")}
     pairs = toy_pairs(400, seed=1)
     pairs[0] = (pairs[0][0] + " und", pairs[0][1])  # one word more: another size
     write_text_corpus(moved, {"train": pairs})
     config = tiny_train_config(moved, **{**SETTINGS, **resumed, "trainer.max_steps": 10})
-    with pytest.raises(RunError, match=r"the training files of corpus 0 are .* here but were .* \(names and sizes\)"):
+    with pytest.raises(RunError, match=r"corpus 0 are .* here but were .* \(names, sizes and content digests\)"):
         train(config, tmp_path / "run")
-    write_text_corpus(moved, {"train": toy_pairs(400, seed=1)})
+    for name, content in kept.items():  # the same bytes again (gzip writes a time into its header)
+        (moved / name).write_bytes(content)
     config = tiny_train_config(moved, **{**SETTINGS, **resumed, "trainer.max_steps": 10, "data.max_len": 32})
     with pytest.raises(RunError, match=r"data.max_len is 32 here but 64 in the checkpoint"):
         train(config, tmp_path / "run")
+
+
+def test_training_files_shuffled_in_place_to_the_same_size_are_refused(tmp_path):
+    """Names and sizes alone let a shuffled corpus (same bytes, other order, so other pairs at the saved position)
+    resume; the content digest tells them apart."""
+    pairs = toy_pairs(120, seed=4)
+    data = write_text_corpus(tmp_path / "data", {"train": pairs, "valid": pairs[:8]}, gz=False)
+    train(tiny_train_config(data, **SETTINGS), tmp_path / "run")
+    sizes = {p.name: p.stat().st_size for p in data.iterdir()}
+    write_text_corpus(data, {"train": pairs[60:] + pairs[:60]}, gz=False)
+    assert {p.name: p.stat().st_size for p in data.iterdir()} == sizes  # what the check compared before
+    config = tiny_train_config(data, **{**SETTINGS, "resume": "auto", "trainer.max_steps": 8})
+    with pytest.raises(RunError, match=r"corpus 0 are .* here but were .* \(names, sizes and content digests\)"):
+        train(config, tmp_path / "run")
+    write_text_corpus(data, {"train": pairs}, gz=False)  # put back: the same bytes resume
+    train(config, tmp_path / "run")
+    assert read_checkpoint(tmp_path / "run/checkpoints/last.ckpt")["global_step"] == 8
+
+
+def test_a_checkpoint_recording_names_and_sizes_only_still_resumes(toy_corpus_dir, tmp_path):
+    """Checkpoints written before the digests record ``[name, size]``: compared on those, they resume."""
+    import torch
+
+    train(tiny_train_config(toy_corpus_dir, **SETTINGS), tmp_path / "run")
+    last = tmp_path / "run/checkpoints/last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    recorded = state["TranslationDataModule"]["train_files"]
+    state["TranslationDataModule"]["train_files"] = [[entry[:2] for entry in corpus] for corpus in recorded]
+    torch.save(state, last)
+    train(tiny_train_config(toy_corpus_dir, **{**SETTINGS, "resume": "auto", "trainer.max_steps": 8}), tmp_path / "run")
+    assert read_checkpoint(last)["global_step"] == 8
 
 
 def _data(path: Path) -> dict:
