@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mt.data.tokenizer import EOS_ID
+from mt.decode.search import beam_search, greedy_search
+from mt.model.checkpoint import load_checkpoint
 from tests.conftest import toy_pairs
 from tests.helpers import ROOT, fit_tiny
 
@@ -21,9 +24,11 @@ SAVED_SEARCH = {"beam": 3, "length_penalty": 1.5, "max_len_a": 0.0, "max_len_b":
 
 @pytest.fixture(scope="module")
 def tuned_checkpoint(toy_corpus_dir, tmp_path_factory) -> Path:
-    """A tiny checkpoint whose training config had its own search (beam 3, alpha 1.5, short outputs)."""
+    """A tiny checkpoint whose training config had its own search (beam 3, alpha 1.5, short outputs). Trained
+    enough (80 steps, from a fixed initialisation) that beam size and length limits change its translations."""
     directory = tmp_path_factory.mktemp("evaluate")
-    _, trainer = fit_tiny(toy_corpus_dir, directory / "run", max_steps=30)
+    torch.manual_seed(0)
+    _, trainer = fit_tiny(toy_corpus_dir, directory / "run", max_steps=80)
     trainer.save_checkpoint(directory / "plain.ckpt")
     state = torch.load(directory / "plain.ckpt", weights_only=False)
     state["hyper_parameters"]["search"] = SAVED_SEARCH
@@ -55,20 +60,57 @@ def write(path: Path, lines: list[str]) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(
-    ("overrides", "beam", "alpha"),
-    [((), 3, 1.5), (("beam=2",), 2, 1.5), (("search.length_penalty=0.5",), 3, 0.5), (("search=greedy",), 1, 0.0)],
-    ids=["saved", "beam=", "search.field=", "search=preset"],
-)
-def test_evaluate_decodes_with_the_checkpoints_search_and_the_command_line_wins(
-    tuned_checkpoint, tmp_path, overrides, beam, alpha
-):
-    pairs = toy_pairs(6, seed=4)
-    source = write(tmp_path / "src.de", [s for s, _ in pairs])
+def decode_alone(checkpoint: Path, sentences: list[str], **search) -> list[str]:
+    """The reference decode: each sentence on its own (a batch of one, EOS appended, no padding) by the search
+    function called directly with ``search``'s arguments (greedy where there are none), then detokenized."""
+    loaded = load_checkpoint(checkpoint)
+    outputs = []
+    for ids in loaded.tokenizer.encode_src(sentences):
+        src = torch.tensor([[*ids, EOS_ID]])
+        mask = torch.zeros_like(src, dtype=torch.bool)
+        if search:
+            outputs.append(beam_search(loaded.model, src, mask, **search)[0][0].tokens)
+        else:
+            outputs.append(greedy_search(loaded.model, src, mask)[0].tokens)
+    return loaded.tokenizer.decode_tgt(outputs)
+
+
+SEARCH_CASES = {  # the command line, and the search_batch arguments it should come to (max_len_b=8 is the saved one)
+    "saved": ((), {"beam": 3, "length_penalty_alpha": 1.5, "max_len_a": 0.0, "max_len_b": 8}),
+    "beam=": (("beam=2",), {"beam": 2, "length_penalty_alpha": 1.5, "max_len_a": 0.0, "max_len_b": 8}),
+    "search.field=": (
+        ("search.length_penalty=0.5", "search.max_len_b=12"),
+        {"beam": 3, "length_penalty_alpha": 0.5, "max_len_a": 0.0, "max_len_b": 12},
+    ),
+    "search=preset": (("search=greedy",), {}),  # conf/search/greedy.yaml: beam 1, max_len 1.2 |src| + 10
+}
+
+
+@pytest.mark.parametrize("case", SEARCH_CASES)
+def test_evaluate_decodes_with_the_checkpoints_search_and_the_command_line_wins(tuned_checkpoint, tmp_path, case):
+    """The hypotheses evaluate writes are those of its search, decoded independently: each sentence alone
+    through ``beam_search`` (``greedy_search`` for the greedy preset) with the checkpoint's saved arguments
+    and the command line's over them. The search evaluate reports is not enough: it is only the merged
+    config, whatever decoded. So that a decode with the defaults (beam 5, alpha 1, 1.2 |src| + 10), or one
+    that ignores the command line, cannot pass, the expected output must differ from those decodes."""
+    overrides, search = SEARCH_CASES[case]
+    pairs = toy_pairs(12, seed=4)
+    sources = [s for s, _ in pairs]
+    source = write(tmp_path / "src.de", sources)
     reference = write(tmp_path / "ref.en", [t for _, t in pairs])
-    result = evaluate(f"checkpoint={tuned_checkpoint}", f"source={source}", f"reference={reference}", *overrides)
-    assert (result["search"]["beam"], result["search"]["length_penalty"]) == (beam, alpha)
-    assert result["search"]["max_len_b"] == (8 if overrides != ("search=greedy",) else 10)
+    output = tmp_path / "hyp.en"
+    result = evaluate(
+        f"checkpoint={tuned_checkpoint}", f"source={source}", f"reference={reference}", f"output={output}", *overrides
+    )
+    expected = decode_alone(tuned_checkpoint, sources, **search)
+    assert output.read_text().splitlines() == expected
+    assert expected != decode_alone(tuned_checkpoint, sources, beam=5)  # the defaults decode otherwise
+    if overrides:  # and so does the saved search alone
+        assert expected != decode_alone(tuned_checkpoint, sources, **SEARCH_CASES["saved"][1])
+    reported = (result["search"]["beam"], result["search"]["length_penalty"], result["search"]["max_len_b"])
+    assert reported == (
+        (search["beam"], search["length_penalty_alpha"], search["max_len_b"]) if search else (1, 0.0, 10)
+    )
 
 
 def test_several_references_ter_and_a_baseline_match_sacrebleus_command_line(tuned_checkpoint, tmp_path):
