@@ -1,12 +1,13 @@
 """The plain in-memory encoder that ``mt.data.preprocess`` (the only encoder mt trains with) is held
-against: read a split into lists, encode pair by pair, clean, flatten. Test code only."""
+against: read a split into lists, encode pair by pair, clean, flatten. Test code only. Its cleaning is its own,
+written from docs/data.md, not ``mt.data.corpus.cleaning_mask`` (which the Arrow path calls)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from mt.config import DataConfig
-from mt.data.corpus import EncodedCorpus, ParallelText, cleaning_mask, load_split
+from mt.data.corpus import EncodedCorpus, ParallelText, load_split
 from mt.data.tokenizer import Tokenizer
 
 
@@ -47,7 +48,13 @@ def prepare_split(cfg: DataConfig, split: str, tokenizer: Tokenizer, *, text: Pa
     corpus = from_lists(tokenizer.encode_src(text.src), tokenizer.encode_tgt(text.tgt))
     if split != "train":
         return corpus
-    keep, _ = cleaning_mask(
-        corpus.src_lengths, corpus.tgt_lengths, min_len=cfg.min_len, max_len=cfg.max_len, max_ratio=cfg.max_len_ratio
-    )
-    return select(corpus, np.flatnonzero(keep))
+    lengths = zip(corpus.src_lengths.tolist(), corpus.tgt_lengths.tolist())
+    keep = [i for i, (src, tgt) in enumerate(lengths) if kept(src, tgt, cfg)]
+    return select(corpus, np.array(keep, dtype=np.int64))
+
+
+def kept(src: int, tgt: int, cfg: DataConfig) -> bool:
+    """docs/data.md's cleaning of one pair of ``src`` and ``tgt`` subwords: neither side empty nor shorter than
+    ``min_len`` nor longer than ``max_len``, and the longer side at most ``max_len_ratio`` times the shorter."""
+    shorter, longer = min(src, tgt), max(src, tgt)
+    return shorter >= max(cfg.min_len, 1) and longer <= cfg.max_len and longer / shorter <= cfg.max_len_ratio

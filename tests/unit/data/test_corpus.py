@@ -90,11 +90,35 @@ def test_unreachable_hub_dataset_says_to_use_local_files(monkeypatch):
 
 
 def test_cleaning_counts_each_reason():
-    src = np.array([0, 3, 200, 4, 10, 5])
-    tgt = np.array([4, 3, 5, 20, 11, 0])
-    keep, report = cleaning_mask(src, tgt, min_len=1, max_len=100, max_ratio=3.0)
-    assert keep.tolist() == [False, True, False, False, True, False]
-    assert (report.empty, report.too_short, report.too_long, report.bad_ratio, report.kept) == (2, 0, 1, 1, 2)
+    """Each pair's fate, worked out by hand from docs/data.md with min_len 2, max_len 100, max_len_ratio 3:
+    a pair exactly at a limit is kept and one subword past it is dropped, and a pair is counted under its
+    first reason only (empty, too short, too long, ratio)."""
+    rows = [  # (source subwords, target subwords, what cleaning does)
+        (0, 4, "empty"),
+        (5, 0, "empty"),
+        (1, 2, "too short"),  # min_len - 1 on one side (its ratio, 2, is fine)
+        (2, 1, "too short"),
+        (1, 5, "too short"),  # also over the ratio: counted once, under its first reason
+        (2, 2, "kept"),  # exactly min_len
+        (3, 3, "kept"),
+        (10, 11, "kept"),
+        (100, 100, "kept"),  # exactly max_len on both sides
+        (101, 100, "too long"),  # max_len + 1
+        (100, 101, "too long"),
+        (200, 5, "too long"),  # also over the ratio
+        (3, 9, "kept"),  # a ratio of exactly 3
+        (9, 3, "kept"),
+        (34, 100, "kept"),  # 100 / 34 = 2.94
+        (3, 10, "ratio"),  # 3.33
+        (4, 20, "ratio"),
+        (33, 100, "ratio"),  # 3.03
+    ]
+    src, tgt, fates = zip(*rows)
+    keep, report = cleaning_mask(np.array(src), np.array(tgt), min_len=2, max_len=100, max_ratio=3.0)
+    assert keep.tolist() == [fate == "kept" for fate in fates]
+    counts = (report.empty, report.too_short, report.too_long, report.bad_ratio, report.kept)
+    assert counts == (2, 3, 3, 3, 7)
+    assert report.total == len(rows)
 
 
 def test_encoded_corpus_select_keeps_original_line_numbers():

@@ -86,6 +86,28 @@ def test_same_ids_offsets_and_index_as_prepare_split(corpus_dir, tokenizer, tmp_
     assert batch.src_ids.equal(reference_batch.src_ids) and batch.tgt_out.equal(reference_batch.tgt_out)
 
 
+def test_cleaning_limits_that_pairs_sit_on_match_prepare_split(corpus_dir, tokenizer, tmp_path):
+    """With min_len, max_len and max_len_ratio set to lengths and a ratio that pairs of the corpus have, the
+    Arrow path keeps exactly the pairs the reference's own cleaning keeps (a pair on a limit is kept). The
+    default limits are far from every pair, so only limits like these tell the two cleanings apart."""
+    text = load_split(data_config(corpus_dir), "train")
+    lengths = [
+        (len(s), len(t)) for s, t in zip(tokenizer.encode_src(text.src), tokenizer.encode_tgt(text.tgt)) if s and t
+    ]
+    shortest = sorted(min(pair) for pair in lengths)
+    longest = sorted(max(pair) for pair in lengths)
+    ratios = sorted(max(pair) / min(pair) for pair in lengths)
+    limits = {"min_len": shortest[len(shortest) // 10], "max_len": longest[len(longest) // 2]}
+    limits["max_len_ratio"] = ratios[len(ratios) // 2]
+    assert sum(min(pair) == limits["min_len"] for pair in lengths) > 0  # pairs sit on each limit
+    assert sum(max(pair) == limits["max_len"] for pair in lengths) > 0
+    assert sum(max(pair) / min(pair) == limits["max_len_ratio"] for pair in lengths) > 0
+    cfg = data_config(corpus_dir, **limits)
+    corpus = prepare_split_arrow(cfg, "train", tokenizer, cache_dir=tmp_path)
+    assert_same_corpus(corpus, prepare_split(cfg, "train", tokenizer))
+    assert 0 < len(corpus) < len(lengths) // 2
+
+
 def test_tsv_and_jsonl_formats_match_prepare_split(tmp_path, tokenizer):
     pairs = noisy_pairs(60, seed=4)
     (tmp_path / "train.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs))
