@@ -60,12 +60,32 @@ def test_mlflow_in_a_sqlite_store_gets_every_loss_and_a_resume_goes_on_in_the_sa
     assert not list(tmp_path.glob("tb"))
 
 
-def test_wandb_offline_gets_the_metrics_and_a_resume_goes_on_in_the_same_run(toy_corpus_dir, tmp_path, monkeypatch):
+def test_wandb_offline_gets_every_loss_and_a_resume_goes_on_in_the_same_run(toy_corpus_dir, tmp_path, monkeypatch):
+    """What mt hands W&B, recorded where it reaches the W&B run (``wandb.Run.log``, below Lightning's logger):
+    every train/loss of the CSV log, at its step and with its value, and the three validation scores, all in
+    the one W&B run that the resume goes on in. What W&B stores is checked only as far as its two offline
+    record files (one a process) of that run naming both metrics: this wandb has no reader for those files."""
     pytest.importorskip("wandb")
+    from wandb.sdk.wandb_run import Run
+
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_MODE", "offline")  # never the network, whatever a user's settings say
-    train_and_resume(toy_corpus_dir, tmp_path, wandb=True)
+    calls: list[tuple[str, dict]] = []
+    log = Run.log
+
+    def recording(self, data, step=None, commit=None):
+        calls.append((self.id, dict(data)))
+        return log(self, data, step=step, commit=commit)
+
+    monkeypatch.setattr(Run, "log", recording)
+    logged = train_and_resume(toy_corpus_dir, tmp_path, wandb=True)
     run_id = (tmp_path / "wandb_run_id").read_text().strip()
+    assert {run for run, _ in calls} == {run_id}
+    losses = {data["trainer/global_step"]: float(data["train/loss"]) for _, data in calls if "train/loss" in data}
+    assert losses.keys() == logged.keys()
+    assert all(losses[step] == pytest.approx(logged[step], rel=1e-6) for step in logged)
+    scores = sorted(data["trainer/global_step"] for _, data in calls if "val/bleu" in data)
+    assert len(scores) == 3  # after steps 2, 4 and 6
     records = sorted(tmp_path.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(records) == 2  # the first process and the resumed one, both in W&B run `run_id`
     for path in records:  # W&B's record files hold metric names as plain protobuf strings
