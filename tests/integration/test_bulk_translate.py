@@ -89,12 +89,19 @@ def test_a_gz_output_is_gzip_and_resumes_after_a_kill(checkpoint, source, stream
 
 
 def test_a_resumed_output_with_other_settings_is_refused(checkpoint, source, tmp_path):
+    """An output left unfinished by a kill (its record says so) is not resumed with another search, whose lines
+    would differ from those already written; the refusal leaves the partial file and its record as they were."""
     output = tmp_path / "out.txt"
-    translate(checkpoint, f"input={source}", f"output={output}", env={"MT_FAULT": "translate_chunk:2"})
+    killed = translate(checkpoint, f"input={source}", f"output={output}", env={"MT_FAULT": "translate_chunk:2"})
+    assert killed.returncode == -9  # a resume, not a finished output
+    progress = tmp_path / "out.txt.progress.json"
+    record, written = progress.read_text(), output.read_bytes()
+    assert json.loads(record)["done"] is False and json.loads(record)["lines"] == CHUNK
     result = translate(checkpoint, f"input={source}", f"output={output}", "beam=2")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "was started with search=" in errors[0] and "overwrite=true" in errors[0]
+    assert progress.read_text() == record and output.read_bytes() == written
 
 
 def test_a_resumed_output_whose_checkpoint_file_changed_is_refused(checkpoint, source, tmp_path):
