@@ -16,18 +16,62 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def values_set_by(group: str, option: str) -> dict:
+    """The dotted keys (as ``leaves`` writes them, an item of a list keyed by its position) and values that
+    ``conf/GROUP/OPTION.yaml`` sets, where they land in the composed config: under ``GROUP``, or at the top for
+    a ``# @package _global_`` file. The files its defaults list names (another file of its group, or
+    ``override /GROUP: OPTION``) come first, and the file's own values override theirs."""
+    from omegaconf import OmegaConf
+
+    path = CONF / group / f"{option}.yaml"
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # ${oc.env:...} as composition reads it
+    expected: dict = {}
+    for entry in values.pop("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            expected |= values_set_by(group, entry)
+        elif isinstance(entry, dict):
+            ((key, chosen),) = entry.items()
+            expected |= values_set_by(key.removeprefix("override /"), chosen)
+    prefix = "" if "# @package _global_" in path.read_text() else f"{group}."
+    return expected | dotted(values, prefix)
+
+
+def dotted(node, prefix: str = "") -> dict:
+    """``leaves``, also into lists (the corpora of a data file): their items are keyed by position."""
+    if isinstance(node, list) and node:
+        node = dict(enumerate(node))
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in dotted(value, f"{prefix}{key}.").items()}
+
+
+def composed_values(config: TrainConfig, keys) -> dict:
+    from omegaconf import OmegaConf
+
+    composed = dotted(OmegaConf.to_container(OmegaConf.structured(config)))
+    return {key: composed.get(key, "<missing>") for key in keys}
+
+
 @pytest.mark.parametrize("data", options("data"))
 @pytest.mark.parametrize("model", options("model"))
-def test_every_data_and_model_composes(data, model):
+def test_every_data_and_model_composes_with_each_value_its_files_set(data, model):
+    """Each value a data and a model file set (a data file: also the one it extends) arrives in the typed
+    config, the command line's data.path over the file's."""
     config = to_typed(compose_config("train", [f"data={data}", f"model={model}", "data.path=/tmp/corpus"]), TrainConfig)
-    assert config.data.name and config.model.d_model % config.model.n_heads == 0
+    expected = values_set_by("data", data) | values_set_by("model", model) | {"data.path.": "/tmp/corpus"}
+    assert len(expected) > 5
+    assert composed_values(config, expected) == expected
 
 
 @pytest.mark.parametrize("group", ["trainer", "search", "debug"])
-def test_every_trainer_search_and_debug_option_composes(group):
+def test_every_trainer_search_and_debug_option_composes_with_each_value_its_file_sets(group):
+    """Each value a trainer, search or debug file sets arrives in the typed config (a debug file's are global,
+    and debug=smoke's model is model=tiny's)."""
     for option in options(group):
         config = to_typed(compose_config("train", [f"{group}={option}"]), TrainConfig)
-        assert isinstance(config, TrainConfig)
+        expected = values_set_by(group, option)
+        assert len(expected) >= 2, option
+        assert composed_values(config, expected) == expected, option
 
 
 def leaves(node, prefix: str = "") -> dict:
