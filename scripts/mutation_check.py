@@ -124,8 +124,8 @@ SABOTAGES = [
         "nonfinite",
         "a NaN/inf loss skips the update",
         "mt/training/guards.py",
-        "        skip = bool(flags)  # the step's one host sync, after backward",
-        "        skip = False",
+        "        skip = torch.as_tensor(flags, device=device) > 0",
+        "        skip = torch.as_tensor(flags, device=device) > 1e9",
         (f"{FAULTS}::test_a_nonfinite_loss_or_gradient_skips_the_update_and_training_goes_on",),
     ),
     Sabotage(

@@ -3,8 +3,9 @@ file, field or value and what was expected, and overwrites nothing; odd but vali
 (empty, very long or unknown-character lines, CRLF) is translated with the line alignment kept.
 
 Items already tested elsewhere are not repeated here: misaligned, invalid UTF-8, missing-split and
-unknown-key corpora and the unreachable hub (test_data.py, test_preprocess.py), impossible config
-values (test_configs.py), missing and random-bytes checkpoints (test_pipeline.py).
+unknown-key corpora and the unreachable hub (tests/unit/data/test_corpus.py, test_readers.py and
+test_preprocess.py), impossible config values (tests/unit/test_config.py), missing and random-bytes
+checkpoints (tests/integration/test_pipeline.py).
 """
 
 from __future__ import annotations
