@@ -24,6 +24,7 @@ from mt.data.preprocess import describe_source, prepare_split_arrow, raw_dataset
 from mt.data.readers import local_split
 from mt.data.tokenizer import Tokenizer, train_tokenizer
 from mt.errors import DataError, TokenizerError
+from mt.training.distributed import is_global_zero_from_env
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +49,14 @@ def train_files(data: DataConfig) -> list:
         if cfg.path:
             split = local_split(cfg, "train")
             paths = [Path(p) for p in (split.src_path, split.tgt_path) if p]
-            found.append(
-                [
-                    [p.name, p.stat().st_size, _digest(p.resolve(), p.stat().st_size, p.stat().st_mtime_ns)]
-                    for p in paths
-                ]
-            )
+            found.append([[p.name, p.stat().st_size, _digest(p)] for p in paths])
         else:
             found.append([cfg.hub_name, cfg.hub_config])
     return found
 
 
-@functools.lru_cache(maxsize=64)
-def _digest(path: Path, size: int, mtime_ns: int) -> str:
-    """BLAKE2b of the file's bytes (about 1 s a GB), once per version of the file in a process."""
+def _digest(path: Path) -> str:
+    """BLAKE2b of the file's bytes (about 1 s a GB)."""
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as handle:
         while block := handle.read(1 << 20):
@@ -94,7 +89,16 @@ class TranslationDataModule(L.LightningDataModule):
         seed: seeds the batch shuffling (with the epoch).
     """
 
-    def __init__(self, data: DataConfig, tokenizer: TokenizerConfig, *, run_dir: str | Path, seed: int) -> None:
+    def __init__(
+        self,
+        data: DataConfig,
+        tokenizer: TokenizerConfig,
+        *,
+        run_dir: str | Path,
+        seed: int,
+        files: list | None = None,
+    ) -> None:
+        """``files``: ``train_files(data)`` where the caller has it (read once a run: it hashes every file)."""
         super().__init__()
         self.data_cfg = data
         self.tokenizer_cfg = tokenizer
@@ -104,14 +108,22 @@ class TranslationDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.train_corpora: list[EncodedCorpus] = []
         self.valid_sets: list[ValidSet] = []
+        self._files = files
+
+    @property
+    def files(self) -> list:
+        """The training files as the run started with them (``train_files``), read once."""
+        if self._files is None:
+            self._files = train_files(self.data_cfg)
+        return self._files
 
     def state_dict(self) -> dict:
         """What a checkpoint records of the data beside the model's ``data`` hyperparameters: the seed that orders
-        the batches, and the training files (``train_files``) that ``mt.training.resume.check_same_data`` compares
-        before a resumed run starts."""
+        the batches, and the training files (``train_files``, as the run started with them, not as they may have
+        been changed since) that ``mt.training.resume.check_same_data`` compares before a resumed run starts."""
         try:
-            files = train_files(self.data_cfg)
-        except (DataError, OSError):  # the files gone mid-run: the checkpoint is saved all the same
+            files = self.files
+        except (DataError, OSError):  # the files gone: the checkpoint is saved all the same
             files = None
         return {"seed": self.seed, "train_files": files}
 
@@ -138,9 +150,9 @@ class TranslationDataModule(L.LightningDataModule):
         directory = self.run_dir / "tokenizer"
         tokenizer = Tokenizer.load(directory)
         settings = asdict(self.tokenizer_cfg)
-        # The training files it learnt from (names and sizes: moved data matches); none where it came from
+        # The training files it learnt from (names, sizes, digests: moved data matches); none where it came from
         # init_from's checkpoint, whose vocabulary a run keeps whatever its data.
-        trained_on = train_files(self.data_cfg)
+        trained_on = self.files
         saved_settings = directory / "settings.json"  # runs before it was written have none: trusted
         if tokenizer is not None and saved_settings.is_file():
             saved = json.loads(saved_settings.read_text())
@@ -256,7 +268,7 @@ class TranslationDataModule(L.LightningDataModule):
         batch of its own (the training split is cleaned to ``data.max_len`` instead)."""
         cost = round_up(np.maximum(encoded.src_lengths, encoded.tgt_lengths) + 1, self.data_cfg.pad_to_multiple)
         long = np.flatnonzero(cost > self.data_cfg.max_tokens)
-        if long.size:
+        if long.size and is_global_zero_from_env():  # said once, not by every rank
             lines = ", ".join(f"{int(encoded.index[i]) + 1} ({int(cost[i])} tokens)" for i in long[:5])
             log.warning(
                 "%s: %d pair%s longer than data.max_tokens=%d, each validated in a batch of its own: line %s%s",

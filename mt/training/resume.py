@@ -69,7 +69,7 @@ def check_same_data(path: Path, data: dict, seed: int, files: list | None = None
 
     Compared: every data field that decides the training pairs (not the validation and test splits' names, the
     corpora's names, workers or caches), on the fields both sides record (older checkpoints have fewer); paths
-    resolved, and not at all where the checkpoint records the same training files (names and sizes) as found
+    resolved, and not at all where the checkpoint records the same training files (names, sizes, digests) as found
     here, so data moved, or mounted elsewhere, resumes; the files themselves, where the checkpoint records them.
     """
     stored = read_checkpoint(path)
@@ -102,17 +102,17 @@ def check_same_data(path: Path, data: dict, seed: int, files: list | None = None
         )
 
 
-def _same(key: str, saved, here, same_files: bool) -> bool:
+def _same(key: str, saved, here, files_match: bool) -> bool:
     """Whether a data field is the same for the training pairs: a path resolved (not compared where the files
     are the same), the train split's name of ``splits``, each corpus entry on the fields both record but its
     name and ``valid``."""
     if key == "path":
-        return same_files or _resolved_path(saved) == _resolved_path(here)
+        return files_match or _resolved_path(saved) == _resolved_path(here)
     if key in ("splits", "hub_splits") and isinstance(saved, dict) and isinstance(here, dict):
         return saved.get("train") == here.get("train")
     if key == "corpora" and isinstance(saved, list) and isinstance(here, list):
         return len(saved) == len(here) and all(
-            _same(k, a[k], b[k], same_files)
+            _same(k, a[k], b[k], files_match)
             for a, b in zip(saved, here)
             for k in sorted((a.keys() & b.keys()) - CORPUS_FREE)
         )

@@ -86,8 +86,9 @@ def _train_with(
 ) -> dict | None:
     resolve_precision(config.trainer.precision, config.trainer.accelerator)  # fp16 on a CPU: refused now
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
+    files = train_files(config.data)  # once a run (each file hashed), outside the lock the ranks take in turn
     if ckpt_path is not None:  # other data or seed: refused now, not inside fit once the run is recorded
-        check_same_data(Path(ckpt_path), to_dict(config.data), config.seed, train_files(config.data))
+        check_same_data(Path(ckpt_path), to_dict(config.data), config.seed, files)
     for corpus in validated(config.data):  # a missing or misaligned test split fails now, not after the training
         if config.test_after_training and not config.trainer.fast_dev_run and corpus.data.path:
             load_split(corpus.data, "test")
@@ -96,7 +97,7 @@ def _train_with(
             bleu_metric(language, config.metrics.bleu_tokenize)
     L.seed_everything(config.seed, workers=True)
 
-    datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)
+    datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed, files=files)
     initial_weights = None
     with exclusive(run_dir / ".prepare.lock"):  # ranks started together: one trains, the others load
         if config.init_from and ckpt_path is None:  # a new run from a trained model: its tokenizer, its weights

@@ -91,6 +91,25 @@ def test_training_files_shuffled_in_place_to_the_same_size_are_refused(tmp_path)
     assert read_checkpoint(tmp_path / "run/checkpoints/last.ckpt")["global_step"] == 8
 
 
+def test_checkpoints_record_the_training_files_as_the_run_started_with_them(tmp_path):
+    """A file changed during the run (the same size) is not what the run encoded: the checkpoints go on recording
+    the files as they were at the start, so a resume on the changed file is refused."""
+    from mt.training.datamodule import TranslationDataModule
+
+    pairs = toy_pairs(40, seed=4)
+    data = write_text_corpus(tmp_path / "data", {"train": pairs, "valid": pairs[:4]}, gz=False)
+    config = tiny_train_config(data)
+    datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path / "run", seed=1)
+    at_start = datamodule.state_dict()["train_files"]
+    write_text_corpus(data, {"train": pairs[20:] + pairs[:20]}, gz=False)  # shuffled in place, same sizes
+    assert datamodule.state_dict()["train_files"] == at_start
+    again = TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path / "run", seed=1)
+    assert [[entry[:2] for entry in corpus] for corpus in again.state_dict()["train_files"]] == [
+        [entry[:2] for entry in corpus] for corpus in at_start
+    ]
+    assert again.state_dict()["train_files"] != at_start  # the digests tell the new order apart
+
+
 def test_a_checkpoint_recording_names_and_sizes_only_still_resumes(toy_corpus_dir, tmp_path):
     """Checkpoints written before the digests record ``[name, size]``: compared on those, they resume."""
     import torch
