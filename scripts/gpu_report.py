@@ -26,7 +26,8 @@ def card_peak_tflops(name: str) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
-def train_report(run_dir: Path, peak_tflops: float | None) -> None:
+def train_report(run_dir: Path, peak_tflops: float | None, devices: int = 1) -> None:
+    """``devices``: the GPUs the run trained on (its logged rate is all ranks' tokens: MFU is per card)."""
     from mt.training.plots import read_metric_rows
 
     if not (run_dir / "csv/metrics.csv").is_file():
@@ -46,7 +47,12 @@ def train_report(run_dir: Path, peak_tflops: float | None) -> None:
     tflops = flops_per_tgt_token * rate / 1e12
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     peak = peak_tflops or card_peak_tflops(device)
-    mfu = f", MFU {tflops / peak:.1%} of {peak:.0f} TFLOP/s ({device})" if peak else f" ({device}: peak unknown)"
+    cards = f"{devices} x " if devices > 1 else ""
+    mfu = (
+        f", MFU {tflops / (peak * devices):.1%} of {cards}{peak:.0f} TFLOP/s ({device})"
+        if peak
+        else f" ({device}: peak unknown)"
+    )
     print(
         f"train {run_dir.name}: {ckpt['global_step']} steps, median {rate:,.0f} target tokens/s "
         f"(min {min(steady):,.0f}, max {max(steady):,.0f}), {tflops:.1f} TFLOP/s{mfu}",
@@ -100,6 +106,7 @@ def main() -> None:
     train = commands.add_parser("train")
     train.add_argument("run_dir", type=Path)
     train.add_argument("--peak-tflops", type=float, default=None)
+    train.add_argument("--devices", type=int, default=1, help="GPUs the run trained on (DDP): MFU is per card")
     decode = commands.add_parser("decode")
     decode.add_argument("checkpoint", type=Path)
     decode.add_argument("source", type=Path)
@@ -108,7 +115,7 @@ def main() -> None:
     decode.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     args = parser.parse_args()
     if args.command == "train":
-        train_report(args.run_dir, args.peak_tflops)
+        train_report(args.run_dir, args.peak_tflops, args.devices)
     else:
         decode_report(args.checkpoint, args.source, args.reference, args.sentences, args.beams)
 

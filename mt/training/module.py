@@ -283,17 +283,16 @@ class TranslationModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         align_logged_step(self.trainer)  # after a resume, Lightning's count can be one short
+        # Training again: the time since validation started (the saves after it, in on_validation_end or at the
+        # epoch's end) is left out of the rate.
+        self.throughput.resume()
 
     # -- validation ----------------------------------------------------------------------------
 
     def on_validation_start(self) -> None:
         # A limit of skipped updates reached since the last logging step stops the run before it validates.
         self.nonfinite.check(self._last_checkpoint)
-        self.throughput.pause()  # the training rate leaves validation and its saves out
-
-    def on_validation_end(self) -> None:
-        # After the callbacks' hooks: the checkpoint writers have saved.
-        self.throughput.resume()
+        self.throughput.pause()  # the training rate leaves validation and its saves out (until the next batch)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss_sum, nll_sum, num_tokens = self._loss(batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import lightning as L
 import pytest
 import torch
@@ -122,3 +124,30 @@ def test_the_logged_loss_of_an_accumulated_update_covers_all_its_batches(toy_cor
         (first, first_tokens), (second, second_tokens) = seen[2 * step : 2 * step + 2]
         assert first / first_tokens != pytest.approx(second / second_tokens, rel=1e-4)  # so the check can fail
         assert loss == pytest.approx((first + second) / (first_tokens + second_tokens), rel=1e-5)
+
+
+def test_the_rate_clock_stands_from_validation_to_the_next_batch(toy_corpus_dir, tmp_path, monkeypatch):
+    """Per-epoch validation (the default): best.ckpt is saved at the epoch's end, after validation has ended; the
+    clock of train/tgt_tokens_per_s must stand through that save too, and run during training batches."""
+    import mt.training.throughput as throughput
+    from tests.helpers import with_callback
+
+    clock = [0.0]
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock[0])
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            clock[0] += 1.0  # a second of training a batch
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            clock[0] += 1000.0  # a slow save, after validation (Lightning saves best.ckpt here)
+
+    with_callback(monkeypatch, Clock())
+    options = {"trainer.max_steps": 24, "trainer.log_every_n_steps": 12, "test_after_training": False}
+    train(tiny_train_config(toy_corpus_dir, **options, **{"validation.decode": "none"}), tmp_path)
+    assert clock[0] >= 24 + 1000  # an epoch ended (and saved) within the run
+    with open(tmp_path / "csv/metrics.csv", newline="") as handle:
+        rates = [float(r["train/tgt_tokens_per_s"]) for r in csv.DictReader(handle) if r.get("train/tgt_tokens_per_s")]
+    # 12 one-second batches a window, each of tens of target tokens at least; with a 1000 s save counted, the
+    # rate of a window would be at most 512 * 12 / 1012 (a batch holds at most max_tokens=512).
+    assert len(rates) == 2 and min(rates) > 50, rates
