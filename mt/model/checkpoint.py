@@ -9,6 +9,7 @@ export, averaging and the resume checks read it here, without Lightning or mt's 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -295,7 +296,8 @@ def average_checkpoints(paths: list[Path]) -> dict:
 def _model_config(checkpoint: dict) -> object:
     """The architecture of its model (not the dropouts, which a resume may change within one run)."""
     model = checkpoint.get("hyper_parameters", {}).get("model") or {}
-    return {name: model.get(name) for name in ARCHITECTURE}
+    defaults = dataclasses.asdict(ModelConfig())  # what a checkpoint from before an option was added meant
+    return {name: model.get(name, defaults[name]) for name in ARCHITECTURE}
 
 
 def _tokenizer(checkpoint: dict) -> object:

@@ -80,6 +80,11 @@ def test_averaging_takes_one_runs_checkpoints_across_a_resume_that_changed_dropo
     averaged = average_checkpoints([a, tmp_path / "resumed.ckpt"])
     for name, tensor in torch.load(a, weights_only=False)["state_dict"].items():
         torch.testing.assert_close(averaged["state_dict"][name], tensor)
+    # A checkpoint that records no value of an option (written before it existed) meant the option's default.
+    assert "positions" not in resumed["hyper_parameters"]["model"]
+    resumed["hyper_parameters"]["model"]["positions"] = "interleaved"
+    torch.save(resumed, tmp_path / "newer.ckpt")
+    average_checkpoints([a, tmp_path / "newer.ckpt"])
 
 
 def test_step_checkpoints_are_ordered_by_step_past_seven_digits(tmp_path):
