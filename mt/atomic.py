@@ -37,8 +37,10 @@ def refuse_unwritable_folder(path: str | Path) -> None:
     above it is a file, or not writable (the folders below it are made when the output is written)."""
     path = Path(path)
     above = path.parent
-    while not above.exists() and above != above.parent:
+    while not above.exists() and not above.is_symlink() and above != above.parent:
         above = above.parent
+    if above.is_symlink() and not above.exists():
+        raise RunError(f"output {path}: {above} is a symbolic link to nothing ({os.readlink(above)})")
     if not above.is_dir():
         raise RunError(f"output {path}: {above} is a file, not a folder")
     if not os.access(above, os.W_OK | os.X_OK):

@@ -107,6 +107,12 @@ def test_an_output_under_a_file_is_refused_before_the_checkpoint_is_loaded(check
             score_checkpoint(
                 checkpoint, source=str(tmp_path / "src.de"), references=[str(tmp_path / "ref.en")], output=str(output)
             )
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # a folder that cannot be made either
+    output = tmp_path / "dangling/hyp.en"
+    with pytest.raises(RunError, match=f"output {output}: {tmp_path / 'dangling'} is a symbolic link to nothing"):
+        score_checkpoint(
+            checkpoint, source=str(tmp_path / "src.de"), references=[str(tmp_path / "ref.en")], output=str(output)
+        )
 
 
 def test_an_nbest_wider_than_the_beam_says_that_it_widens_the_beam(checkpoint):
