@@ -152,11 +152,19 @@ class DataConfig:
         # SentencePiece's built-in pieces (mt.data.tokenizer.SPECIAL_PIECES; this module imports no layer of mt): a
         # tag of one of these names would be that id (padding: masked out; BOS, EOS; unknown), not a tag of its own.
         special = ("<pad>", "<unk>", "<s>", "</s>")
+        # A split name an entry leaves out is data's, not SplitNames' default (new objects: the caller's stay as given).
+        self.corpora = [
+            dataclasses.replace(
+                c,
+                splits=CorpusSplits(
+                    **{k: getattr(self.splits, k) if v is None else v for k, v in dataclasses.asdict(c.splits).items()}
+                ),
+            )
+            if c.splits is not None and None in dataclasses.asdict(c.splits).values()
+            else c
+            for c in self.corpora
+        ]
         for i, corpus in enumerate(self.corpora):
-            if corpus.splits is not None:  # a name left out is data's, not SplitNames' default
-                for split, name in dataclasses.asdict(corpus.splits).items():
-                    if name is None:
-                        setattr(corpus.splits, split, getattr(self.splits, split))
             _require(
                 corpus.name is None or (corpus.name and all(ch.isalnum() or ch in "-_." for ch in corpus.name)),
                 f"data.corpora[{i}].name={corpus.name!r}: expected letters, digits, '-', '_' or '.' (it names files)",

@@ -265,3 +265,10 @@ def test_a_corpus_entry_naming_one_split_keeps_the_others_from_data():
     first, second = (c.data.splits for c in corpora(config.data))
     assert (first.train, first.valid, first.test) == ("clean", "val", "t2017")
     assert (second.train, second.valid, second.test) == ("clean", "val", "test")
+    # The entries given are left as they were (another DataConfig built from them fills in its own names).
+    from mt.config import CorpusConfig, CorpusSplits, DataConfig, SplitNames
+
+    entry = CorpusConfig(splits=CorpusSplits(test="t2017"))
+    DataConfig(name="a", path="/tmp/a", splits=SplitNames(train="clean"), corpora=[entry])
+    other = DataConfig(name="b", path="/tmp/b", splits=SplitNames(train="big"), corpora=[entry])
+    assert entry.splits == CorpusSplits(test="t2017") and other.corpora[0].splits.train == "big"
