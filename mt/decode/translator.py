@@ -172,22 +172,25 @@ def translate(
         DataError: a source that starts with a language code the model lacks or ``src_prefix`` contradicts.
     """
     written = [i for i, s in enumerate(sentences) if s.strip()]
-    encoded = tokenizer.encode_src([sentences[i] for i in written])
-    # A line of nothing SentencePiece keeps (zero-width spaces, control characters) is empty too: decoded from
-    # EOS alone, the model would make a sentence up.
-    nonempty = [i for i, ids in zip(written, encoded) if ids]
-    src = [ids for ids in encoded if ids]
     room = max(1, search.max_src_len - len(src_prefix))  # the prefix counts towards max_src_len
-    for k, ids in enumerate(src):
-        where = f"{origin}: line {first_line + nonempty[k]}" if origin else f"line {first_line + nonempty[k]}"
+    codes = set(tokenizer.language_tokens().values())
+    nonempty: list[int] = []
+    src: list[list[int]] = []
+    for i, ids in zip(written, tokenizer.encode_src([sentences[i] for i in written])):
+        where = f"{origin}: line {first_line + i}" if origin else f"line {first_line + i}"
         try:
-            ids = tokenizer.prefixed(ids, sentences[nonempty[k]], src_prefix)[len(src_prefix) :]
+            ids = tokenizer.prefixed(ids, sentences[i], src_prefix)[len(src_prefix) :]
         except DataError as error:
             raise DataError(f"{where}: {error}") from None
+        # A line of nothing SentencePiece keeps (zero-width spaces, control characters) or of a language code
+        # alone is empty too: decoded from EOS alone, the model would make a sentence up.
+        if all(t in codes for t in ids):
+            continue
         if len(ids) > room:
             log.warning("%s: %d subwords, cut to the first %d (search.max_src_len)", where, len(ids), room)
             ids = ids[:room]
-        src[k] = [*src_prefix, *ids]
+        nonempty.append(i)
+        src.append([*src_prefix, *ids])
     hyps = decode_ids(
         model,
         src,

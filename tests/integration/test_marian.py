@@ -448,6 +448,8 @@ def test_a_source_with_its_own_code_and_tgt_lang_gets_the_code_once(multilingual
     expected = [[en, *ids] for ids in plain]
     assert run([f">>en<< {SENTENCES[0]}", SENTENCES[1]], "en") == expected
     assert run([f">>en<< {SENTENCES[0]}"]) == expected[:1]  # without tgt_lang the source's own code, as before
+    assert run([">>en<<", SENTENCES[1]], "en") == expected[1:]  # a code alone is an empty line: nothing to decode
+    assert run([">>en<<"]) == []
     quoted = f">>Hallo<< {SENTENCES[0]}"
     assert run([quoted], "en") == [[en, *back.tokenizer.encode_src([quoted])[0]]]
     for code, tgt_lang in ((">>de<<", "en"), (">>fr<<", "en"), (">>fr<<", None)):
