@@ -20,17 +20,16 @@ from mt.atomic import atomic_write
 from mt.data.sampling import reservoir_sample
 from mt.errors import DataError, TokenizerError, listing
 
-# Special ids, fixed for every model this package trains.
 log = logging.getLogger(__name__)
 
+# Special ids, fixed for every model this package trains.
 PAD_ID = 0
 UNK_ID = 1
 BOS_ID = 2
 EOS_ID = 3
-
+SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")  # the pieces of PAD_ID, UNK_ID, BOS_ID, EOS_ID in a vocabulary
 
 MAX_SENTENCE_BYTES = 4192  # SentencePiece's max_sentence_length: longer lines are left out of its training
-SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")  # the pieces of PAD_ID, UNK_ID, BOS_ID, EOS_ID in a vocabulary
 
 # What OPUS-MT's language codes look like at the start of a source (>>fr<<, >>cmn_Hans<<, >>pt_BR<<), as opposed to
 # text in ASCII quotes (>>Hallo<<, sagte er.), which MarianTokenizer reads as one unknown piece all the same.
