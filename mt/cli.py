@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -101,11 +101,12 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
             try:
                 return run(to_typed(cfg, schema))
             except USER_ERRORS as error:
-                print(f"error: {error}", file=sys.stderr)
-                sys.exit(2)
+                _stop(f"error: {error}")
             except OSError as error:
-                exit_on_os_error(error)
-                raise
+                line = os_error_line(error)
+                if line is None:
+                    raise
+                _stop(line)
 
         hydra_task = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
 
@@ -118,6 +119,9 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
             os.environ["HYDRA_FULL_ERROR"] = "1"
             try:
                 hydra_task()
+            except TrialFailed as error:  # raised by the sweeper once the trials it runs together have run
+                print(f"error: a trial of the sweep failed: {error} (mt.trials lists them)", file=sys.stderr)
+                sys.exit(2)
             except (HydraException, OmegaConfBaseException) as error:
                 print(f"error: {_one_line(error)}", file=sys.stderr)
                 sys.exit(2)
@@ -157,6 +161,15 @@ _WRITE_ERRNOS = {
 def exit_on_os_error(error: OSError) -> None:
     """Exit quietly when the reader of stdout went away (``| head``: status 141, as a shell tool killed by
     SIGPIPE), with one line for a file that cannot be written (status 2); return for any other ``OSError``."""
+    line = os_error_line(error)
+    if line is not None:
+        print(line, file=sys.stderr)
+        sys.exit(2)
+
+
+def os_error_line(error: OSError) -> str | None:
+    """The one line of a file that cannot be written (None for any other ``OSError``); exits quietly (141) when
+    the reader of stdout went away."""
     if (isinstance(error, BrokenPipeError) or error.errno == errno.EPIPE) and _stdout_is_closed():
         try:  # Python would complain again when it flushes stdout at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -165,8 +178,40 @@ def exit_on_os_error(error: OSError) -> None:
         os._exit(141)
     if error.errno in _WRITE_ERRNOS:
         where = error.filename or "a file"
-        print(f"error: cannot write {where}: {error.strerror} ({_WRITE_ERRNOS[error.errno]})", file=sys.stderr)
+        return f"error: cannot write {where}: {error.strerror} ({_WRITE_ERRNOS[error.errno]})"
+    return None
+
+
+class TrialFailed(RuntimeError):
+    """A trial of a sweep (``-m``) stopped by a user error: said in one line, kept in its directory's
+    ``error.txt`` (``mt.trials`` shows it), and raised to Hydra's launcher, which records the job as failed and
+    runs the others (Optuna's sweeper counts it against ``hydra.sweeper.max_failure_rate``)."""
+
+
+def _stop(line: str) -> NoReturn:
+    """End the command with ``line`` on stderr and status 2; a trial of a sweep fails alone (``TrialFailed``)."""
+    print(line, file=sys.stderr)
+    trial_dir = _trial_dir()
+    if trial_dir is None:
         sys.exit(2)
+    try:
+        (trial_dir / "error.txt").write_text(line.removeprefix("error: ") + "\n", encoding="utf-8")
+    except OSError:
+        pass  # the line is on stderr; a directory that cannot be written is often the error itself
+    raise TrialFailed(line.removeprefix("error: ")) from None
+
+
+def _trial_dir() -> Path | None:
+    """The run directory of this trial, where Hydra runs a sweep (``-m``); None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return Path(hydra_cfg.runtime.output_dir)
 
 
 def _stdout_is_closed() -> bool:

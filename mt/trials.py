@@ -35,6 +35,8 @@ def read_trials(sweep_dir: Path) -> list[dict]:
                 "overrides": yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None,
                 "selection": json.loads(selection_file.read_text()) if selection_file.is_file() else None,
                 "test_bleu": json.loads(test_file.read_text()).get("bleu") if test_file.is_file() else None,
+                # the one-line error of a trial that failed (mt.cli writes it), else None
+                "error": (job / "error.txt").read_text().strip() if (job / "error.txt").is_file() else None,
             }
         )
     if not trials:
@@ -64,7 +66,10 @@ def markdown(sweep_dir: Path, trials: list[dict]) -> str:
     for trial in finished + unfinished:
         selection = trial["selection"] or {}
         value = selection.get("value")
-        shown = "not finished" if value is None else (f"{value:.2f}" if mode == "max" else f"{value:.4f}")
+        if value is not None:
+            shown = f"{value:.2f}" if mode == "max" else f"{value:.4f}"
+        else:
+            shown = f"failed: {trial['error']}" if trial.get("error") else "not finished"
         test = "" if trial["test_bleu"] is None else f"{trial['test_bleu']:.2f}"
         overrides = (
             "(no record: refused before it started)"

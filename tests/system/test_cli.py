@@ -270,6 +270,25 @@ def test_fast_dev_run_and_multirun_sweep(toy_corpus_dir, tmp_path):
         assert not list((tmp_path / "sweep" / job).rglob("*.ckpt"))  # "no checkpoints kept": a real run may follow
 
 
+def test_a_failed_trial_of_a_sweep_leaves_the_others_to_run(toy_corpus_dir, tmp_path):
+    """A trial's one-line error failed the whole sweep at once (sys.exit passes through Hydra's launcher): the
+    later trials never ran. Now the failed trial keeps its error in error.txt, the others run, and the sweep
+    ends with status 2 naming the failure; mt.trials shows it as failed, not as still running."""
+    sweep = tmp_path / "sweep"
+    common = ("data=local", f"data.path={toy_corpus_dir}", "model=tiny", "debug=fast", "tokenizer.vocab_size=64")
+    result = run("mt.train", "-m", *common, "optim.lr=-1,1e-3", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: a trial of the sweep failed: optim.lr=-1.0: expected > 0")
+    )
+    assert (sweep / "0/error.txt").read_text() == "optim.lr=-1.0: expected > 0\n"
+    assert (sweep / "1/tokenizer/spm.model").is_file() and not (sweep / "1/error.txt").exists()  # job 1 ran
+    table = run("mt.trials", f"dir={sweep}")
+    assert "| failed: optim.lr=-1.0: expected > 0 |" in table.stdout
+
+
 def test_translate_nbest_writes_sorted_tsv(trained_run):
     run_dir, _ = trained_run
     result = run(

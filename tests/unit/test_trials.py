@@ -32,3 +32,15 @@ def test_a_trial_without_a_record_is_named_and_left_out_of_the_common_overrides(
         "| 0 | `optim.lr=0.001` | 30.50 | 0 |  |",
         "| 2 | (no record: refused before it started) | not finished |  |  |",
     ]
+
+
+def test_a_failed_trial_shows_its_error_not_as_running(tmp_path):
+    write_trial(tmp_path, 0, ["optim.lr=0.001"], 30.5)
+    write_trial(tmp_path, 1, ["optim.lr=9"], None)
+    (tmp_path / "1/error.txt").write_text("non-finite loss for 5 steps in a row (steps 3-7)\n")
+    write_trial(tmp_path, 2, ["optim.lr=0.002"], None)  # still running: no error, no selection
+    rows = [line for line in markdown(tmp_path, read_trials(tmp_path)).splitlines() if line[:3] in ("| 1", "| 2")]
+    assert rows == [
+        "| 1 | `optim.lr=9` | failed: non-finite loss for 5 steps in a row (steps 3-7) |  |  |",
+        "| 2 | `optim.lr=0.002` | not finished |  |  |",
+    ]
