@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mt.atomic import foreign_entries
+from mt.atomic import atomic_write, foreign_entries
 from mt.config import ModelConfig, SearchConfig, saved_search, to_dict
 from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_PIECES, Tokenizer, language_code
 from mt.errors import CheckpointError, listing
@@ -301,7 +301,7 @@ def _search_of(generation: dict) -> dict:
 
 def checkpoint_to_marian(checkpoint: str | Path, directory: str | Path) -> None:
     """Write the ``mt`` checkpoint as a Hugging Face Marian directory (which must not exist yet or be empty)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     loaded = load_checkpoint(checkpoint)
     cfg, tokenizer = loaded.model_config, loaded.tokenizer
@@ -346,7 +346,9 @@ def checkpoint_to_marian(checkpoint: str | Path, directory: str | Path) -> None:
         linear(f"{hf}.fc1", f"{mt}.ffn.up")
         linear(f"{hf}.fc2", f"{mt}.ffn.down")
         norm(f"{hf}.final_layer_norm", f"{mt}.ffn_block.norm")
-    save_file({name: tensor.contiguous() for name, tensor in weights.items()}, directory / "model.safetensors")
+    # Through mt's writer, as the other files: safetensors' own save_file makes the file readable by its owner only.
+    with atomic_write(directory / "model.safetensors") as handle:
+        handle.write(save({name: tensor.contiguous() for name, tensor in weights.items()}))
 
     activation = {"silu": "swish"}.get(cfg.activation, cfg.activation)
     config = {

@@ -334,6 +334,13 @@ def test_a_trained_mt_model_exports_to_hugging_face_with_the_same_logits(tmp_pat
     checkpoint = _native_checkpoint(tmp_path / "native.ckpt", pre_norm=False)
     loaded = load_checkpoint(checkpoint)
     convert(checkpoint, tmp_path / "hf")
+    # Every file readable by others as the umask allows (a serving container of another user loads it):
+    # safetensors' save_file made the weights 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()} == {
+        p.name: 0o666 & ~umask for p in (tmp_path / "hf").iterdir()
+    }
     model = transformers.MarianMTModel.from_pretrained(tmp_path / "hf").eval()
     tokenizer = transformers.MarianTokenizer.from_pretrained(tmp_path / "hf")
     src, pad_mask = _mt_inputs(loaded, SENTENCES)
