@@ -67,6 +67,9 @@ def open_hub_split(cfg: DataConfig, split: str, cache_dir: str | Path | None = N
 
     split_name = getattr(cfg.hub_splits, split)
     origin = hub_origin(cfg, split)
+    if cfg.hub_name.startswith(("/", "./", "../", "~")) and not Path(cfg.hub_name).expanduser().is_dir():
+        # a folder (as mt.train records one): never looked up on the Hub, nor in its cache of another dataset
+        raise DataError(f"data.hub_name={cfg.hub_name}: no such folder (a dataset saved on disk was expected there)")
     try:
         dataset = datasets.load_dataset(
             cfg.hub_name, cfg.hub_config, split=split_name, cache_dir=None if cache_dir is None else str(cache_dir)

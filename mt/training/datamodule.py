@@ -50,6 +50,10 @@ def train_files(data: DataConfig) -> list:
             split = local_split(cfg, "train")
             paths = [Path(p) for p in (split.src_path, split.tgt_path) if p]
             found.append([[p.name, p.stat().st_size, _digest(p)] for p in paths])
+        elif cfg.hub_name and Path(cfg.hub_name).expanduser().is_dir():  # a dataset saved on disk: its files
+            folder = Path(cfg.hub_name).expanduser()
+            files = sorted(p for p in folder.rglob("*") if p.is_file())
+            found.append([[str(p.relative_to(folder)), p.stat().st_size, _digest(p)] for p in files])
         else:
             found.append([cfg.hub_name, cfg.hub_config])
     return found
@@ -70,8 +74,11 @@ def same_files(recorded: list, found: list) -> bool:
     if len(recorded) != len(found):
         return False
     for saved, here in zip(recorded, found):
-        if not (saved and isinstance(saved[0], list)) or not (here and isinstance(here[0], list)):
-            if saved != here:  # a hub dataset, or local files on one side only
+        saved_files, here_files = bool(saved) and isinstance(saved[0], list), bool(here) and isinstance(here[0], list)
+        if saved_files != here_files and not saved_files and isinstance(saved[0], str) and Path(saved[0]).is_dir():
+            continue  # a dataset folder recorded by its name alone (earlier checkpoints): the data fields compare it
+        if not (saved_files and here_files):
+            if saved != here:  # a hub dataset, or files on one side only
                 return False
             continue
         if len(saved) != len(here) or any(a[: len(b)] != b[: len(a)] for a, b in zip(saved, here)):

@@ -54,11 +54,13 @@ def train(config: TrainConfig, run_dir: Path, on_start: Callable[[], None] | Non
     anything is trained; ``config.yaml`` is written then too, so a refused launch leaves the records of the run
     in ``run_dir`` as they were (a tokenizer it trained before being refused stays)."""
     set_threads(config.threads)
-    if config.data.path:  # checkpoints record where their data is: make it valid from any directory
-        config.data.path = str(Path(config.data.path).expanduser().resolve())
-    for corpus in config.data.corpora:  # each corpus's too
-        if corpus.path:
-            corpus.path = str(Path(corpus.path).expanduser().resolve())
+    # Checkpoints record where their data is: made valid from any directory (a dataset folder given as hub_name
+    # too; a hub id, which names no folder here, stays as given).
+    for source in (config.data, *config.data.corpora):
+        if source.path:
+            source.path = str(Path(source.path).expanduser().resolve())
+        if source.hub_name and Path(source.hub_name).expanduser().exists():
+            source.hub_name = str(Path(source.hub_name).expanduser().resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
     faults.point("run_directory", run_dir / ".lock")
     lock = RunDirectoryLock(run_dir)

@@ -124,6 +124,36 @@ def test_a_checkpoint_recording_names_and_sizes_only_still_resumes(toy_corpus_di
     assert read_checkpoint(last)["global_step"] == 8
 
 
+def test_a_dataset_folder_is_recorded_absolute_and_a_change_to_it_refuses_a_resume(tmp_path, monkeypatch):
+    """``data.hub_name=FOLDER`` (a dataset in the hub's layout, on disk): recorded absolute as ``path`` is (a
+    relative name was looked up on the Hub from elsewhere), and its files digested, so a resume on its shuffled
+    rows (the same sizes) is refused as for text files."""
+    import json
+
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    pairs = toy_pairs(120, seed=4)
+
+    def write(split, rows):
+        lines = "".join(json.dumps({"translation": {"de": s, "en": t}}) + "\n" for s, t in rows)
+        (folder / f"{split}.jsonl").write_text(lines)
+
+    write("train", pairs)
+    write("validation", pairs[:8])
+    write("test", pairs[8:16])
+    monkeypatch.chdir(tmp_path)
+    data = {"name": "hubtoy", "hub_name": "hub", "max_tokens": 512, "max_len": 64}
+    train(tiny_train_config(tmp_path, **SETTINGS, data=data), tmp_path / "run")
+    last = tmp_path / "run/checkpoints/last.ckpt"
+    assert read_checkpoint(last)["hyper_parameters"]["data"]["hub_name"] == str(folder)
+    size = (folder / "train.jsonl").stat().st_size
+    write("train", pairs[60:] + pairs[:60])
+    assert (folder / "train.jsonl").stat().st_size == size
+    config = tiny_train_config(tmp_path, **{**SETTINGS, "resume": "auto", "trainer.max_steps": 8}, data=data)
+    with pytest.raises(RunError, match=r"the training files of corpus 0 are \[\['test.jsonl', "):
+        train(config, tmp_path / "run")
+
+
 def _data(path: Path) -> dict:
     return {"name": "toy", "path": str(path), "splits": {"valid": "valid"}, "max_tokens": 512, "max_len": 64}
 

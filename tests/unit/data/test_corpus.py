@@ -89,6 +89,20 @@ def test_unreachable_hub_dataset_says_to_use_local_files(monkeypatch):
         load_split(cfg, "train")
 
 
+def test_a_dataset_folder_that_is_gone_is_named_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    """A recorded dataset folder no longer there: ``datasets`` took its path for a Hub id (retries, then a cached
+    copy of another dataset of that name); it is refused in one line naming the folder."""
+    import datasets
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError("looked up")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_lookup)
+    cfg = from_dict(DataConfig, {"name": "x", "hub_name": str(tmp_path / "gone")})
+    with pytest.raises(DataError, match=rf"^data.hub_name={tmp_path / 'gone'}: no such folder"):
+        load_split(cfg, "test")
+
+
 def test_cleaning_counts_each_reason():
     """Each pair's fate, worked out by hand from docs/data.md with min_len 2, max_len 100, max_len_ratio 3:
     a pair exactly at a limit is kept and one subword past it is dropped, and a pair is counted under its
