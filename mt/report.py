@@ -41,6 +41,7 @@ from mt.device import best_device, set_threads
 from mt.errors import DataError, RunError
 from mt.model.checkpoint import (
     average_checkpoints,
+    checkpoint_configs,
     load_checkpoint,
     newest_checkpoints,
     read_checkpoint,
@@ -239,9 +240,14 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
     infos = {path: checkpoint_info(path) for _, path, _ in entries}
     first = next(iter(infos.values()))
     test_sets = load_test_sets(config, first["data"])
+    # What would fail a decode fails before the first (a multilingual model given no tgt_lang=, a language it was
+    # not trained into, a BLEU tokenizer not installed): each run's first checkpoint asked as its decode will be.
     tgt_lang = (first["data"] or {}).get("tgt_lang")
-    for language in {test_set.tgt_lang or tgt_lang for test_set in test_sets}:  # unavailable: fail before decoding
-        bleu_metric(language, config.metrics.bleu_tokenize)
+    for run_dir in dict.fromkeys(run for _, _, run in entries):
+        loaded = checkpoint_configs(next(path for _, path, run in entries if run == run_dir))
+        for test_set in test_sets:
+            loaded.source_prefix(test_set.tgt_lang)
+            bleu_metric(loaded.target_language(test_set.tgt_lang), config.metrics.bleu_tokenize)
     overrides = search_overrides(config.search, search_fields)
 
     rows, hypotheses = [], {}

@@ -60,7 +60,7 @@ class Checkpoint:
     """A trained model as decoding needs it; ``data`` is the data config (a plain dict) it was trained on and
     ``search`` the search config it was trained and tuned with (plain dicts; None in files that lack them)."""
 
-    model: Transformer
+    model: Transformer | None  # None where only the tokenizer and configs were read (load_checkpoint(weights=False))
     tokenizer: Tokenizer
     model_config: ModelConfig
     data: dict | None = None
@@ -126,8 +126,9 @@ class Checkpoint:
         return [languages[tgt_lang]]
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """The model (in eval mode, on the CPU) and tokenizer stored in ``path``.
+def load_checkpoint(path: str | Path, *, weights: bool = True) -> Checkpoint:
+    """The model (in eval mode, on the CPU) and tokenizer stored in ``path``; ``weights=False``: the tokenizer
+    and configs alone, ``model`` None (for the checks to make before decoding, without building the model).
 
     Raises ``CheckpointError`` (one line, naming the file) for a missing, truncated or foreign file,
     weights that do not fit the stored hyperparameters, and a tokenizer whose vocabulary does not fit
@@ -141,6 +142,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         tokenizer = Tokenizer.from_state(stored["tokenizer"], origin=str(path))
         model_config = from_dict(ModelConfig, hyper.get("model", {}))
+        if not weights:
+            return Checkpoint(None, tokenizer, model_config, hyper.get("data"), hyper.get("search"), str(path))
         model = Transformer(
             model_config, src_vocab_size=hyper["src_vocab_size"], tgt_vocab_size=hyper["tgt_vocab_size"]
         )
@@ -166,6 +169,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         search=hyper.get("search"),
         path=str(path),
     )
+
+
+def checkpoint_configs(path: str | Path) -> Checkpoint:
+    """``path``'s tokenizer and configs without its weights (``model`` None): what decoding it will be asked."""
+    return load_checkpoint(path, weights=False)
 
 
 def load_translator(checkpoint: str | Path, ensemble: Sequence[str | Path] = ()) -> tuple[nn.Module, Checkpoint]:

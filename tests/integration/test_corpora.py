@@ -193,3 +193,25 @@ def test_report_tables_checkpoints_by_direction(two_directions, tmp_path):
     for row in report["rows"]:
         values = (row["test de-en"]["bleu"], row["test en-de"]["bleu"])
         assert f"| {row['checkpoint']} | {values[0]:.2f} | {values[1]:.2f} | {sum(values) / 2:.2f} |" in markdown
+
+
+def test_report_of_files_without_tgt_lang_is_refused_before_decoding(two_directions, tmp_path, monkeypatch):
+    """``sources=`` to a model of several target languages without ``tgt_lang``: refused before any decode (it
+    decoded every direction's test set of the first checkpoint first)."""
+    import mt.report
+    from mt.config import ReportConfig, SearchConfig
+    from mt.errors import ConfigError
+
+    run_dir, _ = two_directions
+    (tmp_path / "x.de").write_text("Der hund.\n")
+    (tmp_path / "x.en").write_text("The dog.\n")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(mt.report, "load_checkpoint", no_decoding)
+    config = ReportConfig(
+        run=str(run_dir), sources=[str(tmp_path / "x.de")], references=[str(tmp_path / "x.en")], search=SearchConfig()
+    )
+    with pytest.raises(ConfigError, match=r"translates into de, en: say which with tgt_lang="):
+        mt.report.build_report(config)
