@@ -272,3 +272,11 @@ def test_a_corpus_entry_naming_one_split_keeps_the_others_from_data():
     DataConfig(name="a", path="/tmp/a", splits=SplitNames(train="clean"), corpora=[entry])
     other = DataConfig(name="b", path="/tmp/b", splits=SplitNames(train="big"), corpora=[entry])
     assert entry.splits == CorpusSplits(test="t2017") and other.corpora[0].splits.train == "big"
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_takes_debug_smoke(experiment):
+    """``debug=smoke`` (20 steps, no time limit) over a recipe: its time-budgeted decay and 400 warm-up steps were
+    refused, one at a time, so a smoke run of a recipe needed two overrides more."""
+    config = to_typed(compose_config("train", [f"experiment={experiment}", "debug=smoke"]), TrainConfig)
+    assert config.trainer.max_steps == 20 and config.optim.warmup_steps < 20
