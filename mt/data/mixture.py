@@ -89,7 +89,14 @@ def corpora(cfg: DataConfig) -> list[Corpus]:
         )
     names = Counter(c.name for c in resolved)
     if twice := sorted(n for n, k in names.items() if k > 1):
-        raise ConfigError(f"data.corpora: the name {twice[0]!r} is given to {names[twice[0]]} corpora")
+        holders = [
+            f"data.corpora[{i}]" + ("" if entry.name else " (unnamed: its direction)")
+            for i, (entry, corpus) in enumerate(zip(cfg.corpora, resolved))
+            if corpus.name == twice[0]
+        ]
+        raise ConfigError(
+            f"data.corpora: the name {twice[0]!r} names {' and '.join(holders)}; give each corpus a name of its own"
+        )
     per_direction = Counter(c.direction for c in resolved if c.valid)
     if twice := sorted(d for d, k in per_direction.items() if k > 1):
         raise ConfigError(

@@ -215,3 +215,13 @@ def test_report_of_files_without_tgt_lang_is_refused_before_decoding(two_directi
     )
     with pytest.raises(ConfigError, match=r"translates into de, en: say which with tgt_lang="):
         mt.report.build_report(config)
+
+
+def test_a_corpus_folder_that_is_missing_is_named_by_its_entry(toy_corpus_dir, tmp_path):
+    """It was reported as ``data.path=...``, which the user had not set."""
+    from mt.errors import DataError
+
+    corpora = [{}, {"path": str(tmp_path / "nope"), "valid": False}]
+    config = tiny_train_config(toy_corpus_dir, **{"data.corpora": corpora, "test_after_training": False})
+    with pytest.raises(DataError, match=rf"^data.corpora\[1\].path={tmp_path / 'nope'}: no such directory$"):
+        train(config, tmp_path / "run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -58,7 +59,16 @@ def test_a_run_without_corpora_is_its_one_corpus():
 @pytest.mark.parametrize(
     "entries,options,message",
     [
-        (({"name": "a"}, {"name": "a", "src_lang": "fr"}), {}, "the name 'a' is given to 2 corpora"),
+        (
+            ({"name": "a"}, {"name": "a", "src_lang": "fr"}),
+            {},
+            "the name 'a' names data.corpora[0] and data.corpora[1];",
+        ),
+        (  # the name given once, and the direction's default name of another
+            ({"name": "de-en"}, {"path": "/bt", "valid": False}),
+            {},
+            "the name 'de-en' names data.corpora[0] and data.corpora[1] (unnamed: its direction); give each",
+        ),
         (({}, {"path": "/other"}), {}, "2 corpora validate direction de-en"),
         (({"valid": False},), {}, "every corpus has valid: false"),
         (({}, {"src_lang": "en", "tgt_lang": "de"}), {}, "translate into de, en: set data.lang_tokens=true"),
@@ -66,7 +76,7 @@ def test_a_run_without_corpora_is_its_one_corpus():
     ],
 )
 def test_inconsistent_corpora_are_refused_in_one_line(entries, options, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         corpora(data(*entries, **options))
 
 
