@@ -46,7 +46,13 @@ def read_trials(sweep_dir: Path) -> list[dict]:
 
 def markdown(sweep_dir: Path, trials: list[dict]) -> str:
     finished = [t for t in trials if t["selection"] and t["selection"]["value"] is not None]
-    metric, mode = (finished[0]["selection"]["metric"], finished[0]["selection"]["mode"]) if finished else ("-", "max")
+    chosen_by = sorted({(t["selection"]["metric"], t["selection"]["mode"]) for t in finished})
+    if len(chosen_by) > 1:  # one column cannot rank them
+        raise RunError(
+            f"dir={sweep_dir}: its trials chose their checkpoints by different metrics "
+            f"({', '.join(metric for metric, _ in chosen_by)}); list the trials of one metric at a time"
+        )
+    metric, mode = chosen_by[0] if chosen_by else ("validation", "max")
     finished.sort(key=lambda t: t["selection"]["value"], reverse=mode == "max")
     unfinished = [t for t in trials if t not in finished]
     recorded = [t for t in trials if t["overrides"] is not None]
@@ -55,8 +61,12 @@ def markdown(sweep_dir: Path, trials: list[dict]) -> str:
     lines = [
         f"# Trials: {sweep_dir}",
         "",
-        f"Best first by {metric} ({mode}), the validation figure that chose each trial's best checkpoint. "
-        "Test BLEU is shown for information; it chose nothing.",
+        (
+            f"Best first by {metric} ({mode}), the validation figure that chose each trial's best checkpoint. "
+            "Test BLEU is shown for information; it chose nothing."
+            if finished
+            else "No trial has finished: none has chosen a best checkpoint yet."
+        ),
         "",
         f"Common to all trials: {' '.join(f'`{o}`' for o in shared) or 'nothing'}.",
         "",

@@ -44,3 +44,19 @@ def test_a_failed_trial_shows_its_error_not_as_running(tmp_path):
         "| 1 | `optim.lr=9` | failed: non-finite loss for 5 steps in a row (steps 3-7) |  |  |",
         "| 2 | `optim.lr=0.002` | not finished |  |  |",
     ]
+
+
+def test_trials_none_finished_or_ranked_by_different_metrics(tmp_path):
+    import pytest
+
+    from mt.errors import RunError
+
+    write_trial(tmp_path / "running", 0, ["optim.lr=0.001"], None)
+    table = markdown(tmp_path / "running", read_trials(tmp_path / "running"))
+    assert "No trial has finished" in table and "| job | overrides | validation | step | test BLEU |" in table
+    write_trial(tmp_path / "mixed", 0, ["optim.lr=0.001"], 30.5)
+    write_trial(tmp_path / "mixed", 1, ["validation.metric=loss"], None)
+    loss = {"metric": "val/loss", "mode": "min", "value": 2.5, "step": 100}
+    (tmp_path / "mixed/1/selection.json").write_text(json.dumps(loss))
+    with pytest.raises(RunError, match=r"different metrics \(val/bleu, val/loss\)"):
+        markdown(tmp_path / "mixed", read_trials(tmp_path / "mixed"))
