@@ -37,6 +37,7 @@ def record_launch(config: TrainConfig, run_dir: Path) -> None:
     for name, content in record.items():
         with atomic_write(run_dir / ".hydra" / name) as handle:
             handle.write(OmegaConf.to_yaml(content).encode())
+    (run_dir / "error.txt").unlink(missing_ok=True)  # a trial that failed before, launched again (mt.cli._stop)
 
 
 @entry_point("train", TrainConfig)
