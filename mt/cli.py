@@ -20,6 +20,7 @@ from typing import NoReturn, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mt.atomic import atomic_write
 from mt.config import register_configs
 from mt.errors import USER_ERRORS, ConfigError
 
@@ -101,12 +102,13 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
             try:
                 return run(to_typed(cfg, schema))
             except USER_ERRORS as error:
-                _stop(f"error: {error}")
+                line = f"error: {error}"
             except OSError as error:
                 line = os_error_line(error)
                 if line is None:
                     raise
-                _stop(line)
+            # Outside the handler: the error, and the frames of the run it holds, are not kept with a failed trial.
+            _stop(line)
 
         hydra_task = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
 
@@ -120,7 +122,8 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
             try:
                 hydra_task()
             except TrialFailed as error:  # raised by the sweeper once the trials it runs together have run
-                print(f"error: a trial of the sweep failed: {error} (mt.trials lists them)", file=sys.stderr)
+                listed = " (mt.trials lists the trials)" if config_name == "train" else ""
+                print(f"error: a trial of the sweep failed: {error}{listed}", file=sys.stderr)
                 sys.exit(2)
             except (HydraException, OmegaConfBaseException) as error:
                 print(f"error: {_one_line(error)}", file=sys.stderr)
@@ -129,6 +132,9 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
                 exit_on_os_error(error)
                 raise
             except ValueError as error:  # Hydra's refusal of its own flags (e.g. -m with --cfg)
+                if "No trials are completed yet" in str(error):  # Optuna's, once every trial of a study failed
+                    print("error: every trial of the sweep failed (their error.txt says why)", file=sys.stderr)
+                    sys.exit(2)
                 if not _raised_by_hydra(error):
                     raise
                 print(f"error: {_one_line(error)}", file=sys.stderr)
@@ -195,7 +201,8 @@ def _stop(line: str) -> NoReturn:
     if trial_dir is None:
         sys.exit(2)
     try:
-        (trial_dir / "error.txt").write_text(line.removeprefix("error: ") + "\n", encoding="utf-8")
+        with atomic_write(trial_dir / "error.txt") as handle:  # ranks of one trial may all write it
+            handle.write((line.removeprefix("error: ") + "\n").encode("utf-8"))
     except OSError:
         pass  # the line is on stderr; a directory that cannot be written is often the error itself
     raise TrialFailed(line.removeprefix("error: ")) from None
