@@ -52,11 +52,26 @@ def train_files(data: DataConfig) -> list:
             found.append([[p.name, p.stat().st_size, _digest(p)] for p in paths])
         elif cfg.hub_name and Path(cfg.hub_name).expanduser().is_dir():  # a dataset saved on disk: its files
             folder = Path(cfg.hub_name).expanduser()
-            files = sorted(p for p in folder.rglob("*") if p.is_file())
+            files = _split_files(cfg, "train")
             found.append([[str(p.relative_to(folder)), p.stat().st_size, _digest(p)] for p in files])
         else:
             found.append([cfg.hub_name, cfg.hub_config])
     return found
+
+
+def _split_files(cfg: DataConfig, split: str) -> list[Path]:
+    """The files of a dataset folder that hold ``split`` (``cfg.hub_splits``' name starts a part of their path:
+    ``train.jsonl``, ``train/data-00000-of-00001.arrow``, ``data/train-00000.parquet``), else all of them; hidden
+    ones (``.git/``, ``.cache/``) never."""
+    folder = Path(cfg.hub_name).expanduser()
+    name = getattr(cfg.hub_splits, split)
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    own = [p for p in files if any(part.startswith(name) for part in p.relative_to(folder).parts)]
+    return own or files
 
 
 def _digest(path: Path) -> str:

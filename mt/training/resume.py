@@ -108,8 +108,8 @@ def _same(key: str, saved, here, files_match: bool) -> bool:
     name and ``valid``."""
     if key == "path":
         return files_match or _resolved_path(saved) == _resolved_path(here)
-    if key == "hub_name":  # a dataset folder is recorded absolute (earlier checkpoints: as given)
-        return saved == here or _resolved_path(saved) == _resolved_path(here)
+    if key == "hub_name":  # a dataset folder, recorded absolute (earlier checkpoints: as given), may move as path may
+        return files_match or saved == here or _resolved_path(saved) == _resolved_path(here)
     if key in ("splits", "hub_splits") and isinstance(saved, dict) and isinstance(here, dict):
         return saved.get("train") == here.get("train")
     if key == "corpora" and isinstance(saved, list) and isinstance(here, list):

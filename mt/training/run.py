@@ -61,7 +61,7 @@ def train(config: TrainConfig, run_dir: Path, on_start: Callable[[], None] | Non
             source.path = str(Path(source.path).expanduser().resolve())
             if i and not Path(source.path).is_dir():  # named here: below, a corpus is a data config of its own
                 raise DataError(f"data.corpora[{i - 1}].path={source.path}: no such directory")
-        if source.hub_name and Path(source.hub_name).expanduser().exists():
+        if source.hub_name and Path(source.hub_name).expanduser().is_dir():
             source.hub_name = str(Path(source.hub_name).expanduser().resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
     faults.point("run_directory", run_dir / ".lock")

@@ -150,8 +150,15 @@ def test_a_dataset_folder_is_recorded_absolute_and_a_change_to_it_refuses_a_resu
     write("train", pairs[60:] + pairs[:60])
     assert (folder / "train.jsonl").stat().st_size == size
     config = tiny_train_config(tmp_path, **{**SETTINGS, "resume": "auto", "trainer.max_steps": 8}, data=data)
-    with pytest.raises(RunError, match=r"the training files of corpus 0 are \[\['test.jsonl', "):
+    with pytest.raises(RunError, match=r"the training files of corpus 0 are \[\['train.jsonl', "):
         train(config, tmp_path / "run")
+    # The training split as it was: other splits' files and hidden ones (a cache's metadata) may change.
+    write("train", pairs)
+    write("test", pairs[16:24])
+    (folder / ".cache").mkdir()
+    (folder / ".cache/train.jsonl.metadata").write_text("stamp")
+    train(config, tmp_path / "run")
+    assert read_checkpoint(last)["global_step"] == 8
 
 
 def _data(path: Path) -> dict:
