@@ -9,7 +9,6 @@ export, averaging and the resume checks read it here, without Lightning or mt's 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -284,7 +283,7 @@ def average_checkpoints(paths: list[Path]) -> dict:
         state, last_step = checkpoint["state_dict"], checkpoint.get("global_step", last_step)
         if state.keys() != sums.keys() or any(state[k].shape != sums[k].shape for k in sums):
             raise CheckpointError(f"checkpoint {path}: its parameters differ in names or shapes from {paths[0]}")
-        for what, value in (("model architecture", _model_config), ("tokenizer", _tokenizer)):
+        for what, value in (("model architecture", architecture), ("tokenizer", _tokenizer)):
             if value(checkpoint) != value(first):
                 raise CheckpointError(f"checkpoint {path}: its {what} differs from {paths[0]}'s (another run?)")
         for name, tensor in state.items():
@@ -301,11 +300,11 @@ def average_checkpoints(paths: list[Path]) -> dict:
     return out
 
 
-def _model_config(checkpoint: dict) -> object:
-    """The architecture of its model (not the dropouts, which a resume may change within one run)."""
-    model = checkpoint.get("hyper_parameters", {}).get("model") or {}
-    defaults = dataclasses.asdict(ModelConfig())  # what a checkpoint from before an option was added meant
-    return {name: model.get(name, defaults[name]) for name in ARCHITECTURE}
+def architecture(checkpoint: dict) -> dict:
+    """The ``ARCHITECTURE`` options of a checkpoint's model (not the dropouts, which a resume may change within
+    one run); an option the checkpoint does not record (written before it existed) is its default."""
+    model = from_dict(ModelConfig, checkpoint.get("hyper_parameters", {}).get("model") or {})
+    return {name: getattr(model, name) for name in ARCHITECTURE}
 
 
 def _tokenizer(checkpoint: dict) -> object:

@@ -12,10 +12,10 @@ import os
 import zipfile
 from pathlib import Path
 
-from mt.config import ModelConfig, from_dict
+from mt.config import ModelConfig
 from mt.data.tokenizer import Tokenizer
 from mt.errors import RunError
-from mt.model.checkpoint import ARCHITECTURE, read_checkpoint
+from mt.model.checkpoint import architecture, read_checkpoint
 from mt.training.datamodule import same_files
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,8 @@ def _same(key: str, saved, here, files_match: bool) -> bool:
     """Whether a data field is the same for the training pairs: a path resolved (not compared where the files
     are the same), the train split's name of ``splits``, each corpus entry on the fields both record but its
     name and ``valid``."""
-    if key == "path":
+    if key in ("path", "hub_name"):  # a dataset folder as hub_name: recorded absolute (earlier: as given)
         return files_match or _resolved_path(saved) == _resolved_path(here)
-    if key == "hub_name":  # a dataset folder, recorded absolute (earlier checkpoints: as given), may move as path may
-        return files_match or saved == here or _resolved_path(saved) == _resolved_path(here)
     if key in ("splits", "hub_splits") and isinstance(saved, dict) and isinstance(here, dict):
         return saved.get("train") == here.get("train")
     if key == "corpora" and isinstance(saved, list) and isinstance(here, list):
@@ -152,11 +150,11 @@ def check_same_model(checkpoint: Path, model: ModelConfig, tokenizer: Tokenizer,
 
 def architecture_differences(stored: dict, model: ModelConfig) -> list[str]:
     """How the model a checkpoint holds differs from ``model`` in what its weights' names and shapes mean."""
-    saved_model = from_dict(ModelConfig, stored.get("hyper_parameters", {}).get("model", {}))
+    saved = architecture(stored)
     return [
-        f"model.{name}={getattr(saved_model, name)} there, {getattr(model, name)} here"
-        for name in ARCHITECTURE
-        if getattr(saved_model, name) != getattr(model, name)
+        f"model.{name}={value} there, {getattr(model, name)} here"
+        for name, value in saved.items()
+        if value != getattr(model, name)
     ]
 
 
