@@ -353,9 +353,8 @@ def markdown(report: dict) -> str:
     signatures: dict[tuple[str, str, str], list[str]] = {}  # test sets differ in references, tokenizer
     for n in names:
         scores = report["rows"][0][n]
-        signatures.setdefault((scores["bleu_signature"], scores["chrf_signature"], scores["ter_signature"]), []).append(
-            n
-        )
+        key = (scores["bleu_signature"], scores["chrf_signature"], scores["ter_signature"])
+        signatures.setdefault(key, []).append(n)
     lines.append("")
     for (bleu, chrf, ter), sets in signatures.items():
         which = f" ({', '.join(sets)})" if len(signatures) > 1 else ""

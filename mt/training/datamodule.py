@@ -65,12 +65,9 @@ def _split_files(cfg: DataConfig, split: str) -> list[Path]:
     ones (``.git/``, ``.cache/``) never."""
     folder = Path(cfg.hub_name).expanduser()
     name = getattr(cfg.hub_splits, split)
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-    own = [p for p in files if any(part.startswith(name) for part in p.relative_to(folder).parts)]
+    parts = {p: p.relative_to(folder).parts for p in folder.rglob("*") if p.is_file()}
+    files = sorted(p for p, names in parts.items() if not any(part.startswith(".") for part in names))
+    own = [p for p in files if any(part.startswith(name) for part in parts[p])]
     return own or files
 
 
