@@ -33,7 +33,7 @@ from mt.atomic import atomic_write, file_version, refuse_unwritable_folder
 from mt.cli import entry_point, set_on_command_line
 from mt.config import DataConfig, MetricsConfig, ReportConfig, SearchConfig, from_dict, saved_search, search_overrides
 from mt.data.corpus import load_split
-from mt.data.mixture import validated
+from mt.data.mixture import check_folders, validated
 from mt.decode.metrics import BOOTSTRAP_SAMPLES, bleu_metric, paired_bootstrap, scores
 from mt.decode.scoring import read_source_and_references
 from mt.decode.translator import translate
@@ -163,6 +163,7 @@ def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:
     if data is not None and config.include_data_splits:
         scored = validated(from_dict(DataConfig, data))
         for corpus in scored:
+            check_folders(corpus)
             data_cfg = corpus.data
             on_hub = not data_cfg.path  # the split names are the hub's (data.hub_splits) or the files' (data.splits)
             for split_name in config.test_splits or [data_cfg.hub_splits.test if on_hub else data_cfg.splits.test]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mt.config import DataConfig
-from mt.data.readers import local_split
+from mt.data.readers import is_folder_name, local_split
 from mt.data.tokenizer import Tokenizer
 from mt.errors import DataError
 
@@ -67,7 +67,7 @@ def open_hub_split(cfg: DataConfig, split: str, cache_dir: str | Path | None = N
 
     split_name = getattr(cfg.hub_splits, split)
     origin = hub_origin(cfg, split)
-    if cfg.hub_name.startswith(("/", "./", "../", "~")) and not Path(cfg.hub_name).expanduser().is_dir():
+    if is_folder_name(cfg.hub_name) and not Path(cfg.hub_name).expanduser().is_dir():
         # a folder (as mt.train records one): never looked up on the Hub, nor in its cache of another dataset
         raise DataError(f"data.hub_name={cfg.hub_name}: no such folder (a dataset saved on disk was expected there)")
     try:

@@ -22,12 +22,14 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from mt.config import CorpusConfig, DataConfig, SplitNames
+from mt.data.readers import is_folder_name
 from mt.data.tokenizer import language_token
-from mt.errors import ConfigError
+from mt.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class Corpus:
         weight: its sampling weight, if weights are given.
         tag: the token before each of its training sources, if any.
         valid: whether it is validated (its direction's validation set).
+        field: where it is configured, for messages: ``data`` or ``data.corpora[i]``.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Corpus:
     weight: float | None = None
     tag: str | None = None
     valid: bool = True
+    field: str = "data"
 
     @property
     def direction(self) -> str:
@@ -85,7 +89,14 @@ def corpora(cfg: DataConfig) -> list[Corpus]:
             seen[direction] += 1
         name = entry.name or (direction if directions[direction] == 1 else f"{direction}.{seen[direction]}")
         resolved.append(
-            Corpus(name, dataclasses.replace(data, name=f"{cfg.name}.{name}"), entry.weight, entry.tag, entry.valid)
+            Corpus(
+                name,
+                dataclasses.replace(data, name=f"{cfg.name}.{name}"),
+                entry.weight,
+                entry.tag,
+                entry.valid,
+                field=f"data.corpora[{i}]",
+            )
         )
     names = Counter(c.name for c in resolved)
     if twice := sorted(n for n, k in names.items() if k > 1):
@@ -112,6 +123,19 @@ def corpora(cfg: DataConfig) -> list[Corpus]:
             f"says which language to translate it into"
         )
     return resolved
+
+
+def check_folders(corpus: Corpus) -> None:
+    """Refuse a corpus whose folder is not there (its ``path``, or a dataset folder given as ``hub_name``), naming
+    the key that sets it (``data.path``, ``data.corpora[1].hub_name``): before its files are looked for."""
+    data = corpus.data
+    if data.path and not Path(data.path).expanduser().is_dir():
+        raise DataError(f"{corpus.field}.path={data.path}: no such directory")
+    folder = None if data.path or not data.hub_name or not is_folder_name(data.hub_name) else Path(data.hub_name)
+    if folder is not None and not folder.expanduser().is_dir():
+        raise DataError(
+            f"{corpus.field}.hub_name={data.hub_name}: no such folder (a dataset saved on disk was expected there)"
+        )
 
 
 _noted: set[str] = set()

@@ -106,6 +106,11 @@ class LocalSplit:
         return _jsonl_pairs(Path(self.src_path), self.src_lang, self.tgt_lang)
 
 
+def is_folder_name(hub_name: str) -> bool:
+    """Whether a ``hub_name`` is written as a folder (``/``, ``./``, ``../``, ``~``), which is never a hub id."""
+    return hub_name.startswith(("/", "./", "../", "~"))
+
+
 def local_split(cfg: DataConfig, split: str) -> LocalSplit:
     """The files of ``split`` (train, valid or test; named by ``cfg.splits``) under ``cfg.path``."""
     directory = Path(cfg.path).expanduser()

@@ -15,7 +15,7 @@ from pathlib import Path
 from mt.atomic import atomic_write, refuse_to_overwrite
 from mt.config import DataConfig, SearchConfig, from_dict, saved_search
 from mt.data.corpus import load_split
-from mt.data.mixture import direction_corpus
+from mt.data.mixture import check_folders, direction_corpus
 from mt.data.readers import read_lines
 from mt.decode.metrics import bleu_metric, paired_bootstrap, scores
 from mt.decode.translator import translate
@@ -65,7 +65,9 @@ def score_checkpoint(
     if source is None:
         if not loaded.data:
             raise RunError(f"checkpoint {checkpoint} records no data config: pass source= (and reference=)")
-        data = direction_corpus(from_dict(DataConfig, loaded.data), src_lang=src_lang, tgt_lang=tgt_lang).data
+        corpus = direction_corpus(from_dict(DataConfig, loaded.data), src_lang=src_lang, tgt_lang=tgt_lang)
+        check_folders(corpus)
+        data = corpus.data
         tgt_lang = data.tgt_lang
         text = load_split(data, split)
         if len(text) == 0:

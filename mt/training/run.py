@@ -25,12 +25,12 @@ from mt.atomic import atomic_write, exclusive
 from mt.compat import val_check_interval_overflow
 from mt.config import TrainConfig, max_time_seconds, to_dict
 from mt.data.corpus import load_split
-from mt.data.mixture import corpora, validated
+from mt.data.mixture import check_folders, corpora, validated
 from mt.data.tokenizer import Tokenizer
 from mt.decode.metrics import bleu_metric
 from mt.decode.scoring import score_checkpoint
 from mt.device import prepare_cuda, resolve_precision, set_threads
-from mt.errors import DataError, RunError
+from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
 from mt.training.datamodule import TranslationDataModule, train_files
 from mt.training.distributed import RunDirectoryLock, is_global_zero_from_env
@@ -56,13 +56,13 @@ def train(config: TrainConfig, run_dir: Path, on_start: Callable[[], None] | Non
     set_threads(config.threads)
     # Checkpoints record where their data is: made valid from any directory (a dataset folder given as hub_name
     # too; a hub id, which names no folder here, stays as given).
-    for i, source in enumerate((config.data, *config.data.corpora)):
+    for source in (config.data, *config.data.corpora):
         if source.path:
             source.path = str(Path(source.path).expanduser().resolve())
-            if i and not Path(source.path).is_dir():  # named here: below, a corpus is a data config of its own
-                raise DataError(f"data.corpora[{i - 1}].path={source.path}: no such directory")
         if source.hub_name and Path(source.hub_name).expanduser().is_dir():
             source.hub_name = str(Path(source.hub_name).expanduser().resolve())
+    for corpus in corpora(config.data):  # a missing folder is named by its key, before anything is written
+        check_folders(corpus)
     run_dir.mkdir(parents=True, exist_ok=True)
     faults.point("run_directory", run_dir / ".lock")
     lock = RunDirectoryLock(run_dir)

@@ -225,3 +225,28 @@ def test_a_corpus_folder_that_is_missing_is_named_by_its_entry(toy_corpus_dir, t
     config = tiny_train_config(toy_corpus_dir, **{"data.corpora": corpora, "test_after_training": False})
     with pytest.raises(DataError, match=rf"^data.corpora\[1\].path={tmp_path / 'nope'}: no such directory$"):
         train(config, tmp_path / "run")
+    corpora[1] = {"hub_name": str(tmp_path / "gone"), "valid": False}  # a dataset folder, as mt.train records one
+    config = tiny_train_config(toy_corpus_dir, **{"data.corpora": corpora, "test_after_training": False})
+    with pytest.raises(DataError, match=rf"^data.corpora\[1\].hub_name={tmp_path / 'gone'}: no such folder"):
+        train(config, tmp_path / "run")
+
+
+def test_evaluate_and_report_name_the_entry_of_a_corpus_folder_that_moved(two_directions, tmp_path):
+    """A checkpoint whose en-de corpus (``data.corpora[1]``) was read from a folder that is gone: scoring that
+    direction's test split said ``data.path=...``, a key the run never set."""
+    import mt.report
+    from mt.config import ReportConfig, SearchConfig
+    from mt.decode.scoring import score_checkpoint
+    from mt.errors import DataError
+
+    run_dir, _ = two_directions
+    stored = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+    stored["hyper_parameters"]["data"]["corpora"][1]["path"] = str(tmp_path / "moved")
+    moved_run = tmp_path / "run"
+    (moved_run / "checkpoints").mkdir(parents=True)
+    torch.save(stored, moved_run / "checkpoints/last.ckpt")
+    expected = rf"^data.corpora\[1\].path={tmp_path / 'moved'}: no such directory$"
+    with pytest.raises(DataError, match=expected):
+        score_checkpoint(moved_run / "checkpoints/last.ckpt", src_lang="en", tgt_lang="de", progress=False)
+    with pytest.raises(DataError, match=expected):
+        mt.report.build_report(ReportConfig(run=str(moved_run), search=SearchConfig(beam=1)))
