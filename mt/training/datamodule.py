@@ -98,6 +98,40 @@ def same_files(recorded: list, found: list) -> bool:
     return True
 
 
+def files_difference(recorded: list, found: list) -> str:
+    """Where two ``train_files`` records that are not ``same_files`` first differ, for a message: one file, or
+    the names missing and new (a few; a dataset folder may hold thousands of shards), not the whole records."""
+    if len(recorded) != len(found):
+        return f"{len(found)} corpora here but {len(recorded)} recorded"
+    for i, (saved, here) in enumerate(zip(recorded, found)):
+        if same_files([saved], [here]):
+            continue
+        where = f"corpus {i}" if len(found) > 1 else "the training data"
+        if not (saved and isinstance(saved[0], list) and here and isinstance(here[0], list)):
+            return f"{where}: {here} here but {saved} recorded"  # a hub dataset: its name and config
+        saved_by_name, here_by_name = {f[0]: f for f in saved}, {f[0]: f for f in here}
+        missing = [name for name in saved_by_name if name not in here_by_name]
+        new = [name for name in here_by_name if name not in saved_by_name]
+        if missing or new:
+            parts = [f"{label} {_some(names)}" for label, names in (("missing", missing), ("new", new)) if names]
+            return f"{where}: {len(here)} files here but {len(saved)} recorded ({'; '.join(parts)})"
+        for name, was in saved_by_name.items():
+            now = here_by_name[name]
+            if was[: len(now)] != now[: len(was)]:
+                return f"{where}: {name} is {_file_state(now)} here but was {_file_state(was)}"
+        return f"{where}: its files are in another order ({_some(list(here_by_name))})"
+    return "the same files"
+
+
+def _some(names: list[str], most: int = 3) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _file_state(entry: list) -> str:
+    """A ``train_files`` entry (name, size and, from newer checkpoints, digest) in words."""
+    return f"{entry[1]} bytes" + (f", digest {entry[2][:12]}" if len(entry) > 2 else "")
+
+
 class TranslationDataModule(L.LightningDataModule):
     """Training and validation data of one corpus or of several (``data.corpora``).
 
@@ -185,9 +219,10 @@ class TranslationDataModule(L.LightningDataModule):
                 )
             if saved.get("trained_on") is not None and not same_files(saved["trained_on"], trained_on):
                 # e.g. a start that failed before its first checkpoint, relaunched on other data
+                difference = files_difference(saved["trained_on"], trained_on)
                 raise TokenizerError(
-                    f"{directory} was trained on other training files ({saved['trained_on']}; this run's: "
-                    f"{trained_on}); train in another hydra.run.dir, or remove {directory} to train it again"
+                    f"{directory} was trained on other training files ({difference}); "
+                    f"train in another hydra.run.dir, or remove {directory} to train it again"
                 )
         learnt = tokenizer is None  # from this run's data (trained, or a cached one keyed by the same data)
         shared = self._shared_tokenizer_dir()

@@ -16,7 +16,7 @@ from mt.config import ModelConfig
 from mt.data.tokenizer import Tokenizer
 from mt.errors import RunError
 from mt.model.checkpoint import architecture, read_checkpoint
-from mt.training.datamodule import same_files
+from mt.training.datamodule import files_difference, same_files
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +77,9 @@ def check_same_data(path: Path, data: dict, seed: int, files: list | None = None
     state = stored.get(DATAMODULE_STATE) or {}
     recorded = state.get("train_files")
     if recorded is not None and files is not None and not same_files(recorded, files):
-        changed = (
-            next(i for i, (a, b) in enumerate(zip(recorded, files)) if not same_files([a], [b]))
-            if len(recorded) == len(files)
-            else 0
-        )
         raise RunError(
-            f"resume from {path}: the training files of corpus {changed} are {files[changed]} here but were "
-            f"{recorded[changed]} (names, sizes and content digests); a resumed run goes on with the data it started "
-            f"with (to train its weights on other data: init_from=)"
+            f"resume from {path}: other training files than it started with ({files_difference(recorded, files)}); "
+            f"a resumed run goes on with the data it started with (to train its weights on other data: init_from=)"
         )
     moved = recorded is not None and files is not None and same_files(recorded, files)
     for key in sorted((saved.keys() & data.keys()) - DATA_FREE):

@@ -252,7 +252,9 @@ def test_a_run_directory_tokenizer_of_other_training_files_is_refused(tmp_path):
         return TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=1).prepare_tokenizer()
 
     first = prepare(first_data)
-    with pytest.raises(TokenizerError, match=r"/run/tokenizer was trained on other training files \(\[\[\['train"):
+    with pytest.raises(
+        TokenizerError, match=r"/run/tokenizer was trained on other training files \(the training data: train"
+    ):
         prepare(other_data)
     moved = tmp_path / "moved"
     first_data.rename(moved)

@@ -30,7 +30,8 @@ def test_other_data_or_seed_is_refused_before_the_run_is_touched(toy_corpus_dir,
     for changed, message in (
         (
             {"data": {**_data(other)}},
-            r"the training files of corpus 0 are \[\['train.de.gz', \d+, '[0-9a-f]{32}'\], .* but were ",
+            r"other training files than it started with \(the training data: train.de.gz is \d+ bytes, digest "
+            r"[0-9a-f]{12} here but was \d+ bytes, digest [0-9a-f]{12}\)",
         ),
         ({"seed": 2}, r"seed=2 here but 1 in the checkpoint, which orders the batches; resume with seed=1"),
     ):
@@ -65,7 +66,7 @@ def test_moved_data_resumes_and_changed_files_or_pair_fields_do_not(toy_corpus_d
     pairs[0] = (pairs[0][0] + " und", pairs[0][1])  # one word more: another size
     write_text_corpus(moved, {"train": pairs})
     config = tiny_train_config(moved, **{**SETTINGS, **resumed, "trainer.max_steps": 10})
-    with pytest.raises(RunError, match=r"corpus 0 are .* here but were .* \(names, sizes and content digests\)"):
+    with pytest.raises(RunError, match=r"\(the training data: train.de.gz is \d+ bytes, .* here but was \d+ bytes"):
         train(config, tmp_path / "run")
     for name, content in kept.items():  # the same bytes again (gzip writes a time into its header)
         (moved / name).write_bytes(content)
@@ -84,7 +85,9 @@ def test_training_files_shuffled_in_place_to_the_same_size_are_refused(tmp_path)
     write_text_corpus(data, {"train": pairs[60:] + pairs[:60]}, gz=False)
     assert {p.name: p.stat().st_size for p in data.iterdir()} == sizes  # what the check compared before
     config = tiny_train_config(data, **{**SETTINGS, "resume": "auto", "trainer.max_steps": 8})
-    with pytest.raises(RunError, match=r"corpus 0 are .* here but were .* \(names, sizes and content digests\)"):
+    size = sizes["train.de"]
+    digest = rf"{size} bytes, digest [0-9a-f]{{12}}"
+    with pytest.raises(RunError, match=rf"\(the training data: train.de is {digest} here but was {digest}\)"):
         train(config, tmp_path / "run")
     write_text_corpus(data, {"train": pairs}, gz=False)  # put back: the same bytes resume
     train(config, tmp_path / "run")
@@ -150,7 +153,7 @@ def test_a_dataset_folder_is_recorded_absolute_and_a_change_to_it_refuses_a_resu
     write("train", pairs[60:] + pairs[:60])
     assert (folder / "train.jsonl").stat().st_size == size
     config = tiny_train_config(tmp_path, **{**SETTINGS, "resume": "auto", "trainer.max_steps": 8}, data=data)
-    with pytest.raises(RunError, match=r"the training files of corpus 0 are \[\['train.jsonl', "):
+    with pytest.raises(RunError, match=r"\(the training data: train.jsonl is \d+ bytes, digest "):
         train(config, tmp_path / "run")
     # The training split as it was: other splits' files and hidden ones (a cache's metadata) may change.
     write("train", pairs)
