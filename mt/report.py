@@ -243,12 +243,14 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
     test_sets = load_test_sets(config, first["data"])
     # What would fail a decode fails before the first (a multilingual model given no tgt_lang=, a language it was
     # not trained into, a BLEU tokenizer not installed): each run's first checkpoint asked as its decode will be.
-    tgt_lang = (first["data"] or {}).get("tgt_lang")
+    # The language BLEU tokenizes each run's translations of each test set as (a decode's, and its bootstrap's).
+    languages: dict[tuple[Path, str], str | None] = {}
     for run_dir in dict.fromkeys(run for _, _, run in entries):
         loaded = checkpoint_configs(next(path for _, path, run in entries if run == run_dir))
         for test_set in test_sets:
             loaded.source_prefix(test_set.tgt_lang)
-            bleu_metric(loaded.target_language(test_set.tgt_lang), config.metrics.bleu_tokenize)
+            languages[run_dir, test_set.name] = loaded.target_language(test_set.tgt_lang)
+            bleu_metric(languages[run_dir, test_set.name], config.metrics.bleu_tokenize)
     overrides = search_overrides(config.search, search_fields)
 
     rows, hypotheses = [], {}
@@ -269,6 +271,7 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
                 bar.update(1)
             rows.append(row)
     if baseline is not None:
+        run_of = {label: run for label, _, run in entries}
         for row in rows:
             for test_set in test_sets:
                 if row["checkpoint"] == baseline:
@@ -277,7 +280,7 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
                     hypotheses[baseline, test_set.name],
                     hypotheses[row["checkpoint"], test_set.name],
                     test_set.references,
-                    tgt_lang=test_set.tgt_lang or tgt_lang,
+                    tgt_lang=languages[run_of[row["checkpoint"]], test_set.name],
                     bleu_tokenize=config.metrics.bleu_tokenize,
                 )
     return {

@@ -318,3 +318,31 @@ def test_a_checkpoint_with_the_baselines_translations_is_shown_identical_not_sig
     assert table["| step0000010"].endswith(f" | {tested['bleu']['p_value']:.4f} |")
     assert table["| best"].endswith(" | — |")
     assert any(line.startswith("= baseline: the same translations as best") for line in table)
+
+
+def test_the_bootstrap_tokenizes_bleu_as_the_rows_do_for_a_model_of_another_target(trained_run, tmp_path):
+    """A model whose one corpus entry translates into Chinese while ``data.tgt_lang`` says en: its rows were
+    scored with sacreBLEU's zh tokenizer but the paired bootstrap with 13a (the base data's language), so the two
+    BLEU columns of one report disagreed."""
+    import torch
+
+    extra = write_text_corpus(tmp_path / "extra", {"extra": toy_pairs(12, seed=9)}, gz=False)
+    checkpoints = {}
+    for step in (10, 30):
+        stored = torch.load(trained_run / "checkpoints" / f"step{step:07d}.ckpt", weights_only=False)
+        stored["hyper_parameters"]["data"]["corpora"] = [{"tgt_lang": "zh"}]
+        checkpoints[f"step{step}"] = tmp_path / f"step{step}.ckpt"
+        torch.save(stored, checkpoints[f"step{step}"])
+    run = copied_run(tmp_path / "run", checkpoints)
+    config = ReportConfig(
+        run=str(run),
+        baseline="step30",
+        include_data_splits=False,
+        sources=[str(extra / "extra.de")],
+        references=[str(extra / "extra.en")],
+        search=SearchConfig(beam=1),
+    )
+    rows = {row["checkpoint"]: row["extra.de"] for row in build_report(config)["rows"]}
+    assert rows["step10"]["chrf"] != rows["step30"]["chrf"]  # other translations: tested
+    assert "|tok:zh|" in rows["step10"]["bleu_signature"]
+    assert "|tok:zh|" in rows["step10"]["paired_bootstrap"]["bleu"]["signature"]
