@@ -620,7 +620,7 @@ class EvaluateConfig:
     source: str | None = None
     reference: str | None = None
     references: list[str] = field(default_factory=list)  # several references of source= (reference= is one)
-    split: str = "test"  # used when source is not given: train | valid | test of the checkpoint's data
+    split: str | None = None  # the checkpoint's data's train | valid | test split (default test), not with source=
     output: str | None = None
     overwrite: bool = False
     # Another system's output of the same sentences: paired bootstrap resampling against it.
@@ -636,9 +636,16 @@ class EvaluateConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        _require(self.split in ("train", "valid", "test"), f"split={self.split!r}: expected train, valid or test")
+        _require(self.split in (None, "train", "valid", "test"), f"split={self.split!r}: expected train, valid or test")
         _require_threads(self.threads)
         _require(self.beam is None or self.beam >= 1, f"beam={self.beam}: expected >= 1")
+        if self.source is not None:  # what picks among the checkpoint's own data would be dropped without a word
+            _require(self.split is None, f"split={self.split} names a split of the checkpoint's data: not with source=")
+            _require(
+                self.src_lang is None,
+                f"src_lang={self.src_lang} picks a direction of the checkpoint's test split: not with source= "
+                f"(tgt_lang= says what its sentences are translated into)",
+            )
         _require(
             not (self.reference is not None and self.references),
             "give reference=FILE or references=[FILE,...], not both",

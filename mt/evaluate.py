@@ -26,7 +26,7 @@ def main(config: EvaluateConfig) -> None:
     result = score_checkpoint(
         config.checkpoint,
         search_overrides=search_overrides(config.search, set_on_command_line("search"), config.beam),
-        split=config.split,
+        split=config.split or "test",
         source=config.source,
         references=config.reference_files,
         output=config.output,

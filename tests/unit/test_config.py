@@ -213,6 +213,17 @@ def test_threads_below_one_are_refused_by_every_command(command, schema, overrid
         to_typed(compose_config(command, overrides), schema)
 
 
+def test_evaluate_refuses_choices_of_the_checkpoints_data_beside_source():
+    """With source= they were ignored: split=valid scored the file given, src_lang=fr a German file, without a word."""
+    given = ["checkpoint=x.ckpt", "source=news.de", "reference=news.en"]
+    with pytest.raises(ConfigError, match=r"^split=valid names a split of the checkpoint's data: not with source=$"):
+        to_typed(compose_config("evaluate", [*given, "split=valid"]), EvaluateConfig)
+    with pytest.raises(ConfigError, match=r"^src_lang=fr picks a direction of the checkpoint's test split: not with"):
+        to_typed(compose_config("evaluate", [*given, "src_lang=fr"]), EvaluateConfig)
+    assert to_typed(compose_config("evaluate", [*given, "tgt_lang=en"]), EvaluateConfig).tgt_lang == "en"
+    assert to_typed(compose_config("evaluate", ["checkpoint=x.ckpt", "split=valid"]), EvaluateConfig).split == "valid"
+
+
 def test_a_whole_float_validation_interval_is_a_number_of_batches():
     """Lightning reads val_check_interval=1000.0 as 1000 batches; so does the check of accumulation windows."""
     trainer = to_typed(compose_config("train", ["trainer.val_check_interval=1000.0"]), TrainConfig).trainer
