@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mt.atomic import atomic_write
 from mt.config import register_configs
-from mt.errors import USER_ERRORS, ConfigError
+from mt.errors import USER_ERRORS, ConfigError, RunDirectoryBusy
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -99,16 +99,18 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
 
         @functools.wraps(run)
         def task(cfg: DictConfig) -> R:
+            record = True
             try:
                 return run(to_typed(cfg, schema))
             except USER_ERRORS as error:
                 line = f"error: {error}"
+                record = not isinstance(error, RunDirectoryBusy)  # the directory is another live job's: not ours
             except OSError as error:
                 line = os_error_line(error)
                 if line is None:
                     raise
             # Outside the handler: the error, and the frames of the run it holds, are not kept with a failed trial.
-            _stop(line)
+            _stop(line, record=record)
 
         hydra_task = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
 
@@ -194,12 +196,15 @@ class TrialFailed(RuntimeError):
     runs the others (Optuna's sweeper counts it against ``hydra.sweeper.max_failure_rate``)."""
 
 
-def _stop(line: str) -> NoReturn:
-    """End the command with ``line`` on stderr and status 2; a trial of a sweep fails alone (``TrialFailed``)."""
+def _stop(line: str, *, record: bool = True) -> NoReturn:
+    """End the command with ``line`` on stderr and status 2; a trial of a sweep fails alone (``TrialFailed``),
+    its line kept in its directory's ``error.txt`` where ``record`` (not where that directory is another job's)."""
     print(line, file=sys.stderr)
     trial_dir = _trial_dir()
     if trial_dir is None:
         sys.exit(2)
+    if not record:
+        raise TrialFailed(line.removeprefix("error: ")) from None
     try:
         with atomic_write(trial_dir / "error.txt") as handle:  # ranks of one trial may all write it
             handle.write((line.removeprefix("error: ") + "\n").encode("utf-8"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, toy_args
+from tests.helpers import ROOT, toy_args, tree_bytes
 
 pytestmark = pytest.mark.slow  # the system tier: whole commands in subprocesses, run in CI
 
@@ -291,6 +291,27 @@ def test_a_failed_trial_of_a_sweep_leaves_the_others_to_run(toy_corpus_dir, tmp_
     again = run("mt.train", *common, "optim.lr=1e-3", f"hydra.run.dir={sweep / '0'}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert not (sweep / "0/error.txt").exists()
+
+
+def test_a_trial_refused_by_a_live_job_in_its_directory_leaves_that_directory_alone(toy_corpus_dir, tmp_path):
+    """A sweep launched again while its first launch still runs: each trial is refused (the directory is busy),
+    and wrote its error.txt into the live trial's directory, which mt.trials then showed as failed."""
+    import fcntl
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0/.hydra").mkdir(parents=True)
+    (sweep / "0/.hydra/overrides.yaml").write_text("- seed=1\n")  # the live trial's records
+    (sweep / "0/train.log").write_text("[live] step 10\n")
+    with open(sweep / "0/.lock", "a+") as held:  # the live job's lock (another process's, as far as mt.train sees)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1 on elsewhere\n")
+        held.flush()
+        before = tree_bytes(sweep / "0")
+        args = ("data=local", f"data.path={toy_corpus_dir}", "model=tiny", "seed=1", f"hydra.sweep.dir={sweep}")
+        result = run("mt.train", "-m", *args)
+    assert result.returncode == 2
+    assert "is in use by a running training job (pid 1 on elsewhere)" in result.stderr.strip().splitlines()[-1]
+    assert tree_bytes(sweep / "0") == before  # (Hydra's sweep record, multirun.yaml beside it, is rewritten)
 
 
 def test_translate_nbest_writes_sorted_tsv(trained_run):
