@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mt.cli import entry_point, set_on_command_line
 from mt.config import TrainConfig
+from mt.errors import ConfigError
 from mt.training.distributed import is_global_zero_from_env
 from mt.training.finetune import with_checkpoint_architecture
 from mt.training.resume import requeued
@@ -45,6 +46,12 @@ def main(config: TrainConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if config.init_from and (chosen := set_on_command_line("tokenizer")) != set():
+        names = ", ".join(f"tokenizer.{name}" for name in sorted(chosen or ())) or "tokenizer"
+        raise ConfigError(
+            f"{names}: a run from init_from= keeps its checkpoint's tokenizer (the vocabulary of its embeddings), "
+            f"so tokenizer settings would go unused; drop them"
+        )
     if config.init_from:  # the checkpoint's architecture, but for what the command line sets
         last = run_dir / "checkpoints" / "last.ckpt"  # resuming: the run's own (init_from is not applied again)
         source = last if last.is_file() and (config.resume == "auto" or requeued()) else None

@@ -314,6 +314,25 @@ def test_a_trial_refused_by_a_live_job_in_its_directory_leaves_that_directory_al
     assert tree_bytes(sweep / "0") == before  # (Hydra's sweep record, multirun.yaml beside it, is rewritten)
 
 
+def test_tokenizer_settings_beside_init_from_are_refused(trained_run, tmp_path):
+    """A run from init_from= keeps the checkpoint's tokenizer: tokenizer.vocab_size=2000 was recorded in its
+    config and never used."""
+    run_dir, _ = trained_run
+    result = run(
+        "mt.train",
+        f"init_from={run_dir}/checkpoints/best.ckpt",
+        "tokenizer.vocab_size=2000",
+        "tokenizer.character_coverage=0.99",
+        f"hydra.run.dir={tmp_path / 'ft'}",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: tokenizer.character_coverage, tokenizer.vocab_size: a run from init_from= keeps its checkpoint's tokenizer "
+        "(the vocabulary of its embeddings), so tokenizer settings would go unused; drop them"
+    ]
+    assert not (tmp_path / "ft/tokenizer").exists() and not (tmp_path / "ft/checkpoints").exists()
+
+
 def test_translate_nbest_writes_sorted_tsv(trained_run):
     run_dir, _ = trained_run
     result = run(
