@@ -16,7 +16,8 @@ import torch
 from mt.atomic import atomic_write, refuse_to_overwrite
 from mt.cli import entry_point
 from mt.config import AverageConfig
-from mt.model.checkpoint import average_checkpoints, newest_checkpoints
+from mt.errors import RunError
+from mt.model.checkpoint import average_checkpoints, newest_checkpoints, refuse_to_replace_checkpoint
 
 
 @entry_point("average", AverageConfig)
@@ -24,6 +25,9 @@ def main(config: AverageConfig) -> None:
     output = Path(config.output)
     refuse_to_overwrite(output, overwrite=config.overwrite)
     paths = [Path(p) for p in config.checkpoints] or newest_checkpoints(config.run, config.last)
+    if any(output.resolve() == path.resolve() for path in paths):
+        raise RunError(f"output={output}: one of the checkpoints averaged; choose another output")
+    refuse_to_replace_checkpoint(output, mark="averaged_from", command="mt.average")
     checkpoint = average_checkpoints(paths)
     with atomic_write(output) as handle:
         torch.save(checkpoint, handle)

@@ -17,8 +17,8 @@ import torch
 from mt.atomic import atomic_write, refuse_to_overwrite, refuse_to_replace, replacing_directory
 from mt.cli import entry_point
 from mt.config import ConvertConfig
-from mt.errors import CheckpointError, RunError
-from mt.model.checkpoint import read_checkpoint
+from mt.errors import RunError
+from mt.model.checkpoint import refuse_to_replace_checkpoint
 from mt.model.marian import checkpoint_to_marian, is_marian_directory, marian_to_checkpoint, not_an_export
 
 
@@ -50,20 +50,9 @@ def convert(source: str | Path, output: str | Path) -> str:
 def _refuse_to_replace_checkpoint(source: Path, output: Path) -> None:
     """Refuse an existing ``output`` that is not a checkpoint of an earlier import (a training checkpoint, any
     other file), or that is a file of the ``source`` directory."""
-    if not output.exists():
-        return
-    if output.is_dir():
-        raise RunError(f"output={output}: a directory; expected a checkpoint file name for the import")
-    if output.resolve().is_relative_to(source.resolve()):
+    if output.exists() and not output.is_dir() and output.resolve().is_relative_to(source.resolve()):
         raise RunError(f"output={output}: a file of the input {source}; choose another output")
-    try:
-        imported = "imported_from" in read_checkpoint(output)
-    except CheckpointError:
-        raise RunError(f"output={output}: not a checkpoint; choose another output") from None
-    if not imported:
-        raise RunError(
-            f"output={output}: a checkpoint that no earlier import wrote (a training run's?); choose another output"
-        )
+    refuse_to_replace_checkpoint(output, mark="imported_from", command="import")
 
 
 @entry_point("convert", ConvertConfig)

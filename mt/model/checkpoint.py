@@ -300,6 +300,24 @@ def average_checkpoints(paths: list[Path]) -> dict:
     return out
 
 
+def refuse_to_replace_checkpoint(output: Path, *, mark: str, command: str) -> None:
+    """Refuse an existing ``output`` (``overwrite=true`` given) that is not a checkpoint an earlier ``command``
+    wrote (one holding ``mark``): a training run's checkpoint would lose what resumes it, or what averages and
+    reports read as its steps."""
+    if not output.exists():
+        return
+    if output.is_dir():
+        raise RunError(f"output={output}: a directory; expected a checkpoint file name")
+    try:
+        ours = mark in read_checkpoint(output)
+    except CheckpointError:
+        raise RunError(f"output={output}: not a checkpoint; choose another output") from None
+    if not ours:
+        raise RunError(
+            f"output={output}: a checkpoint that no earlier {command} wrote (a training run's?); choose another output"
+        )
+
+
 def architecture(checkpoint: dict) -> dict:
     """The ``ARCHITECTURE`` options of a checkpoint's model (not the dropouts, which a resume may change within
     one run); an option the checkpoint does not record (written before it existed) is its default."""

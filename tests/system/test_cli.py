@@ -327,8 +327,8 @@ def test_tokenizer_settings_beside_init_from_are_refused(trained_run, tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: tokenizer.character_coverage, tokenizer.vocab_size: a run from init_from= keeps its checkpoint's tokenizer "
-        "(the vocabulary of its embeddings), so tokenizer settings would go unused; drop them"
+        "error: tokenizer.character_coverage, tokenizer.vocab_size: a run from init_from= keeps its checkpoint's "
+        "tokenizer (the vocabulary of its embeddings), so tokenizer settings would go unused; drop them"
     ]
     assert not (tmp_path / "ft/tokenizer").exists() and not (tmp_path / "ft/checkpoints").exists()
 
@@ -359,6 +359,17 @@ def test_average_last_checkpoints_of_a_run_then_evaluate(trained_run, multi30k_s
     assert len(json.loads(result.stdout)["averaged"]) == 2
     again = run("mt.average", f"run={run_dir}", "last=2", f"output={output}")
     assert again.returncode == 2 and "overwrite=true" in again.stderr
+    assert run("mt.average", f"run={run_dir}", "last=2", f"output={output}", "overwrite=true").returncode == 0
+    # overwrite=true replaces an earlier average, never a training checkpoint (the run could not resume from it)
+    last, step = run_dir / "checkpoints/last.ckpt", sorted((run_dir / "checkpoints").glob("step*.ckpt"))[-1]
+    before = {path: path.read_bytes() for path in (last, step)}
+    for target, message in (
+        (last, f"error: output={last}: a checkpoint that no earlier mt.average wrote (a training run's?); choose"),
+        (step, f"error: output={step}: one of the checkpoints averaged; choose another output"),
+    ):
+        refused = run("mt.average", f"run={run_dir}", "last=2", f"output={target}", "overwrite=true")
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(message)
+    assert {path: path.read_bytes() for path in (last, step)} == before
     scores = run("mt.evaluate", f"checkpoint={output}", "beam=2", env={"MT_DATA_DIR": str(multi30k_slice)})
     assert scores.returncode == 0, scores.stderr[-3000:]
     assert json.loads(scores.stdout.splitlines()[-1])["sentences"] == 100
