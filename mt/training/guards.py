@@ -60,15 +60,19 @@ class NonFiniteGuard:
         """Add this micro-batch's flag (1.0 when its loss, summed over the ranks, is not finite)."""
         self.window = self.window + nonfinite
 
-    def before_step(self, grads: list[Tensor], *, check_grads: bool, step: int = 0) -> tuple[Tensor, Tensor | None]:
+    def before_step(
+        self, grads: list[Tensor], *, check_grads: bool, step: int = 0, scale: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Whether the update at ``step`` must be skipped (a bool tensor on the device), and the gradients'
         total norm (``check_grads``: computed, checked and, if the update goes ahead, clipped with; else
         ``None``, e.g. under fp16, whose grad scaler skips overflowing steps itself and whose clipping
-        Lightning does after unscaling). Skipped updates leave the gradients as they are."""
+        Lightning does after unscaling). ``scale``: a factor (on the device) the gradients are multiplied by
+        first, in the same pass as the clipping (the norm is theirs after it). Skipped updates leave the
+        gradients as they are."""
         flags, self.window = self.window, 0.0
         norm = None
         if grads and check_grads:
-            norm = total_norm(grads)
+            norm = total_norm(grads) if scale is None else total_norm(grads) * scale
             flags = flags + (~norm.isfinite()).float()
         device = grads[0].device if grads else flags.device if isinstance(flags, Tensor) else None
         skip = torch.as_tensor(flags, device=device) > 0
@@ -79,9 +83,12 @@ class NonFiniteGuard:
         consecutive = torch.where(skip, consecutive + 1, 0)
         limit_at = torch.where((limit_at < 0) & (consecutive >= self.max_consecutive), step, limit_at)
         self.counters = torch.stack([consecutive, total + skip, limit_at, torch.where(skip, step, last_skipped)])
+        factor = scale
         if norm is not None and self.clip_norm > 0:
-            scale = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0)
-            foreach_mul_(grads, torch.where(skip, 1.0, scale))  # x * 1.0 is x: skipped gradients stay as they are
+            clip = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0)
+            factor = clip if scale is None else clip * scale
+        if factor is not None:
+            foreach_mul_(grads, torch.where(skip, 1.0, factor))  # x * 1.0 is x: skipped gradients stay as they are
         return skip, norm
 
     def check(self, last_checkpoint: Callable[[], str]) -> int:

@@ -85,6 +85,7 @@ class TranslationModule(L.LightningModule):
         self._clock: tuple[int, float] | None = None  # (step, seconds) of the last shared clock reading
         self._logging_update = False  # whether Lightning writes the logs of the update in progress
         self._updated_at_step = 0
+        self._window_first_tokens: Tensor | None = None  # the global target tokens of its window's first batch
         self._window_stats: Tensor | None = None  # loss, NLL and token sums of the accumulation window so far
         self.progress_bar_values: dict[str, float] = {}  # read at the last logging step (StepProgressBar)
 
@@ -139,9 +140,14 @@ class TranslationModule(L.LightningModule):
         world_size = self.trainer.world_size
         if world_size > 1:
             torch.distributed.all_reduce(stats)
-        total_loss, total_nll, total_tokens, nonfinite = stats.unbind()
+        _, _, total_tokens, nonfinite = stats.unbind()
         self.nonfinite.observe_loss(nonfinite)
-        loss = loss_sum * (world_size / total_tokens)
+        # An accumulation window of k batches is one batch of all their tokens: normalised here by the window's
+        # first batch's token count (the others are not known yet), which on_before_optimizer_step turns into
+        # the window's own, undoing Lightning's division of each batch's loss by k too.
+        if self._window_stats is None:
+            self._window_first_tokens = total_tokens
+        loss = loss_sum * (world_size / self._window_first_tokens)
         # The update's values: over every batch of its accumulation window (and every rank), on the device.
         window = stats if self._window_stats is None else self._window_stats + stats
         self._window_stats = window
@@ -198,7 +204,12 @@ class TranslationModule(L.LightningModule):
         after unscaling (``clips_itself``)."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         clips_itself = self.clips_itself(str(self.trainer.precision))
-        skip, norm = self.nonfinite.before_step(grads, check_grads=clips_itself, step=self.trainer.global_step)
+        scale = None  # the gradients of a window of k batches: each token weighed alike (training_step)
+        if self.trainer.accumulate_grad_batches > 1 and self._window_stats is not None:
+            scale = self.trainer.accumulate_grad_batches * self._window_first_tokens / self._window_stats[2]
+        skip, norm = self.nonfinite.before_step(
+            grads, check_grads=clips_itself, step=self.trainer.global_step, scale=scale
+        )
         if norm is not None:
             self.step_log.record("train/grad_norm", norm)
         if clips_itself and fused_step_skippable(optimizer):
