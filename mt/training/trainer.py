@@ -7,7 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
-from lightning.fabric.plugins.environments import SLURMEnvironment
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
@@ -80,7 +81,9 @@ def build_trainer(
     version = log_version(run_dir, resuming)
     loggers = build_loggers(config.logger, run_dir, version)
     plugins: list = [AtomicCheckpointIO()]
-    if SLURMEnvironment.detect():  # our PreemptionCallback saves and requeues, not Lightning's handler
+    # Our PreemptionCallback saves and requeues, not Lightning's handler. Under torchrun (inside a SLURM job too)
+    # torchrun's variables decide the ranks, as Lightning itself would choose.
+    if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
@@ -116,14 +119,31 @@ def build_trainer(
 def build_strategy(cfg: TrainerConfig) -> str | Strategy:
     """``trainer.strategy``, with DDP configured: a collective timeout (a dead rank fails the run
     instead of hanging it) and no per-forward buffer broadcast (the buffers are constants, and
-    validation may give ranks different numbers of batches)."""
-    if cfg.strategy != "ddp":
+    validation may give ranks different numbers of batches). ``auto`` over several devices or nodes is
+    the DDP Lightning would choose, configured the same way."""
+    if cfg.strategy != "ddp" and not (cfg.strategy == "auto" and several_processes(cfg)):
         return cfg.strategy
     return DDPStrategy(
         timeout=timedelta(seconds=cfg.collective_timeout_s),
         broadcast_buffers=False,
         gradient_as_bucket_view=True,
     )
+
+
+def several_processes(cfg: TrainerConfig) -> bool:
+    """Whether the run has several processes (devices x nodes), where Lightning's ``auto`` strategy is DDP:
+    ``devices`` as a count, a list, or ``auto``/-1 (every GPU where the accelerator is a GPU; one CPU process)."""
+    if cfg.num_nodes > 1:
+        return True
+    devices = cfg.devices
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if str(devices) in ("auto", "-1"):
+        gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+        return gpu and torch.cuda.device_count() > 1
+    if isinstance(devices, str) and "," in devices:  # "0,1": device indices
+        return len([d for d in devices.split(",") if d.strip()]) > 1
+    return int(devices) > 1
 
 
 def log_version(run_dir: Path, resuming: bool) -> str:

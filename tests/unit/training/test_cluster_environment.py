@@ -1,0 +1,72 @@
+"""Which processes a launch has, as build_trainer tells Lightning: torchrun's variables inside a SLURM job, and
+the DDP that strategy=auto means over several devices, configured like trainer=ddp's."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.strategies import DDPStrategy
+
+from mt.training.trainer import build_strategy, build_trainer
+from tests.conftest import tiny_train_config
+
+SLURM_STEP = {  # srun --ntasks-per-node=1 torchrun --nproc-per-node=2 ...: one SLURM task, two torchrun workers
+    "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NNODES": "1",
+    "SLURM_JOB_ID": "4244",
+    "SLURM_JOB_NAME": "mt",
+    "SLURM_NODELIST": "localhost",
+}
+TORCHRUN_WORKER_1 = {
+    "RANK": "1",
+    "LOCAL_RANK": "1",
+    "GROUP_RANK": "0",
+    "WORLD_SIZE": "2",
+    "LOCAL_WORLD_SIZE": "2",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29500",
+    "TORCHELASTIC_RUN_ID": "none",
+}
+DDP_ON_CPU = {
+    "trainer.strategy": "ddp",
+    "trainer.accelerator": "cpu",
+    "trainer.devices": 2,
+    "trainer.precision": "32-true",
+}
+
+
+def test_torchrun_inside_a_slurm_job_decides_the_ranks(monkeypatch, toy_corpus_dir, tmp_path):
+    """mt forced Lightning's SLURM environment whenever SLURM's variables were set: this launch was refused
+    (``devices=2`` against ``--ntasks-per-node=1``), and with devices=1 both workers trained as rank 0."""
+    for name, value in {**SLURM_STEP, **TORCHRUN_WORKER_1}.items():
+        monkeypatch.setenv(name, value)
+    trainer, _ = build_trainer(tiny_train_config(toy_corpus_dir, **DDP_ON_CPU), tmp_path)
+    assert isinstance(trainer.strategy.cluster_environment, TorchElasticEnvironment)
+    assert (trainer.global_rank, trainer.world_size) == (1, 2)
+
+
+def test_a_slurm_launch_without_torchrun_keeps_slurms_ranks_without_lightnings_requeue(
+    monkeypatch, toy_corpus_dir, tmp_path
+):
+    for name, value in {**SLURM_STEP, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "1"}.items():
+        monkeypatch.setenv(name, value)
+    trainer, _ = build_trainer(tiny_train_config(toy_corpus_dir, **DDP_ON_CPU), tmp_path)
+    environment = trainer.strategy.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
+    assert (trainer.global_rank, trainer.world_size) == (1, 2)
+
+
+def test_strategy_auto_over_several_devices_is_ddp_with_the_configured_timeout(toy_corpus_dir):
+    """strategy=auto (the default) with devices=2 was Lightning's own DDP: its 30-minute collective timeout
+    whatever trainer.collective_timeout_s said, and a buffer broadcast at every forward."""
+    options = {"trainer.accelerator": "cpu", "trainer.devices": 2, "trainer.collective_timeout_s": 60}
+    strategy = build_strategy(tiny_train_config(toy_corpus_dir, **options).trainer)
+    assert isinstance(strategy, DDPStrategy)
+    assert strategy._timeout == timedelta(seconds=60)  # (Lightning keeps it there; read here only)
+    one_device = tiny_train_config(toy_corpus_dir, **{**options, "trainer.devices": 1}).trainer
+    assert build_strategy(one_device) == "auto"
