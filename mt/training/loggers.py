@@ -42,6 +42,14 @@ def build_loggers(cfg: LoggerConfig, run_dir: Path, version: str) -> list[Logger
     return loggers
 
 
+def require_packages(cfg: LoggerConfig) -> None:
+    """Refuse a logger whose package is not installed (``ConfigError``): at the start of a run, before anything
+    of it is written."""
+    for key in ("mlflow", "wandb"):  # extras of the package (TensorBoard is a dependency)
+        if getattr(cfg, key):
+            _require_package(key, key, f"logger.{key}")
+
+
 def _require_package(module: str, extra: str, key: str) -> None:
     import importlib.util
 

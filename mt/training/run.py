@@ -35,7 +35,7 @@ from mt.model.checkpoint import read_checkpoint
 from mt.training.datamodule import TranslationDataModule, train_files
 from mt.training.distributed import RunDirectoryLock, is_global_zero_from_env
 from mt.training.finetune import prepare_init_from
-from mt.training.loggers import finish_loggers
+from mt.training.loggers import finish_loggers, require_packages
 from mt.training.module import TranslationModule
 from mt.training.plots import plot_learning_curve
 from mt.training.preemption import REQUEUE_SIGNALS, Preempted, PreemptionCallback, requeue_slurm_job
@@ -89,6 +89,13 @@ def _train_with(
     config: TrainConfig, run_dir: Path, preemption: PreemptionCallback | None, on_start: Callable[[], None] | None
 ) -> dict | None:
     resolve_precision(config.trainer.precision, config.trainer.accelerator)  # fp16 on a CPU: refused now
+    require_packages(config.logger)  # a logger or compile backend that is not installed: now, not after the tokenizer
+    if config.trainer.compile:
+        backends = torch.compiler.list_backends(exclude_tags=())
+        if config.trainer.compile_backend not in backends:
+            raise RunError(
+                f"trainer.compile_backend={config.trainer.compile_backend!r}: expected one of {', '.join(backends)}"
+            )
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
     files = train_files(config.data)  # once a run (each file hashed), outside the lock the ranks take in turn
     if ckpt_path is not None:  # other data or seed: refused now, not inside fit once the run is recorded
@@ -119,6 +126,17 @@ def _train_with(
     prepare_cuda(tf32=config.trainer.tf32)
     if ckpt_path is not None:
         check_same_model(Path(ckpt_path), config.model, tokenizer, ema=config.optim.ema_decay > 0)
+    trainer = None
+    try:  # Lightning's own refusals (no GPU; devices against the launcher's processes) come before the records
+        trainer, best_checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None, preemption=preemption)
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        if environment is not None:  # what Lightning's launcher checks inside fit, checked now
+            environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+    except (MisconfigurationException, ValueError, RuntimeError) as error:
+        user_error = as_run_error(error, config, rank=0)
+        if user_error is None:
+            raise
+        raise user_error from None
     # The launch has passed every check that refuses it: its records.
     config_path = run_dir / "config.yaml"
     if is_global_zero_from_env() and (ckpt_path is None or not config_path.exists()):  # a fresh start
@@ -135,9 +153,7 @@ def _train_with(
             file=sys.stderr,
         )
         return None
-    trainer = None
     try:
-        trainer, best_checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None, preemption=preemption)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except BaseException:
@@ -151,7 +167,7 @@ def _train_with(
             print(f"preempted: {stop}", file=sys.stderr, flush=True)
         return None
     except (MisconfigurationException, ValueError, RuntimeError) as error:
-        user_error = as_run_error(error, config, rank=trainer.global_rank if trainer is not None else 0)
+        user_error = as_run_error(error, config, rank=trainer.global_rank)
         if user_error is None:
             raise
         raise user_error from None
@@ -221,12 +237,7 @@ def build_module(config: TrainConfig, tokenizer: Tokenizer) -> TranslationModule
         budget_seconds=max_time_seconds(config.trainer.max_time),
     )
     module.tokenizer = tokenizer
-    if config.trainer.compile:
-        backends = torch.compiler.list_backends(exclude_tags=())
-        if config.trainer.compile_backend not in backends:
-            raise RunError(
-                f"trainer.compile_backend={config.trainer.compile_backend!r}: expected one of {', '.join(backends)}"
-            )
+    if config.trainer.compile:  # (the backend checked by _train_with)
         module.compile_layers(config.trainer.compile_backend)
     return module
 
@@ -236,6 +247,12 @@ def as_run_error(error: Exception, config: TrainConfig, *, rank: int) -> RunErro
     None for anything else (a bug, which keeps its traceback)."""
     if isinstance(error, MisconfigurationException):  # e.g. trainer=gpu on a machine without one
         return RunError(f"trainer: {str(error).splitlines()[0]}")
+    if str(error).startswith("You set `"):  # Lightning's check of the launcher's processes (SLURM, torchrun)
+        trainer = config.trainer
+        return RunError(
+            f"trainer.devices={trainer.devices} trainer.num_nodes={trainer.num_nodes} against the processes the "
+            f"launcher started: {str(error).splitlines()[0]}"
+        )
     batches = val_check_interval_overflow(error)
     if batches is not None:  # Lightning's check, made once the epoch's batch count is known
         return RunError(

@@ -103,3 +103,4 @@ def test_a_logger_whose_package_is_missing_is_a_one_line_error(toy_corpus_dir, t
     with pytest.raises(ConfigError, match=r"logger.mlflow=true needs the mlflow package: pip install -e '.\[mlflow\]'"):
         train(config, tmp_path)
     assert not (tmp_path / "checkpoints/last.ckpt").exists()  # refused before training
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "tokenizer").exists()  # and before its records

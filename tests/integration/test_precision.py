@@ -108,6 +108,7 @@ def test_an_unknown_compile_backend_is_refused_by_name(toy_corpus_dir, tmp_path)
     config = tiny_train_config(toy_corpus_dir, **{"trainer.compile": True, "trainer.compile_backend": "nonsense"})
     with pytest.raises(RunError, match="trainer.compile_backend='nonsense'"):
         train(config, tmp_path)
+    assert not (tmp_path / "tokenizer").exists()  # refused before SentencePiece trains (minutes on a real corpus)
 
 
 def test_cuda_setup_uses_the_tf32_api_lightning_reads_and_turns_cudnn_attention_off(monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -70,3 +71,23 @@ def test_strategy_auto_over_several_devices_is_ddp_with_the_configured_timeout(t
     assert strategy._timeout == timedelta(seconds=60)  # (Lightning keeps it there; read here only)
     one_device = tiny_train_config(toy_corpus_dir, **{**options, "trainer.devices": 1}).trainer
     assert build_strategy(one_device) == "auto"
+
+
+def test_devices_against_the_launchers_processes_is_a_one_line_refusal_before_the_records(
+    monkeypatch, toy_corpus_dir, tmp_path
+):
+    """srun started two tasks a node but trainer.devices=1: Lightning's ValueError came with a traceback, after
+    the run's config.yaml was written."""
+    from mt.errors import RunError
+    from mt.training.run import train
+
+    for name, value in {**SLURM_STEP, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    config = tiny_train_config(toy_corpus_dir, **{**DDP_ON_CPU, "trainer.devices": 1})
+    with pytest.raises(
+        RunError,
+        match=r"^trainer.devices=1 trainer.num_nodes=1 against the processes the launcher "
+        r"started: You set `devices=1` in Lightning, but the number of tasks per node",
+    ):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run/config.yaml").exists()
