@@ -36,6 +36,17 @@ class Preempted(Exception):
         super().__init__(f"{name} received: stopped after step {step}, saved {checkpoint}; {then}")
 
 
+class StoppedAfterTraining(Exception):
+    """A signal once the training was over and saved (during the test decode): the rest of the run is dropped."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(
+            f"{signal.Signals(signum).name} received after the training ended (its checkpoints are saved): the test "
+            f"split was not scored"
+        )
+
+
 class PreemptionCallback(L.Callback):
     """Turns SIGUSR1/SIGUSR2/SIGTERM into a checkpoint at the next step boundary and a clean stop.
 
@@ -49,11 +60,23 @@ class PreemptionCallback(L.Callback):
         self._previous: dict[int, Any] = {}
         self._step_seen = 0
         self._stop: Preempted | None = None
+        self._at_once = False
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._at_once:
+            self.received = signum
+            raise StoppedAfterTraining(signum)
         if not self.received:
             log.warning("received %s: saving a checkpoint after the current step", signal.Signals(signum).name)
         self.received = signum
+
+    def stop_at_once(self) -> None:
+        """From now on (the training over, its checkpoints saved: no step boundary will come) a signal stops the
+        process where it is, by ``StoppedAfterTraining``: raised now for one that came since the last step (during
+        the final validation, say), else from the handler."""
+        self._at_once = True
+        if self.received:
+            raise StoppedAfterTraining(self.received)
 
     def install(self) -> None:
         """Catch the signals from now on (before data preparation: a warning then must not kill the job)."""

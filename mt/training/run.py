@@ -38,7 +38,13 @@ from mt.training.finetune import prepare_init_from
 from mt.training.loggers import finish_loggers, require_packages
 from mt.training.module import TranslationModule
 from mt.training.plots import plot_learning_curve
-from mt.training.preemption import REQUEUE_SIGNALS, Preempted, PreemptionCallback, requeue_slurm_job
+from mt.training.preemption import (
+    REQUEUE_SIGNALS,
+    Preempted,
+    PreemptionCallback,
+    StoppedAfterTraining,
+    requeue_slurm_job,
+)
 from mt.training.resume import check_same_data, check_same_model, resume_checkpoint
 from mt.training.trainer import build_trainer
 
@@ -48,8 +54,8 @@ log = logging.getLogger(__name__)
 def train(config: TrainConfig, run_dir: Path, on_start: Callable[[], None] | None = None) -> dict | None:
     """Train as configured in ``run_dir``. Rank 0 returns ``{"selection": ..., "test": ...}``: the validation
     metric that chose the best checkpoint, its value, step and path (also in ``run_dir/selection.json``), and
-    that checkpoint's test scores (None without ``test_after_training``); the other ranks, and a preempted run,
-    return None. ``on_start``: called on rank 0 once the run has passed the checks that refuse a launch (another
+    that checkpoint's test scores (None without ``test_after_training``, or when a signal stopped the test decode);
+    the other ranks, and a run preempted before its training ended, return None. ``on_start``: called on rank 0 once the run has passed the checks that refuse a launch (another
     run's checkpoints, a busy run directory, a missing test split, a checkpoint of another model), before
     anything is trained; ``config.yaml`` is written then too, so a refused launch leaves the records of the run
     in ``run_dir`` as they were (a tokenizer it trained before being refused stays)."""
@@ -193,7 +199,21 @@ def _train_with(
     result = {"selection": selection, "test": None}
     if not config.test_after_training or config.trainer.fast_dev_run:
         return result
-    best = best_checkpoint.best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
+    try:
+        if preemption is not None:
+            preemption.stop_at_once()
+        result["test"] = score_test_splits(config, run_dir, best_checkpoint.best_model_path)
+    except StoppedAfterTraining as stop:  # a relaunch with resume=auto trains no further and scores the test split
+        requeued = stop.signum in REQUEUE_SIGNALS and requeue_slurm_job()
+        then = "the job was requeued" if requeued else "resume with resume=auto to score it"
+        print(f"preempted: {stop}; {then}", file=sys.stderr, flush=True)
+    return result
+
+
+def score_test_splits(config: TrainConfig, run_dir: Path, best_path: str) -> dict:
+    """The test scores of the chosen checkpoint (``last.ckpt`` when none was chosen), in ``test_scores.json``
+    and printed: of each validated direction, and their mean where there are several."""
+    best = best_path or str(run_dir / "checkpoints" / "last.ckpt")
     directions = validated(config.data)
     by_direction = {
         corpus.direction: score_checkpoint(
@@ -218,8 +238,7 @@ def _train_with(
     with atomic_write(run_dir / "test_scores.json") as handle:
         handle.write((json.dumps(scores, indent=2) + "\n").encode())
     print(json.dumps(scores), flush=True)
-    result["test"] = scores
-    return result
+    return scores
 
 
 def build_module(config: TrainConfig, tokenizer: Tokenizer) -> TranslationModule:

@@ -373,3 +373,43 @@ def test_a_signal_during_data_preparation_stops_before_training_and_a_warning_re
     assert train(nonfinite_config(toy_corpus_dir, 4), tmp_path) is None
     assert requeued == ([True] if requeues else [])
     assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.parametrize("when", ["during the test decode", "before it"])
+@pytest.mark.parametrize(("signum", "requeues"), [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
+def test_a_signal_after_the_training_stops_the_test_decode_and_a_warning_requeues(
+    toy_corpus_dir, tmp_path, monkeypatch, capsys, signum, requeues, when
+):
+    """The handler only said "saving a checkpoint after the current step", a step that never came: the test
+    decode ran on to the end (SIGTERM ignored until SLURM's SIGKILL) and a time-limit warning never requeued."""
+    requeued: list[bool] = []
+    monkeypatch.setattr(mt.training.run, "requeue_slurm_job", lambda: requeued.append(True) or True)
+    decoded: list[str] = []
+    score = mt.training.run.score_checkpoint
+    plot = mt.training.run.plot_learning_curve
+
+    def signalled():  # as the OS would call the handler installed for the signal
+        handler = signal.getsignal(signum)
+        assert callable(handler), f"no handler for {signal.Signals(signum).name} after the training"
+        handler(signum, None)
+
+    def score_signalled(*args, **kwargs):
+        signalled()
+        decoded.append("decoded")
+        return score(*args, **kwargs)
+
+    def plot_signalled(*args, **kwargs):  # after fit, before the test decode (as in the final validation)
+        plot(*args, **kwargs)
+        signalled()
+
+    if when == "before it":
+        monkeypatch.setattr(mt.training.run, "plot_learning_curve", plot_signalled)
+    else:
+        monkeypatch.setattr(mt.training.run, "score_checkpoint", score_signalled)
+    config = tiny_train_config(toy_corpus_dir, **{"trainer.max_steps": 4, "test_after_training": True})
+    result = train(config, tmp_path)
+    assert result["test"] is None and decoded == [] and not (tmp_path / "test_scores.json").exists()
+    assert (tmp_path / "selection.json").is_file() and (tmp_path / "checkpoints/last.ckpt").is_file()
+    assert requeued == ([True] if requeues else [])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"preempted: {signal.Signals(signum).name} received after the training ended")
