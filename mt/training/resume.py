@@ -48,7 +48,20 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
             verify_checkpoint(last)
             return str(last)
         if existing:
-            raise RunError(f"resume=auto: {checkpoint_dir} has checkpoints but no last.ckpt; pass resume=PATH")
+            # A save killed before its last.ckpt (best.ckpt comes first), or a last.ckpt moved away: the newest whole
+            # training checkpoint, so that a chain of requeued jobs goes on by itself.
+            newest = newest_training_checkpoint(checkpoint_dir)
+            if newest is None:
+                raise RunError(
+                    f"resume=auto: {checkpoint_dir} has no last.ckpt, nor a whole best.ckpt or step checkpoint; "
+                    f"pass resume=PATH"
+                )
+            log.warning(
+                "resume=auto: %s holds no last.ckpt; resuming from %s, its newest checkpoint",
+                checkpoint_dir,
+                newest.name,
+            )
+            return str(newest)
         return None
     if not Path(resume).is_file():
         raise RunError(f"resume={resume}: no such checkpoint file")
@@ -152,12 +165,36 @@ def architecture_differences(stored: dict, model: ModelConfig) -> list[str]:
     ]
 
 
+def newest_training_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The most recently written of the run's whole training checkpoints other than ``last.ckpt`` (``best.ckpt``,
+    ``step*.ckpt``: Lightning's, with the optimizer and loop state; not an average saved beside them)."""
+    candidates = [checkpoint_dir / "best.ckpt", *checkpoint_dir.glob("step*.ckpt")]
+    for path in sorted((p for p in candidates if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            verify_checkpoint(path)
+        except RunError as error:
+            log.warning("%s", error)
+            continue
+        return path
+    return None
+
+
+def remove_stale_temporaries(checkpoint_dir: Path) -> None:
+    """Remove the temporary files of checkpoint writes that were killed (``.last.ckpt.tmpPID``: a whole
+    checkpoint's size each); called by the job that holds the run directory, before it writes any."""
+    if checkpoint_dir.is_dir():
+        for path in checkpoint_dir.glob(".*.ckpt.tmp*"):
+            log.info("removing %s, left by a checkpoint write that was killed", path.name)
+            path.unlink(missing_ok=True)
+
+
 def verify_checkpoint(path: Path) -> None:
     """Check every record of a checkpoint (a zip archive) against its CRC before resuming from it."""
+    advice = "move it away (resume=auto then takes the newest other checkpoint) or pass resume=PATH to another one"
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError) as error:
-        raise RunError(f"{path} is not a readable checkpoint ({error}); pass resume=PATH to another one") from None
+        raise RunError(f"{path} is not a readable checkpoint ({error}); {advice}") from None
     if bad is not None:
-        raise RunError(f"{path} is corrupt (CRC mismatch in {bad}); pass resume=PATH to another checkpoint")
+        raise RunError(f"{path} is corrupt (CRC mismatch in {bad}); {advice}")

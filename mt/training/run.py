@@ -45,7 +45,7 @@ from mt.training.preemption import (
     StoppedAfterTraining,
     requeue_slurm_job,
 )
-from mt.training.resume import check_same_data, check_same_model, resume_checkpoint
+from mt.training.resume import check_same_data, check_same_model, remove_stale_temporaries, resume_checkpoint
 from mt.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,12 @@ log = logging.getLogger(__name__)
 def train(config: TrainConfig, run_dir: Path, on_start: Callable[[], None] | None = None) -> dict | None:
     """Train as configured in ``run_dir``. Rank 0 returns ``{"selection": ..., "test": ...}``: the validation
     metric that chose the best checkpoint, its value, step and path (also in ``run_dir/selection.json``), and
-    that checkpoint's test scores (None without ``test_after_training``, or when a signal stopped the test decode);
-    the other ranks, and a run preempted before its training ended, return None. ``on_start``: called on rank 0 once the run has passed the checks that refuse a launch (another
-    run's checkpoints, a busy run directory, a missing test split, a checkpoint of another model), before
-    anything is trained; ``config.yaml`` is written then too, so a refused launch leaves the records of the run
-    in ``run_dir`` as they were (a tokenizer it trained before being refused stays)."""
+    that checkpoint's test scores (None without ``test_after_training``, or when a signal stopped the test
+    decode); the other ranks, and a run preempted before its training ended, return None. ``on_start``: called
+    on rank 0 once the run has passed the checks that refuse a launch (another run's checkpoints, a busy run
+    directory, a missing test split, a checkpoint of another model, Lightning's own), before anything is
+    trained; ``config.yaml`` is written then too, so a refused launch leaves the records of the run in
+    ``run_dir`` as they were (a tokenizer it trained before being refused stays)."""
     set_threads(config.threads)
     # Checkpoints record where their data is: made valid from any directory (a dataset folder given as hub_name
     # too; a hub id, which names no folder here, stays as given).
@@ -74,6 +75,7 @@ def train(config: TrainConfig, run_dir: Path, on_start: Callable[[], None] | Non
     lock = RunDirectoryLock(run_dir)
     if is_global_zero_from_env():  # one job per run directory; its other ranks share it
         lock.acquire()
+        remove_stale_temporaries(run_dir / "checkpoints")
     try:
         return _train(config, run_dir, on_start)
     finally:

@@ -412,3 +412,22 @@ def test_checkpoints_file_the_writers_state_under_the_names_older_checkpoints_us
     names = sorted(key.split("{")[0] for key in keys)
     assert names.count("ModelCheckpoint") == 2 and {"LastCheckpoint", "EarlyStopping"} <= set(names)
     assert not {"RunCheckpoint", "RunLastCheckpoint", "ConfiguredEarlyStopping"} & set(names)
+
+
+def test_a_save_killed_before_its_last_checkpoint_resumes_from_the_newest_other(toy_corpus_dir, tmp_path, caplog):
+    """A kill while the first last.ckpt was written (best.ckpt is written before it) left checkpoints but no
+    last.ckpt: resume=auto, and every SLURM requeue with it, was refused until someone stepped in, and the killed
+    write's temporary file (a whole checkpoint) stayed."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    options = {"keep_checkpoints": 2, "val_check_interval": 3, "check_val_every_n_epoch": None}
+    run(toy_corpus_dir, straight, 9, every=3, **options)
+    run(toy_corpus_dir, resumed, 6, every=3, **options)
+    checkpoints = resumed / "checkpoints"
+    (checkpoints / "last.ckpt").rename(checkpoints / ".last.ckpt.tmp4242")  # its write killed before the rename
+    (checkpoints / "step0000006.ckpt").write_bytes(b"cut short")  # and a step checkpoint spoilt: skipped, named
+    with caplog.at_level("WARNING"):
+        run(toy_corpus_dir, resumed, 9, resume="auto", every=3, **options)
+    assert "holds no last.ckpt; resuming from best.ckpt, its newest checkpoint" in caplog.text
+    assert "step0000006.ckpt is not a readable checkpoint" in caplog.text
+    assert not list(checkpoints.glob(".*tmp*"))
+    assert_same_run(straight, resumed, 9)
