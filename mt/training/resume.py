@@ -32,7 +32,17 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
     if requeued() and (resume is None or (checkpoint_dir / "last.ckpt").is_file()):
         # A requeued job goes on from its own last.ckpt, also when it was first started from resume=PATH
         # (which would repeat all the training since).
-        log.info("SLURM requeued this job (restart %s): resume=auto", os.environ["SLURM_RESTART_COUNT"])
+        restart = os.environ["SLURM_RESTART_COUNT"]
+        if existing:
+            log.info("SLURM requeued this job (restart %s): resume=auto", restart)
+        else:  # e.g. a run directory named by the time of launch (Hydra's default), new at each requeue
+            log.warning(
+                "SLURM requeued this job (restart %s), but %s holds no checkpoint: training from the start. A "
+                "requeued job resumes only in the run directory it saved to: give hydra.run.dir a fixed path "
+                "(scripts/slurm/train.sbatch uses outputs/slurm/<job id>)",
+                restart,
+                checkpoint_dir,
+            )
         resume = "auto"
     if resume is None:
         if existing:

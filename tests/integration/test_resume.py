@@ -263,7 +263,7 @@ def test_last_checkpoint_follows_every_validation_epoch_and_the_end(tmp_path, ev
     assert torch.load(last_path, weights_only=False)["global_step"] == 9
 
 
-def test_a_requeued_job_goes_on_from_its_own_last_checkpoint(tmp_path, monkeypatch):
+def test_a_requeued_job_goes_on_from_its_own_last_checkpoint(tmp_path, monkeypatch, caplog):
     import mt.training.resume
     import mt.training.run
 
@@ -275,7 +275,10 @@ def test_a_requeued_job_goes_on_from_its_own_last_checkpoint(tmp_path, monkeypat
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     # requeued before its first save: the checkpoint it was started from, or a fresh start
     assert mt.training.resume.resume_checkpoint(str(started_from), checkpoints) == str(started_from)
-    assert mt.training.resume.resume_checkpoint(None, checkpoints) is None
+    with caplog.at_level("WARNING"):
+        assert mt.training.resume.resume_checkpoint(None, checkpoints) is None
+    # said, not only logged at info: with a run directory named by the launch time, every requeue starts over
+    assert f"but {checkpoints} holds no checkpoint: training from the start" in caplog.text
     (checkpoints / "last.ckpt").touch()
     for resume in (None, "auto", str(started_from)):
         assert mt.training.resume.resume_checkpoint(resume, checkpoints) == str(checkpoints / "last.ckpt")
