@@ -213,6 +213,11 @@ def _stop(line: str, *, record: bool = True) -> NoReturn:
     raise TrialFailed(line.removeprefix("error: ")) from None
 
 
+def in_sweep() -> bool:
+    """Whether this process runs the trials of a sweep (``-m``)."""
+    return _trial_dir() is not None
+
+
 def _trial_dir() -> Path | None:
     """The run directory of this trial, where Hydra runs a sweep (``-m``); None for a single run."""
     from hydra.core.hydra_config import HydraConfig

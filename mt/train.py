@@ -6,9 +6,10 @@ It returns, to Hydra's sweepers, the validation figure that chose the best check
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from mt.cli import entry_point, set_on_command_line
+from mt.cli import entry_point, in_sweep, set_on_command_line
 from mt.config import TrainConfig
 from mt.errors import ConfigError
 from mt.training.distributed import is_global_zero_from_env
@@ -59,6 +60,10 @@ def main(config: TrainConfig) -> float | None:
     if is_global_zero_from_env() and not (run_dir / ".hydra" / "overrides.yaml").is_file():
         record_launch(config, run_dir)
     result = train(config, run_dir, on_start=lambda: record_launch(config, run_dir))
+    if result is None and is_global_zero_from_env() and in_sweep():  # rank 0 returns None when preempted
+        # The signal was for the whole job: the trials after this one must not start in its grace period.
+        print("preempted: the sweep stops after this trial; launch it again with resume=auto", file=sys.stderr)
+        sys.exit(0)
     return None if result is None else result["selection"]["value"]  # what Hydra's sweepers optimise
 
 

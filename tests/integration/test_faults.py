@@ -259,6 +259,24 @@ def test_sigusr1_under_slurm_saves_and_requeues_the_job(toy_corpus_dir, tmp_path
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] >= 3
 
 
+@pytest.mark.slow
+def test_a_signal_to_a_sweep_stops_it_after_the_trial_it_saves(toy_corpus_dir, tmp_path):
+    """A signal is for the whole job: the preempted trial saved and returned, and the sweep started the next
+    trial (to be SIGKILLed at the end of the grace period, or run on after a cancellation) and exited 0."""
+    sweep = tmp_path / "sweep"
+    python, module, name, *overrides = preemptible_args(toy_corpus_dir, tmp_path / "unused", 100000)
+    command = [python, module, name, "-m", *overrides, "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    with Running(command, tmp_path / "sweep.log") as running:
+        wait_for_losses(running, sweep / "0", 3)
+        running.process.send_signal(signal.SIGTERM)
+        stderr = running.finish(timeout=60)
+    assert running.process.returncode == 0, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == "preempted: the sweep stops after this trial; launch it again with resume=auto"
+    assert any(line.startswith("preempted: SIGTERM received: stopped after step") for line in lines)
+    assert (sweep / "0/checkpoints/last.ckpt").is_file() and not (sweep / "1").exists()
+
+
 def crash_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
