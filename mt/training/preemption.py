@@ -27,7 +27,8 @@ STOP_SIGNALS = (signal.SIGTERM,)  # cancellation or preemption: save and exit, n
 
 
 class Preempted(Exception):
-    """Raised on every rank to stop training at once (skipping validation) after the save."""
+    """Raised on every rank to stop training when the next batch starts, after the save (and the validation of
+    the step, if one was due)."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path, requeued: bool) -> None:
         self.signum, self.step, self.checkpoint, self.requeued = signum, step, checkpoint, requeued
@@ -59,7 +60,7 @@ class PreemptionCallback(L.Callback):
         self.received = 0  # the signal number, 0 while none arrived
         self._previous: dict[int, Any] = {}
         self._step_seen = 0
-        self._stop: Preempted | None = None
+        self._signum = 0  # the signal the ranks agreed on, once its checkpoint is saved: the run stops
         self._at_once = False
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -88,27 +89,31 @@ class PreemptionCallback(L.Callback):
         self.install()  # again: Lightning replaced the SIGTERM handler when fit started
         self._step_seen = trainer.global_step
 
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._stop is not None:  # saved already: no validation inside the cluster's grace period
-            raise self._stop
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if (
-            self._stop is not None or trainer.global_step == self._step_seen
-        ):  # inside an accumulation window: not a step boundary
+        if self._signum or trainer.global_step == self._step_seen:  # inside an accumulation window: no step boundary
             return
         self._step_seen = trainer.global_step
-        signum = self._agreed_signal(trainer)
-        if not signum:
+        self._signum = self._agreed_signal(trainer)
+        if self._signum:  # saved at once; a validation due at this step still runs (below), then the run stops
+            trainer.save_checkpoint(self.checkpoint_path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A validation is part of its step: one due at the step of a stop runs (a resumed run would never run it,
+        as Lightning takes a checkpoint of that step as validated), and the checkpoint is saved again after it; a
+        signal during a validation stops the run once it ends, not after one more update."""
+        if trainer.sanity_checking:
             return
-        trainer.save_checkpoint(self.checkpoint_path)
-        requeued = signum in REQUEUE_SIGNALS and trainer.is_global_zero and requeue_slurm_job()
-        # Raised when the next batch starts, so that Lightning first logs this step's metrics.
-        self._stop = Preempted(signum, trainer.global_step, self.checkpoint_path, requeued)
+        if not self._signum:
+            self._signum = self._agreed_signal(trainer)  # every rank ends a validation together
+        if self._signum:
+            trainer.save_checkpoint(self.checkpoint_path)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self._stop is not None:
-            raise self._stop
+        # Raised when the next batch starts, after this step's logs and checkpoint writers (and the requeue after
+        # every save: scontrol may end the job at once).
+        if self._signum:
+            requeued = self._signum in REQUEUE_SIGNALS and trainer.is_global_zero and requeue_slurm_job()
+            raise Preempted(self._signum, trainer.global_step, self.checkpoint_path, requeued)
 
     def _agreed_signal(self, trainer: L.Trainer) -> int:
         """The signal any rank received (ranks may get it at different steps, or only rank 0 gets it)."""

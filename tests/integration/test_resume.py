@@ -290,7 +290,11 @@ def run_selecting(data_dir: Path, run_dir: Path, max_steps: int, resume: str | N
     """A run that validates (loss only) every 5 steps, with a learning rate so high that most validations after
     the first are worse: on the toy corpus, val/loss at steps 5, 10, 15, 20, 25 is about 10, 21, 15, 13, 8.
     Its ``selection`` (also ``selection.json``)."""
-    config = tiny_train_config(
+    return train(selecting_config(data_dir, max_steps, resume, **trainer), run_dir)["selection"]
+
+
+def selecting_config(data_dir: Path, max_steps: int, resume: str | None = None, **trainer: object):
+    return tiny_train_config(
         data_dir,
         **{
             "trainer.max_steps": max_steps,
@@ -307,7 +311,6 @@ def run_selecting(data_dir: Path, run_dir: Path, max_steps: int, resume: str | N
             **{f"trainer.{key}": value for key, value in trainer.items()},
         },
     )
-    return train(config, run_dir)["selection"]
 
 
 def validation_losses(run_dir: Path) -> dict[int, float]:
@@ -434,3 +437,50 @@ def test_a_save_killed_before_its_last_checkpoint_resumes_from_the_newest_other(
     assert "step0000006.ckpt is not a readable checkpoint" in caplog.text
     assert not list(checkpoints.glob(".*tmp*"))
     assert_same_run(straight, resumed, 9)
+
+
+class SignalAt(L.Callback):
+    """SIGTERM, as the OS would deliver it to the handler installed for it, in the update that reaches ``step``
+    or, ``during_validation``, in the validation of that step."""
+
+    def __init__(self, step: int, during_validation: bool) -> None:
+        self.step, self.during_validation, self.sent = step, during_validation, False
+
+    def _send(self) -> None:
+        import signal
+
+        self.sent = True
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.during_validation and not self.sent and trainer.global_step == self.step - 1:
+            self._send()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if (
+            self.during_validation
+            and not self.sent
+            and not trainer.sanity_checking
+            and trainer.global_step == self.step
+        ):
+            self._send()
+
+
+@pytest.mark.parametrize("during_validation", [False, True], ids=["in the update", "in its validation"])
+def test_a_stop_at_a_validation_step_keeps_that_validation(toy_corpus_dir, tmp_path, monkeypatch, during_validation):
+    """A signal in the update before a validation saved and skipped that validation, and the resumed run never ran
+    it (Lightning takes a checkpoint of that step as validated): one score fewer for best.ckpt, early stopping
+    and the curve. A signal during a validation stopped the run only after one more update."""
+    from tests.helpers import with_callback
+
+    straight = run_selecting(toy_corpus_dir, tmp_path / "straight", 15)
+    with_callback(monkeypatch, SignalAt(5, during_validation))
+    assert train(selecting_config(toy_corpus_dir, 15), tmp_path / "preempted") is None  # stopped
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "preempted/checkpoints/last.ckpt", weights_only=False)["global_step"] == 5
+    assert sorted(validation_losses(tmp_path / "preempted")) == [5]  # validated before it stopped
+    resumed = run_selecting(toy_corpus_dir, tmp_path / "preempted", 15, resume="auto")
+    expected = validation_losses(tmp_path / "straight")
+    assert sorted(expected) == [5, 10, 15]
+    assert validation_losses(tmp_path / "preempted") == pytest.approx(expected, abs=1e-5)
+    assert (resumed["step"], resumed["value"]) == (straight["step"], pytest.approx(straight["value"], abs=1e-4))
