@@ -25,7 +25,8 @@ from mt.data.tokenizer import Tokenizer
 from mt.errors import DataError
 
 SPLITS = ("train", "valid", "test")
-CACHE_LAYOUT = 2  # bump when the encoded cache's format changes: old caches are then rebuilt
+# Bump when the cached data changes meaning (the raw Arrow tables, the encoded arrays): old caches are then rebuilt.
+CACHE_LAYOUT = 2
 
 
 @dataclass
@@ -205,9 +206,21 @@ def data_identity(cfg: DataConfig, split: str) -> dict:
         )
         identity["files"] = [[_relative(p, directory), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     elif cfg.hub_name and Path(cfg.hub_name).expanduser().is_dir():  # a hub-format dataset folder on disk
-        files = sorted(p for p in Path(cfg.hub_name).expanduser().rglob("*") if p.is_file())
+        files = dataset_split_files(cfg, split)  # (another split's files changed: this one's cache still holds)
         identity["files"] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     return identity
+
+
+def dataset_split_files(cfg: DataConfig, split: str) -> list[Path]:
+    """The files of a dataset folder (``cfg.hub_name``) that hold ``split`` (``cfg.hub_splits``' name starts a
+    part of their path: ``train.jsonl``, ``train/data-00000-of-00001.arrow``, ``data/train-00000.parquet``), else
+    all of them; hidden ones (``.git/``, ``.cache/``) never."""
+    folder = Path(cfg.hub_name).expanduser()
+    name = getattr(cfg.hub_splits, split)
+    parts = {p: p.relative_to(folder).parts for p in folder.rglob("*") if p.is_file()}
+    files = sorted(p for p, names in parts.items() if not any(part.startswith(".") for part in names))
+    own = [p for p in files if any(part.startswith(name) for part in parts[p])]
+    return own or files
 
 
 def _relative(path: Path, directory: Path) -> str:

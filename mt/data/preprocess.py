@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from mt.compat import dataset_fingerprint, has_indices_mapping, set_dataset_fingerprint
 from mt.config import DataConfig
-from mt.data.corpus import SPLITS, EncodedCorpus, cache_key, cleaning_mask, hub_origin, open_hub_split
+from mt.data.corpus import CACHE_LAYOUT, SPLITS, EncodedCorpus, cache_key, cleaning_mask, hub_origin, open_hub_split
 from mt.data.readers import LocalSplit, local_split
 from mt.data.sampling import Reservoir
 from mt.data.tokenizer import Tokenizer
@@ -44,7 +44,6 @@ from mt.errors import DataError
 
 log = logging.getLogger(__name__)
 
-LAYOUT_VERSION = 1  # bump when the raw Arrow data or the cached arrays change meaning
 BATCH_SIZE = 10_000  # pairs per datasets.map batch and per reservoir step
 ARRAYS = ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets", "index")
 
@@ -53,7 +52,7 @@ def _fingerprint(files: LocalSplit) -> str:
     """Changes with the files (name, size, modification time), the languages and the layout."""
     paths = [files.src_path] + ([files.tgt_path] if files.tgt_path else [])
     stats = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in paths]
-    payload = json.dumps([LAYOUT_VERSION, files.format, files.src_lang, files.tgt_lang, stats])
+    payload = json.dumps([CACHE_LAYOUT, files.format, files.src_lang, files.tgt_lang, stats])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -103,9 +102,7 @@ def _hub_dataset(cfg: DataConfig, split: str, cache_dir: Path):
     columns = dataset.column_names
     flatten = _flatten_translation if nested else _flatten_columns
     fingerprint = hashlib.sha256(
-        json.dumps(
-            [LAYOUT_VERSION, dataset_fingerprint(dataset), flatten.__name__, cfg.src_lang, cfg.tgt_lang]
-        ).encode()
+        json.dumps([CACHE_LAYOUT, dataset_fingerprint(dataset), flatten.__name__, cfg.src_lang, cfg.tgt_lang]).encode()
     ).hexdigest()[:16]
     flat = dataset.with_format("arrow").map(
         flatten,
@@ -456,7 +453,7 @@ def _encode_into(
         remove_columns=raw.column_names,
         features=features,
         cache_file_name=str(folder / "encoded.arrow"),
-        new_fingerprint=f"{dataset_fingerprint(raw)}-{cache_key(cfg, split, tokenizer, src_prefix)}-{LAYOUT_VERSION}",
+        new_fingerprint=f"{dataset_fingerprint(raw)}-{cache_key(cfg, split, tokenizer, src_prefix)}-{CACHE_LAYOUT}",
         desc=f"encode {split}",
     )
     src_lengths = np.empty(len(raw), dtype=np.int64)
@@ -496,7 +493,7 @@ def _encode_into(
         "raw_pairs": len(src_lengths),
         "token_dtype": dtype.name,
         "cleaning": str(report) if report else None,
-        "layout_version": LAYOUT_VERSION,
+        "layout_version": CACHE_LAYOUT,
     }
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     for path in folder.iterdir():  # the token files are synced already; the rename must not outrun the rest

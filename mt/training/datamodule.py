@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from mt.atomic import atomic_write
 from mt.config import DataConfig, TokenizerConfig
 from mt.data.batching import Batch, MixtureBatchSampler, PairDataset, ResumableLoader, TokenBatchSampler, round_up
-from mt.data.corpus import EncodedCorpus, data_identity
+from mt.data.corpus import EncodedCorpus, data_identity, dataset_split_files
 from mt.data.mixture import Corpus, corpora, draw_counts, source_prefix, symbols
 from mt.data.preprocess import describe_source, prepare_split_arrow, raw_dataset, sample_sentences
 from mt.data.readers import local_split
@@ -52,23 +52,11 @@ def train_files(data: DataConfig) -> list:
             found.append([[p.name, p.stat().st_size, _digest(p)] for p in paths])
         elif cfg.hub_name and Path(cfg.hub_name).expanduser().is_dir():  # a dataset saved on disk: its files
             folder = Path(cfg.hub_name).expanduser()
-            files = _split_files(cfg, "train")
+            files = dataset_split_files(cfg, "train")
             found.append([[str(p.relative_to(folder)), p.stat().st_size, _digest(p)] for p in files])
         else:
             found.append([cfg.hub_name, cfg.hub_config])
     return found
-
-
-def _split_files(cfg: DataConfig, split: str) -> list[Path]:
-    """The files of a dataset folder that hold ``split`` (``cfg.hub_splits``' name starts a part of their path:
-    ``train.jsonl``, ``train/data-00000-of-00001.arrow``, ``data/train-00000.parquet``), else all of them; hidden
-    ones (``.git/``, ``.cache/``) never."""
-    folder = Path(cfg.hub_name).expanduser()
-    name = getattr(cfg.hub_splits, split)
-    parts = {p: p.relative_to(folder).parts for p in folder.rglob("*") if p.is_file()}
-    files = sorted(p for p, names in parts.items() if not any(part.startswith(".") for part in names))
-    own = [p for p in files if any(part.startswith(name) for part in parts[p])]
-    return own or files
 
 
 def _digest(path: Path) -> str:

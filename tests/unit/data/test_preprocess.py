@@ -341,6 +341,34 @@ def test_the_cache_key_changes_when_a_file_under_a_split_folder_changes(tmp_path
     assert cache_key(cfg, "train", tokenizer) != before
 
 
+def test_the_training_cache_key_of_a_dataset_folder_follows_its_training_files_only(tmp_path):
+    """A dataset folder (hub_name=DIR) was keyed by every file in it: a new test split (or a cache's hidden
+    metadata) re-encoded the training data and trained another tokenizer."""
+    import json
+
+    from mt.config import DataConfig
+    from mt.data.corpus import cache_key
+
+    _, tokenizer = toy_corpus_and_tokenizer(tmp_path / "toy")
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+
+    def write(split, pairs):
+        lines = [json.dumps({"translation": {"de": de, "en": en}}) for de, en in pairs]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+    write("train", toy_pairs(30))
+    write("test", toy_pairs(5, seed=3))
+    cfg = DataConfig(name="folder", hub_name=str(folder), src_lang="de", tgt_lang="en")
+    before = cache_key(cfg, "train", tokenizer)
+    write("test", toy_pairs(6, seed=4))
+    (folder / ".cache").mkdir()
+    (folder / ".cache/train.jsonl.lock").write_text("")
+    assert cache_key(cfg, "train", tokenizer) == before
+    write("train", toy_pairs(31))
+    assert cache_key(cfg, "train", tokenizer) != before
+
+
 def test_the_cache_key_ignores_how_pairs_are_batched(tmp_path):
     """Batching fields (max_tokens, pad_to_multiple, loader and preprocessing workers, the cache folder) reuse
     the encoded corpus."""
