@@ -417,7 +417,8 @@ def plot(report: dict, output: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend()
     fig.tight_layout()
-    fig.savefig(output)
+    with atomic_write(output) as handle:
+        fig.savefig(handle, format=Path(output).suffix.lstrip(".") or "png")
     plt.close(fig)
 
 

@@ -108,9 +108,8 @@ def translate_to_file(
         )
         return output_lines(translations, first, config.nbest is not None)
 
-    def progress(done: int, total: int):
-        bar = tqdm(total=total, initial=done, unit="line", desc=f"translate {rank + 1}/{world}", file=sys.stderr)
-        return bar.update
+    def progress(done: int, total: int) -> tqdm:
+        return tqdm(total=total, initial=done, unit="line", desc=f"translate {rank + 1}/{world}", file=sys.stderr)
 
     identity = {
         "input": file_version(config.input),

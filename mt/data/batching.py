@@ -39,7 +39,6 @@ class Batch:
     tgt_in: torch.Tensor | None
     tgt_out: torch.Tensor | None
     corpus_positions: torch.Tensor
-    tgt_token_count: int = 0  # non-pad target tokens (EOS included), known on the host at collation
 
     @property
     def num_tgt_tokens(self) -> torch.Tensor:
@@ -65,7 +64,6 @@ class Batch:
             fn(self.tgt_in),
             fn(self.tgt_out),
             self.corpus_positions,
-            self.tgt_token_count,
         )
 
     def __len__(self) -> int:
@@ -111,13 +109,11 @@ def collate(
     """A ``Batch`` from unpadded subword ids (no BOS/EOS); ``tgt`` is ``None`` for translation."""
     src_ids = pad_sequences(src, suffix=EOS_ID, multiple=pad_to_multiple)
     tgt_in = tgt_out = None
-    tgt_token_count = 0
     if tgt is not None:
         tgt_in = pad_sequences(tgt, prefix=BOS_ID, multiple=pad_to_multiple)
         tgt_out = pad_sequences(tgt, suffix=EOS_ID, multiple=pad_to_multiple)
-        tgt_token_count = sum(len(t) for t in tgt) + len(tgt)
     positions_tensor = torch.as_tensor(np.asarray(positions, dtype=np.int64))
-    return Batch(src_ids, src_ids == PAD_ID, tgt_in, tgt_out, positions_tensor, tgt_token_count)
+    return Batch(src_ids, src_ids == PAD_ID, tgt_in, tgt_out, positions_tensor)
 
 
 class PairDataset(torch.utils.data.Dataset):

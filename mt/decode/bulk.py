@@ -19,7 +19,9 @@ import gzip
 import json
 import os
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Protocol
 
 from mt import faults
 from mt.atomic import atomic_write, exclusive
@@ -27,6 +29,17 @@ from mt.data.readers import line_chunks
 from mt.errors import RunError
 
 PROGRESS = ".progress.json"
+
+
+class ProgressBar(Protocol):
+    """What ``translate_file`` needs of a progress bar (``tqdm`` is one)."""
+
+    def update(self, n: int) -> object: ...
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(self, *exc_info: object) -> object: ...
+
 
 # lines of one chunk, the index of its first line -> the output lines they give (without line ends)
 Translate = Callable[[list[str], int], list[str]]
@@ -73,11 +86,12 @@ def translate_file(
     rank: int = 0,
     world: int = 1,
     overwrite: bool = False,
-    progress: Callable[[int, int], Callable[[int], None]] | None = None,
+    progress: Callable[[int, int], ProgressBar] | None = None,
 ) -> bool:
     """Translate this process's shard of ``source`` into ``output`` (merging the shards when it is the last to
     finish); returns whether ``output`` is now complete. ``identity`` (the checkpoint, search, …) must match the
-    one a resumed output was started with. ``progress(done, total)`` returns a callback told of each chunk."""
+    one a resumed output was started with. ``progress(done, total)`` returns a bar (``tqdm``'s) updated at each
+    chunk and closed at the end."""
     if not 0 <= rank < world:
         raise RunError(f"rank {rank} of {world}: expected 0 <= rank < world size")
     final = _read_progress(progress_path(output))
@@ -102,8 +116,8 @@ def translate_file(
 
     if not state["done"]:
         done_lines, done_bytes = state["lines"], state["bytes"]
-        tell = progress(done_lines, end - first) if progress else None
-        with open(target, "r+b") as handle:
+        bar = progress(done_lines, end - first) if progress else None
+        with bar or nullcontext(), open(target, "r+b") as handle:  # the bar closed (its last count drawn) at the end
             handle.truncate(done_bytes)  # a chunk written but not recorded is dropped: it is done again
             handle.seek(done_bytes)
             for index, lines in _chunks(source, first + done_lines, end, chunk_lines):
@@ -116,8 +130,8 @@ def translate_file(
                 faults.point("translate_chunk", target)  # written, not yet recorded
                 done_lines, done_bytes = done_lines + len(lines), done_bytes + len(data)
                 _write_progress(record, {**state, "lines": done_lines, "bytes": done_bytes})
-                if tell:
-                    tell(len(lines))
+                if bar is not None:
+                    bar.update(len(lines))
         if done_bytes == 0 and output.name.endswith(".gz"):  # no line in this shard: still a gzip file
             with open(target, "ab") as handle:
                 done_bytes = handle.write(gzip.compress(b"", mtime=0))

@@ -25,11 +25,10 @@ def total_norm(grads: list[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack(foreach_norm(grads)))  # as clip_grad_norm_ forms it
 
 
-def clip_by_total_norm_(grads: list[Tensor], norm: Tensor, max_norm: float) -> None:
-    """Scale ``grads`` in place so that their total norm is at most ``max_norm``, given that norm
-    (``torch.nn.utils.clip_grad_norm_``'s arithmetic, without its second pass over the gradients
-    or a host sync)."""
-    foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+def clip_coefficient(norm: Tensor, max_norm: float) -> Tensor:
+    """What gradients of total norm ``norm`` are multiplied by to be clipped to ``max_norm``
+    (``torch.nn.utils.clip_grad_norm_``'s arithmetic, without its second pass over the gradients or a host sync)."""
+    return (max_norm / (norm + 1e-6)).clamp(max=1.0)
 
 
 class NonFiniteGuard:
@@ -85,7 +84,7 @@ class NonFiniteGuard:
         self.counters = torch.stack([consecutive, total + skip, limit_at, torch.where(skip, step, last_skipped)])
         factor = scale
         if norm is not None and self.clip_norm > 0:
-            clip = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0)
+            clip = clip_coefficient(norm, self.clip_norm)
             factor = clip if scale is None else clip * scale
         if factor is not None:
             foreach_mul_(grads, torch.where(skip, 1.0, factor))  # x * 1.0 is x: skipped gradients stay as they are

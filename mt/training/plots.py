@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from mt.atomic import atomic_write
+
 
 def read_metric_rows(metrics_csv: Path, metric: str) -> list[dict[str, float]]:
     """Rows of the CSV log that hold ``metric`` (e.g. ``val/loss``), their filled fields as floats."""
@@ -48,6 +50,7 @@ def plot_learning_curve(csv_dir: Path, output: Path) -> bool:
     loss_axis.grid(alpha=0.3)
     fig.suptitle("learning curve")
     fig.tight_layout()
-    fig.savefig(output)
+    with atomic_write(output) as handle:  # a kill while it is drawn leaves the previous plot, whole
+        fig.savefig(handle, format=Path(output).suffix.lstrip(".") or "png")
     plt.close(fig)
     return True

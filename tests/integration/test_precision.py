@@ -130,7 +130,8 @@ def test_cuda_setup_uses_the_tf32_api_lightning_reads_and_turns_cudnn_attention_
 
 @pytest.mark.parametrize("max_norm", [0.05, 1e6])
 def test_clipping_by_the_checked_norm_equals_clip_grad_norm(max_norm):
-    from mt.training.guards import clip_by_total_norm_, total_norm
+    """The guard's one pass (the finiteness check's norm, then the clipping) against torch's clip_grad_norm_."""
+    from mt.training.guards import NonFiniteGuard
 
     torch.manual_seed(0)
     grads = [torch.randn(5, 7), torch.randn(3), torch.randn(2, 2, 2)]
@@ -139,8 +140,8 @@ def test_clipping_by_the_checked_norm_equals_clip_grad_norm(max_norm):
     for param, grad in zip(params, expected):
         param.grad = grad
     reference_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    norm = total_norm(grads)
-    clip_by_total_norm_(grads, norm, max_norm)
+    skip, norm = NonFiniteGuard(max_consecutive=3, clip_norm=max_norm).before_step(grads, check_grads=True)
+    assert not skip
     torch.testing.assert_close(norm, reference_norm)
     for grad, param in zip(grads, params):
         torch.testing.assert_close(grad, param.grad, rtol=0, atol=0)
