@@ -107,6 +107,12 @@ def logs_this_update(trainer: Any) -> bool:
     return (logged_step(trainer) + 1) % trainer.log_every_n_steps == 0
 
 
+def is_last_batch(trainer: Any) -> bool:
+    """Whether the training batch that just ended is its epoch's last (``fit_loop.epoch_loop.batch_progress``:
+    Lightning's private loop classes)."""
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
 def align_logged_step(trainer: Any) -> None:
     """Make the step Lightning logs this update at its count of updates taken (``global_step``), as it is at
     every batch start of an uninterrupted run. Resumed from a checkpoint written at ``on_validation_end``

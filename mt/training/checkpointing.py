@@ -13,7 +13,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mt import faults
 from mt.atomic import atomic_write
-from mt.compat import mark_checkpoint_saved, save_last_checkpoint
+from mt.compat import is_last_batch, mark_checkpoint_saved, save_last_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -65,7 +65,7 @@ class LastCheckpoint(ModelCheckpoint):
         stepped = trainer.global_step != self._step_at_batch_end  # an update ended (not inside accumulation)
         self._step_at_batch_end = trainer.global_step
         last_update = 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop
-        if stepped and (last_update or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+        if stepped and (last_update or is_last_batch(trainer)):
             save_last_checkpoint(self, trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

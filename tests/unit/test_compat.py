@@ -181,6 +181,29 @@ def test_logs_this_update_is_true_at_the_updates_lightning_writes_logs_for():
     assert [step for step, logs in told if logs] == recorder.steps
 
 
+def test_is_last_batch_is_true_at_the_last_batch_of_each_epoch_only():
+    told: list[bool] = []
+
+    class Asking(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            told.append(compat.is_last_batch(trainer))
+
+    loader = DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2)  # 3 batches an epoch
+    _trainer(max_epochs=2, callbacks=[Asking()]).fit(_Toy(), loader)
+    assert told == [False, False, True, False, False, True]
+
+
+def test_tensor_version_counts_in_place_changes_and_is_minus_one_for_an_inference_tensor():
+    weight = torch.zeros(3)
+    before = compat.tensor_version(weight)
+    assert before >= 0
+    weight.add_(1)
+    assert compat.tensor_version(weight) > before
+    with torch.inference_mode():
+        frozen = torch.zeros(3)
+    assert compat.tensor_version(frozen) == -1
+
+
 def test_align_logged_step_sets_the_step_lightning_logs_the_update_at():
     """What ``align_logged_step`` writes at a batch start is the step the loggers receive for that update."""
     recorder = _StepRecorder()
