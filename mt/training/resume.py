@@ -167,6 +167,28 @@ def check_same_model(checkpoint: Path, model: ModelConfig, tokenizer: Tokenizer,
         raise RunError(f"resume={checkpoint}: the checkpoint is of another model ({'; '.join(differences)})")
 
 
+def log_changed_settings(checkpoint: Path, settings: dict[str, dict]) -> None:
+    """Say which settings a resume changes (``settings``: this run's ``optim``, ``model``, ``search`` and
+    ``validation`` as dicts): they apply from the checkpoint's step on, while the run's ``config.yaml`` keeps the
+    first launch's (a resume may change them, a learning rate say, on purpose; never without a word)."""
+    stored = read_checkpoint(checkpoint)
+    saved = stored.get("hyper_parameters") or {}
+    changed = [
+        f"{section}.{key}={value} ({saved[section][key]} there)"
+        for section, fields in settings.items()
+        if isinstance(saved.get(section), dict)
+        for key, value in fields.items()
+        if key in saved[section] and saved[section][key] != value
+    ]
+    if changed:
+        log.warning(
+            "resuming from %s (step %s) with other settings than it was trained with: %s",
+            checkpoint,
+            stored.get("global_step"),
+            ", ".join(changed),
+        )
+
+
 def architecture_differences(stored: dict, model: ModelConfig) -> list[str]:
     """How the model a checkpoint holds differs from ``model`` in what its weights' names and shapes mean."""
     saved = architecture(stored)

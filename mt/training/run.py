@@ -45,7 +45,13 @@ from mt.training.preemption import (
     StoppedAfterTraining,
     requeue_slurm_job,
 )
-from mt.training.resume import check_same_data, check_same_model, remove_stale_temporaries, resume_checkpoint
+from mt.training.resume import (
+    check_same_data,
+    check_same_model,
+    log_changed_settings,
+    remove_stale_temporaries,
+    resume_checkpoint,
+)
 from mt.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -134,6 +140,9 @@ def _train_with(
     prepare_cuda(tf32=config.trainer.tf32)
     if ckpt_path is not None:
         check_same_model(Path(ckpt_path), config.model, tokenizer, ema=config.optim.ema_decay > 0)
+        if is_global_zero_from_env():
+            sections = ("optim", "model", "search", "validation")
+            log_changed_settings(Path(ckpt_path), {name: to_dict(getattr(config, name)) for name in sections})
     trainer = None
     try:  # Lightning's own refusals (no GPU; devices against the launcher's processes) come before the records
         trainer, best_checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None, preemption=preemption)

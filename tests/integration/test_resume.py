@@ -484,3 +484,19 @@ def test_a_stop_at_a_validation_step_keeps_that_validation(toy_corpus_dir, tmp_p
     assert sorted(expected) == [5, 10, 15]
     assert validation_losses(tmp_path / "preempted") == pytest.approx(expected, abs=1e-5)
     assert (resumed["step"], resumed["value"]) == (straight["step"], pytest.approx(straight["value"], abs=1e-4))
+
+
+def test_a_resume_with_changed_settings_says_which(toy_corpus_dir, tmp_path, caplog):
+    """optim.lr=0.3 on a resume of a run trained at 0.003 jumped the rate without a word (config.yaml kept 0.003)."""
+    settings = {"trainer.max_steps": 4, "validation.decode": "none", "test_after_training": False}
+    train(tiny_train_config(toy_corpus_dir, **settings, **{"optim.lr": 3e-3, "model.dropout": 0.1}), tmp_path / "run")
+    resumed = {**settings, "trainer.max_steps": 6, "resume": "auto", "optim.lr": 0.3, "model.dropout": 0.3}
+    with caplog.at_level("WARNING"):
+        train(tiny_train_config(toy_corpus_dir, **resumed), tmp_path / "run")
+    line = next(
+        r.getMessage() for r in caplog.records if "with other settings than it was trained with" in r.getMessage()
+    )
+    assert line.endswith(
+        "(step 4) with other settings than it was trained with: optim.lr=0.3 (0.003 there), "
+        "model.dropout=0.3 (0.1 there)"
+    ), line
