@@ -208,6 +208,13 @@ def _stop(line: str, *, record: bool = True) -> NoReturn:
     try:
         with atomic_write(trial_dir / "error.txt") as handle:  # ranks of one trial may all write it
             handle.write((line.removeprefix("error: ") + "\n").encode("utf-8"))
+        overrides = trial_dir / ".hydra" / "overrides.yaml"
+        if not overrides.exists():  # refused before its launch was recorded: mt.trials still shows its overrides
+            from hydra.core.hydra_config import HydraConfig
+            from omegaconf import OmegaConf
+
+            with atomic_write(overrides) as handle:
+                handle.write(OmegaConf.to_yaml(HydraConfig.get().overrides.task).encode("utf-8"))
     except OSError:
         pass  # the line is on stderr; a directory that cannot be written is often the error itself
     raise TrialFailed(line.removeprefix("error: ")) from None

@@ -68,7 +68,8 @@ def markdown(sweep_dir: Path, trials: list[dict]) -> str:
             else "No trial has finished: none has chosen a best checkpoint yet."
         ),
         "",
-        f"Common to all trials: {' '.join(f'`{o}`' for o in shared) or 'nothing'}.",
+        f"Common to all {'recorded ' if len(recorded) < len(trials) else ''}trials: "
+        f"{' '.join(f'`{o}`' for o in shared) or 'nothing'}.",
         "",
         f"| job | overrides | {metric} | step | test BLEU |",
         "|---|---|---|---|---|",

@@ -286,7 +286,9 @@ def test_a_failed_trial_of_a_sweep_leaves_the_others_to_run(toy_corpus_dir, tmp_
     assert (sweep / "0/error.txt").read_text() == "optim.lr=-1.0: expected > 0\n"
     assert (sweep / "1/tokenizer/spm.model").is_file() and not (sweep / "1/error.txt").exists()  # job 1 ran
     table = run("mt.trials", f"dir={sweep}")
-    assert "| failed: optim.lr=-1.0: expected > 0 |" in table.stdout
+    # refused before its launch was recorded, it still shows its overrides (and the common ones are common to all)
+    assert "| 0 | `optim.lr=-1` | failed: optim.lr=-1.0: expected > 0 |" in table.stdout
+    assert "Common to all trials: `data=local`" in table.stdout
     # The failed trial launched again with a possible value: its old error is no longer its state.
     again = run("mt.train", *common, "optim.lr=1e-3", f"hydra.run.dir={sweep / '0'}")
     assert again.returncode == 0, again.stderr[-2000:]
