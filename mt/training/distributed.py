@@ -33,6 +33,14 @@ def is_global_zero_from_env() -> bool:
     return int(os.environ.get("NODE_RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
+def launched_together() -> bool:
+    """Whether this process is one of a job's ranks that exist before training starts (started by torchrun,
+    srun, or by Lightning for a rank other than 0), rather than a lone process (which may start others in fit)."""
+    if "RANK" in os.environ or "LOCAL_RANK" in os.environ or "NODE_RANK" in os.environ:
+        return True
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+
+
 class RunDirectoryLock:
     """An exclusive lock on ``run_dir/.lock`` held by a training job's rank 0 while it lives.
 

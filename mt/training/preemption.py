@@ -30,9 +30,14 @@ class Preempted(Exception):
     """Raised on every rank to stop training when the next batch starts, after the save (and the validation of
     the step, if one was due)."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path, requeued: bool) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Path, requeued: bool, *, started: bool = True) -> None:
         self.signum, self.step, self.checkpoint, self.requeued = signum, step, checkpoint, requeued
         name = signal.Signals(signum).name
+        if not started:  # nothing trained in this process, so nothing saved
+            super().__init__(
+                f"{name} received before training started" + ("; the job was requeued" if requeued else "")
+            )
+            return
         then = "the job was requeued" if requeued else "resume with resume=auto"
         super().__init__(f"{name} received: stopped after step {step}, saved {checkpoint}; {then}")
 
@@ -88,6 +93,12 @@ class PreemptionCallback(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.install()  # again: Lightning replaced the SIGTERM handler when fit started
         self._step_seen = trainer.global_step
+        # A signal while the job started (the ranks of a job may get it on either side of their own check before
+        # fit, or during fit's setup): every rank stops here together, none left waiting for the others.
+        signum = self._agreed_signal(trainer)
+        if signum:
+            requeued = signum in REQUEUE_SIGNALS and trainer.is_global_zero and requeue_slurm_job()
+            raise Preempted(signum, trainer.global_step, self.checkpoint_path, requeued, started=False)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._signum or trainer.global_step == self._step_seen:  # inside an accumulation window: no step boundary

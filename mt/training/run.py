@@ -33,7 +33,7 @@ from mt.device import prepare_cuda, resolve_precision, set_threads
 from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
 from mt.training.datamodule import TranslationDataModule, train_files
-from mt.training.distributed import RunDirectoryLock, is_global_zero_from_env
+from mt.training.distributed import RunDirectoryLock, is_global_zero_from_env, launched_together
 from mt.training.finetune import prepare_init_from
 from mt.training.loggers import finish_loggers, require_packages
 from mt.training.module import TranslationModule
@@ -161,8 +161,9 @@ def _train_with(
             handle.write(OmegaConf.to_yaml(OmegaConf.create(to_dict(config))).encode())
     if on_start is not None and is_global_zero_from_env():
         on_start()
-    if preemption is not None and preemption.received:
-        # Nothing trained yet, so nothing to save; a time-limit warning still requeues the job (rank 0).
+    if preemption is not None and preemption.received and not launched_together():
+        # Nothing trained yet, so nothing to save; a time-limit warning still requeues the job. (Ranks started
+        # together go on into fit, where they agree on it: one returning here would leave the others waiting.)
         requeued = preemption.received in REQUEUE_SIGNALS and is_global_zero_from_env() and requeue_slurm_job()
         print(
             f"preempted: {signal.Signals(preemption.received).name} received before training started"

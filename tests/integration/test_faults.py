@@ -13,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 
+import mt.training.preemption
 import mt.training.resume
 import mt.training.run
 from mt.errors import NonFiniteLossError, RunDirectoryBusy, RunError
@@ -391,6 +392,30 @@ def test_a_signal_during_data_preparation_stops_before_training_and_a_warning_re
     assert train(nonfinite_config(toy_corpus_dir, 4), tmp_path) is None
     assert requeued == ([True] if requeues else [])
     assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.parametrize(("signum", "requeues"), [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
+def test_a_signal_once_the_launch_checks_passed_stops_before_the_first_update(
+    toy_corpus_dir, tmp_path, monkeypatch, capsys, signum, requeues
+):
+    """A signal after a rank's own check before fit (the ranks of a job get it at different moments) went unseen
+    until the first update ended: under DDP a rank that had seen it returned while the others waited in fit's
+    rendezvous for collective_timeout_s. The ranks now agree on it when training starts, before any update."""
+    requeued: list[bool] = []
+    monkeypatch.setattr(mt.training.preemption, "requeue_slurm_job", lambda: requeued.append(True) or True)
+    monkeypatch.setattr(mt.training.run, "requeue_slurm_job", lambda: requeued.append(True) or True)
+    setup = mt.training.run.TranslationDataModule.setup
+
+    def setup_then_signalled(self, *args, **kwargs):  # inside fit, after the check before it
+        setup(self, *args, **kwargs)
+        signal.getsignal(signum)(signum, None)  # as the OS would call the handler installed for it
+
+    monkeypatch.setattr(mt.training.run.TranslationDataModule, "setup", setup_then_signalled)
+    assert train(nonfinite_config(toy_corpus_dir, 4), tmp_path) is None
+    assert requeued == ([True] if requeues else [])
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))  # no update was made, so none was saved
+    expected = f"preempted: {signal.Signals(signum).name} received before training started"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == expected + ("; the job was requeued" if requeues else "")
 
 
 @pytest.mark.parametrize("when", ["during the test decode", "before it"])
