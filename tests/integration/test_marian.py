@@ -557,7 +557,12 @@ def test_fine_tuning_an_imported_model_takes_its_architecture(imported: Path, to
     fields set on the command line, which must match it."""
     base = tmp_path / "base.ckpt"
     base.write_bytes(imported.read_bytes())
-    args = [a for a in toy_args(toy_corpus_dir, tmp_path / "run", "trainer.max_steps=2") if a != "model=tiny"]
+    # (neither a model nor a tokenizer of its own: both are the checkpoint's)
+    args = [
+        a
+        for a in toy_args(toy_corpus_dir, tmp_path / "run", "trainer.max_steps=2")
+        if a != "model=tiny" and not a.startswith("tokenizer.")
+    ]
     args += [f"init_from={base}", "validation.decode=none", "data.max_len=200"]
     result = subprocess.run([sys.executable, "-m", "mt.train", *args], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
