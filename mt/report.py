@@ -163,7 +163,7 @@ def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:
     if data is not None and config.include_data_splits:
         scored = validated(from_dict(DataConfig, data))
         for corpus in scored:
-            check_folders(corpus)
+            check_folders(corpus, "as the checkpoints record it: the data moved? pass sources= and references=")
             data_cfg = corpus.data
             on_hub = not data_cfg.path  # the split names are the hub's (data.hub_splits) or the files' (data.splits)
             for split_name in config.test_splits or [data_cfg.hub_splits.test if on_hub else data_cfg.splits.test]:

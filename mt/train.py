@@ -60,7 +60,8 @@ def main(config: TrainConfig) -> float | None:
     if is_global_zero_from_env() and not (run_dir / ".hydra" / "overrides.yaml").is_file():
         record_launch(config, run_dir)
     result = train(config, run_dir, on_start=lambda: record_launch(config, run_dir))
-    if result is None and is_global_zero_from_env() and in_sweep():  # rank 0 returns None when preempted
+    preempted = result is None or result["preempted"]  # (rank 0 returns None when preempted during the training)
+    if preempted and is_global_zero_from_env() and in_sweep():
         # The signal was for the whole job: the trials after this one must not start in its grace period.
         print("preempted: the sweep stops after this trial; launch it again with resume=auto", file=sys.stderr)
         sys.exit(0)

@@ -125,16 +125,19 @@ def corpora(cfg: DataConfig) -> list[Corpus]:
     return resolved
 
 
-def check_folders(corpus: Corpus) -> None:
+def check_folders(corpus: Corpus, hint: str = "") -> None:
     """Refuse a corpus whose folder is not there (its ``path``, or a dataset folder given as ``hub_name``), naming
-    the key that sets it (``data.path``, ``data.corpora[1].hub_name``): before its files are looked for."""
+    the key that sets it (``data.path``, ``data.corpora[1].hub_name``): before its files are looked for. ``hint``:
+    what to do instead, where the config is a checkpoint's record rather than the command line's."""
     data = corpus.data
+    hint = f" ({hint})" if hint else ""
     if data.path and not Path(data.path).expanduser().is_dir():
-        raise DataError(f"{corpus.field}.path={data.path}: no such directory")
+        raise DataError(f"{corpus.field}.path={data.path}: no such directory{hint}")
     folder = None if data.path or not data.hub_name or not is_folder_name(data.hub_name) else Path(data.hub_name)
     if folder is not None and not folder.expanduser().is_dir():
         raise DataError(
             f"{corpus.field}.hub_name={data.hub_name}: no such folder (a dataset saved on disk was expected there)"
+            + hint
         )
 
 

@@ -66,7 +66,7 @@ def score_checkpoint(
         if not loaded.data:
             raise RunError(f"checkpoint {checkpoint} records no data config: pass source= (and reference=)")
         corpus = direction_corpus(from_dict(DataConfig, loaded.data), src_lang=src_lang, tgt_lang=tgt_lang)
-        check_folders(corpus)
+        check_folders(corpus, f"as {checkpoint} records it: the data moved? pass source= and reference=")
         data = corpus.data
         tgt_lang = data.tgt_lang
         text = load_split(data, split)

@@ -43,12 +43,13 @@ class Preempted(Exception):
 
 
 class StoppedAfterTraining(Exception):
-    """A signal once the training was over and saved (during the test decode): the rest of the run is dropped."""
+    """A signal in the last update or validation, or once the training was over and saved (during the test
+    decode): the rest of the run is dropped."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
         super().__init__(
-            f"{signal.Signals(signum).name} received after the training ended (its checkpoints are saved): the test "
+            f"{signal.Signals(signum).name} received as the training ended (its checkpoints are saved): the test "
             f"split was not scored"
         )
 
@@ -67,8 +68,11 @@ class PreemptionCallback(L.Callback):
         self._step_seen = 0
         self._signum = 0  # the signal the ranks agreed on, once its checkpoint is saved: the run stops
         self._at_once = False
+        self._quiet = False
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._quiet:
+            return
         if self._at_once:
             self.received = signum
             raise StoppedAfterTraining(signum)
@@ -83,6 +87,17 @@ class PreemptionCallback(L.Callback):
         self._at_once = True
         if self.received:
             raise StoppedAfterTraining(self.received)
+
+    def quiet(self) -> None:
+        """Ignore signals from now on: the run is stopping already."""
+        self._quiet = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A signal any rank got since the last check (in the last update or validation): every rank knows it, so
+        # that rank 0, which goes on alone to the test decode, stops (stop_at_once).
+        signum = self._signum or self._agreed_signal(trainer)  # (_signum is the same on every rank)
+        if signum:
+            self.received = signum
 
     def install(self) -> None:
         """Catch the signals from now on (before data preparation: a warning then must not kill the job)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -202,7 +203,8 @@ def architecture_differences(stored: dict, model: ModelConfig) -> list[str]:
 def newest_training_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The most recently written of the run's whole training checkpoints other than ``last.ckpt`` (``best.ckpt``,
     ``step*.ckpt``: Lightning's, with the optimizer and loop state; not an average saved beside them)."""
-    candidates = [checkpoint_dir / "best.ckpt", *checkpoint_dir.glob("step*.ckpt")]
+    steps = [p for p in checkpoint_dir.glob("step*.ckpt") if STEP_CHECKPOINT.fullmatch(p.name)]  # not step_avg.ckpt
+    candidates = [checkpoint_dir / "best.ckpt", *steps]
     for path in sorted((p for p in candidates if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             verify_checkpoint(path)
@@ -213,13 +215,19 @@ def newest_training_checkpoint(checkpoint_dir: Path) -> Path | None:
     return None
 
 
+STEP_CHECKPOINT = re.compile(r"step\d+\.ckpt")  # the names the run's own writers give (trainer.keep_checkpoints)
+OWN_TEMPORARY = re.compile(r"\.(last|best|step\d+)\.ckpt\.tmp\d+")
+
+
 def remove_stale_temporaries(checkpoint_dir: Path) -> None:
-    """Remove the temporary files of checkpoint writes that were killed (``.last.ckpt.tmpPID``: a whole
-    checkpoint's size each); called by the job that holds the run directory, before it writes any."""
+    """Remove the temporary files of the run's own checkpoint writes that were killed (``.last.ckpt.tmpPID``: a
+    whole checkpoint's size each; another command's output written there is not the run's); called by the job that
+    holds the run directory, before it writes any."""
     if checkpoint_dir.is_dir():
         for path in checkpoint_dir.glob(".*.ckpt.tmp*"):
-            log.info("removing %s, left by a checkpoint write that was killed", path.name)
-            path.unlink(missing_ok=True)
+            if OWN_TEMPORARY.fullmatch(path.name):
+                log.info("removing %s, left by a checkpoint write that was killed", path.name)
+                path.unlink(missing_ok=True)
 
 
 def verify_checkpoint(path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
 from mt import faults
@@ -52,7 +53,7 @@ from mt.training.resume import (
     remove_stale_temporaries,
     resume_checkpoint,
 )
-from mt.training.trainer import build_trainer
+from mt.training.trainer import attach_loggers, build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,9 @@ def _train_with(
             log_changed_settings(Path(ckpt_path), {name: to_dict(getattr(config, name)) for name in sections})
     trainer = None
     try:  # Lightning's own refusals (no GPU; devices against the launcher's processes) come before the records
-        trainer, best_checkpoint = build_trainer(config, run_dir, resuming=ckpt_path is not None, preemption=preemption)
+        trainer, best_checkpoint = build_trainer(
+            config, run_dir, resuming=ckpt_path is not None, preemption=preemption, loggers=False
+        )
         environment = getattr(trainer.strategy, "cluster_environment", None)
         if environment is not None:  # what Lightning's launcher checks inside fit, checked now
             environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
@@ -171,6 +174,7 @@ def _train_with(
             file=sys.stderr,
         )
         return None
+    attach_loggers(trainer, config, run_dir, resuming=ckpt_path is not None)
     try:
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -183,6 +187,10 @@ def _train_with(
     except Preempted as stop:
         if trainer.is_global_zero:
             print(f"preempted: {stop}", file=sys.stderr, flush=True)
+        return None
+    except SIGTERMException:  # Lightning's own handler, which fit installs until training starts (the sanity check)
+        if trainer.is_global_zero:
+            print("preempted: SIGTERM received before training started", file=sys.stderr, flush=True)
         return None
     except (MisconfigurationException, ValueError, RuntimeError) as error:
         user_error = as_run_error(error, config, rank=trainer.global_rank)
@@ -208,17 +216,19 @@ def _train_with(
         log.warning("no validation ran, so no checkpoint was selected (and a sweep has no %s to optimise)", metric)
     with atomic_write(run_dir / "selection.json") as handle:
         handle.write((json.dumps(selection, indent=2) + "\n").encode())
-    result = {"selection": selection, "test": None}
-    if not config.test_after_training or config.trainer.fast_dev_run:
-        return result
+    result = {"selection": selection, "test": None, "preempted": False}
+    testing = config.test_after_training and not config.trainer.fast_dev_run
     try:
         if preemption is not None:
-            preemption.stop_at_once()
-        result["test"] = score_test_splits(config, run_dir, best_checkpoint.best_model_path)
+            preemption.stop_at_once()  # a signal in the last update or validation: now
+        if testing:
+            result["test"] = score_test_splits(config, run_dir, best_checkpoint.best_model_path)
     except StoppedAfterTraining as stop:  # a relaunch with resume=auto trains no further and scores the test split
+        preemption.quiet()  # a second signal (scontrol requeue ends the job with one) must not cut this short
         requeued = stop.signum in REQUEUE_SIGNALS and requeue_slurm_job()
-        then = "the job was requeued" if requeued else "resume with resume=auto to score it"
+        then = "the job was requeued" if requeued else "resume with resume=auto" + (" to score it" if testing else "")
         print(f"preempted: {stop}; {then}", file=sys.stderr, flush=True)
+        result["preempted"] = True
     return result
 
 
@@ -278,7 +288,9 @@ def as_run_error(error: Exception, config: TrainConfig, *, rank: int) -> RunErro
     None for anything else (a bug, which keeps its traceback)."""
     if isinstance(error, MisconfigurationException):  # e.g. trainer=gpu on a machine without one
         return RunError(f"trainer: {str(error).splitlines()[0]}")
-    if str(error).startswith("You set `"):  # Lightning's check of the launcher's processes (SLURM, torchrun)
+    message = str(error)
+    if message.startswith("You set `") and ("SLURM" in message or "world size" in message):
+        # Lightning's check of the launcher's processes (srun's tasks, torchrun's world) against devices and nodes
         trainer = config.trainer
         return RunError(
             f"trainer.devices={trainer.devices} trainer.num_nodes={trainer.num_nodes} against the processes the "

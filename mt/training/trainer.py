@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,8 +28,16 @@ log = logging.getLogger(__name__)
 
 
 def build_trainer(
-    config: TrainConfig, run_dir: Path, *, resuming: bool = False, preemption: PreemptionCallback | None = None
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    resuming: bool = False,
+    preemption: PreemptionCallback | None = None,
+    loggers: bool = True,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The run's Trainer and its best-checkpoint writer. ``loggers=False``: none yet (``attach_loggers`` adds
+    them), so that building it (and Lightning's refusals) writes nothing into the run directory: MLflow and W&B
+    loggers record their run's id there."""
     cfg = config.trainer
     precision, why = resolve_precision(cfg.precision, cfg.accelerator)
     if cfg.precision == "auto":
@@ -78,8 +87,6 @@ def build_trainer(
     if cfg.early_stopping_patience is not None:
         # the configured patience, also on resume (Lightning's would be the checkpoint's)
         callbacks.append(ConfiguredEarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
-    version = log_version(run_dir, resuming)
-    loggers = build_loggers(config.logger, run_dir, version)
     plugins: list = [AtomicCheckpointIO()]
     # Our PreemptionCallback saves and requeues, not Lightning's handler. Under torchrun (inside a SLURM job too)
     # torchrun's variables decide the ranks, as Lightning itself would choose.
@@ -107,7 +114,7 @@ def build_trainer(
         deterministic=cfg.deterministic,
         default_root_dir=run_dir,
         callbacks=callbacks,
-        logger=loggers,
+        logger=build_loggers(config.logger, run_dir, log_version(run_dir, resuming)) if loggers else False,
         use_distributed_sampler=False,  # TokenBatchSampler shards batches itself
         # Several corpora: each epoch draws other pairs, so its batch count is counted again (MixtureBatchSampler).
         reload_dataloaders_every_n_epochs=1 if len(config.data.corpora) > 1 else 0,
@@ -116,18 +123,29 @@ def build_trainer(
     return trainer, best
 
 
+def attach_loggers(trainer: L.Trainer, config: TrainConfig, run_dir: Path, *, resuming: bool) -> None:
+    """Give a Trainer built with ``loggers=False`` the run's loggers."""
+    trainer.loggers = build_loggers(config.logger, run_dir, log_version(run_dir, resuming))
+
+
 def build_strategy(cfg: TrainerConfig) -> str | Strategy:
     """``trainer.strategy``, with DDP configured: a collective timeout (a dead rank fails the run
     instead of hanging it) and no per-forward buffer broadcast (the buffers are constants, and
     validation may give ranks different numbers of batches). ``auto`` over several devices or nodes is
     the DDP Lightning would choose, configured the same way."""
-    if cfg.strategy != "ddp" and not (cfg.strategy == "auto" and several_processes(cfg)):
+    # (In a notebook Lightning's auto is ddp_fork, which a DDPStrategy of ours would not be: left to it.)
+    if cfg.strategy != "ddp" and not (cfg.strategy == "auto" and several_processes(cfg) and not interactive()):
         return cfg.strategy
     return DDPStrategy(
         timeout=timedelta(seconds=cfg.collective_timeout_s),
         broadcast_buffers=False,
         gradient_as_bucket_view=True,
     )
+
+
+def interactive() -> bool:
+    """Whether Python runs interactively (a notebook, a REPL): Lightning's own test for choosing ``ddp_fork``."""
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive)
 
 
 def several_processes(cfg: TrainerConfig) -> bool:

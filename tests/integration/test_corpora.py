@@ -245,8 +245,8 @@ def test_evaluate_and_report_name_the_entry_of_a_corpus_folder_that_moved(two_di
     moved_run = tmp_path / "run"
     (moved_run / "checkpoints").mkdir(parents=True)
     torch.save(stored, moved_run / "checkpoints/last.ckpt")
-    expected = rf"^data.corpora\[1\].path={tmp_path / 'moved'}: no such directory$"
-    with pytest.raises(DataError, match=expected):
+    expected = rf"^data.corpora\[1\].path={tmp_path / 'moved'}: no such directory \(as "
+    with pytest.raises(DataError, match=expected + r".*last.ckpt records it: the data moved\? pass source= and"):
         score_checkpoint(moved_run / "checkpoints/last.ckpt", src_lang="en", tgt_lang="de", progress=False)
-    with pytest.raises(DataError, match=expected):
+    with pytest.raises(DataError, match=expected + r"the checkpoints record it: .* pass sources= and references=\)$"):
         mt.report.build_report(ReportConfig(run=str(moved_run), search=SearchConfig(beam=1)))

@@ -418,15 +418,39 @@ def test_a_signal_once_the_launch_checks_passed_stops_before_the_first_update(
     assert capsys.readouterr().err.strip().splitlines()[-1] == expected + ("; the job was requeued" if requeues else "")
 
 
-@pytest.mark.parametrize("when", ["during the test decode", "before it"])
+def test_sigterm_in_the_sanity_check_is_a_preemption_not_a_silent_exit(toy_corpus_dir, tmp_path, capsys, monkeypatch):
+    """Until training starts, fit runs Lightning's own SIGTERM handler, whose SIGTERMException (a SystemExit)
+    ended the process with status 0 and no word."""
+
+    class InTheSanityCheck(L.Callback):
+        def on_validation_batch_start(self, trainer, *args, **kwargs):
+            if trainer.sanity_checking:
+                signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # as the OS would call it
+
+    with_callback(monkeypatch, InTheSanityCheck())
+    config = nonfinite_config(toy_corpus_dir, 4)
+    config.trainer.num_sanity_val_steps = 2
+    assert train(config, tmp_path) is None
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "preempted: SIGTERM received before training started"
+
+
+@pytest.mark.parametrize("when", ["during the test decode", "before it", "in the last update, not testing"])
 @pytest.mark.parametrize(("signum", "requeues"), [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
 def test_a_signal_after_the_training_stops_the_test_decode_and_a_warning_requeues(
     toy_corpus_dir, tmp_path, monkeypatch, capsys, signum, requeues, when
 ):
     """The handler only said "saving a checkpoint after the current step", a step that never came: the test
-    decode ran on to the end (SIGTERM ignored until SLURM's SIGKILL) and a time-limit warning never requeued."""
+    decode ran on to the end (SIGTERM ignored until SLURM's SIGKILL) and a time-limit warning never requeued.
+    The run says it was preempted (a sweep stops on it), and the SIGTERM with which scontrol requeue ends the job
+    does not cut the stop short."""
     requeued: list[bool] = []
-    monkeypatch.setattr(mt.training.run, "requeue_slurm_job", lambda: requeued.append(True) or True)
+
+    def requeue():
+        requeued.append(True)
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # SLURM ends a requeued job with SIGTERM
+        return True
+
+    monkeypatch.setattr(mt.training.run, "requeue_slurm_job", requeue)
     decoded: list[str] = []
     score = mt.training.run.score_checkpoint
     plot = mt.training.run.plot_learning_curve
@@ -445,14 +469,24 @@ def test_a_signal_after_the_training_stops_the_test_decode_and_a_warning_requeue
         plot(*args, **kwargs)
         signalled()
 
+    class InTheLastUpdate(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 3:
+                signalled()
+
+    testing = when != "in the last update, not testing"
     if when == "before it":
         monkeypatch.setattr(mt.training.run, "plot_learning_curve", plot_signalled)
-    else:
+    elif testing:
         monkeypatch.setattr(mt.training.run, "score_checkpoint", score_signalled)
-    config = tiny_train_config(toy_corpus_dir, **{"trainer.max_steps": 4, "test_after_training": True})
+    else:
+        with_callback(monkeypatch, InTheLastUpdate())
+    config = tiny_train_config(toy_corpus_dir, **{"trainer.max_steps": 4, "test_after_training": testing})
     result = train(config, tmp_path)
-    assert result["test"] is None and decoded == [] and not (tmp_path / "test_scores.json").exists()
-    assert (tmp_path / "selection.json").is_file() and (tmp_path / "checkpoints/last.ckpt").is_file()
+    assert result["preempted"] and result["test"] is None and decoded == []
+    assert not (tmp_path / "test_scores.json").exists()
+    assert (tmp_path / "selection.json").is_file()
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
     assert requeued == ([True] if requeues else [])
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith(f"preempted: {signal.Signals(signum).name} received after the training ended")
+    assert line.startswith(f"preempted: {signal.Signals(signum).name} received as the training ended")

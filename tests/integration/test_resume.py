@@ -431,11 +431,13 @@ def test_a_save_killed_before_its_last_checkpoint_resumes_from_the_newest_other(
     checkpoints = resumed / "checkpoints"
     (checkpoints / "last.ckpt").rename(checkpoints / ".last.ckpt.tmp4242")  # its write killed before the rename
     (checkpoints / "step0000006.ckpt").write_bytes(b"cut short")  # and a step checkpoint spoilt: skipped, named
+    torch.save({"state_dict": {}}, checkpoints / "step_avg2.ckpt")  # an average saved there: not the run's own
+    (checkpoints / ".avg.ckpt.tmp4243").write_bytes(b"another command's write in progress")
     with caplog.at_level("WARNING"):
         run(toy_corpus_dir, resumed, 9, resume="auto", every=3, **options)
     assert "holds no last.ckpt; resuming from best.ckpt, its newest checkpoint" in caplog.text
     assert "step0000006.ckpt is not a readable checkpoint" in caplog.text
-    assert not list(checkpoints.glob(".*tmp*"))
+    assert [p.name for p in checkpoints.glob(".*tmp*")] == [".avg.ckpt.tmp4243"]
     assert_same_run(straight, resumed, 9)
 
 

@@ -3,6 +3,7 @@ the DDP that strategy=auto means over several devices, configured like trainer=d
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import timedelta
 
 import pytest
@@ -62,15 +63,28 @@ def test_a_slurm_launch_without_torchrun_keeps_slurms_ranks_without_lightnings_r
     assert (trainer.global_rank, trainer.world_size) == (1, 2)
 
 
-def test_strategy_auto_over_several_devices_is_ddp_with_the_configured_timeout(toy_corpus_dir):
+def test_strategy_auto_over_several_devices_is_ddp_with_the_configured_timeout(toy_corpus_dir, monkeypatch):
     """strategy=auto (the default) with devices=2 was Lightning's own DDP: its 30-minute collective timeout
-    whatever trainer.collective_timeout_s said, and a buffer broadcast at every forward."""
+    whatever trainer.collective_timeout_s said, and a buffer broadcast at every forward. In a notebook it stays
+    Lightning's choice (ddp_fork), which a DDPStrategy would not be."""
+    import mt.training.trainer
+
+    made: list[dict] = []
+
+    class Recorded(DDPStrategy):
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(mt.training.trainer, "DDPStrategy", Recorded)
     options = {"trainer.accelerator": "cpu", "trainer.devices": 2, "trainer.collective_timeout_s": 60}
     strategy = build_strategy(tiny_train_config(toy_corpus_dir, **options).trainer)
     assert isinstance(strategy, DDPStrategy)
-    assert strategy._timeout == timedelta(seconds=60)  # (Lightning keeps it there; read here only)
+    assert made == [{"timeout": timedelta(seconds=60), "broadcast_buffers": False, "gradient_as_bucket_view": True}]
     one_device = tiny_train_config(toy_corpus_dir, **{**options, "trainer.devices": 1}).trainer
     assert build_strategy(one_device) == "auto"
+    monkeypatch.setattr(mt.training.trainer.sys, "ps1", ">>> ", raising=False)  # as in a notebook or a REPL
+    assert build_strategy(tiny_train_config(toy_corpus_dir, **options).trainer) == "auto"
 
 
 def test_devices_against_the_launchers_processes_is_a_one_line_refusal_before_the_records(
@@ -83,7 +97,8 @@ def test_devices_against_the_launchers_processes_is_a_one_line_refusal_before_th
 
     for name, value in {**SLURM_STEP, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"}.items():
         monkeypatch.setenv(name, value)
-    config = tiny_train_config(toy_corpus_dir, **{**DDP_ON_CPU, "trainer.devices": 1})
+    logger = {"logger.mlflow": True} if importlib.util.find_spec("mlflow") else {}
+    config = tiny_train_config(toy_corpus_dir, **{**DDP_ON_CPU, "trainer.devices": 1, **logger})
     with pytest.raises(
         RunError,
         match=r"^trainer.devices=1 trainer.num_nodes=1 against the processes the launcher "
@@ -91,3 +106,5 @@ def test_devices_against_the_launchers_processes_is_a_one_line_refusal_before_th
     ):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run/config.yaml").exists()
+    # nor an MLflow run's id, which made the next launch there take itself for a resume (no hyperparameters logged)
+    assert not (tmp_path / "run/mlflow_run_id").exists()
