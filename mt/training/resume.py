@@ -14,10 +14,11 @@ import zipfile
 from pathlib import Path
 
 from mt.config import ModelConfig
+from mt.data.provenance import files_difference, same_files
 from mt.data.tokenizer import Tokenizer
 from mt.errors import RunError
 from mt.model.checkpoint import architecture, read_checkpoint
-from mt.training.datamodule import TranslationDataModule, files_difference, same_files
+from mt.training.datamodule import TranslationDataModule
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,14 @@ from mt.compat import val_check_interval_overflow
 from mt.config import TrainConfig, max_time_seconds, to_dict
 from mt.data.corpus import load_split
 from mt.data.mixture import check_folders, corpora, validated
+from mt.data.provenance import train_files
 from mt.data.tokenizer import Tokenizer
 from mt.decode.metrics import bleu_metric
 from mt.decode.scoring import score_checkpoint
 from mt.device import prepare_cuda, resolve_precision, set_threads
 from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
-from mt.training.datamodule import TranslationDataModule, train_files
+from mt.training.datamodule import TranslationDataModule
 from mt.training.distributed import RunDirectoryLock, is_global_zero_from_env, launched_together
 from mt.training.finetune import prepare_init_from
 from mt.training.loggers import finish_loggers, require_packages

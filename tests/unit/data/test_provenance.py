@@ -1,7 +1,7 @@
 """How a refusal over other training files says what differs: one file, or a few names, never the whole record
 (a dataset folder may hold thousands of shards)."""
 
-from mt.training.datamodule import files_difference, same_files
+from mt.data.provenance import files_difference, same_files
 
 
 def shards(count: int, *, size: int = 100) -> list[list]:
