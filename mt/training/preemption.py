@@ -48,10 +48,7 @@ class StoppedAfterTraining(Exception):
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
-        super().__init__(
-            f"{signal.Signals(signum).name} received as the training ended (its checkpoints are saved): the test "
-            f"split was not scored"
-        )
+        super().__init__(f"{signal.Signals(signum).name} received as the training ended (its checkpoints are saved)")
 
 
 class PreemptionCallback(L.Callback):

@@ -227,8 +227,11 @@ def _train_with(
     except StoppedAfterTraining as stop:  # a relaunch with resume=auto trains no further and scores the test split
         preemption.quiet()  # a second signal (scontrol requeue ends the job with one) must not cut this short
         requeued = stop.signum in REQUEUE_SIGNALS and requeue_slurm_job()
-        then = "the job was requeued" if requeued else "resume with resume=auto" + (" to score it" if testing else "")
-        print(f"preempted: {stop}; {then}", file=sys.stderr, flush=True)
+        then = "; the test split was not scored" if testing else ""
+        then += (
+            "; the job was requeued" if requeued else "; resume with resume=auto" + (" to score it" if testing else "")
+        )
+        print(f"preempted: {stop}{then}", file=sys.stderr, flush=True)
         result["preempted"] = True
     return result
 

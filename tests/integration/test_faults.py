@@ -489,4 +489,9 @@ def test_a_signal_after_the_training_stops_the_test_decode_and_a_warning_requeue
     assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
     assert requeued == ([True] if requeues else [])
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith(f"preempted: {signal.Signals(signum).name} received as the training ended")
+    then = "; the job was requeued" if requeues else "; resume with resume=auto" + (" to score it" if testing else "")
+    assert line == (
+        f"preempted: {signal.Signals(signum).name} received as the training ended (its checkpoints are saved)"
+        + ("; the test split was not scored" if testing else "")
+        + then
+    )
