@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
@@ -105,6 +107,7 @@ def _train_with(
     config: TrainConfig, run_dir: Path, preemption: PreemptionCallback | None, on_start: Callable[[], None] | None
 ) -> dict | None:
     resolve_precision(config.trainer.precision, config.trainer.accelerator)  # fp16 on a CPU: refused now
+    refuse_a_batch_script_of_several_tasks()
     require_packages(config.logger)  # a logger or compile backend that is not installed: now, not after the tokenizer
     if config.trainer.compile:
         backends = torch.compiler.list_backends(exclude_tags=())
@@ -285,6 +288,20 @@ def build_module(config: TrainConfig, tokenizer: Tokenizer) -> TranslationModule
     if config.trainer.compile:  # (the backend checked by _train_with)
         module.compile_layers(config.trainer.compile_backend)
     return module
+
+
+def refuse_a_batch_script_of_several_tasks() -> None:
+    """A SLURM job of several tasks whose batch script runs the command itself, not through ``srun``: it would
+    wait for the tasks that were never started, for ``trainer.collective_timeout_s``, then blame a dead rank.
+    (``srun`` gives each task a step id; torchrun and Lightning's own launcher start the ranks themselves.)"""
+    tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    under_srun = "SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ
+    started_by_a_launcher = any(name in os.environ for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    if tasks > 1 and not under_srun and not started_by_a_launcher and SLURMEnvironment.detect():
+        raise RunError(
+            f"SLURM_NTASKS={tasks}, but this process is the job's batch script, not one of srun's tasks: start the "
+            f"command with srun (as scripts/slurm/train.sbatch does), one process per task"
+        )
 
 
 def as_run_error(error: Exception, config: TrainConfig, *, rank: int) -> RunError | None:

@@ -284,7 +284,7 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(toy_corpus_dir, tmp_path):
 
 FAKE_SRUN = r"""#!/bin/bash
 # A stand-in for srun: takes only the flags the sbatch script passes (records them), starts SLURM_NTASKS tasks
-# with the variables srun gives each (SLURM_PROCID, SLURM_LOCALID, SLURM_NODEID), forwards SIGUSR1 and
+# with the variables srun gives each (SLURM_STEP_ID, SLURM_PROCID, SLURM_LOCALID, SLURM_NODEID), forwards SIGUSR1 and
 # SIGTERM to them as srun does, and with --kill-on-bad-exit=1 kills the others when one fails.
 echo "$@" > "$SRUN_CALLS"
 kill_on_bad_exit=0
@@ -298,7 +298,7 @@ done
 per_node=${SLURM_NTASKS_PER_NODE%%(*}
 pids=()
 for ((task = 0; task < SLURM_NTASKS; task++)); do
-  SLURM_PROCID=$task SLURM_LOCALID=$((task % per_node)) SLURM_NODEID=$((task / per_node)) "$@" &
+  SLURM_STEP_ID=0 SLURM_PROCID=$task SLURM_LOCALID=$((task % per_node)) SLURM_NODEID=$((task / per_node)) "$@" &
   pids+=($!)
 done
 forwarded=0

@@ -23,6 +23,7 @@ SLURM_STEP = {  # srun --ntasks-per-node=1 torchrun --nproc-per-node=2 ...: one 
     "SLURM_JOB_ID": "4244",
     "SLURM_JOB_NAME": "mt",
     "SLURM_NODELIST": "localhost",
+    "SLURM_STEP_ID": "0",  # srun's: a step of the job
 }
 TORCHRUN_WORKER_1 = {
     "RANK": "1",
@@ -108,3 +109,20 @@ def test_devices_against_the_launchers_processes_is_a_one_line_refusal_before_th
     assert not (tmp_path / "run/config.yaml").exists()
     # nor an MLflow run's id, which made the next launch there take itself for a resume (no hyperparameters logged)
     assert not (tmp_path / "run/mlflow_run_id").exists()
+
+
+def test_a_batch_script_running_a_job_of_several_tasks_itself_is_refused_at_once(monkeypatch, toy_corpus_dir, tmp_path):
+    """sbatch --ntasks=2 with the command run by the script itself (srun forgotten): it waited 30 minutes for the
+    task that never started, then blamed a dead rank."""
+    from mt.errors import RunError
+    from mt.training.run import train
+
+    batch = {**SLURM_STEP, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"}
+    del batch["SLURM_STEP_ID"]  # the batch script is no step of srun's
+    for name, value in batch.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+    with pytest.raises(RunError, match=r"^SLURM_NTASKS=2, but this process is the job's batch script, not one of"):
+        # (a short collective timeout: without the refusal, the run would wait there for the task never started)
+        train(tiny_train_config(toy_corpus_dir, **DDP_ON_CPU, **{"trainer.collective_timeout_s": 5}), tmp_path / "run")
+    assert not (tmp_path / "run/tokenizer").exists()  # at once, before anything is prepared
