@@ -109,6 +109,7 @@ class PreemptionCallback(L.Callback):
         # fit, or during fit's setup): every rank stops here together, none left waiting for the others.
         signum = self._agreed_signal(trainer)
         if signum:
+            self.quiet()  # (the SIGTERM with which scontrol requeue ends the job is no news)
             requeued = signum in REQUEUE_SIGNALS and trainer.is_global_zero and requeue_slurm_job()
             raise Preempted(signum, trainer.global_step, self.checkpoint_path, requeued, started=False)
 
@@ -135,6 +136,7 @@ class PreemptionCallback(L.Callback):
         # Raised when the next batch starts, after this step's logs and checkpoint writers (and the requeue after
         # every save: scontrol may end the job at once).
         if self._signum:
+            self.quiet()
             requeued = self._signum in REQUEUE_SIGNALS and trainer.is_global_zero and requeue_slurm_job()
             raise Preempted(self._signum, trainer.global_step, self.checkpoint_path, requeued)
 
