@@ -65,17 +65,22 @@ def fit_tiny(data_dir, run_dir, **trainer_options) -> tuple[TranslationModule, L
         tgt_vocab_size=tokenizer.tgt_vocab_size,
     )
     module.tokenizer = tokenizer
-    trainer = L.Trainer(
+    trainer = plain_trainer(**trainer_options)
+    trainer.fit(module, datamodule=datamodule)
+    return module, trainer
+
+
+def plain_trainer(**options) -> L.Trainer:
+    """A plain Lightning Trainer on the CPU: no logger, checkpoints, progress bar or validation."""
+    return L.Trainer(
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         limit_val_batches=0,
         use_distributed_sampler=False,
-        **trainer_options,
+        **options,
     )
-    trainer.fit(module, datamodule=datamodule)
-    return module, trainer
 
 
 def logged(run_dir: Path, name: str) -> dict[int, float]:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch.distributed as dist
+from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from mt.errors import RunDirectoryBusy
+from mt.errors import RunDirectoryBusy, RunError
 
 T = TypeVar("T")
 
@@ -33,12 +34,32 @@ def is_global_zero_from_env() -> bool:
     return int(os.environ.get("NODE_RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
+def started_by_a_launcher() -> bool:
+    """Whether torchrun, or Lightning for a rank other than 0, started this process (their rank variables)."""
+    return any(name in os.environ for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def launched_together() -> bool:
     """Whether this process is one of a job's ranks that exist before training starts (started by torchrun,
     srun, or by Lightning for a rank other than 0), rather than a lone process (which may start others in fit)."""
-    if "RANK" in os.environ or "LOCAL_RANK" in os.environ or "NODE_RANK" in os.environ:
-        return True
-    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+    return started_by_a_launcher() or (slurm_tasks() > 1 and "SLURM_PROCID" in os.environ)
+
+
+def slurm_tasks() -> int:
+    """The tasks of this SLURM job (1 outside SLURM)."""
+    return int(os.environ.get("SLURM_NTASKS", "1"))
+
+
+def refuse_a_batch_script_of_several_tasks() -> None:
+    """A SLURM job of several tasks whose batch script runs the command itself, not through ``srun``: it would
+    wait for the tasks that were never started, for ``trainer.collective_timeout_s``, then blame a dead rank.
+    (``srun`` gives each task a step id; torchrun and Lightning's own launcher start the ranks themselves.)"""
+    under_srun = "SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ
+    if slurm_tasks() > 1 and not under_srun and not started_by_a_launcher() and SLURMEnvironment.detect():
+        raise RunError(
+            f"SLURM_NTASKS={slurm_tasks()}, but this process is the job's batch script, not one of srun's tasks: "
+            f"start the command with srun (as scripts/slurm/train.sbatch does), one process per task"
+        )
 
 
 class RunDirectoryLock:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
@@ -37,7 +35,12 @@ from mt.device import prepare_cuda, resolve_precision, set_threads
 from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
 from mt.training.datamodule import TranslationDataModule
-from mt.training.distributed import RunDirectoryLock, is_global_zero_from_env, launched_together
+from mt.training.distributed import (
+    RunDirectoryLock,
+    is_global_zero_from_env,
+    launched_together,
+    refuse_a_batch_script_of_several_tasks,
+)
 from mt.training.finetune import prepare_init_from
 from mt.training.loggers import finish_loggers, require_packages
 from mt.training.module import TranslationModule
@@ -288,20 +291,6 @@ def build_module(config: TrainConfig, tokenizer: Tokenizer) -> TranslationModule
     if config.trainer.compile:  # (the backend checked by _train_with)
         module.compile_layers(config.trainer.compile_backend)
     return module
-
-
-def refuse_a_batch_script_of_several_tasks() -> None:
-    """A SLURM job of several tasks whose batch script runs the command itself, not through ``srun``: it would
-    wait for the tasks that were never started, for ``trainer.collective_timeout_s``, then blame a dead rank.
-    (``srun`` gives each task a step id; torchrun and Lightning's own launcher start the ranks themselves.)"""
-    tasks = int(os.environ.get("SLURM_NTASKS", "1"))
-    under_srun = "SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ
-    started_by_a_launcher = any(name in os.environ for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
-    if tasks > 1 and not under_srun and not started_by_a_launcher and SLURMEnvironment.detect():
-        raise RunError(
-            f"SLURM_NTASKS={tasks}, but this process is the job's batch script, not one of srun's tasks: start the "
-            f"command with srun (as scripts/slurm/train.sbatch does), one process per task"
-        )
 
 
 def as_run_error(error: Exception, config: TrainConfig, *, rank: int) -> RunError | None:

@@ -3,13 +3,13 @@ target token weighed alike (the mean over the window's tokens), whatever each ba
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 
 from mt.training.datamodule import TranslationDataModule
 from mt.training.module import TranslationModule
 from tests.conftest import tiny_train_config
+from tests.helpers import plain_trainer
 
 MODEL = {"d_model": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 64, "dropout": 0.0}
 
@@ -38,17 +38,7 @@ def test_an_accumulated_update_is_the_update_of_one_batch_of_all_its_tokens(toy_
     module.seen, module.tokenizer = [], tokenizer
     reference = TranslationModule(MODEL, optim, {}, {"decode": "none"}, **vocab)
     reference.load_state_dict(module.state_dict())
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        max_steps=1,
-        accumulate_grad_batches=3,
-    )
-    trainer.fit(module, datamodule=datamodule)
+    plain_trainer(max_steps=1, accumulate_grad_batches=3).fit(module, datamodule=datamodule)
     tokens = [int(batch.num_tgt_tokens) for batch in module.seen]
     assert len(tokens) == 3 and len(set(tokens)) > 1  # batches of other sizes, so that their weights matter
     # The reference: the mean loss over every target token of the window, as one batch would give it.
