@@ -119,6 +119,7 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
             from hydra.errors import HydraException
 
             register_configs()
+            sys.argv[1:] = [expand_home(argument) for argument in sys.argv[1:]]
             previous = os.environ.get("HYDRA_FULL_ERROR")
             os.environ["HYDRA_FULL_ERROR"] = "1"
             try:
@@ -150,6 +151,28 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
         return main
 
     return decorate
+
+
+def expand_home(argument: str) -> str:
+    """An override ``key=~/path`` with the home directory written out, as the shell does for ``name=~/path``
+    but not for a dotted key (``data.path=~/corpus``, ``hydra.run.dir=~/runs/x``), whose ``~`` Hydra's override
+    grammar rejects ("LexerNoViableAltException"). Each value of a sweep's ``a,b`` list too, unless the list has
+    quotes, brackets or braces (whose commas are not the list's); flags and arguments without ``=`` are left."""
+    if argument.startswith("-") or "=" not in argument:
+        return argument
+    key, value = argument.split("=", 1)
+    if any(mark in value for mark in "'\"[]{}()"):
+        parts = [value]  # a leading ~ still, whatever follows it (an interpolation, say)
+    else:
+        parts = value.split(",")
+    return f"{key}={','.join(_expand_leading_home(part) for part in parts)}"
+
+
+def _expand_leading_home(value: str) -> str:
+    if not value.startswith("~"):
+        return value
+    head, slash, rest = value.partition("/")
+    return os.path.expanduser(head) + slash + rest
 
 
 # Errors of the machine, not of mt: each gets one line naming the file, and exit status 2.

@@ -251,6 +251,14 @@ def test_misspelt_key_fails_before_training(tmp_path):
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
+def test_a_tilde_in_a_dotted_override_is_the_home_directory(tmp_path):
+    # As a shell passes data.path=~/x (a dotted key is no variable name): Hydra's grammar rejects the ~.
+    result = run("mt.evaluate", "checkpoint=~/models/missing.ckpt", env={"HOME": str(tmp_path)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{tmp_path}/models/missing.ckpt" in result.stderr, result.stderr[-2000:]
+    assert "Lexer" not in result.stderr
+
+
 def test_fast_dev_run_and_multirun_sweep(toy_corpus_dir, tmp_path):
     result = run(
         "mt.train",
