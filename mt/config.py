@@ -28,6 +28,15 @@ def _require_threads(threads: int | None) -> None:
     _require(threads is None or threads >= 1, f"threads={threads}: expected >= 1, or null for torch's default")
 
 
+# Decoding's precisions: 32, full fp32 weights and arithmetic; bf16, the same weights under bf16 autocast (matrix
+# products in bfloat16, softmax and log-probabilities in float32), for GPUs of bf16 tensor cores.
+DECODE_PRECISIONS = ("32", "bf16")
+
+
+def _require_decode_precision(precision: str) -> None:
+    _require(precision in DECODE_PRECISIONS, f"precision={precision!r}: expected one of {', '.join(DECODE_PRECISIONS)}")
+
+
 @dataclass
 class SplitNames:
     """Names of the three splits in the corpus source (file stems or hub split names)."""
@@ -634,10 +643,12 @@ class EvaluateConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     threads: int | None = None
+    precision: str = "32"  # decoding's: 32 or bf16 (autocast; for a GPU)
 
     def __post_init__(self) -> None:
         _require(self.split in (None, "train", "valid", "test"), f"split={self.split!r}: expected train, valid or test")
         _require_threads(self.threads)
+        _require_decode_precision(self.precision)
         _require(self.beam is None or self.beam >= 1, f"beam={self.beam}: expected >= 1")
         if self.source is not None:  # what picks among the checkpoint's own data would be dropped without a word
             _require(self.split is None, f"split={self.split} names a split of the checkpoint's data: not with source=")
@@ -678,12 +689,14 @@ class TranslateConfig:
     tgt_lang: str | None = None  # the language to translate into, for a model of several (data.lang_tokens)
     search: SearchConfig = field(default_factory=SearchConfig)
     threads: int | None = None
+    precision: str = "32"  # decoding's: 32 or bf16 (autocast; for a GPU)
 
     def __post_init__(self) -> None:
         _require(self.beam is None or self.beam >= 1, f"beam={self.beam}: expected >= 1")
         _require(self.nbest is None or self.nbest >= 1, f"nbest={self.nbest}: expected >= 1")
         _require(self.buffer is None or self.buffer >= 1, f"buffer={self.buffer}: expected >= 1")
         _require_threads(self.threads)
+        _require_decode_precision(self.precision)
         _require(self.output is None or self.input is not None, "output= needs input=FILE (a file can be resumed)")
 
 
@@ -732,11 +745,13 @@ class ReportConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     threads: int | None = None
+    precision: str = "32"  # decoding's: 32 or bf16 (autocast; for a GPU)
 
     def __post_init__(self) -> None:
         _require(bool(self.run) != bool(self.runs), "give either run=DIR or runs=[DIR,...]")
         _require(self.average_last >= 0, f"average_last={self.average_last}: expected >= 0")
         _require_threads(self.threads)
+        _require_decode_precision(self.precision)
         _require(
             len(self.sources) == len(self.references),
             f"sources= has {len(self.sources)} files but references= has {len(self.references)}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -46,6 +47,21 @@ def best_device() -> torch.device:
         return torch.device("cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def decoding_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context to decode in at ``precision`` (``mt.config.DECODE_PRECISIONS``) on ``device``: bf16 autocast,
+    or none at all for 32 (an autocast the caller set, Lightning's in a bf16 run's validation, stays on).
+
+    Raises:
+        ConfigError: bf16 on a GPU without bfloat16 (before Ampere).
+    """
+    if precision == "32":
+        return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise ConfigError(f"precision={precision}: the GPU ({name}) has no bfloat16; expected precision=32")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def cpu_flags(cpuinfo: Path | None = None) -> set[str]:

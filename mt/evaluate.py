@@ -36,6 +36,7 @@ def main(config: EvaluateConfig) -> None:
         bleu_tokenize=config.metrics.bleu_tokenize,
         src_lang=config.src_lang,
         tgt_lang=config.tgt_lang,
+        precision=config.precision,
     )
     print(json.dumps(result), flush=True)
 

@@ -188,11 +188,18 @@ def load_test_sets(config: ReportConfig, data: dict | None) -> list[TestSet]:
 
 
 def decode_scores(
-    checkpoint: Path, test_set: TestSet, search: SearchConfig, cache_dir: Path, metrics: MetricsConfig
+    checkpoint: Path,
+    test_set: TestSet,
+    search: SearchConfig,
+    cache_dir: Path,
+    metrics: MetricsConfig,
+    precision: str = "32",
 ) -> dict:
     """BLEU, chrF and TER of ``checkpoint`` on ``test_set``, and its hypotheses, from the cache or by decoding
-    (then cached)."""
+    at ``precision`` (then cached)."""
     key_material = [file_key(checkpoint), dataclasses.asdict(search), test_set.digest(), dataclasses.asdict(metrics)]
+    if precision != "32":  # the caches of fp32 decodes keep their keys
+        key_material.append(precision)
     key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:20]
     cached = cache_dir / f"{key}.json"
     if cached.is_file():
@@ -210,6 +217,7 @@ def decode_scores(
             return_scores=False,
             src_prefix=loaded.source_prefix(test_set.tgt_lang),
             origin=test_set.name,
+            precision=precision,
         )
     ]
     language = loaded.target_language(test_set.tgt_lang)
@@ -265,7 +273,9 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
                 "search": dataclasses.asdict(search),
             }
             for test_set in test_sets:
-                found = decode_scores(path, test_set, search, run_dir / "report_cache", config.metrics)
+                found = decode_scores(
+                    path, test_set, search, run_dir / "report_cache", config.metrics, config.precision
+                )
                 hypotheses[label, test_set.name] = found["hypotheses"]
                 row[test_set.name] = {k: v for k, v in found.items() if k != "hypotheses"}
                 bar.update(1)
@@ -296,6 +306,7 @@ def build_report(config: ReportConfig, search_fields: set[str] | None = None) ->
             for t in test_sets
         ],
         "rows": rows,
+        "precision": config.precision,
     }
 
 
@@ -315,13 +326,14 @@ def markdown(report: dict) -> str:
         for t in report["test_sets"]
     )
     searches = sorted({describe_search(row["search"]) for row in report["rows"]})
+    precision = ", under bf16 autocast" if report.get("precision") == "bf16" else ""
     header = " | ".join(
         f"{n} BLEU | {n} chrF | {n} TER" + (f" | {n} p (BLEU vs {baseline})" if baseline else "") for n in names
     )
     lines = [
         f"# Report: {', '.join(report['runs'])}",
         "",
-        f"Search (each checkpoint's own): {'; '.join(searches)}. Test sets: {described}.",
+        f"Search (each checkpoint's own): {'; '.join(searches)}{precision}. Test sets: {described}.",
         "",
         f"| checkpoint | step | val BLEU | {header} |",
         "|---|---|---|" + ("---|---|---|" + ("---|" if baseline else "")) * len(names),

@@ -105,6 +105,7 @@ def translate_to_file(
             return_scores=config.nbest is not None,
             src_prefix=prefix,
             origin=config.input,
+            precision=config.precision,
         )
         return output_lines(translations, first, config.nbest is not None)
 
@@ -117,6 +118,7 @@ def translate_to_file(
         "search": dataclasses.asdict(search),
         "nbest": config.nbest,
         "tgt_lang": config.tgt_lang,
+        "precision": config.precision,
     }
     complete = translate_file(
         Path(config.input),
@@ -178,6 +180,7 @@ def main(config: TranslateConfig) -> None:
             return_scores=config.nbest is not None,  # scores are printed only with n-best lists
             src_prefix=prefix,
             origin=config.input or "",
+            precision=config.precision,
         )
         sys.stdout.writelines(line + "\n" for line in output_lines(translations, offset, config.nbest is not None))
         offset += len(chunk)

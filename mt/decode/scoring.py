@@ -40,13 +40,15 @@ def score_checkpoint(
     bleu_tokenize: str | None = None,
     src_lang: str | None = None,
     tgt_lang: str | None = None,
+    precision: str = "32",
 ) -> dict:
     """Translate ``source`` (default: ``split`` of the checkpoint's data) and score it against ``references``
     (files, one or several; default: the split's target side). A checkpoint trained on several directions
     translates into ``tgt_lang`` and, without ``source``, reads the split of direction ``src_lang``-``tgt_lang``.
 
     Decodes with ``search``, else with the checkpoint's saved search and ``search_overrides`` over it. BLEU's
-    tokenizer is ``bleu_tokenize`` or sacreBLEU's choice for the checkpoint's target language. ``baseline``
+    tokenizer is ``bleu_tokenize`` or sacreBLEU's choice for the checkpoint's target language. ``precision``: of
+    the decoding, 32 or bf16 (recorded in the result). ``baseline``
     (another system's output of the same sentences) adds a paired bootstrap test against it. Every check that
     needs no decoding (outputs that exist, unreadable, empty or misaligned input files) runs before the
     checkpoint is loaded, and nothing is written unless decoding succeeds.
@@ -89,6 +91,7 @@ def score_checkpoint(
             return_scores=False,
             src_prefix=prefix,
             origin=origin,
+            precision=precision,
         )
     ]
     result: dict = {
@@ -99,6 +102,7 @@ def score_checkpoint(
         "beam": search.beam,
         "length_penalty": search.length_penalty,
         "search": dataclasses.asdict(search),
+        "precision": precision,
     }
     if streams is not None:
         result.update(scores(hypotheses, streams, tgt_lang=language, bleu_tokenize=bleu_tokenize))

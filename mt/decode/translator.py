@@ -18,6 +18,7 @@ from mt.config import SearchConfig
 from mt.data.batching import collate, token_batches
 from mt.data.tokenizer import Tokenizer
 from mt.decode.search import Decodable, Hypothesis, beam_search, greedy_search, sample
+from mt.device import decoding_precision
 from mt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def translate(
     first_line: int = 1,
     src_prefix: Sequence[int] = (),
     origin: str = "",
+    precision: str = "32",
 ) -> list[list[tuple[str, float | None]]]:
     """Detokenized n-best translations with scores, one list per sentence, in input order.
 
@@ -166,10 +168,12 @@ def translate(
     naming the line (``first_line``: the number of the first sentence in the input, for the message).
     ``src_prefix``: ids before each source (a multilingual model's target-language token:
     ``Checkpoint.source_prefix``); a source's own language code is handled by ``Tokenizer.prefixed``.
-    ``origin``: the input's name, for messages (a file, a test set).
+    ``origin``: the input's name, for messages (a file, a test set). ``precision``: 32, or bf16 autocast
+    (``mt.device.decoding_precision``).
 
     Raises:
         DataError: a source that starts with a language code the model lacks or ``src_prefix`` contradicts.
+        ConfigError: bf16 on a GPU without it.
     """
     written = [i for i, s in enumerate(sentences) if s.strip()]
     room = max(1, search.max_src_len - len(src_prefix))  # the prefix counts towards max_src_len
@@ -191,16 +195,17 @@ def translate(
             ids = ids[:room]
         nonempty.append(i)
         src.append([*src_prefix, *ids])
-    hyps = decode_ids(
-        model,
-        src,
-        search,
-        device=device,
-        progress=progress,
-        desc="translate",
-        generator=generator,
-        return_scores=return_scores,
-    )
+    with decoding_precision(torch.device(device), precision):
+        hyps = decode_ids(
+            model,
+            src,
+            search,
+            device=device,
+            progress=progress,
+            desc="translate",
+            generator=generator,
+            return_scores=return_scores,
+        )
     empty = [("", 0.0 if return_scores else None)] * (1 if search.sampling else search.nbest)  # as many as the rest
     out: list[list[tuple[str, float | None]]] = [list(empty) for _ in sentences]
     for i, nbest in zip(nonempty, hyps):

@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from mt.config import SearchConfig
 from mt.data.tokenizer import EOS_ID
+from mt.decode.scoring import score_checkpoint
 from mt.decode.search import beam_search, greedy_search
+from mt.decode.translator import translate
 from mt.model.checkpoint import load_checkpoint
 from tests.conftest import toy_pairs
 from tests.helpers import ROOT, fit_tiny
@@ -168,3 +172,52 @@ def test_a_baseline_of_another_length_is_refused_before_decoding(tuned_checkpoin
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: baseline {baseline} has 1 lines but there are 2 sentences to translate"
+
+
+class Bf16Ops(TorchDispatchMode):
+    """Counts the ops that reach the kernels with a bfloat16 tensor among their arguments (autocast casts before
+    this mode sees them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat = [*args, *kwargs.values()]
+        self.count += any(isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in flat)
+        return func(*args, **kwargs)
+
+
+def test_precision_bf16_decodes_under_bf16_autocast_and_32_leaves_a_callers_autocast_on(tuned_checkpoint, tmp_path):
+    """precision=bf16: the matrix products run in bfloat16 and the hypotheses are those of the search called
+    under torch's own bf16 autocast; 32: no bfloat16 op at all, yet an autocast the caller set (Lightning's, in a
+    bf16 run's validation) stays on."""
+    pairs = toy_pairs(8, seed=5)
+    source = write(tmp_path / "src.de", [s for s, _ in pairs])
+    reference = write(tmp_path / "ref.en", [t for _, t in pairs])
+    counts, results = {}, {}
+    for precision in ("32", "bf16"):
+        output = tmp_path / f"hyp.{precision}.en"
+        with Bf16Ops() as ops:
+            results[precision] = score_checkpoint(
+                tuned_checkpoint,
+                source=source,
+                references=[reference],
+                output=str(output),
+                progress=False,
+                search_overrides={"beam": 2},
+                precision=precision,
+            )
+        counts[precision] = ops.count
+        assert json.loads(Path(f"{output}.scores.json").read_text())["precision"] == precision
+    assert counts["32"] == 0 and counts["bf16"] > 0, counts
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = decode_alone(
+            tuned_checkpoint, [s for s, _ in pairs], beam=2, length_penalty_alpha=1.5, max_len_a=0.0, max_len_b=8
+        )
+    assert (tmp_path / "hyp.bf16.en").read_text().splitlines() == expected
+    loaded = load_checkpoint(tuned_checkpoint)
+    with torch.autocast("cpu", dtype=torch.bfloat16), Bf16Ops() as ops:
+        translate(loaded.model, loaded.tokenizer, ["a b c"], SearchConfig(beam=2), precision="32")
+    assert ops.count > 0

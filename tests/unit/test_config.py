@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mt.cli import to_typed
-from mt.config import EvaluateConfig, TrainConfig, TranslateConfig, register_configs
+from mt.config import EvaluateConfig, ReportConfig, TrainConfig, TranslateConfig, register_configs
 from mt.errors import ConfigError
 from tests.helpers import CONF, compose_config
 
@@ -211,6 +211,22 @@ def test_wrong_types_and_unknown_keys_are_refused():
 def test_threads_below_one_are_refused_by_every_command(command, schema, overrides):
     with pytest.raises(ConfigError, match=r"threads=-?\d: expected >= 1, or null"):
         to_typed(compose_config(command, overrides), schema)
+
+
+@pytest.mark.parametrize(
+    "command,schema,given",
+    [
+        ("evaluate", EvaluateConfig, ["checkpoint=x.ckpt"]),
+        ("translate", TranslateConfig, ["checkpoint=x.ckpt"]),
+        ("report", ReportConfig, ["run=outputs/x"]),
+    ],
+)
+def test_every_decoding_command_takes_32_or_bf16_and_refuses_another_precision(command, schema, given):
+    assert to_typed(compose_config(command, given), schema).precision == "32"
+    assert to_typed(compose_config(command, [*given, "precision=32"]), schema).precision == "32"  # an int to Hydra
+    assert to_typed(compose_config(command, [*given, "precision=bf16"]), schema).precision == "bf16"
+    with pytest.raises(ConfigError, match=r"precision='16-mixed': expected one of 32, bf16"):
+        to_typed(compose_config(command, [*given, "precision=16-mixed"]), schema)
 
 
 def test_evaluate_refuses_choices_of_the_checkpoints_data_beside_source():
