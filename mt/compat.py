@@ -121,6 +121,14 @@ def align_logged_step(trainer: Any) -> None:
     trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
 
+def skip_sigterm_broadcast(trainer: Any) -> None:
+    """Stop the fit loop of ``trainer`` from broadcasting rank 0's SIGTERM flag before every batch
+    (``_TrainingEpochLoop._broadcast_sigterm_tensor``): a tensor copied to the device and read back, a host sync
+    at every batch under NCCL. For runs whose own handler takes SIGTERM once training starts (``PreemptionCallback``),
+    when the flag Lightning broadcasts can no longer change."""
+    trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
+
+
 def save_last_checkpoint(callback: Any, trainer: Any) -> None:
     """Let a ``ModelCheckpoint`` write its ``last.ckpt`` now, unless this step is already saved or the
     trainer must not save (sanity check, ``fast_dev_run``): its own ``save_last`` logic, called from

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
@@ -97,6 +98,42 @@ class RunDirectoryLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+
+class LaggedMax:
+    """The largest of the numbers the ranks give at a point they all reach together (each update's end), known one
+    such point later, so that agreeing never makes the host wait for the device.
+
+    Each ``exchange`` fills a device tensor with the number (a kernel: no copy from the host), all-reduces it, and
+    starts its copy into page-locked host memory without blocking; it returns what the previous ``exchange``
+    agreed on (0 at the first), whose copy finished long before: reading it waits for that point of the device's
+    queue at most, not for the work queued since. Every rank gets the same answer at the same call.
+    """
+
+    def __init__(self) -> None:
+        self._pending: tuple[torch.Tensor, Any] | None = None  # (host copy, CUDA event recorded after the copy)
+
+    def exchange(self, value: float, device: torch.device) -> float:
+        agreed = self._read()
+        tensor = torch.full((1,), float(value), dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        on_gpu = tensor.device.type == "cuda"
+        host = torch.empty(1, dtype=torch.float64, pin_memory=on_gpu)
+        host.copy_(tensor, non_blocking=True)
+        event = None
+        if on_gpu:
+            event = torch.cuda.Event()
+            event.record()
+        self._pending = (host, event)
+        return agreed
+
+    def _read(self) -> float:
+        if self._pending is None:
+            return 0.0
+        host, event = self._pending
+        if event is not None:
+            event.synchronize()
+        return float(host[0])
 
 
 def world() -> tuple[int, int]:

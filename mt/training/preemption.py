@@ -1,11 +1,11 @@
 """Preemption: save a resumable checkpoint when the cluster says the job must stop, then stop.
 
-SLURM sends a warning signal before a time limit (``#SBATCH --signal=USR1@120``; submitit uses
-SIGUSR2) and SIGTERM when it cancels or preempts a job. The signal handler only sets a flag; the
-callback acts at the next optimizer-step boundary, agreed by all ranks, so the checkpoint holds a
-consistent state (no half-accumulated gradients) and the data position of that step. On a warning
-signal under SLURM the job is requeued (``scontrol requeue``) and, started again with
-``resume=auto`` in the same run directory, continues exactly where it stopped.
+SLURM sends a warning signal before a time limit (``#SBATCH --signal=USR1@120``; submitit uses SIGUSR2) and
+SIGTERM when it cancels or preempts a job. The signal handler only sets a flag; the callback acts at the next
+optimizer-step boundary (with several ranks, the one after: they agree on it without making the host wait for
+the device), so the checkpoint holds a consistent state (no half-accumulated gradients) and the data position
+of that step. On a warning signal under SLURM the job is requeued (``scontrol requeue``) and, started again
+with ``resume=auto`` in the same run directory, continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 
 import lightning as L
 import torch
+
+from mt.training.distributed import LaggedMax
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class PreemptionCallback(L.Callback):
         self._signum = 0  # the signal the ranks agreed on, once its checkpoint is saved: the run stops
         self._at_once = False
         self._quiet = False
+        self._at_update_ends = LaggedMax()  # the ranks' agreement at each update's end, one update late
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._quiet:
@@ -117,7 +120,7 @@ class PreemptionCallback(L.Callback):
         if self._signum or trainer.global_step == self._step_seen:  # inside an accumulation window: no step boundary
             return
         self._step_seen = trainer.global_step
-        self._signum = self._agreed_signal(trainer)
+        self._signum = self._agreed_signal(trainer, lagged=True)
         if self._signum:  # saved at once; a validation due at this step still runs (below), then the run stops
             trainer.save_checkpoint(self.checkpoint_path)
 
@@ -140,10 +143,14 @@ class PreemptionCallback(L.Callback):
             requeued = self._signum in REQUEUE_SIGNALS and trainer.is_global_zero and requeue_slurm_job()
             raise Preempted(self._signum, trainer.global_step, self.checkpoint_path, requeued)
 
-    def _agreed_signal(self, trainer: L.Trainer) -> int:
-        """The signal any rank received (ranks may get it at different steps, or only rank 0 gets it)."""
+    def _agreed_signal(self, trainer: L.Trainer, *, lagged: bool = False) -> int:
+        """The signal any rank received (ranks may get it at different steps, or only rank 0 gets it). ``lagged``:
+        the one any rank had received at the previous update's end, agreed on without a host sync (``LaggedMax``;
+        an ordinary update reads no device value); a signal is then acted on one update later."""
         if trainer.world_size == 1:
             return self.received
+        if lagged:
+            return int(self._at_update_ends.exchange(self.received, trainer.strategy.root_device))
         flag = torch.tensor([self.received], device=trainer.strategy.root_device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())

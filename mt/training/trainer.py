@@ -13,6 +13,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
+from mt.compat import skip_sigterm_broadcast
 from mt.config import TrainConfig, TrainerConfig
 from mt.device import resolve_precision
 from mt.training.callback_state import ConfiguredEarlyStopping, RunCheckpoint, RunLastCheckpoint
@@ -23,6 +24,7 @@ from mt.training.module import TranslationModule
 from mt.training.preemption import PreemptionCallback
 from mt.training.profiling import StepProfiler
 from mt.training.rng import RngStateCallback
+from mt.training.time_limit import AgreedTimer
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ def build_trainer(
     if cfg.early_stopping_patience is not None:
         # the configured patience, also on resume (Lightning's would be the checkpoint's)
         callbacks.append(ConfiguredEarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
+    if cfg.max_time:  # Lightning's Timer, its ranks agreeing without a host sync at every batch
+        callbacks.append(AgreedTimer(cfg.max_time))
     plugins: list = [AtomicCheckpointIO()]
     # Our PreemptionCallback saves and requeues, not Lightning's handler. Under torchrun (inside a SLURM job too)
     # torchrun's variables decide the ranks, as Lightning itself would choose.
@@ -100,7 +104,6 @@ def build_trainer(
         precision=precision,
         max_steps=cfg.max_steps,
         max_epochs=cfg.max_epochs,
-        max_time=cfg.max_time,
         val_check_interval=cfg.val_check_interval,
         check_val_every_n_epoch=cfg.check_val_every_n_epoch,
         limit_val_batches=cfg.limit_val_batches,
@@ -120,6 +123,8 @@ def build_trainer(
         reload_dataloaders_every_n_epochs=1 if len(config.data.corpora) > 1 else 0,
         plugins=plugins,
     )
+    if preemption is not None:  # its handler takes SIGTERM when training starts: Lightning's flag stays as it is
+        skip_sigterm_broadcast(trainer)
     return trainer, best
 
 

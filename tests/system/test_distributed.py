@@ -72,6 +72,24 @@ def test_two_ranks_of_b_make_the_same_step_as_one_rank_of_2b(tmp_path):
         torch.testing.assert_close(ddp["parameters"][name][clear], single["parameters"][name][clear])
 
 
+def test_ordinary_ddp_steps_read_no_device_value_on_the_host(toy_corpus_dir, tmp_path):
+    """Two ranks with a time limit and preemption handling: an update that neither logs, validates nor saves reads
+    no device value on the host (each rank's would wait for its GPU), not even to agree with the other rank on a
+    signal or on the time limit (tests/system/ddp_syncs.py counts them)."""
+    from tests.system.ddp_syncs import STEPS
+
+    result = run([sys.executable, "-m", "tests.system.ddp_syncs", str(toy_corpus_dir), str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        ordinary = [step for step in range(STEPS) if str(step) not in record["special"]]
+        assert len(ordinary) >= 25, record["special"]  # logging at 19 and 39, validation at epoch ends
+        syncing = {step: record["counts"][str(step)] for step in ordinary if record["counts"].get(str(step))}
+        assert syncing == {}, f"rank {rank}: host reads in ordinary steps: {syncing}"
+        # The counter sees reads where they are allowed (values are logged at step 19, by mt: tolist).
+        assert record["counts"]["19"].get("tolist", 0) > 0
+
+
 def test_ddp_training_and_validation_bleu_equal_a_single_process_decode(toy_corpus_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     result = run(

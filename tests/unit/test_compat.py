@@ -284,3 +284,24 @@ def test_sacrebleu_tokenizer_for_is_the_tokenizer_sacrebleu_builds_for_a_target_
         metric.corpus_score(["a"], [["a"]])
         assert f"|tok:{compat.sacrebleu_tokenizer_for(lang)}|" in str(metric.get_signature())
     assert (compat.sacrebleu_tokenizer_for("ja"), compat.sacrebleu_tokenizer_for("ko")) == ("ja-mecab", "ko-mecab")
+
+
+def test_skip_sigterm_broadcast_removes_the_broadcast_lightning_makes_before_every_ddp_batch():
+    import inspect
+
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+    # What mt turns off: a method of the epoch loop, called before every batch of a run of several processes.
+    assert "self._broadcast_sigterm_tensor()" in inspect.getsource(_TrainingEpochLoop.advance)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    other = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    compat.skip_sigterm_broadcast(trainer)
+    called = []
+    original = _TrainingEpochLoop._broadcast_sigterm_tensor
+    try:
+        _TrainingEpochLoop._broadcast_sigterm_tensor = lambda self: called.append(self)
+        trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor()
+        other.fit_loop.epoch_loop._broadcast_sigterm_tensor()
+    finally:
+        _TrainingEpochLoop._broadcast_sigterm_tensor = original
+    assert called == [other.fit_loop.epoch_loop]  # this trainer's loop no longer broadcasts; another's still does
