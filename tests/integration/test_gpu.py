@@ -222,3 +222,27 @@ def test_profile_on_cuda_reports_device_busy_share_and_kernels(toy_corpus_dir, t
     summary = (tmp_path / "profile/summary.txt").read_text()
     assert "profile: 5 training steps" in summary and "device busy" in summary
     assert "aten::_local_scalar_dense 0," in summary and "top kernels (device time)" in summary
+
+
+def test_lagged_agreement_on_cuda_answers_a_step_late_without_waiting_for_queued_work(tmp_path):
+    """``LaggedMax`` on one NCCL rank: each exchange answers the previous one's value, and returns while the GPU
+    is still busy with work queued before it (a host sync would have waited for that work)."""
+    import torch.distributed as dist
+
+    from mt.training.distributed import LaggedMax
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        lagged = LaggedMax()
+        assert lagged.exchange(3, CUDA) == 0.0
+        torch.cuda.synchronize()
+        big = torch.randn(8192, 8192, device=CUDA)
+        for _ in range(40):  # about a second of fp32 products, queued
+            big = (big @ big).clamp_(-1, 1)
+        assert lagged.exchange(5, CUDA) == 3.0
+        busy = not torch.cuda.current_stream().query()
+        torch.cuda.synchronize()
+        assert lagged.exchange(0, CUDA) == 5.0
+        assert busy, "the exchange waited for the work queued before it"
+    finally:
+        dist.destroy_process_group()
