@@ -259,9 +259,9 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         return self._cache[1]
 
     def state_dict(self) -> dict[str, int]:
-        """Where training stands: the epoch and this rank's batches of it already consumed."""
-        if self.position >= len(self):
-            return {**self._identity(self.epoch + 1), "epoch": self.epoch + 1, "position": 0}
+        """Where training stands: the epoch and this rank's batches of it already consumed (all of them once it
+        is over: the trainer, whose own state is saved with this, still counts the batches of that epoch, and
+        moves to the next epoch itself, whose batch count a mixture draws anew)."""
         return {**self._identity(self.epoch), "epoch": self.epoch, "position": self.position}
 
     def _identity(self, epoch: int) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import subprocess
 import sys
 
@@ -26,16 +27,32 @@ def synthetic_dir(tmp_path_factory):
     return write_text_corpus(tmp_path_factory.mktemp("synthetic"), {"train": toy_pairs(150, seed=7)})
 
 
-def mixture_run(data_dir, synthetic, run_dir, max_steps, resume=None):
+@pytest.fixture(scope="module")
+def varied_dir(tmp_path_factory):
+    """A second corpus of 120 pairs, a third of them three toy pairs joined: drawn anew each epoch, the epochs'
+    pairs batch into different numbers of batches."""
+    pairs, rng, joined = toy_pairs(400, seed=7), random.Random(0), []
+    while len(joined) < 120:
+        k = rng.choice([1, 1, 3])
+        part, pairs = pairs[:k], pairs[k:]
+        joined.append((" ".join(s for s, _ in part), " ".join(t for _, t in part)))
+    return write_text_corpus(tmp_path_factory.mktemp("varied"), {"train": joined})
+
+
+def mixture_run(data_dir, synthetic, run_dir, max_steps, resume=None, weight=1.0, validate=False):
     config = tiny_train_config(
         data_dir,
         **{
-            "data.corpora": [{"weight": 1.0}, {"path": str(synthetic), "weight": 1.0, "tag": "<BT>", "valid": False}],
+            "data.corpora": [
+                {"weight": 1.0},
+                {"path": str(synthetic), "weight": weight, "tag": "<BT>", "valid": False},
+            ],
             "data.max_tokens": 600,
             "trainer.max_steps": max_steps,
             "trainer.log_every_n_steps": 1,
-            "trainer.checkpoint_every_n_steps": 1,
-            "trainer.limit_val_batches": 0,
+            # last.ckpt after every update; or, validating (the loss) at each epoch's end, after each validation
+            "trainer.checkpoint_every_n_steps": None if validate else 1,
+            "trainer.limit_val_batches": None if validate else 0,
             "model.dropout": 0.2,
             "validation.decode": "none",
             "test_after_training": False,
@@ -45,28 +62,42 @@ def mixture_run(data_dir, synthetic, run_dir, max_steps, resume=None):
     train(config, run_dir)
 
 
-@pytest.mark.parametrize("kill", ["inside the second epoch", "after the first epoch's last batch"])
+def epoch_lengths(run_dir) -> list[int]:
+    """The updates of each epoch of a run, from its logged losses (the last epoch may be cut short)."""
+    rows = [r for r in csv.DictReader(open(run_dir / "csv/metrics.csv")) if r.get("train/loss")]
+    epochs = [int(r["epoch"]) for r in rows]
+    return [epochs.count(e) for e in range(max(epochs) + 1)]
+
+
+@pytest.mark.parametrize("kill", ["inside the second epoch", "after the last batch of an epoch longer than the next"])
 def test_resume_with_two_weighted_corpora_equals_the_uninterrupted_run(
-    toy_corpus_dir, synthetic_dir, tmp_path, monkeypatch, kill
+    toy_corpus_dir, synthetic_dir, varied_dir, tmp_path, monkeypatch, kill
 ):
-    """Two corpora drawn 1:1 (the second, 150 pairs, upsampled to 275 an epoch and tagged): an epoch is ~18
-    batches, so 50 steps cross two epoch boundaries, each epoch with its own draw. The killed run stops inside
-    the second epoch, or just after the first one's last batch (its checkpoint says: next epoch, position 0),
-    and goes on from there."""
+    """Two corpora, each epoch with its own draw. Drawn 1:1 (the second, 150 pairs, upsampled to 275 an epoch and
+    tagged), an epoch is 18 batches and the killed run stops inside the second, with a checkpoint after every
+    update. Drawn 1:3 from a corpus of varied lengths, the epochs have 26, 25, ... batches; validated at each
+    epoch's end, the run is killed a few updates into the second epoch and resumes from the checkpoint of the
+    first epoch's validation: the trainer, restored at that epoch's end, must not take a batch of the shorter
+    next epoch for one of the old (it trained one more and saw the next epoch's first batch twice)."""
+    inside = kill.startswith("inside")
+    second, weight, steps = (synthetic_dir, 1.0, 50) if inside else (varied_dir, 3.0, 60)
+    options = {"weight": weight, "validate": not inside}
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    mixture_run(toy_corpus_dir, synthetic_dir, straight, 50)
-    rows = [r for r in csv.DictReader(open(straight / "csv/metrics.csv")) if r.get("train/loss")]
-    assert {int(r["epoch"]) for r in rows} == {0, 1, 2}
-    first_epoch = sum(int(r["epoch"]) == 0 for r in rows)
-    at = first_epoch + 7 if kill.startswith("inside") else first_epoch
-    with_callback(monkeypatch, KillAt(at))
+    mixture_run(toy_corpus_dir, second, straight, steps, **options)
+    lengths = epoch_lengths(straight)
+    if inside:
+        at = kill_at = lengths[0] + 7
+    else:
+        assert lengths[0] > lengths[1] and len(lengths) == 3, lengths  # what the case is about
+        at, kill_at = lengths[0], lengths[0] + 4
+    with_callback(monkeypatch, KillAt(kill_at))
     with pytest.raises(Killed):
-        mixture_run(toy_corpus_dir, synthetic_dir, resumed, 50)
+        mixture_run(toy_corpus_dir, second, resumed, steps, **options)
     monkeypatch.undo()
     assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == at
-    mixture_run(toy_corpus_dir, synthetic_dir, resumed, 50, resume="auto")
-    assert_same_run(straight, resumed, 50)
-    assert len(losses(straight / "csv/metrics.csv")) == 50
+    mixture_run(toy_corpus_dir, second, resumed, steps, resume="auto", **options)
+    assert_same_run(straight, resumed, steps)
+    assert len(losses(straight / "csv/metrics.csv")) == steps
 
 
 @pytest.fixture(scope="module")
