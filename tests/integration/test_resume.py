@@ -7,6 +7,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -161,6 +162,47 @@ def test_resume_with_gradient_accumulation_never_saves_inside_a_window(toy_corpu
     final_resumed = torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
     for name, tensor in final_straight.items():
         torch.testing.assert_close(final_resumed[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+class Tick(L.Callback):
+    """One second of Lightning's Timer clock (``time.monotonic`` in its module) a batch: the time limit is reached
+    at a known batch, inside an accumulation window."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def on_train_batch_start(self, *args) -> None:
+        self.now += 1.0
+
+
+def test_a_time_limit_stops_a_run_with_accumulation_at_a_window_end(toy_corpus_dir, tmp_path, monkeypatch):
+    """Windows of 3 batches, a limit of 10 seconds at one a batch: reached after batch 10 (counted from 1), inside
+    the window of batches 10-12. The run stops after that window, and the checkpoint of the stop resumes exactly
+    (saved mid-window, it would lack the window's first gradients)."""
+    import lightning.pytorch.callbacks.timer as timer_module
+
+    saved_positions = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def recording_save(self, checkpoint, path, storage_options=None):
+        saved_positions.append(checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"])
+        return save(self, checkpoint, path, storage_options)
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(toy_corpus_dir, straight, 8, accumulate=3, limit_val_batches=0)
+    tick = Tick()
+    monkeypatch.setattr(timer_module, "time", SimpleNamespace(monotonic=tick.monotonic))
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording_save)
+    with_callback(monkeypatch, tick)
+    run(toy_corpus_dir, resumed, 8, accumulate=3, limit_val_batches=0, max_time="00:00:00:10", every=None)
+    monkeypatch.undo()
+    assert saved_positions == [12]  # the end of training, after the window of batches 10-12: update 4
+    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
+    run(toy_corpus_dir, resumed, 8, resume="auto", accumulate=3, limit_val_batches=0)
+    assert_same_run(straight, resumed, 8)
 
 
 def test_a_crash_between_a_checkpoint_and_its_step_log_leaves_no_hole_in_the_log(toy_corpus_dir, tmp_path, monkeypatch):
