@@ -187,10 +187,14 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         num_replicas, rank: distributed sharding, every ``num_replicas``-th batch from ``rank``.
         pad_to_multiple: widths are rounded up to multiples of this (``collate`` pads them so), and
             ``max_tokens`` bounds the rounded sizes.
+        batch_multiple: each rank's batch count is a multiple of this (an epoch of ``k``-batch accumulation
+            windows then ends with a whole one: with validation counted in batches across epochs, every
+            validation, and its checkpoint, falls at the end of an update).
 
     Every rank gets the same number of batches, a few repeated by wrapping around (no rank may wait on
-    a collective the others never join); ``num_real_batches`` says how many of this rank's are not
-    repeats, so that validation counts every batch once.
+    a collective the others never join; nor end an epoch inside an accumulation window, ``batch_multiple``);
+    ``num_real_batches`` says how many of this rank's are not repeats, so that validation counts every batch
+    once.
     """
 
     def __init__(
@@ -206,7 +210,9 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         max_sentences: int | None = None,
         pad_to_multiple: int = 1,
         oversize_alone: bool = False,
+        batch_multiple: int = 1,
     ) -> None:
+        self.batch_multiple = batch_multiple
         self.src_lengths = np.asarray(src_lengths, dtype=np.int64)
         self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int64)
         self.pad_to_multiple = pad_to_multiple
@@ -314,8 +320,8 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
     def shard(self) -> list[np.ndarray]:
         """This rank's batches: every ``num_replicas``-th, the list first padded by wrapping around."""
         batches = self.all_batches()
-        if self.num_replicas > 1 and batches:
-            remainder = -len(batches) % self.num_replicas
+        if self.num_replicas * self.batch_multiple > 1 and batches:
+            remainder = -len(batches) % (self.num_replicas * self.batch_multiple)
             batches = batches + [batches[i % len(batches)] for i in range(remainder)]
         return batches[self.rank :: self.num_replicas]
 
@@ -405,6 +411,7 @@ class MixtureBatchSampler(TokenBatchSampler):
         rank: int = 0,
         epoch: int = 0,
         pad_to_multiple: int = 1,
+        batch_multiple: int = 1,
     ) -> None:
         if len(corpus_sizes) != len(draws) or sum(corpus_sizes) != len(src_lengths):
             raise ValueError(
@@ -422,6 +429,7 @@ class MixtureBatchSampler(TokenBatchSampler):
             num_replicas=num_replicas,
             rank=rank,
             pad_to_multiple=pad_to_multiple,
+            batch_multiple=batch_multiple,
         )
         self.epoch = epoch
 

@@ -270,6 +270,11 @@ class TranslationDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             pad_to_multiple=self.data_cfg.pad_to_multiple,
         )
+        # Validation counted in batches across epochs (check_val_every_n_epoch null) falls at window ends only if
+        # every epoch ends with a whole accumulation window (TokenBatchSampler's batch_multiple).
+        across_epochs = trainer is not None and split == "train" and trainer.check_val_every_n_epoch is None
+        if across_epochs and trainer.accumulate_grad_batches > 1:
+            common["batch_multiple"] = trainer.accumulate_grad_batches
         try:
             if split == "train" and self.mixture:
                 return MixtureBatchSampler(

@@ -164,6 +164,32 @@ def test_resume_with_gradient_accumulation_never_saves_inside_a_window(toy_corpu
         torch.testing.assert_close(final_resumed[name], tensor, rtol=1e-5, atol=1e-6)
 
 
+def test_validation_counted_across_epochs_with_accumulation_saves_at_window_ends(toy_corpus_dir, tmp_path, monkeypatch):
+    """25 batches an epoch, windows of 3, validation every 6 batches counted across epochs: an epoch ends with a
+    window of one, so from the second epoch on the count of 6 fell inside windows, and so did last.ckpt. Each
+    epoch now ends with a whole window (27 batches, 2 wrapped around), so every validation and its checkpoint
+    falls at a window's end, and a run killed after one resumes exactly."""
+    saved_positions = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def recording_save(self, checkpoint, path, storage_options=None):
+        saved_positions.append(checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"])
+        return save(self, checkpoint, path, storage_options)
+
+    options = {"accumulate": 3, "every": None, "val_check_interval": 6, "check_val_every_n_epoch": None}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(toy_corpus_dir, straight, 24, **options)
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording_save)
+    with_callback(monkeypatch, KillAt(15))  # in the second epoch, after the validation of update 14
+    with pytest.raises(Killed):
+        run(toy_corpus_dir, resumed, 24, **options)
+    monkeypatch.undo()
+    assert saved_positions and all(p % 3 == 0 for p in saved_positions), saved_positions
+    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 14
+    run(toy_corpus_dir, resumed, 24, resume="auto", **options)
+    assert_same_run(straight, resumed, 24)
+
+
 class Tick(L.Callback):
     """One second of Lightning's Timer clock (``time.monotonic`` in its module) a batch: the time limit is reached
     at a known batch, inside an accumulation window."""

@@ -63,6 +63,21 @@ def test_sharding_is_disjoint_complete_and_even(world):
     assert len(dealt) - len(all_batches) < world  # only the wrap-around padding repeats
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_batch_multiple_pads_each_ranks_epoch_to_whole_windows_by_wrapping_around(world):
+    src, tgt = lengths(301)
+    plain = TokenBatchSampler(src, tgt, 300, shuffle=True, seed=1).all_batches()
+    shards = [
+        list(TokenBatchSampler(src, tgt, 300, shuffle=True, seed=1, num_replicas=world, rank=r, batch_multiple=3))
+        for r in range(world)
+    ]
+    assert len(plain) % (3 * world) != 0  # so that padding is needed
+    assert {len(shard) for shard in shards} == {-(-len(plain) // (3 * world)) * 3}  # the next multiple of 3
+    dealt = [tuple(b) for shard in shards for b in shard]
+    assert set(dealt) == {tuple(b.tolist()) for b in plain}  # every batch; the extra ones are repeats
+    assert len(dealt) - len(plain) < 3 * world
+
+
 @pytest.mark.parametrize("world,pairs", [(2, 301), (3, 301), (8, 12)])
 def test_validation_sharding_counts_every_batch_exactly_once(world, pairs):
     """Every rank gets batches (even when there are fewer than ranks); the real ones cover each pair once."""
