@@ -78,7 +78,24 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
     if not Path(resume).is_file():
         raise RunError(f"resume={resume}: no such checkpoint file")
     verify_checkpoint(Path(resume))
+    refuse_to_rewind(Path(resume), checkpoint_dir / "last.ckpt")
     return resume
+
+
+def refuse_to_rewind(checkpoint: Path, last: Path) -> None:
+    """Refuse to resume from ``checkpoint`` in a run directory whose ``last`` is of a later update: training on
+    would overwrite it, and put new step checkpoints beside the old ones of the same steps (Lightning names them
+    ``-v1``), which ``resume=auto``, ``mt.average last=N`` and ``mt.report`` would take for this run's."""
+    if not last.is_file() or last.resolve() == checkpoint.resolve():
+        return
+    verify_checkpoint(last)
+    at, latest = read_checkpoint(checkpoint).get("global_step", 0), read_checkpoint(last).get("global_step", 0)
+    if latest > at:
+        raise RunError(
+            f"resume={checkpoint} (update {at}) would rewind the run in {last.parent.parent}, whose last.ckpt is of "
+            f"update {latest}: its later checkpoints would be overwritten or mixed with the new ones; resume into "
+            f"another run directory (hydra.run.dir=NEW resume={checkpoint})"
+        )
 
 
 # Data settings a resumed run may change: they change neither the pairs of an epoch nor their order.

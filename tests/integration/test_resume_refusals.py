@@ -175,3 +175,24 @@ def test_every_corpus_path_is_recorded_absolute(toy_corpus_dir, tmp_path, monkey
     train(config, tmp_path / "run")
     saved = read_checkpoint(tmp_path / "run/checkpoints/last.ckpt")["hyper_parameters"]["data"]["corpora"]
     assert [c["path"] for c in saved] == [str(toy_corpus_dir.resolve())] * 2
+
+
+def test_resuming_an_earlier_checkpoint_of_the_run_in_its_own_directory_is_refused(toy_corpus_dir, tmp_path):
+    """A rewind in place would overwrite last.ckpt and write step checkpoints beside the old ones of the same steps
+    (Lightning's ``-v1`` names), which resume=auto, mt.average and mt.report take for the run's."""
+    run = tmp_path / "run"
+    settings = {**SETTINGS, "trainer.max_steps": 8, "trainer.val_check_interval": 4, "trainer.keep_checkpoints": 2}
+    train(tiny_train_config(toy_corpus_dir, **settings), run)
+    earlier = run / "checkpoints" / "step0000004.ckpt"
+    assert read_checkpoint(earlier)["global_step"] == 4 and read_checkpoint(run / "checkpoints/last.ckpt")
+    before = tree_bytes(run)
+    config = tiny_train_config(toy_corpus_dir, **{**settings, "trainer.max_steps": 12, "resume": str(earlier)})
+    with pytest.raises(RunError, match=r"\(update 4\) would rewind the run in .*, whose last.ckpt is of update 8"):
+        train(config, run)
+    assert tree_bytes(run) == before
+    # its own last checkpoint, by path, is no rewind
+    config = tiny_train_config(
+        toy_corpus_dir, **{**settings, "trainer.max_steps": 12, "resume": str(run / "checkpoints/last.ckpt")}
+    )
+    train(config, run)
+    assert read_checkpoint(run / "checkpoints/last.ckpt")["global_step"] == 12
