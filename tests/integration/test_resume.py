@@ -337,7 +337,7 @@ def test_a_requeued_job_goes_on_from_its_own_last_checkpoint(tmp_path, monkeypat
 
     monkeypatch.setattr(mt.training.resume, "verify_checkpoint", lambda path: None)
     started_from = tmp_path / "other_run.ckpt"
-    started_from.touch()
+    torch.save({"global_step": 5, "state_dict": {}}, started_from)  # read for its step (verify_checkpoint: stubbed)
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
@@ -347,7 +347,7 @@ def test_a_requeued_job_goes_on_from_its_own_last_checkpoint(tmp_path, monkeypat
         assert mt.training.resume.resume_checkpoint(None, checkpoints) is None
     # said, not only logged at info: with a run directory named by the launch time, every requeue starts over
     assert f"but {checkpoints} holds no checkpoint: training from the start" in caplog.text
-    (checkpoints / "last.ckpt").touch()
+    torch.save({"global_step": 3, "state_dict": {}}, checkpoints / "last.ckpt")  # behind the one given: no rewind
     for resume in (None, "auto", str(started_from)):
         assert mt.training.resume.resume_checkpoint(resume, checkpoints) == str(checkpoints / "last.ckpt")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # a first start does as told
