@@ -121,6 +121,15 @@ def align_logged_step(trainer: Any) -> None:
     trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
 
+def validates_after_this_batch(trainer: Any) -> bool:
+    """Whether Lightning validates once the hooks of the training batch in progress are over (asked from
+    ``on_train_batch_end``): ``_TrainingEpochLoop._should_check_val_fx`` with the fit loop's data fetcher, the
+    question the epoch loop asks right after those hooks (less a validation it skips once after a restart)."""
+    loop = trainer.fit_loop
+    epoch_loop = loop.epoch_loop
+    return bool(epoch_loop._should_check_val_fx(loop._data_fetcher)) and not epoch_loop._skip_next_val
+
+
 def skip_sigterm_broadcast(trainer: Any) -> None:
     """Stop the fit loop of ``trainer`` from broadcasting rank 0's SIGTERM flag before every batch
     (``_TrainingEpochLoop._broadcast_sigterm_tensor``): a tensor copied to the device and read back, a host sync

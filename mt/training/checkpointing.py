@@ -13,7 +13,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mt import faults
 from mt.atomic import atomic_write
-from mt.compat import is_last_batch, mark_checkpoint_saved, save_last_checkpoint
+from mt.compat import is_last_batch, mark_checkpoint_saved, save_last_checkpoint, validates_after_this_batch
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -48,7 +48,8 @@ class LastCheckpoint(ModelCheckpoint):
     match the data position (a run stopped inside an epoch by ``max_steps`` or ``max_time`` counts as
     having finished it, and a restart at an epoch's end trains one batch more in it), and the resumed run
     differed from an uninterrupted one. Saved at the batch's end, the checkpoint resumes as every mid-run
-    save does.
+    save does. A batch that a validation follows is saved when that validation ends, not before it: from a
+    checkpoint of the batch's end Lightning takes the validation as run, and a kill during it lost it.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -61,9 +62,13 @@ class LastCheckpoint(ModelCheckpoint):
         self._step_at_batch_end = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
-        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)  # the every_n_train_steps saves
         stepped = trainer.global_step != self._step_at_batch_end  # an update ended (not inside accumulation)
         self._step_at_batch_end = trainer.global_step
+        if validates_after_this_batch(trainer):
+            # Saved once, when that validation ends (on_validation_end). A checkpoint of now would tell Lightning
+            # on resume that the validation had run: killed during it, the run would lose it for good.
+            return
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)  # the every_n_train_steps saves
         last_update = 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop
         if stepped and (last_update or is_last_batch(trainer)):
             save_last_checkpoint(self, trainer)

@@ -190,6 +190,38 @@ def test_validation_counted_across_epochs_with_accumulation_saves_at_window_ends
     assert_same_run(straight, resumed, 24)
 
 
+class KilledInValidation(L.Callback):
+    """Stops the process (an exception, as a kill) in the validation of update ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_batch_start(self, trainer, *args) -> None:
+        if not trainer.sanity_checking and trainer.global_step == self.step:
+            raise Killed
+
+
+def test_a_kill_inside_a_validation_at_a_checkpoint_step_loses_no_validation(toy_corpus_dir, tmp_path, monkeypatch):
+    """last.ckpt every 5 updates, a validation every 10: at update 10 both. Saved before the validation, the
+    checkpoint told Lightning on resume that the validation had run, so a kill during it lost it for good (and
+    best.ckpt and early stopping one score). Saved once, after the validation, the resumed run goes back to update
+    5 and has every validation of an uninterrupted run."""
+    options = {"every": 5, "val_check_interval": 10, "check_val_every_n_epoch": None}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(toy_corpus_dir, straight, 20, **options)
+    with_callback(monkeypatch, KilledInValidation(10))
+    with pytest.raises(Killed):
+        run(toy_corpus_dir, resumed, 20, **options)
+    monkeypatch.undo()
+    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 5
+    run(toy_corpus_dir, resumed, 20, resume="auto", **options)
+    assert_same_run(straight, resumed, 20)
+    expected = validation_losses(straight)
+    assert sorted(expected) == [10, 20] and sorted(validation_losses(resumed)) == [10, 20]
+    for step, value in expected.items():
+        assert abs(validation_losses(resumed)[step] - value) < 1e-5
+
+
 class Tick(L.Callback):
     """One second of Lightning's Timer clock (``time.monotonic`` in its module) a batch: the time limit is reached
     at a known batch, inside an accumulation window."""

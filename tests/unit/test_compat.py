@@ -305,3 +305,24 @@ def test_skip_sigterm_broadcast_removes_the_broadcast_lightning_makes_before_eve
     finally:
         _TrainingEpochLoop._broadcast_sigterm_tensor = original
     assert called == [other.fit_loop.epoch_loop]  # this trainer's loop no longer broadcasts; another's still does
+
+
+@pytest.mark.parametrize("options", [{"val_check_interval": 2}, {"check_val_every_n_epoch": 2}])
+def test_validates_after_this_batch_is_true_at_the_batches_lightning_validates_after(options):
+    told: list[tuple[int, bool]] = []
+    validated: list[int] = []
+
+    class Asking(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            told.append((trainer.global_step, compat.validates_after_this_batch(trainer)))
+
+        def on_validation_start(self, trainer, pl_module):
+            validated.append(trainer.global_step)
+
+    class Validated(_Toy):
+        def validation_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+    loader = DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2)  # 3 batches an epoch
+    _trainer(max_epochs=4, callbacks=[Asking()], **options).fit(Validated(), loader, loader)
+    assert validated and [step for step, yes in told if yes] == validated
