@@ -54,6 +54,18 @@ class NonFiniteGuard:
         # the last skipped step (-1: none).
         self.counters: Tensor | None = None
         self.reported = 0  # skipped updates already warned about
+        self._restored = [0, 0, -1, -1]  # the counters a resumed run starts from (put on the device when first used)
+
+    def state_dict(self) -> dict[str, int]:
+        """The counts, read on the host (a checkpoint's save reads them anyway, ``check``), so that a resumed run
+        stops after as many skipped updates in a row as an uninterrupted one."""
+        consecutive, total, _, last_skipped = self.counters.tolist() if self.counters is not None else self._restored
+        return {"consecutive": consecutive, "total": total, "last_skipped": last_skipped, "reported": self.reported}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._restored = [state["consecutive"], state["total"], -1, state["last_skipped"]]
+        self.reported = state["reported"]
+        self.counters = None
 
     def observe_loss(self, nonfinite: Tensor) -> None:
         """Add this micro-batch's flag (1.0 when its loss, summed over the ranks, is not finite)."""
@@ -76,7 +88,7 @@ class NonFiniteGuard:
         device = grads[0].device if grads else flags.device if isinstance(flags, Tensor) else None
         skip = torch.as_tensor(flags, device=device) > 0
         if self.counters is None:
-            self.counters = torch.tensor([0, 0, -1, -1], device=skip.device)
+            self.counters = torch.tensor(self._restored, device=skip.device)
         consecutive, total, limit_at, last_skipped = self.counters.unbind()
         skip = skip | (limit_at >= 0)  # past the limit nothing changes until the run stops
         consecutive = torch.where(skip, consecutive + 1, 0)

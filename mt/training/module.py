@@ -384,6 +384,7 @@ class TranslationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Nothing is saved past the limit of skipped updates: the run stops here, naming the last good checkpoint.
         self.nonfinite.check(self._last_checkpoint)
+        checkpoint["nonfinite"] = self.nonfinite.state_dict()
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_state()
         checkpoint["train_seconds"] = self.throughput.elapsed_seconds()
@@ -397,4 +398,6 @@ class TranslationModule(L.LightningModule):
         if "tokenizer" in checkpoint:
             self.tokenizer = Tokenizer.from_state(checkpoint["tokenizer"])
         self.throughput.previous_seconds = float(checkpoint.get("train_seconds", 0.0))
+        if "nonfinite" in checkpoint:  # (checkpoints before it start from no skipped update)
+            self.nonfinite.load_state_dict(checkpoint["nonfinite"])
         self.step_log.load(checkpoint)

@@ -99,6 +99,18 @@ def test_many_nonfinite_losses_in_a_row_stop_the_run_with_a_clear_message(toy_co
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
 
 
+def test_a_resumed_run_counts_the_skipped_updates_in_a_row_of_the_run_it_resumes(toy_corpus_dir, tmp_path, monkeypatch):
+    """Non-finite from update 5 on, limit 3: an uninterrupted run stops at update 7 (steps 5-7). Stopped after
+    updates 5 and 6 were skipped and resumed, the run stops there too, not three updates later."""
+    monkeypatch.setattr(mt.training.run, "TranslationModule", poisoned_module(from_step=5))
+    train(nonfinite_config(toy_corpus_dir, 7), tmp_path)  # updates 0-6, the last two skipped
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 7
+    config = nonfinite_config(toy_corpus_dir, 20)
+    config.resume = "auto"
+    with pytest.raises(NonFiniteLossError, match=r"not finite for 3 steps in a row \(steps 5-7\)"):
+        train(config, tmp_path)
+
+
 class StateRecorder(L.Callback):
     """The weights and AdamW's moments and step counts after each update (read here, by the test)."""
 
