@@ -118,7 +118,8 @@ def translate_to_file(
         "search": dataclasses.asdict(search),
         "nbest": config.nbest,
         "tgt_lang": config.tgt_lang,
-        "precision": config.precision,
+        # bf16 only: outputs started with fp32 decoding before precision= existed go on as they were
+        **({"precision": config.precision} if config.precision != "32" else {}),
     }
     complete = translate_file(
         Path(config.input),

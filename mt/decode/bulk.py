@@ -212,10 +212,8 @@ def _check_identity(path: Path, state: dict, expected: dict) -> None:
                     f"it has changed since ({now.get('bytes')} bytes, modified later): its lines would come from "
                     f"two versions; pass overwrite=true to start again or choose another output"
                 )
-            raise RunError(
-                f"{path} was started with {key}={was!r}, not {now!r}; pass overwrite=true to "
-                f"start again or choose another output"
-            )
+            started = f"with {key}={was!r}, not {now!r}" if key in recorded else f"without {key}={now!r}"
+            raise RunError(f"{path} was started {started}; pass overwrite=true to start again or choose another output")
 
 
 def _remove(*paths: Path) -> None:

@@ -102,6 +102,10 @@ def test_a_resumed_output_with_other_settings_is_refused(checkpoint, source, tmp
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "was started with search=" in errors[0] and "overwrite=true" in errors[0]
     assert progress.read_text() == record and output.read_bytes() == written
+    result = translate(checkpoint, f"input={source}", f"output={output}", "precision=bf16")  # other numbers too
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and "was started without precision=" in errors[0]
+    assert progress.read_text() == record and output.read_bytes() == written
 
 
 def test_a_resumed_output_whose_checkpoint_file_changed_is_refused(checkpoint, source, tmp_path):
