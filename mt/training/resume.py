@@ -16,7 +16,7 @@ from pathlib import Path
 from mt.config import ModelConfig
 from mt.data.provenance import files_difference, same_files
 from mt.data.tokenizer import Tokenizer
-from mt.errors import RunError
+from mt.errors import CheckpointError, RunError
 from mt.model.checkpoint import architecture, read_checkpoint
 from mt.training.datamodule import TranslationDataModule
 
@@ -88,8 +88,11 @@ def refuse_to_rewind(checkpoint: Path, last: Path) -> None:
     ``-v1``), which ``resume=auto``, ``mt.average last=N`` and ``mt.report`` would take for this run's."""
     if not last.is_file() or last.resolve() == checkpoint.resolve():
         return
-    verify_checkpoint(last)
-    at, latest = read_checkpoint(checkpoint).get("global_step", 0), read_checkpoint(last).get("global_step", 0)
+    try:  # its step alone (memory-mapped): no pass over its records, which verify_checkpoint(checkpoint) made
+        latest = read_checkpoint(last).get("global_step", 0)
+    except CheckpointError:  # a damaged last.ckpt holds no later update to lose
+        return
+    at = read_checkpoint(checkpoint).get("global_step", 0)
     if latest > at:
         raise RunError(
             f"resume={checkpoint} (update {at}) would rewind the run in {last.parent.parent}, whose last.ckpt is of "
@@ -250,7 +253,7 @@ def remove_stale_temporaries(checkpoint_dir: Path) -> None:
 
 def verify_checkpoint(path: Path) -> None:
     """Check every record of a checkpoint (a zip archive) against its CRC before resuming from it."""
-    advice = "move it away (resume=auto then takes the newest other checkpoint) or pass resume=PATH to another one"
+    advice = "move it away (resume=auto then takes the newest other checkpoint)"
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()

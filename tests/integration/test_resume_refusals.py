@@ -196,3 +196,11 @@ def test_resuming_an_earlier_checkpoint_of_the_run_in_its_own_directory_is_refus
     )
     train(config, run)
     assert read_checkpoint(run / "checkpoints/last.ckpt")["global_step"] == 12
+    # nor is an earlier one beside a damaged last.ckpt (which holds no later update to lose)
+    last = run / "checkpoints/last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    config = tiny_train_config(
+        toy_corpus_dir, **{**settings, "trainer.max_steps": 16, "resume": str(run / "checkpoints/step0000008.ckpt")}
+    )
+    train(config, run)
+    assert read_checkpoint(last)["global_step"] == 16
