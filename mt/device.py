@@ -49,16 +49,23 @@ def best_device() -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def native_cuda_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` multiplies bf16 in hardware (Ampere and later; ``torch.cuda.is_bf16_supported()``
+    also counts the emulation older GPUs run, many times slower than fp32)."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def decoding_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The context to decode in at ``precision`` (``mt.config.DECODE_PRECISIONS``) on ``device``: bf16 autocast,
     or none at all for 32 (an autocast the caller set, Lightning's in a bf16 run's validation, stays on).
 
     Raises:
-        ConfigError: bf16 on a GPU without bfloat16 (before Ampere).
+        ConfigError: bf16 on a GPU without native bfloat16 (before Ampere: emulated, slower than fp32).
     """
     if precision == "32":
         return contextlib.nullcontext()
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and not native_cuda_bf16(device):
         name = torch.cuda.get_device_name(device)
         raise ConfigError(f"precision={precision}: the GPU ({name}) has no bfloat16; expected precision=32")
     return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -97,7 +104,7 @@ def resolve_precision(precision: str, accelerator: str, *, cpuinfo: Path | None 
     if precision != "auto":
         return precision, "as configured"
     if on_gpu:
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        if torch.cuda.is_available() and native_cuda_bf16(torch.device("cuda", torch.cuda.current_device())):
             return "bf16-mixed", "trainer.precision=auto: a GPU with bf16"
         return "32-true", "trainer.precision=auto: the GPU has no bf16"
     native = native_bf16_flags(cpuinfo)

@@ -88,3 +88,23 @@ def test_the_trainer_runs_in_the_resolved_precision(cpuinfo, monkeypatch, toy_co
 def test_an_unknown_precision_is_refused_naming_the_choices(toy_corpus_dir):
     with pytest.raises(ConfigError, match=r"trainer.precision='bf16'.*auto"):
         tiny_train_config(toy_corpus_dir, **{"trainer.precision": "bf16"})
+
+
+def test_a_gpu_that_only_emulates_bf16_gets_fp32_for_auto_and_refuses_bf16_decoding(monkeypatch):
+    """Before Ampere torch creates bf16 tensors (``is_bf16_supported()`` says yes, by emulation), many times
+    slower than fp32: neither auto training nor bf16 decoding takes it for bf16 hardware."""
+    import contextlib
+
+    from mt.device import decoding_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", "gpu") == ("32-true", "trainer.precision=auto: the GPU has no bf16")
+    with pytest.raises(ConfigError, match=r"precision=bf16: the GPU \(Tesla V100\) has no bfloat16"):
+        decoding_precision(torch.device("cuda", 0), "bf16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # Ampere on
+    assert resolve_precision("auto", "gpu")[0] == "bf16-mixed"
+    decoding_precision(torch.device("cuda", 0), "bf16")  # accepted (an autocast context, not entered here)
