@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -156,16 +157,18 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
 def expand_home(argument: str) -> str:
     """An override ``key=~/path`` with the home directory written out, as the shell does for ``name=~/path``
     but not for a dotted key (``data.path=~/corpus``, ``hydra.run.dir=~/runs/x``), whose ``~`` Hydra's override
-    grammar rejects ("LexerNoViableAltException"). Each value of a sweep's ``a,b`` list too, unless the list has
-    quotes, brackets or braces (whose commas are not the list's); flags and arguments without ``=`` are left."""
+    grammar rejects ("LexerNoViableAltException"). Each value of a sweep's ``a,b`` list and of a ``[a,b]`` list
+    too, unless quotes, braces or parentheses make its commas another's (an escaped comma, ``\\,``, is no
+    separator); flags and arguments without ``=`` are left as they are."""
     if argument.startswith("-") or "=" not in argument:
         return argument
     key, value = argument.split("=", 1)
-    if any(mark in value for mark in "'\"[]{}()"):
-        parts = [value]  # a leading ~ still, whatever follows it (an interpolation, say)
-    else:
-        parts = value.split(",")
-    return f"{key}={','.join(_expand_leading_home(part) for part in parts)}"
+    opening, closing = ("[", "]") if value.startswith("[") and value.endswith("]") else ("", "")
+    inner = value[len(opening) : len(value) - len(closing)]
+    if any(mark in inner for mark in "'\"[]{}()"):
+        return f"{key}={_expand_leading_home(value)}"  # a leading ~ still, whatever follows (an interpolation)
+    parts = re.split(r"(?<!\\),", inner)
+    return f"{key}={opening}{','.join(_expand_leading_home(part) for part in parts)}{closing}"
 
 
 def _expand_leading_home(value: str) -> str:

@@ -16,6 +16,9 @@ from mt.cli import expand_home
         ("data.path=/data/a,~/b", "data.path=/data/a,/home/u/b"),
         ("hydra.run.dir=~/runs/${now:%H-%M}", "hydra.run.dir=/home/u/runs/${now:%H-%M}"),
         ("data.path=a~b", "data.path=a~b"),  # not at the start: a plain character
+        ("runs=[~/a,~/b]", "runs=[/home/u/a,/home/u/b]"),  # a list's elements
+        ("data.path=x\\,~/y", "data.path=x\\,~/y"),  # one value, its comma escaped: no ~ at its start
+        ("data.path=~/x\\,y,~/z", "data.path=/home/u/x\\,y,/home/u/z"),
         ('data.path="~/quoted"', 'data.path="~/quoted"'),  # quoted: the user's literal string
         ("~data.path", "~data.path"),  # Hydra's deletion of a key
         ("--cfg", "--cfg"),
