@@ -69,19 +69,23 @@ def epoch_lengths(run_dir) -> list[int]:
     return [epochs.count(e) for e in range(max(epochs) + 1)]
 
 
-@pytest.mark.parametrize("kill", ["inside the second epoch", "after the last batch of an epoch longer than the next"])
+KILLS = ["inside the second epoch", "after an epoch's validation, the next shorter", "after an epoch's last batch"]
+
+
+@pytest.mark.parametrize("kill", KILLS)
 def test_resume_with_two_weighted_corpora_equals_the_uninterrupted_run(
     toy_corpus_dir, synthetic_dir, varied_dir, tmp_path, monkeypatch, kill
 ):
     """Two corpora, each epoch with its own draw. Drawn 1:1 (the second, 150 pairs, upsampled to 275 an epoch and
     tagged), an epoch is 18 batches and the killed run stops inside the second, with a checkpoint after every
-    update. Drawn 1:3 from a corpus of varied lengths, the epochs have 26, 25, ... batches; validated at each
-    epoch's end, the run is killed a few updates into the second epoch and resumes from the checkpoint of the
-    first epoch's validation: the trainer, restored at that epoch's end, must not take a batch of the shorter
-    next epoch for one of the old (it trained one more and saw the next epoch's first batch twice)."""
-    inside = kill.startswith("inside")
+    update. Drawn 1:3 from a corpus of varied lengths, the epochs have 26, 25, ... batches, and the run is killed
+    in the second epoch after a checkpoint of the first one's end: of its validation (validated at each epoch's
+    end), or of its last batch (a checkpoint after every update). The trainer, restored at that epoch's end, must
+    not take a batch of the shorter next epoch for one of the old (it trained one more, and the next epoch's
+    first batch twice)."""
+    inside, validate = kill == KILLS[0], kill == KILLS[1]
     second, weight, steps = (synthetic_dir, 1.0, 50) if inside else (varied_dir, 3.0, 60)
-    options = {"weight": weight, "validate": not inside}
+    options = {"weight": weight, "validate": validate}
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     mixture_run(toy_corpus_dir, second, straight, steps, **options)
     lengths = epoch_lengths(straight)
@@ -89,7 +93,7 @@ def test_resume_with_two_weighted_corpora_equals_the_uninterrupted_run(
         at = kill_at = lengths[0] + 7
     else:
         assert lengths[0] > lengths[1] and len(lengths) == 3, lengths  # what the case is about
-        at, kill_at = lengths[0], lengths[0] + 4
+        at, kill_at = lengths[0], lengths[0] + (4 if validate else 0)
     with_callback(monkeypatch, KillAt(kill_at))
     with pytest.raises(Killed):
         mixture_run(toy_corpus_dir, second, resumed, steps, **options)
