@@ -121,6 +121,26 @@ def align_logged_step(trainer: Any) -> None:
     trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
 
+def epoch_batches_done(trainer: Any) -> int:
+    """The training batches of the current epoch that Lightning counts as done on this rank before the one in
+    progress (asked from ``on_train_batch_start``: ``fit_loop.epoch_loop.batch_progress.current.completed``)."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+
+
+def set_epoch_batches_done(trainer: Any, count: int) -> None:
+    """From ``on_train_batch_start``: make Lightning count ``count`` training batches of the current epoch as done
+    on this rank before the one in progress (every counter of ``fit_loop.epoch_loop.batch_progress`` and the run's
+    totals moved alike, and the data fetcher's count, ``fit_loop._data_fetcher.fetched``), so that it ends the
+    epoch, and validates at its end, when the sampler does."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    shift = count - progress.current.completed
+    for name in ("ready", "started", "processed", "completed"):
+        setattr(progress.current, name, getattr(progress.current, name) + shift)
+        setattr(progress.total, name, getattr(progress.total, name) + shift)
+    # The data fetcher counts the epoch's batches from the restored count too (``is_last_batch``, at its length).
+    trainer.fit_loop._data_fetcher.fetched += shift
+
+
 def validates_after_this_batch(trainer: Any) -> bool:
     """Whether Lightning validates once the hooks of the training batch in progress are over (asked from
     ``on_train_batch_end``): ``_TrainingEpochLoop._should_check_val_fx`` with the fit loop's data fetcher, the

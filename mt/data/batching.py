@@ -232,6 +232,7 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = 0
         self.position = 0  # batches of this epoch handed out (counted by ResumableLoader)
         self._resume_at = 0  # batches of this epoch to skip at the next iteration (after a resume)
+        self.resumed_position: int | None = None  # this rank's batches of the epoch a resume started after
         self._cache: tuple[int, list[np.ndarray]] | None = None
         self._batches = self._make_batches()
 
@@ -253,6 +254,7 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:  # a position belongs to the epoch it was counted in
             self.position = self._resume_at = 0
+            self.resumed_position = None
         self.epoch = epoch
 
     def all_batches(self) -> list[np.ndarray]:
@@ -305,7 +307,10 @@ class TokenBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = int(state["epoch"])
         replicas = int(state.get("replicas", self.num_replicas))
         consumed = int(state["position"]) * replicas  # of the epoch's batches, by all ranks together
+        if consumed >= len(self.all_batches()):  # the epoch is over (the old ranks' wrap-around repeats included)
+            consumed = len(self) * self.num_replicas
         self.position = self._resume_at = consumed // self.num_replicas
+        self.resumed_position = self.position  # kept while batches are fetched (ResumedEpochPosition reads it)
         repeated = consumed - self.position * self.num_replicas
         if replicas != self.num_replicas and self.rank == 0:
             log.warning(

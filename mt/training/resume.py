@@ -12,7 +12,11 @@ import os
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import lightning as L
+
+from mt.compat import epoch_batches_done, set_epoch_batches_done
 from mt.config import ModelConfig
 from mt.data.provenance import files_difference, same_files
 from mt.data.tokenizer import Tokenizer
@@ -99,6 +103,25 @@ def refuse_to_rewind(checkpoint: Path, last: Path) -> None:
             f"update {latest}: its later checkpoints would be overwritten or mixed with the new ones; resume into "
             f"another run directory (hydra.run.dir=NEW resume={checkpoint})"
         )
+
+
+class ResumedEpochPosition(L.Callback):
+    """On a resume with another number of ranks, Lightning's count of the epoch's batches done (restored in the
+    old ranks' units) is made the sampler's (converted to the new ones: ``TokenBatchSampler.load_state_dict``), at
+    the first batch. Without it, 1 rank resumed on 2 ended the epoch a third early, its remaining batches never
+    trained, and 2 resumed on 1 ran past the epoch's count and skipped its end-of-epoch validation."""
+
+    def __init__(self) -> None:
+        self._first = True
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if not self._first:
+            return
+        self._first = False
+        sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+        position = getattr(sampler, "resumed_position", None)
+        if position is not None and position != epoch_batches_done(trainer):
+            set_epoch_batches_done(trainer, position)
 
 
 # Data settings a resumed run may change: they change neither the pairs of an epoch nor their order.

@@ -23,6 +23,7 @@ from mt.training.loggers import StepProgressBar, build_loggers
 from mt.training.module import TranslationModule
 from mt.training.preemption import PreemptionCallback
 from mt.training.profiling import StepProfiler
+from mt.training.resume import ResumedEpochPosition
 from mt.training.rng import RngStateCallback
 from mt.training.time_limit import AgreedTimer
 
@@ -77,7 +78,7 @@ def build_trainer(
         )
     # last.ckpt is written after the others (Lightning keeps their order), so it records the files they just wrote:
     # a resume then prunes the oldest kept step checkpoint instead of leaving it behind.
-    callbacks: list[L.Callback] = [RngStateCallback(), *writers, last]
+    callbacks: list[L.Callback] = [RngStateCallback(), ResumedEpochPosition(), *writers, last]
     if config.optim.ema_decay > 0:  # updated before the checkpoint writers run (Lightning orders them last)
         callbacks.append(ExponentialMovingAverage(config.optim.ema_decay))
     if preemption is not None:

@@ -421,9 +421,9 @@ def test_resume_on_two_ranks_and_on_other_rank_counts(toy_corpus_dir, tmp_path):
       consumed (batch 2: one batch seen again, at most N-1 = 1), rank r with batches 2+r, 4+r.
     """
     order_dir, straight, stopped = tmp_path / "order", tmp_path / "straight", tmp_path / "stopped"
-    record(toy_corpus_dir, order_dir, ranks=1, steps=12)
+    record(toy_corpus_dir, order_dir, ranks=1, steps=15)
     order = batches(order_dir, 0)
-    assert len(order) == 12 and len(set(order)) == 12  # 16 batches an epoch: all 12 in the first epoch
+    assert len(order) == 15 and len(set(order)) == 15  # 15 batches an epoch: the first epoch
 
     record(toy_corpus_dir, straight, ranks=2, steps=6)
     assert batches(straight, 0) == order[0:12:2] and batches(straight, 1) == order[1:12:2]
@@ -442,13 +442,19 @@ def test_resume_on_two_ranks_and_on_other_rank_counts(toy_corpus_dir, tmp_path):
     for name, tensor in final_straight.items():
         assert torch.equal(final_resumed[name], tensor), name
 
-    record(toy_corpus_dir, on_one, ranks=1, steps=6, resume=True)
-    assert batches(on_one, 0, from_step=3) == order[6:9]
+    # to the epoch's end: the one rank trains batches 6-14 and validates the epoch (after update 3 + 9)
+    record(toy_corpus_dir, on_one, ranks=1, steps=13, resume=True)
+    assert batches(on_one, 0, from_step=3)[:9] == order[6:15]
+    assert logged(on_one, "epoch")[11] == 0 and logged(on_one, "epoch")[12] == 1
+    assert 11 in logged(on_one, "val/loss")  # the epoch's validation, at update 12 (logged one lower)
 
     from_one = tmp_path / "from_one"
     record(toy_corpus_dir, from_one, ranks=1, steps=3)
     assert batches(from_one, 0) == order[0:3]
-    record(toy_corpus_dir, from_one, ranks=2, steps=5, resume=True)
-    assert batches(from_one, 0, from_step=3) == [order[2], order[4]]
-    assert batches(from_one, 1, from_step=3) == [order[3], order[5]]
+    record(toy_corpus_dir, from_one, ranks=2, steps=10, resume=True)
+    # to the epoch's end (7 updates: 15 batches, 16 with the wrap-around repeat of batch 0): every batch of it
+    # from batch 2 on, rank r with batches 2+r, 4+r, ...
+    assert batches(from_one, 0, from_step=3)[:7] == order[2:15:2]
+    assert batches(from_one, 1, from_step=3)[:7] == [*order[3:15:2], order[0]]
     assert "(1 of them seen again)" in (from_one / "train.log").read_text()
+    assert 9 in logged(from_one, "val/loss")  # the epoch's validation, at update 3 + 7

@@ -326,3 +326,25 @@ def test_validates_after_this_batch_is_true_at_the_batches_lightning_validates_a
     loader = DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2)  # 3 batches an epoch
     _trainer(max_epochs=4, callbacks=[Asking()], **options).fit(Validated(), loader, loader)
     assert validated and [step for step, yes in told if yes] == validated
+
+
+def test_set_epoch_batches_done_makes_lightning_end_the_epoch_after_the_batches_left():
+    """At the first batch of an epoch of 6, Lightning is told 3 are done: it trains 3, then ends the epoch (and
+    says the last of them is the epoch's last); ``epoch_batches_done`` reads its count at each batch start."""
+    seen: list[tuple[int, int, int]] = []
+
+    class Telling(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == 0:
+                compat.set_epoch_batches_done(trainer, 3)
+            seen.append((trainer.current_epoch, compat.epoch_batches_done(trainer), batch_idx))
+
+        def on_train_batch_end(self, trainer, *args):
+            seen.append((trainer.current_epoch, -1, int(compat.is_last_batch(trainer))))
+
+    loader = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=2)  # 6 batches an epoch
+    _trainer(max_epochs=2, callbacks=[Telling()]).fit(_Toy(), loader)
+    epoch0 = [entry for entry in seen if entry[0] == 0]
+    assert [e[1] for e in epoch0 if e[1] >= 0] == [3, 4, 5]  # three batches trained in epoch 0
+    assert [e[2] for e in epoch0 if e[1] < 0] == [0, 0, 1]  # the third is its last
+    assert [e[1] for e in seen if e[0] == 1 and e[1] >= 0] == [0, 1, 2, 3, 4, 5]
