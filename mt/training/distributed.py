@@ -112,13 +112,16 @@ class LaggedMax:
 
     def __init__(self) -> None:
         self._pending: tuple[torch.Tensor, Any] | None = None  # (host copy, CUDA event recorded after the copy)
+        self._host: torch.Tensor | None = None  # the one host buffer, read before each copy into it
 
     def exchange(self, value: float, device: torch.device) -> float:
         agreed = self._read()
         tensor = torch.full((1,), float(value), dtype=torch.float64, device=device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         on_gpu = tensor.device.type == "cuda"
-        host = torch.empty(1, dtype=torch.float64, pin_memory=on_gpu)
+        if self._host is None:
+            self._host = torch.empty(1, dtype=torch.float64, pin_memory=on_gpu)
+        host = self._host
         host.copy_(tensor, non_blocking=True)
         event = None
         if on_gpu:
