@@ -98,8 +98,13 @@ def losses(csv_file: Path) -> dict[int, float]:
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` and its bytes: a directory left alone compares equal."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` and its bytes: a directory left alone compares equal. The data cache's digest
+    memo is left out: a cache of the data files' digests, which any start (a refused one too) may add to."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in ("digests.json", ".digests.lock")
+    }
 
 
 def toy_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -56,9 +56,7 @@ class TranslationDataModule(L.LightningDataModule):
         *,
         run_dir: str | Path,
         seed: int,
-        files: list | None = None,
     ) -> None:
-        """``files``: ``train_files(data)`` where the caller has it (read once a run: it hashes every file)."""
         super().__init__()
         self.data_cfg = data
         self.tokenizer_cfg = tokenizer
@@ -68,13 +66,14 @@ class TranslationDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.train_corpora: list[EncodedCorpus] = []
         self.valid_sets: list[ValidSet] = []
-        self._files = files
+        self._files: list | None = None
 
     @property
     def files(self) -> list:
-        """The training files as the run started with them (``train_files``), read once."""
+        """The training files as the run started with them (``train_files``), read once (the digests of files
+        unchanged since an earlier start are memoised in ``cache_dir``)."""
         if self._files is None:
-            self._files = train_files(self.data_cfg)
+            self._files = train_files(self.data_cfg, memo=self.cache_dir)
         return self._files
 
     def state_dict(self) -> dict:

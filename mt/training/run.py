@@ -27,7 +27,6 @@ from mt.compat import val_check_interval_overflow
 from mt.config import TrainConfig, max_time_seconds, to_dict
 from mt.data.corpus import load_split
 from mt.data.mixture import check_folders, corpora, validated
-from mt.data.provenance import train_files
 from mt.data.tokenizer import Tokenizer
 from mt.decode.metrics import bleu_metric
 from mt.decode.scoring import score_checkpoint
@@ -119,7 +118,8 @@ def _train_with(
                 f"trainer.compile_backend={config.trainer.compile_backend!r}: expected one of {', '.join(backends)}"
             )
     ckpt_path = resume_checkpoint(config.resume, run_dir / "checkpoints")
-    files = train_files(config.data)  # once a run (each file hashed), outside the lock the ranks take in turn
+    datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed)
+    files = datamodule.files  # once a start (each file hashed, or its digest memoised in the data cache)
     if ckpt_path is not None:  # other data or seed: refused now, not inside fit once the run is recorded
         check_same_data(Path(ckpt_path), to_dict(config.data), config.seed, files)
     for corpus in validated(config.data):  # a missing or misaligned test split fails now, not after the training
@@ -130,7 +130,6 @@ def _train_with(
             bleu_metric(language, config.metrics.bleu_tokenize)
     L.seed_everything(config.seed, workers=True)
 
-    datamodule = TranslationDataModule(config.data, config.tokenizer, run_dir=run_dir, seed=config.seed, files=files)
     initial_weights = None
     with exclusive(run_dir / ".prepare.lock"):  # ranks started together: one trains, the others load
         if config.init_from and ckpt_path is None:  # a new run from a trained model: its tokenizer, its weights

@@ -1,7 +1,14 @@
 """How a refusal over other training files says what differs: one file, or a few names, never the whole record
-(a dataset folder may hold thousands of shards)."""
+(a dataset folder may hold thousands of shards); and the memo that hashes an unchanged file once, not at every start
+of every rank."""
 
-from mt.data.provenance import files_difference, same_files
+import hashlib
+import os
+import time
+
+import mt.data.provenance as provenance
+from mt.config import DataConfig, from_dict
+from mt.data.provenance import files_difference, same_files, train_files
 
 
 def shards(count: int, *, size: int = 100) -> list[list]:
@@ -38,3 +45,70 @@ def test_a_changed_file_is_named_with_its_size_and_digest_and_the_corpus_counted
     other_hub = [recorded[0], ["wmt14", "fr-en"]]
     assert files_difference(recorded, other_hub) == "corpus 1: ['wmt14', 'fr-en'] here but ['wmt14', 'de-en'] recorded"
     assert files_difference(recorded, recorded[:1]) == "1 corpora here but 2 recorded"
+
+
+CLOCK_REALTIME_COARSE = 5  # Linux's clock of file times (Python names no constant for it)
+
+
+def corpus(tmp_path) -> DataConfig:
+    tmp_path.mkdir()
+    (tmp_path / "train.de").write_text("eins\nzwei\n")
+    (tmp_path / "train.en").write_text("one\ntwo\n")
+    return from_dict(DataConfig, {"name": "t", "path": str(tmp_path), "src_lang": "de", "tgt_lang": "en"})
+
+
+def counted_reads(monkeypatch) -> list[str]:
+    reads: list[str] = []
+    real = provenance._digest
+    monkeypatch.setattr(provenance, "_digest", lambda path: reads.append(path.name) or real(path))
+    return reads
+
+
+def blake2b(path) -> str:  # the digest, computed here independently
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
+def next_file_clock_tick(path) -> None:
+    """Wait (no sleep) until the clock file times are taken from has moved past ``path``'s change time, so that a
+    rewrite now gets another one."""
+    changed = os.stat(path).st_ctime_ns
+    while time.clock_gettime_ns(CLOCK_REALTIME_COARSE) <= changed:
+        pass
+
+
+def test_an_unchanged_file_is_hashed_once_and_a_rewrite_restoring_its_time_is_hashed_again(tmp_path, monkeypatch):
+    data = corpus(tmp_path / "data")
+    monkeypatch.setattr(provenance, "SETTLE_NS", -(10**9))  # the files count as settled at once
+    reads = counted_reads(monkeypatch)
+    first = train_files(data, memo=tmp_path / "cache")
+    assert first == [
+        [["train.de", 10, blake2b(tmp_path / "data/train.de")], ["train.en", 8, blake2b(tmp_path / "data/train.en")]]
+    ]
+    assert sorted(reads) == ["train.de", "train.en"]
+    reads.clear()
+    assert train_files(data, memo=tmp_path / "cache") == first  # a later start, or another rank
+    assert reads == []
+    # Shuffled in place to the same size, its modification time set back as rsync -t or cp -p would
+    target = tmp_path / "data/train.en"
+    times = os.stat(target)
+    next_file_clock_tick(target)
+    target.write_text("two\none\n")
+    os.utime(target, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert os.stat(target).st_mtime_ns == times.st_mtime_ns and os.stat(target).st_size == times.st_size
+    again = train_files(data, memo=tmp_path / "cache")
+    assert reads == ["train.en"]
+    assert again[0][1] == ["train.en", 8, blake2b(target)] != first[0][1]
+
+
+def test_a_file_changed_just_now_is_not_memoised_and_a_damaged_memo_is_not_trusted(tmp_path, monkeypatch):
+    data = corpus(tmp_path / "data")
+    reads = counted_reads(monkeypatch)
+    first = train_files(data, memo=tmp_path / "cache")
+    train_files(data, memo=tmp_path / "cache")  # written less than SETTLE_NS ago: a rewrite could share its times
+    assert sorted(reads) == ["train.de", "train.de", "train.en", "train.en"]
+    assert not (tmp_path / "cache/digests.json").exists()
+    (tmp_path / "cache/digests.json").write_text('{"' + str((tmp_path / "data/train.de").resolve()) + '": 7}')
+    monkeypatch.setattr(provenance, "SETTLE_NS", -(10**9))
+    reads.clear()
+    assert train_files(data, memo=tmp_path / "cache") == first
+    assert sorted(reads) == ["train.de", "train.en"]
