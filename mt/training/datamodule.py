@@ -113,8 +113,8 @@ class TranslationDataModule(L.LightningDataModule):
         # init_from's checkpoint, whose vocabulary a run keeps whatever its data.
         trained_on = self.files
         saved_settings = directory / "settings.json"  # runs before it was written have none: trusted
-        if tokenizer is not None and saved_settings.is_file():
-            saved = json.loads(saved_settings.read_text())
+        saved = json.loads(saved_settings.read_text()) if tokenizer is not None and saved_settings.is_file() else None
+        if saved is not None and "init_from" not in saved:  # init_from's tokenizer: no tokenizer.* settings apply
             changed = [
                 f"tokenizer.{k}={settings[k]} (it has {saved.get(k)})" for k in settings if saved.get(k) != settings[k]
             ]

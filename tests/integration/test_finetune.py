@@ -3,8 +3,11 @@ schedule and data position; what cannot work is refused in one line; a fine-tuni
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import pytest
+import sentencepiece as spm
 import torch
 
 from mt.config import TrainConfig
@@ -66,6 +69,10 @@ def test_a_run_starts_from_the_checkpoints_weights_and_tokenizer_with_a_fresh_op
     rates = logged(tmp_path, "train/lr")
     assert rates[0] == pytest.approx(3e-3 / 4)  # a fresh warm-up: update 1 of 4 (the pretrained run's ended)
     assert saved["hyper_parameters"]["data"]["path"] == str(other_corpus)
+    # The run's record of its tokenizer says where it came from and what it is, not tokenizer.* defaults
+    pieces = spm.SentencePieceProcessor(model_proto=stored["tokenizer"]["src_model"]).get_piece_size()
+    record = json.loads((tmp_path / "tokenizer/settings.json").read_text())
+    assert record == {"init_from": str(trained), "joint": True, "src_vocab_size": pieces, "tgt_vocab_size": pieces}
 
 
 def test_a_finetuning_run_resumes_exactly(trained, other_corpus, tmp_path, monkeypatch):
