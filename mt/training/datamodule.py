@@ -4,10 +4,8 @@ dataloaders, and one validation set per direction."""
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -15,15 +13,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mt.atomic import atomic_write
 from mt.config import DataConfig, TokenizerConfig
 from mt.data.batching import Batch, MixtureBatchSampler, PairDataset, ResumableLoader, TokenBatchSampler, round_up
-from mt.data.corpus import EncodedCorpus, data_identity
-from mt.data.mixture import Corpus, corpora, draw_counts, source_prefix, symbols
-from mt.data.preprocess import describe_source, prepare_split_arrow, raw_dataset, sample_sentences
-from mt.data.provenance import files_difference, same_files, train_files
-from mt.data.tokenizer import Tokenizer, train_tokenizer
-from mt.errors import DataError, TokenizerError
+from mt.data.corpus import EncodedCorpus
+from mt.data.mixture import Corpus, corpora, draw_counts, source_prefix
+from mt.data.preprocess import describe_source, prepare_split_arrow, raw_dataset
+from mt.data.provenance import train_files
+from mt.data.run_tokenizer import run_tokenizer
+from mt.data.tokenizer import Tokenizer
+from mt.errors import DataError
 from mt.training.distributed import is_global_zero_from_env
 
 log = logging.getLogger(__name__)
@@ -103,105 +101,18 @@ class TranslationDataModule(L.LightningDataModule):
         return Path(self.data_cfg.cache_dir) if self.data_cfg.cache_dir else self.run_dir / "data"
 
     def prepare_tokenizer(self) -> Tokenizer:
-        """The run's tokenizer: loaded from ``run_dir/tokenizer``; else from the shared cache (a run
-        with the same data, tokenizer settings and seed trained it); else trained on a sample of the
-        training split (``tokenizer.input_sentence_size`` pairs). Saved in the run (and the cache)."""
-        directory = self.run_dir / "tokenizer"
-        tokenizer = Tokenizer.load(directory)
-        settings = asdict(self.tokenizer_cfg)
-        # The training files it learnt from (names, sizes, digests: moved data matches); none where it came from
-        # init_from's checkpoint, whose vocabulary a run keeps whatever its data.
-        trained_on = self.files
-        saved_settings = directory / "settings.json"  # runs before it was written have none: trusted
-        saved = json.loads(saved_settings.read_text()) if tokenizer is not None and saved_settings.is_file() else None
-        if saved is not None and "init_from" not in saved:  # init_from's tokenizer: no tokenizer.* settings apply
-            changed = [
-                f"tokenizer.{k}={settings[k]} (it has {saved.get(k)})" for k in settings if saved.get(k) != settings[k]
-            ]
-            if changed:
-                raise TokenizerError(
-                    f"{directory} was trained with other settings: this run asks for {', '.join(changed)}; "
-                    f"keep them, or train in another hydra.run.dir"
-                )
-            if saved.get("trained_on") is not None and not same_files(saved["trained_on"], trained_on):
-                # e.g. a start that failed before its first checkpoint, relaunched on other data
-                difference = files_difference(saved["trained_on"], trained_on)
-                raise TokenizerError(
-                    f"{directory} was trained on other training files ({difference}); "
-                    f"train in another hydra.run.dir, or remove {directory} to train it again"
-                )
-        learnt = tokenizer is None  # from this run's data (trained, or a cached one keyed by the same data)
-        shared = self._shared_tokenizer_dir()
-        if tokenizer is None and shared is not None and (tokenizer := Tokenizer.load(shared)) is not None:
-            log.info("tokenizer from the cache: %s", shared)
-            tokenizer.save(directory)
-        if tokenizer is None:
-            cfg = self.tokenizer_cfg
-            src, tgt = self._tokenizer_sample(cfg.input_sentence_size)
-            log.info(
-                "training SentencePiece (%s, %d, %s) on %d pairs of %s train",
-                cfg.model_type,
-                cfg.vocab_size,
-                "joint" if cfg.joint else "separate",
-                len(src),
-                self.data_cfg.name,
-            )
-            tokenizer = train_tokenizer(
-                src,
-                tgt,
-                vocab_size=cfg.vocab_size,
-                joint=cfg.joint,
-                model_type=cfg.model_type,
-                character_coverage=cfg.character_coverage,
-                input_sentence_size=cfg.input_sentence_size,
-                seed=self.seed,
-                symbols=symbols(self.data_cfg),
-            )
-            tokenizer.save(directory)
-            if shared is not None:
-                tokenizer.save(shared)
-        if not saved_settings.is_file():
-            with atomic_write(saved_settings) as handle:
-                record = {**settings, "trained_on": trained_on} if learnt else settings
-                handle.write(json.dumps(record, sort_keys=True).encode())
-        for symbol in symbols(self.data_cfg):  # a tokenizer of an earlier run without them fails now
-            tokenizer.symbol_id(symbol)
-        self.tokenizer = tokenizer
-        return tokenizer
-
-    def _tokenizer_sample(self, size: int) -> tuple[list[str], list[str]]:
-        """Sentence pairs to train SentencePiece on: a seeded sample of each corpus's training split, an equal
-        share of ``size`` each."""
-        share = max(1, size // len(self.corpora))
-        src: list[str] = []
-        tgt: list[str] = []
-        for corpus in self.corpora:
-            data = corpus.data
-            corpus_src, corpus_tgt = sample_sentences(data, "train", share, self.seed, cache_dir=self.cache_dir)
-            if not corpus_src:
-                raise DataError(f"{describe_source(data, 'train')}: the train split is empty")
-            for lang, side in ((data.src_lang, corpus_src), (data.tgt_lang, corpus_tgt)):
-                if not any(line.strip() for line in side):
-                    raise DataError(
-                        f"{describe_source(data, 'train')}: every {lang} line of the train split (of "
-                        f"{len(side)} sampled) is blank: expected one sentence a line"
-                    )
-            src += corpus_src
-            tgt += corpus_tgt
-        return src, tgt
-
-    def _shared_tokenizer_dir(self) -> Path | None:
-        """Where runs sharing ``data.cache_dir`` keep tokenizers, keyed by what determines one."""
-        if not self.data_cfg.cache_dir:
-            return None
-        key = {
-            "data": data_identity(self.data_cfg, "train"),
-            "corpora": [data_identity(corpus.data, "train") for corpus in self.corpora],
-            "tokenizer": asdict(self.tokenizer_cfg),
-            "seed": self.seed,
-        }
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return self.cache_dir / "tokenizers" / digest
+        """The run's tokenizer (``mt.data.run_tokenizer.run_tokenizer``): the run directory's, a run's with the
+        same data and settings from ``data.cache_dir``, or one trained now."""
+        self.tokenizer = run_tokenizer(
+            self.data_cfg,
+            self.tokenizer_cfg,
+            directory=self.run_dir / "tokenizer",
+            cache_dir=self.cache_dir,
+            shared=bool(self.data_cfg.cache_dir),
+            seed=self.seed,
+            files=self.files,
+        )
+        return self.tokenizer
 
     def setup(self, stage: str | None = None) -> None:
         """Encoded splits, memory-mapped from the cache; ranks that start together build each once."""

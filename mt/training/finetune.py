@@ -9,13 +9,12 @@ A fine-tuning run is a run like any other: it writes its own checkpoints and res
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from torch import Tensor
 
-from mt.atomic import atomic_write
 from mt.config import ModelConfig, TrainConfig, from_dict
+from mt.data.run_tokenizer import record_init_from
 from mt.data.tokenizer import Tokenizer
 from mt.errors import RunError
 from mt.model.checkpoint import ARCHITECTURE, read_checkpoint
@@ -63,11 +62,7 @@ def prepare_init_from(config: TrainConfig, run_dir: Path) -> dict[str, Tensor]:
         )
     if existing is None:
         tokenizer.save(directory)
-    record = directory / "settings.json"
-    if not record.is_file():  # what the run's tokenizer is, not the tokenizer.* settings it never trained with
-        facts = {"src_vocab_size": tokenizer.src_vocab_size, "tgt_vocab_size": tokenizer.tgt_vocab_size}
-        with atomic_write(record) as handle:
-            handle.write(json.dumps({"init_from": str(path), "joint": tokenizer.joint, **facts}).encode())
+    record_init_from(directory, tokenizer, path)
     weights = {
         name[len("model.") :]: value for name, value in stored["state_dict"].items() if name.startswith("model.")
     }

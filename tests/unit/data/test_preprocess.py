@@ -285,7 +285,7 @@ def test_unreachable_hub_dataset_says_to_use_local_files(tmp_path, monkeypatch):
 
 
 def test_runs_sharing_a_cache_reuse_its_tokenizer_and_encoded_splits(toy_corpus_dir, tmp_path, monkeypatch):
-    import mt.training.datamodule
+    import mt.data.run_tokenizer
     from mt.training.datamodule import TranslationDataModule
     from tests.conftest import tiny_train_config
 
@@ -296,7 +296,7 @@ def test_runs_sharing_a_cache_reuse_its_tokenizer_and_encoded_splits(toy_corpus_
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(mt.training.datamodule, "train_tokenizer", no_training)
+    monkeypatch.setattr(mt.data.run_tokenizer, "train_tokenizer", no_training)
     monkeypatch.setattr(preprocess, "_encode_into", no_training)
     second = TranslationDataModule(config.data, config.tokenizer, run_dir=tmp_path / "run2", seed=1)
     second.setup("fit")
