@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mt.atomic import atomic_write
 from mt.config import register_configs
-from mt.errors import USER_ERRORS, ConfigError, RunDirectoryBusy
+from mt.errors import USER_ERRORS, ConfigError, RunDirectoryTaken
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -105,7 +105,7 @@ def entry_point(config_name: str, schema: type[T]) -> Callable[[Callable[[T], R]
                 return run(to_typed(cfg, schema))
             except USER_ERRORS as error:
                 line = f"error: {error}"
-                record = not isinstance(error, RunDirectoryBusy)  # the directory is another live job's: not ours
+                record = not isinstance(error, RunDirectoryTaken)  # the directory is another run's: not ours
             except OSError as error:
                 line = os_error_line(error)
                 if line is None:

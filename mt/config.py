@@ -814,6 +814,7 @@ class TrialsConfig:
 
     dir: str = MISSING  # the sweep directory (hydra.sweep.dir)
     output: str | None = None  # default: DIR/trials.md
+    overwrite: bool = False  # replace an existing output= (an earlier table only)
 
 
 def max_time_seconds(max_time: str | None) -> float | None:

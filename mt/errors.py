@@ -25,7 +25,11 @@ class RunError(RuntimeError):
     """A request that would overwrite or corrupt something, or cannot run as asked."""
 
 
-class RunDirectoryBusy(RunError):
+class RunDirectoryTaken(RunError):
+    """The run directory holds another run (finished, or live): a refused launch leaves its records alone."""
+
+
+class RunDirectoryBusy(RunDirectoryTaken):
     """Another live training process holds the run directory."""
 
 

@@ -2,51 +2,81 @@
 
 One row per trial (the numbered job directories of ``hydra.sweep.dir``): its overrides, the validation figure
 that chose its best checkpoint (what a sweeper optimises, from ``selection.json``) and that checkpoint's step,
-best first; the test BLEU where the trial scored one, for information only. Written as markdown to
-``DIR/trials.md`` (or ``output=``) and printed; an Optuna sweep's own best trial
-(``optimization_results.yaml``) is named below the table.
+best first; the test BLEU where the trial scored one, for information only. A trial whose last launch failed is
+listed as failed, with what an earlier launch chose, and a record that cannot be read as unreadable. Written as
+markdown to ``DIR/trials.md`` (or ``output=``, an existing file only with ``overwrite=true``, and only an earlier
+table) and printed; an Optuna sweep's own best trial (``optimization_results.yaml``) is named below the table.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from mt.atomic import atomic_write
+from mt.atomic import atomic_write, refuse_to_overwrite
 from mt.cli import entry_point
 from mt.config import TrialsConfig
 from mt.errors import RunError
 
+TITLE = "# Trials: "  # how a table starts: the one kind of file an output may replace
+
 
 def read_trials(sweep_dir: Path) -> list[dict]:
-    """Every trial of the sweep: job number, overrides, selection and test BLEU (None where missing)."""
-    import yaml
-
+    """Every trial of the sweep: job number, overrides, selection, test BLEU and the last launch's error (None
+    where missing); a record that cannot be read is named in ``unreadable`` instead of failing the listing."""
     if not sweep_dir.is_dir():
         raise RunError(f"dir={sweep_dir}: no such directory")
     trials = []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        selection_file, test_file = job / "selection.json", job / "test_scores.json"
-        trials.append(
-            {
-                "job": int(job.name),
-                # None: no record (a trial refused before it started, e.g. by an impossible value)
-                "overrides": yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None,
-                "selection": json.loads(selection_file.read_text()) if selection_file.is_file() else None,
-                "test_bleu": json.loads(test_file.read_text()).get("bleu") if test_file.is_file() else None,
-                # the one-line error of a trial that failed (mt.cli writes it), else None
-                "error": (job / "error.txt").read_text().strip() if (job / "error.txt").is_file() else None,
-            }
-        )
+        trial: dict = {"job": int(job.name), "unreadable": None}
+        try:
+            # None: no record (a trial refused before it started, e.g. by an impossible value)
+            trial["overrides"] = _record(job / ".hydra" / "overrides.yaml", list)
+            trial["selection"] = _record(job / "selection.json", dict, keys=("metric", "mode", "value"))
+            test = _record(job / "test_scores.json", dict)
+            trial["test_bleu"] = None if test is None else test.get("bleu")
+        except ValueError as error:
+            trial.update(overrides=trial.get("overrides"), selection=None, test_bleu=None, unreadable=str(error))
+        # the one-line error of the trial's last launch, which failed (mt.cli writes it; a launch removes it), or None
+        error_file = job / "error.txt"
+        trial["error"] = error_file.read_text(errors="replace").strip() if error_file.is_file() else None
+        trials.append(trial)
     if not trials:
         raise RunError(f"dir={sweep_dir}: no trial directories (0/, 1/, ...): is it a multirun's hydra.sweep.dir?")
     return trials
 
 
+def _trial_path(path: Path) -> str:
+    """``path`` from its sweep directory: JOB/selection.json, JOB/.hydra/overrides.yaml."""
+    job = next(parent for parent in path.parents if parent.name.isdigit())
+    return str(path.relative_to(job.parent))
+
+
+def _record(path: Path, kind: type, keys: tuple[str, ...] = ()) -> Any:
+    """A trial's JSON or YAML record, None where there is none; ValueError naming the file if it is not one."""
+    import yaml
+
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+        content = yaml.safe_load(text) if path.suffix == ".yaml" else json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{_trial_path(path)}: {type(error).__name__}") from None
+    if not isinstance(content, kind) or (keys and not all(k in content for k in keys)):
+        expected = f"a {kind.__name__}" + (f" with {', '.join(keys)}" if keys else "")
+        raise ValueError(f"{_trial_path(path)}: expected {expected}")
+    return content
+
+
 def markdown(sweep_dir: Path, trials: list[dict]) -> str:
-    finished = [t for t in trials if t["selection"] and t["selection"]["value"] is not None]
+    """The table: trials whose last launch chose a checkpoint, best first, then the others (failed, finished
+    without a validation, unreadable, not finished)."""
+    finished = [t for t in trials if t["selection"] and t["selection"]["value"] is not None and not t["error"]]
     chosen_by = sorted({(t["selection"]["metric"], t["selection"]["mode"]) for t in finished})
+    if not chosen_by:  # the metric all the same, where trials recorded one
+        chosen_by = sorted({(t["selection"]["metric"], t["selection"]["mode"]) for t in trials if t["selection"]})[:1]
     if len(chosen_by) > 1:  # one column cannot rank them
         raise RunError(
             f"dir={sweep_dir}: its trials chose their checkpoints by different metrics "
@@ -59,7 +89,7 @@ def markdown(sweep_dir: Path, trials: list[dict]) -> str:
     common = set.intersection(*(set(t["overrides"]) for t in recorded)) if recorded else set()
     shared = [o for o in recorded[0]["overrides"] if o in common] if recorded else []  # in the order given
     lines = [
-        f"# Trials: {sweep_dir}",
+        f"{TITLE}{sweep_dir}",
         "",
         (
             f"Best first by {metric} ({mode}), the validation figure that chose each trial's best checkpoint. "
@@ -77,13 +107,22 @@ def markdown(sweep_dir: Path, trials: list[dict]) -> str:
     for trial in finished + unfinished:
         selection = trial["selection"] or {}
         value = selection.get("value")
-        if value is not None:
-            shown = f"{value:.2f}" if mode == "max" else f"{value:.4f}"
+        figure = None if value is None else (f"{value:.2f}" if mode == "max" else f"{value:.4f}")
+        if trial["unreadable"]:
+            shown = f"unreadable: {trial['unreadable']}"
+        elif trial["error"]:  # the last launch failed; what an earlier one chose stays on disk
+            earlier = f" (an earlier launch chose {figure} at step {selection.get('step')})" if figure else ""
+            shown = f"failed: {trial['error']}{earlier}"
+            selection = {}
+        elif figure is not None:
+            shown = figure
+        elif trial["selection"] is not None:
+            shown = f"finished with no {selection.get('metric', 'validation')} (no validation ran)"
         else:
-            shown = f"failed: {trial['error']}" if trial.get("error") else "not finished"
-        test = "" if trial["test_bleu"] is None else f"{trial['test_bleu']:.2f}"
+            shown = "not finished"
+        test = "" if trial["test_bleu"] is None or selection == {} else f"{trial['test_bleu']:.2f}"
         overrides = (
-            "(no record: refused before it started)"
+            ("" if trial["unreadable"] else "(no record: refused before it started)")
             if trial["overrides"] is None
             else " ".join(f"`{o}`" for o in trial["overrides"] if o not in common)
         )
@@ -101,8 +140,12 @@ def markdown(sweep_dir: Path, trials: list[dict]) -> str:
 @entry_point("trials", TrialsConfig)
 def main(config: TrialsConfig) -> None:
     sweep_dir = Path(config.dir)
-    table = markdown(sweep_dir, read_trials(sweep_dir))
     output = Path(config.output) if config.output else sweep_dir / "trials.md"
+    if config.output:  # a name given: an existing file only with overwrite=true (the default is redone each time)
+        refuse_to_overwrite(output, overwrite=config.overwrite)
+    if output.is_file() and not output.read_bytes().startswith(TITLE.encode()):
+        raise RunError(f"output={output}: not an earlier table of trials (it does not start {TITLE!r}); choose another")
+    table = markdown(sweep_dir, read_trials(sweep_dir))
     with atomic_write(output) as handle:
         handle.write(table.encode("utf-8"))
     print(table, end="", flush=True)

@@ -20,7 +20,7 @@ from mt.compat import epoch_batches_done, set_epoch_batches_done
 from mt.config import ModelConfig
 from mt.data.provenance import files_difference, same_files
 from mt.data.tokenizer import Tokenizer
-from mt.errors import CheckpointError, RunError
+from mt.errors import CheckpointError, RunDirectoryTaken, RunError
 from mt.model.checkpoint import architecture, read_checkpoint
 from mt.training.datamodule import TranslationDataModule
 
@@ -52,7 +52,7 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> str | None:
         resume = "auto"
     if resume is None:
         if existing:
-            raise RunError(
+            raise RunDirectoryTaken(
                 f"{checkpoint_dir} already holds checkpoints ({existing[0].name}, ...): "
                 f"pass resume=auto to continue that run, or choose another run directory (hydra.run.dir; "
                 f"hydra.sweep.dir in a multirun)"

@@ -397,3 +397,20 @@ def test_a_vocabulary_smaller_than_the_corpus_characters_is_a_one_line_error():
         TokenizerError, match=r"cannot train a 16-piece unigram vocabulary .* raise tokenizer.vocab_size"
     ):
         train_tokenizer(["abcdefghijklmnopqrstuvwxyz 0123456789"] * 20, ["xyz"] * 20, vocab_size=16)
+
+
+def test_trials_output_replaces_only_an_earlier_table_and_only_with_overwrite(tmp_path):
+    """mt.trials output= wrote its table over any file (a checkpoint, a trial's selection.json) with status 0."""
+    trial = tmp_path / "sweep/0"
+    trial.mkdir(parents=True)
+    (trial / "selection.json").write_text('{"metric": "val/bleu", "mode": "max", "value": 30.0, "step": 10}')
+    precious = tmp_path / "best.ckpt"
+    precious.write_bytes(b"PK\x03\x04 a checkpoint")
+    line = cli_error_line(run_cli("mt.trials", f"dir={tmp_path / 'sweep'}", f"output={precious}", "overwrite=true"))
+    assert str(precious) in line and "not an earlier table of trials" in line
+    assert precious.read_bytes() == b"PK\x03\x04 a checkpoint"
+    table = tmp_path / "trials.md"
+    table.write_text("# Trials: an earlier table\n")
+    line = cli_error_line(run_cli("mt.trials", f"dir={tmp_path / 'sweep'}", f"output={table}"))
+    assert str(table) in line and "overwrite=true" in line
+    assert table.read_text() == "# Trials: an earlier table\n"

@@ -303,6 +303,24 @@ def test_a_failed_trial_of_a_sweep_leaves_the_others_to_run(toy_corpus_dir, tmp_
     assert not (sweep / "0/error.txt").exists()
 
 
+def test_a_trial_refused_for_its_finished_runs_checkpoints_writes_no_error_there(toy_corpus_dir, tmp_path):
+    """A finished sweep launched again without resume=auto: each trial is refused (its directory holds a run's
+    checkpoints), and wrote error.txt into the finished run's directory, which mt.trials then listed as failed."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0/.hydra").mkdir(parents=True)
+    (sweep / "0/.hydra/overrides.yaml").write_text("- seed=1\n")
+    (sweep / "0/checkpoints").mkdir()
+    (sweep / "0/checkpoints/last.ckpt").write_bytes(b"the finished run's")
+    (sweep / "0/selection.json").write_text('{"metric": "val/bleu", "mode": "max", "value": 30.0, "step": 10}')
+    (sweep / "0/train.log").write_text("[finished] step 10\n")
+    (sweep / "0/.lock").write_text("pid 1 on elsewhere\n")  # left by the finished run (its lock, released)
+    before = {name: data for name, data in tree_bytes(sweep / "0").items() if name != ".lock"}
+    args = ("data=local", f"data.path={toy_corpus_dir}", "model=tiny", "seed=1", f"hydra.sweep.dir={sweep}")
+    result = run("mt.train", "-m", *args)
+    assert result.returncode == 2 and "already holds checkpoints" in result.stderr, result.stderr[-2000:]
+    assert {name: data for name, data in tree_bytes(sweep / "0").items() if name != ".lock"} == before  # no error.txt
+
+
 def test_a_trial_refused_by_a_live_job_in_its_directory_leaves_that_directory_alone(toy_corpus_dir, tmp_path):
     """A sweep launched again while its first launch still runs: each trial is refused (the directory is busy),
     and wrote its error.txt into the live trial's directory, which mt.trials then showed as failed."""

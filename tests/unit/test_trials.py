@@ -60,3 +60,47 @@ def test_trials_none_finished_or_ranked_by_different_metrics(tmp_path):
     (tmp_path / "mixed/1/selection.json").write_text(json.dumps(loss))
     with pytest.raises(RunError, match=r"different metrics \(val/bleu, val/loss\)"):
         markdown(tmp_path / "mixed", read_trials(tmp_path / "mixed"))
+
+
+def rows(sweep: Path) -> list[str]:
+    return [line for line in markdown(sweep, read_trials(sweep)).splitlines() if line[:2] == "| " and line[2].isdigit()]
+
+
+def test_a_relaunch_that_failed_is_failed_not_its_earlier_value(tmp_path):
+    """A finished trial launched again with resume=auto keeps the earlier launch's selection.json; the new launch
+    failed (its error.txt, which every launch removes at its start): the row says so, ranked below the finished."""
+    write_trial(tmp_path, 0, ["optim.lr=1000000.0", "resume=auto"], 1.76)
+    (tmp_path / "0/test_scores.json").write_text(json.dumps({"bleu": 0.5}))
+    (tmp_path / "0/error.txt").write_text("the loss was not finite for 10 steps in a row (steps 32-41)\n")
+    write_trial(tmp_path, 1, ["optim.lr=0.01", "resume=auto"], 1.5)
+    assert rows(tmp_path) == [
+        "| 1 | `optim.lr=0.01` | 1.50 | 100 |  |",
+        "| 0 | `optim.lr=1000000.0` | failed: the loss was not finite for 10 steps in a row (steps 32-41) "
+        "(an earlier launch chose 1.76 at step 0) |  |  |",
+    ]
+
+
+def test_an_unreadable_record_is_named_in_its_row_and_the_others_listed(tmp_path):
+    write_trial(tmp_path, 0, ["optim.lr=0.001"], 30.5)
+    write_trial(tmp_path, 1, ["optim.lr=0.002"], 31.0)
+    (tmp_path / "1/selection.json").write_text("# Trials: a table written over it\n")
+    write_trial(tmp_path, 2, ["optim.lr=0.003"], 29.0)
+    (tmp_path / "2/selection.json").write_text(json.dumps({"value": 29.0}))  # no metric: not a selection record
+    write_trial(tmp_path, 3, None, None)
+    (tmp_path / "3/.hydra").mkdir()
+    (tmp_path / "3/.hydra/overrides.yaml").write_bytes(b"- optim.lr=\xff\n")
+    assert rows(tmp_path) == [
+        "| 0 | `optim.lr=0.001` | 30.50 | 0 |  |",
+        "| 1 | `optim.lr=0.002` | unreadable: 1/selection.json: JSONDecodeError |  |  |",
+        "| 2 | `optim.lr=0.003` | unreadable: 2/selection.json: expected a dict with metric, mode, value |  |  |",
+        "| 3 |  | unreadable: 3/.hydra/overrides.yaml: UnicodeDecodeError |  |  |",
+    ]
+
+
+def test_a_trial_that_finished_without_validating_is_not_called_unfinished(tmp_path):
+    write_trial(tmp_path, 0, ["trainer.max_steps=5"], None)
+    selection = {"metric": "val/bleu", "mode": "max", "value": None, "step": None}
+    (tmp_path / "0/selection.json").write_text(json.dumps(selection))
+    table = markdown(tmp_path, read_trials(tmp_path))
+    assert "| job | overrides | val/bleu | step | test BLEU |" in table
+    assert rows(tmp_path) == ["| 0 |  | finished with no val/bleu (no validation ran) |  |  |"]
