@@ -17,7 +17,8 @@ from mt.atomic import atomic_write, refuse_to_overwrite
 from mt.cli import entry_point
 from mt.config import AverageConfig
 from mt.errors import RunError
-from mt.model.checkpoint import average_checkpoints, newest_checkpoints, refuse_to_replace_checkpoint
+from mt.model.averaging import average_checkpoints
+from mt.model.checkpoint import newest_checkpoints, refuse_to_replace_checkpoint
 
 
 @entry_point("average", AverageConfig)

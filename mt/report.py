@@ -39,8 +39,8 @@ from mt.decode.scoring import read_source_and_references
 from mt.decode.translator import translate
 from mt.device import best_device, set_threads
 from mt.errors import DataError, RunError
+from mt.model.averaging import average_checkpoints
 from mt.model.checkpoint import (
-    average_checkpoints,
     checkpoint_configs,
     load_checkpoint,
     newest_checkpoints,

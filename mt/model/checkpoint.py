@@ -267,39 +267,6 @@ ARCHITECTURE = (
 )
 
 
-def average_checkpoints(paths: list[Path]) -> dict:
-    """A checkpoint whose floating-point parameters are the mean of those in ``paths``.
-
-    It carries the first checkpoint's configs and tokenizer and no optimizer state (it is for
-    decoding, not for resuming); its ``global_step`` is that of the last (newest) one.
-    """
-    first = read_checkpoint(paths[0])
-    sums = {
-        name: tensor.double() if tensor.is_floating_point() else tensor for name, tensor in first["state_dict"].items()
-    }
-    last_step = first.get("global_step")
-    for path in paths[1:]:
-        checkpoint = read_checkpoint(path)
-        state, last_step = checkpoint["state_dict"], checkpoint.get("global_step", last_step)
-        if state.keys() != sums.keys() or any(state[k].shape != sums[k].shape for k in sums):
-            raise CheckpointError(f"checkpoint {path}: its parameters differ in names or shapes from {paths[0]}")
-        for what, value in (("model architecture", architecture), ("tokenizer", _tokenizer)):
-            if value(checkpoint) != value(first):
-                raise CheckpointError(f"checkpoint {path}: its {what} differs from {paths[0]}'s (another run?)")
-        for name, tensor in state.items():
-            if tensor.is_floating_point():
-                sums[name] += tensor.double()
-    averaged = {
-        name: (total / len(paths)).to(first["state_dict"][name].dtype) if total.is_floating_point() else total
-        for name, total in sums.items()
-    }
-    out = {key: first[key] for key in KEPT_KEYS if key in first}
-    out["state_dict"] = averaged
-    out["global_step"] = last_step  # the step of the newest weights (paths are oldest first)
-    out["averaged_from"] = [str(p) for p in paths]
-    return out
-
-
 def refuse_to_replace_checkpoint(output: Path, *, mark: str, command: str) -> None:
     """Refuse an existing ``output`` (``overwrite=true`` given) that is not a checkpoint an earlier ``command``
     wrote (one holding ``mark``): a training run's checkpoint would lose what resumes it, or what averages and
@@ -323,7 +290,3 @@ def architecture(checkpoint: dict) -> dict:
     one run); an option the checkpoint does not record (written before it existed) is its default."""
     model = from_dict(ModelConfig, checkpoint.get("hyper_parameters", {}).get("model") or {})
     return {name: getattr(model, name) for name in ARCHITECTURE}
-
-
-def _tokenizer(checkpoint: dict) -> object:
-    return checkpoint.get("tokenizer")

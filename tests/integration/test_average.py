@@ -8,7 +8,8 @@ import torch
 from mt.config import SearchConfig
 from mt.decode.translator import translate
 from mt.errors import CheckpointError, RunError
-from mt.model.checkpoint import average_checkpoints, load_checkpoint, newest_checkpoints
+from mt.model.averaging import average_checkpoints
+from mt.model.checkpoint import load_checkpoint, newest_checkpoints
 from tests.helpers import fit_tiny
 
 
@@ -34,6 +35,17 @@ def test_average_is_the_mean_and_translates(two_checkpoints, tmp_path):
     module = load_checkpoint(tmp_path / "avg.ckpt")
     (nbest,) = translate(module.model, module.tokenizer, ["Der hund sieht der ball."], SearchConfig(beam=2))
     assert isinstance(nbest[0][0], str)
+
+
+def test_the_average_records_the_newest_step_and_its_epoch_in_any_order(two_checkpoints, tmp_path):
+    """checkpoints=[newer, older]: the average took the last listed one's step and the first's epoch."""
+    for name, path, epoch in (("older", two_checkpoints[0], 1), ("newer", two_checkpoints[1], 3)):
+        stored = torch.load(path, weights_only=False)
+        stored["epoch"] = epoch  # told apart whatever epochs 5 and 10 steps reached
+        torch.save(stored, tmp_path / f"{name}.ckpt")
+    for order in (["newer", "older"], ["older", "newer"]):
+        averaged = average_checkpoints([tmp_path / f"{name}.ckpt" for name in order])
+        assert (averaged["global_step"], averaged["epoch"]) == (10, 3), order
 
 
 def test_average_of_one_checkpoint_is_that_checkpoint(two_checkpoints):

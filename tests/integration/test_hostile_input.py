@@ -20,7 +20,8 @@ from mt.config import SearchConfig
 from mt.decode.search import max_output_lengths
 from mt.decode.translator import translate
 from mt.errors import DataError, RunError
-from mt.model.checkpoint import average_checkpoints, load_checkpoint
+from mt.model.averaging import average_checkpoints
+from mt.model.checkpoint import load_checkpoint
 from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
 from tests.helpers import ROOT, fit_tiny, toy_args
