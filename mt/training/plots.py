@@ -18,18 +18,30 @@ def read_metric_rows(metrics_csv: Path, metric: str) -> list[dict[str, float]]:
     return rows
 
 
+def read_run_rows(csv_dir: Path, metric: str = "val/loss") -> list[dict[str, float]]:
+    """The rows holding ``metric`` of a run's CSV log, ``csv_dir/metrics.csv`` and, for a resumed run,
+    ``csv_dir/resume_K/metrics.csv``, in order of training time."""
+    files = [csv_dir / "metrics.csv"] + sorted(
+        csv_dir.glob("resume_*/metrics.csv"), key=lambda p: int(p.parent.name[7:])
+    )
+    return sorted(
+        (row for f in files if f.is_file() for row in read_metric_rows(f, metric)),
+        key=lambda r: r.get("time/train_hours", 0.0),
+    )
+
+
+def save_figure(fig, output: Path) -> None:
+    """Write the figure in the format its name says; a kill while it is drawn leaves the previous one, whole."""
+    with atomic_write(output) as handle:
+        fig.savefig(handle, format=Path(output).suffix.lstrip(".") or "png")
+
+
 def plot_learning_curve(csv_dir: Path, output: Path) -> bool:
     """Write a PNG of val BLEU and val loss against training minutes; ``False`` if nothing to plot.
 
     Reads ``csv_dir/metrics.csv`` and, for resumed runs, ``csv_dir/resume_K/metrics.csv``.
     """
-    files = [csv_dir / "metrics.csv"] + sorted(
-        csv_dir.glob("resume_*/metrics.csv"), key=lambda p: int(p.parent.name[7:])
-    )
-    rows = sorted(
-        (row for f in files if f.is_file() for row in read_metric_rows(f, "val/loss")),
-        key=lambda r: r.get("time/train_hours", 0.0),
-    )
+    rows = read_run_rows(csv_dir)
     if not rows:
         return False
     import matplotlib
@@ -50,7 +62,6 @@ def plot_learning_curve(csv_dir: Path, output: Path) -> bool:
     loss_axis.grid(alpha=0.3)
     fig.suptitle("learning curve")
     fig.tight_layout()
-    with atomic_write(output) as handle:  # a kill while it is drawn leaves the previous plot, whole
-        fig.savefig(handle, format=Path(output).suffix.lstrip(".") or "png")
+    save_figure(fig, output)
     plt.close(fig)
     return True
