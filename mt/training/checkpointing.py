@@ -73,6 +73,11 @@ class LastCheckpoint(ModelCheckpoint):
         if stepped and (last_update or is_last_batch(trainer)):
             save_last_checkpoint(self, trainer)
 
+    @property
+    def saves_at_validation_end(self) -> Path:
+        """The file this writer saves at every validation's end (so a preemption there need not save it too)."""
+        return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After a validation at the step just saved (an epoch's last batch, the last update), save again:
         # last.ckpt then carries the validation scores of its weights.

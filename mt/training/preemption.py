@@ -132,7 +132,12 @@ class PreemptionCallback(L.Callback):
             return
         if not self._signum:
             self._signum = self._agreed_signal(trainer)  # every rank ends a validation together
-        if self._signum:
+        writers = {
+            os.path.realpath(c.saves_at_validation_end)
+            for c in trainer.callbacks
+            if hasattr(c, "saves_at_validation_end")
+        }
+        if self._signum and os.path.realpath(self.checkpoint_path) not in writers:  # else that writer saves it next
             trainer.save_checkpoint(self.checkpoint_path)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:

@@ -573,12 +573,22 @@ def test_a_stop_at_a_validation_step_keeps_that_validation(toy_corpus_dir, tmp_p
     """A signal in the update before a validation saved and skipped that validation, and the resumed run never ran
     it (Lightning takes a checkpoint of that step as validated): one score fewer for best.ckpt, early stopping
     and the curve. A signal during a validation stopped the run only after one more update."""
+    import mt.faults
     from tests.helpers import with_callback
 
     straight = run_selecting(toy_corpus_dir, tmp_path / "straight", 15)
-    with_callback(monkeypatch, SignalAt(5, during_validation))
+    signal_at = SignalAt(5, during_validation)
+    with_callback(monkeypatch, signal_at)
+    written = []  # last.ckpt's writes once the signal came (the named point every checkpoint write passes)
+    monkeypatch.setattr(
+        mt.faults,
+        "point",
+        lambda name, path=None: written.append(name) if signal_at.sent and str(path).endswith("last.ckpt") else None,
+    )
     assert train(selecting_config(toy_corpus_dir, 15), tmp_path / "preempted") is None  # stopped
     monkeypatch.undo()
+    # Saved before the validation (a kill during it keeps the update), then once after it: not twice after it
+    assert written == ["checkpoint_write"] * (1 if during_validation else 2)
     assert torch.load(tmp_path / "preempted/checkpoints/last.ckpt", weights_only=False)["global_step"] == 5
     assert sorted(validation_losses(tmp_path / "preempted")) == [5]  # validated before it stopped
     resumed = run_selecting(toy_corpus_dir, tmp_path / "preempted", 15, resume="auto")
