@@ -106,11 +106,12 @@ class LaggedMax:
 
     Each ``exchange`` fills a device tensor with the number (a kernel: no copy from the host), all-reduces it, and
     starts its copy into page-locked host memory without blocking; it returns what the previous ``exchange``
-    agreed on (0 at the first), whose copy finished long before: reading it waits for that point of the device's
-    queue at most, not for the work queued since. Every rank gets the same answer at the same call.
+    agreed on (``first`` at the first), whose copy finished long before: reading it waits for that point of the
+    device's queue at most, not for the work queued since. Every rank gets the same answer at the same call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, first: float = 0.0) -> None:
+        self._first = first
         self._pending: tuple[torch.Tensor, Any] | None = None  # (host copy, CUDA event recorded after the copy)
         self._host: torch.Tensor | None = None  # the one host buffer, read before each copy into it
 
@@ -132,11 +133,18 @@ class LaggedMax:
 
     def _read(self) -> float:
         if self._pending is None:
-            return 0.0
+            return self._first
         host, event = self._pending
         if event is not None:
             event.synchronize()
         return float(host[0])
+
+
+def agreed_max(value: float, device: torch.device) -> float:
+    """The largest of the ranks' ``value`` now (a host sync: for a reading once a run, not every update)."""
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
 
 
 def world() -> tuple[int, int]:

@@ -37,10 +37,10 @@ from mt.decode.translator import decode_ids
 from mt.errors import RunError
 from mt.model.checkpoint import read_checkpoint
 from mt.model.transformer import Transformer
-from mt.training.distributed import gather_objects, gather_strided
+from mt.training.distributed import LaggedMax, agreed_max, gather_objects, gather_strided, world
 from mt.training.guards import NonFiniteGuard
 from mt.training.loss import projected_label_smoothed_nll
-from mt.training.schedules import CLOCK_EVERY, WarmupDecay
+from mt.training.schedules import WarmupDecay
 from mt.training.step_log import StepLog
 from mt.training.throughput import Throughput
 
@@ -82,7 +82,8 @@ class TranslationModule(L.LightningModule):
         self.step_log = StepLog()
         self._val_sums: list[Tensor] = []
         self._validated_at_step = -1
-        self._clock: tuple[int, float] | None = None  # (step, seconds) of the last shared clock reading
+        self._clock: LaggedMax | None = None  # the ranks' agreement on the training clock (time budgets)
+        self._clock_seconds: float | None = None  # the clock they last agreed on
         self._logging_update = False  # whether Lightning writes the logs of the update in progress
         self._updated_at_step = 0
         self._window_first_tokens: Tensor | None = None  # the global target tokens of its window's first batch
@@ -170,6 +171,7 @@ class TranslationModule(L.LightningModule):
         self._updated_at_step = self.trainer.global_step
         if update_ended:
             self._window_stats = None
+            self._agree_on_the_clock(start=False)
         if update_ended and (self._logging_update or self.trainer.should_stop):
             if not self._logging_update:
                 self._record_skipped()
@@ -260,16 +262,27 @@ class TranslationModule(L.LightningModule):
             return None
 
     def shared_training_seconds(self) -> float:
-        """Training seconds so far (earlier runs of a resumed one included) by rank 0's clock, read again every
-        ``CLOCK_EVERY`` updates and then shared, so every rank derives the same learning rate from it."""
-        trainer = self._attached_trainer()
-        step = trainer.global_step if trainer is not None else 0
-        if self._clock is None or step - self._clock[0] >= CLOCK_EVERY or step < self._clock[0]:
-            seconds = [self.throughput.elapsed_seconds()]
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.broadcast_object_list(seconds, src=0)
-            self._clock = (step, float(seconds[0]))
-        return self._clock[1]
+        """Training seconds so far (earlier runs of a resumed one included), the same on every rank, so that every
+        rank derives the same learning rate from it. Under DDP: the ranks' latest clock, agreed at the first reading
+        and at the start of training (a host sync each), then at every update's end, one update late, without
+        making the host wait for the device (``_agree_on_the_clock``)."""
+        if world()[1] == 1:
+            return self.throughput.elapsed_seconds()
+        if self._clock_seconds is None:
+            self._clock_seconds = agreed_max(self.throughput.elapsed_seconds(), self.device)
+        return self._clock_seconds
+
+    def _agree_on_the_clock(self, *, start: bool) -> None:
+        """Under DDP with a time budget: the clock the ranks agree on (``shared_training_seconds``), at the start of
+        training (at once) and at each update's end (that of the previous update's end, by ``LaggedMax``)."""
+        if self.optim_cfg.decay_budget != "time" or world()[1] == 1:
+            return
+        seconds = self.throughput.elapsed_seconds()
+        if start:
+            self._clock_seconds = agreed_max(seconds, self.device)
+            self._clock = LaggedMax(first=self._clock_seconds)
+        elif self._clock is not None:
+            self._clock_seconds = self._clock.exchange(seconds, self.device)
 
     @staticmethod
     def clips_itself(precision: str) -> bool:
@@ -291,6 +304,7 @@ class TranslationModule(L.LightningModule):
         self.throughput.reset()
         self.step_log.replay(self.trainer)
         self._updated_at_step = self.trainer.global_step
+        self._agree_on_the_clock(start=True)
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         align_logged_step(self.trainer)  # after a resume, Lightning's count can be one short

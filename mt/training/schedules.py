@@ -14,8 +14,8 @@ progress ``p`` in [0, 1] the fraction of the budget used after the warm-up):
 
 Counted in updates ``p = (s - w) / (max_steps - w)``. Counted in time ``p = (t - t_w) / (max_time - t_w)``, ``t`` the
 training seconds so far (resumed runs included: saved in checkpoints) and ``t_w`` those at the end of the warm-up
-(kept in the scheduler's state); the clock is rank 0's, shared with every rank every ``CLOCK_EVERY`` updates, so all
-ranks use the same rate.
+(kept in the scheduler's state); under DDP the clock is agreed on by the ranks (``TranslationModule.
+shared_training_seconds``), so all ranks use the same rate.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import torch
 
 SCHEDULES = ("inverse_sqrt", "linear", "cosine", "constant")
 BUDGETS = ("steps", "time")
-CLOCK_EVERY = 10  # updates between readings of the shared clock (time budgets)
 
 
 def lr_factor(schedule: str, step: int, warmup: int, progress: float, floor: float) -> float:

@@ -1,9 +1,10 @@
 """Host reads of device values in the training steps of two DDP ranks, for ``tests/system/test_distributed.py``.
 
 ``python -m tests.system.ddp_syncs DATA OUT``: ``mt.train``'s ``train`` on 2 CPU processes (gloo) with a time
-limit (Lightning's Timer) and preemption handling on, each rank counting, per update, the ops that read a tensor's
-value on the host (``tests/integration/test_host_syncs.py``'s ``SYNC_OPS``, and ``tolist``/``numpy``/``cpu``),
-into ``OUT/rank<R>.json`` with the updates that logged, validated or saved. A read of memory that a non-blocking
+limit (Lightning's Timer) that the learning rate decays over and preemption handling on, each rank counting, per
+update, the ops that read a tensor's value on the host (``tests/integration/test_host_syncs.py``'s ``SYNC_OPS``,
+and ``tolist``/``numpy``/``cpu``), into ``OUT/rank<R>.json`` with the updates that logged, validated or saved and
+the learning rate of each update. A read of memory that a non-blocking
 copy filled at an earlier update is not counted: on a GPU that is page-locked host memory whose copy finished long
 before, and reading it waits for nothing.
 """
@@ -14,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+import lightning as L
 import torch
 
 from mt.training.run import train
@@ -62,9 +64,15 @@ def main(data: str, out: str) -> None:
 
     build_trainer = mt.training.run.build_trainer
 
+    rates: list[float] = []  # the learning rate of each update, which every rank must apply alike
+
+    class Rates(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
     def building(*args, **kwargs):
         trainer, best = build_trainer(*args, **kwargs)
-        trainer.callbacks.append(kinds)
+        trainer.callbacks += [kinds, Rates()]
         return trainer, best
 
     mt.training.run.build_trainer = building
@@ -75,6 +83,9 @@ def main(data: str, out: str) -> None:
             "trainer.devices": 2,
             "trainer.max_steps": STEPS,
             "trainer.max_time": "00:01:00:00",
+            "optim.schedule": "linear",  # decayed over the time limit: the ranks agree on a clock at each update
+            "optim.decay_budget": "time",
+            "optim.warmup_steps": 4,
             "trainer.log_every_n_steps": 20,
             "trainer.enable_progress_bar": True,
             "test_after_training": False,
@@ -86,6 +97,7 @@ def main(data: str, out: str) -> None:
     record = {
         "counts": {str(step): dict(counts) for step, counts in counter.counts.items()},
         "special": {str(step): sorted(kinds) for step, kinds in kinds.special.items()},
+        "rates": rates,
     }
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))
 

@@ -88,6 +88,10 @@ def test_ordinary_ddp_steps_read_no_device_value_on_the_host(toy_corpus_dir, tmp
         assert syncing == {}, f"rank {rank}: host reads in ordinary steps: {syncing}"
         # The counter sees reads where they are allowed (values are logged at step 19, by mt: tolist).
         assert record["counts"]["19"].get("tolist", 0) > 0
+    # The rate decays over the time limit by a clock the ranks agree on: the same rate on both, update by update.
+    rates = [json.loads((tmp_path / f"rank{rank}.json").read_text())["rates"] for rank in (0, 1)]
+    assert len(rates[0]) == STEPS and rates[0] == rates[1]
+    assert rates[0][4] > rates[0][-1] > 0  # warmed up in 4 updates, then decaying over the hour
 
 
 def test_ddp_training_and_validation_bleu_equal_a_single_process_decode(toy_corpus_dir, tmp_path):
