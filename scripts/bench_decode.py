@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import sys
 import tempfile
@@ -48,6 +49,7 @@ from mt.data.readers import read_lines  # noqa: E402
 from mt.data.tokenizer import EOS_ID, PAD_ID  # noqa: E402
 from mt.decode.metrics import bleu  # noqa: E402
 from mt.decode.translator import decode_ids  # noqa: E402
+from mt.errors import USER_ERRORS  # noqa: E402
 from mt.model.checkpoint import load_checkpoint  # noqa: E402
 from mt.model.transformer import Transformer  # noqa: E402
 
@@ -80,24 +82,52 @@ def mt_decoder(model, src_ids: list, search: SearchConfig, batch: int | None, *,
 
 
 def ct2_decoder(
-    model_dir: Path, pieces: list[list[str]], beam: int, batch: int, compute_type: str, threads: int, *, inter=False
+    model_dir: Path,
+    pieces: list[list[str]],
+    beam: int,
+    batch: int,
+    compute_type: str,
+    threads: int,
+    search: SearchConfig,
+    *,
+    inter=False,
 ):
-    """CTranslate2 on ``threads`` threads: all on each batch, or (``inter``) batches at once, one thread each."""
+    """CTranslate2 on ``threads`` threads: all on each batch, or (``inter``) batches at once, one thread each. The
+    batches are ``mt``'s (``batch`` sentences in length order), each capped at the output length ``mt`` gives its
+    longest source (``search.max_len_a`` x source tokens with EOS + ``max_len_b``, EOS included; ``mt`` caps each
+    sentence by its own length, and its batches are length-sorted alike) and free to end at the first token, as
+    ``mt``'s search is, so that both decode the same work (the table's tokens a sentence shows it)."""
     import ctranslate2
 
     split = {"inter_threads": threads, "intra_threads": 1} if inter else {"intra_threads": threads}
     translator = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type, **split)
+    order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
+    batches = [order[start : start + batch] for start in range(0, len(order), batch)]
+
+    def cap(chunk: list[int]) -> int:
+        """ct2's max_decoding_length for ``chunk``: tokens before EOS, where mt's limit counts EOS too."""
+        longest = max(len(pieces[i]) for i in chunk) + 1  # the EOS ct2 appends (add_source_eos), as mt does
+        return max(1, min(search.max_len, math.floor(search.max_len_a * longest + search.max_len_b)) - 1)
 
     def run() -> list[list[str]]:
-        results = translator.translate_batch(
-            pieces,
-            beam_size=beam,
-            length_penalty=1.0 if beam > 1 else 0.0,
-            max_batch_size=batch,
-            batch_type="examples",
-            max_decoding_length=256,
-        )
-        return [r.hypotheses[0] for r in results]
+        pending = [  # submitted at once: with inter_threads, batches decode side by side
+            translator.translate_batch(
+                [pieces[i] for i in chunk],
+                beam_size=beam,
+                length_penalty=1.0 if beam > 1 else 0.0,
+                max_batch_size=batch,
+                batch_type="examples",
+                max_decoding_length=cap(chunk),
+                min_decoding_length=0,
+                asynchronous=True,
+            )
+            for chunk in batches
+        ]
+        results: dict[int, list[str]] = {}
+        for chunk, answers in zip(batches, pending):
+            for i, answer in zip(chunk, answers):
+                results[i] = answer.result().hypotheses[0]
+        return [results[i] for i in range(len(pieces))]
 
     return run
 
@@ -160,6 +190,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--bf16", action="store_true", help="add mt beam 5 and greedy under bf16 autocast")
     args = parser.parse_args()
+    for flag in ("sentences", "forced_sentences", "batch", "rounds", "threads"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 1 or more")
+    if (args.source is None) != (args.reference is None):
+        parser.error("--source and --reference go together (default: the checkpoint data's test split)")
+    try:
+        benchmark(args)
+    except USER_ERRORS as error:
+        sys.exit(f"error: {error}")
+
+
+def benchmark(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
 
     loaded = load_checkpoint(args.checkpoint)
@@ -181,17 +223,21 @@ def main() -> None:
     greedy = SearchConfig(beam=1, length_penalty=0.0, length_penalty_type="none")
     real = {  # each mt row next to its CTranslate2 peer, so that the two run seconds apart
         "mt beam 5, batch": mt_decoder(model, src_ids, beam5, args.batch),
-        "ct2 fp32 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "float32", args.threads),
+        "ct2 fp32 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "float32", args.threads, beam5),
         # mt's max_tokens batches decode at once on threads of one core each (search.parallel_batches);
         # CTranslate2 does the same with inter_threads: its peer for those rows.
         "mt beam 5, max_tokens": mt_decoder(model, src_ids, beam5, None),
-        "ct2 fp32 beam 5, inter": ct2_decoder(ct2_dir, pieces, 5, args.batch, "float32", args.threads, inter=True),
-        "ct2 int8 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "int8", args.threads),
+        "ct2 fp32 beam 5, inter": ct2_decoder(
+            ct2_dir, pieces, 5, args.batch, "float32", args.threads, beam5, inter=True
+        ),
+        "ct2 int8 beam 5": ct2_decoder(ct2_dir, pieces, 5, args.batch, "int8", args.threads, beam5),
         "mt greedy, batch": mt_decoder(model, src_ids, greedy, args.batch),
-        "ct2 fp32 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "float32", args.threads),
+        "ct2 fp32 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "float32", args.threads, greedy),
         "mt greedy, max_tokens": mt_decoder(model, src_ids, greedy, None),
-        "ct2 fp32 greedy, inter": ct2_decoder(ct2_dir, pieces, 1, args.batch, "float32", args.threads, inter=True),
-        "ct2 int8 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "int8", args.threads),
+        "ct2 fp32 greedy, inter": ct2_decoder(
+            ct2_dir, pieces, 1, args.batch, "float32", args.threads, greedy, inter=True
+        ),
+        "ct2 int8 greedy": ct2_decoder(ct2_dir, pieces, 1, args.batch, "int8", args.threads, greedy),
     }
     if args.bf16:
         real["mt beam 5, bf16"] = mt_decoder(model, src_ids, beam5, args.batch, bf16=True)
@@ -247,13 +293,17 @@ def main() -> None:
         f"{args.batch}, {args.threads} threads, torch {torch.__version__}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}\n"
     )
-    print(f"{'decoder':32s} {'sentences/s':>22s} {'tgt tokens/s':>13s} {'BLEU':>6s}")
+    print(f"{'decoder':32s} {'sentences/s':>22s} {'tgt tokens/s':>13s} {'tokens/sent':>11s} {'BLEU':>6s}")
     for name, times in seconds.items():
         count = len(forced_ids) if name in same_work else len(sources)
         median = statistics.median(times)
-        score = "" if name in same_work else f"{bleu(text_of(name), references).score:6.2f}"
+        score = "" if name in same_work else f"{bleu(text_of(name), [references]).score:6.2f}"
         spread = f"({count / max(times):.0f}-{count / min(times):.0f})"
-        print(f"{name:32s} {count / median:10.1f} {spread:>11s} {generated[name] / median:13,.0f} {score:>6s}")
+        per_sentence = generated[name] / count  # unequal work shows here (EOS included)
+        print(
+            f"{name:32s} {count / median:10.1f} {spread:>11s} {generated[name] / median:13,.0f} "
+            f"{per_sentence:11.1f} {score:>6s}"
+        )
     print("\nspeed ratios, per round (their seconds / ours), median (min-max):")
     for ours, theirs, target in (
         ("mt beam 5 (forced)", "hf beam 5 (forced)", 1.6),
