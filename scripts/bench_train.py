@@ -3,14 +3,15 @@
 The same model shape for all three (``--model``: conf/model/small.yaml by default, d 256, 4 heads, 3+3
 layers, FFN 1024; ReLU, joint vocabulary with tied embeddings), the same training pairs (Multi30k, or a
 synthetic corpus with ``--synthetic N``), the same precision (fp32 on CPU; bf16 autocast on CUDA) and
-optimizer (AdamW; fused on CUDA), on one device, in rounds that alternate the three, so that machine
-noise hits them alike:
+optimizer (the module's: fused AdamW with its weight-decay groups, on CPUs as on GPUs), on one device, in rounds
+that alternate the three, so that machine noise hits them alike:
 
 - ``mt``: the ``TranslationModule`` under ``lightning.Trainer`` as ``mt.train`` builds it (logging to
-  CSV once a round, as ``mt.train`` logs every 50 updates; every step before 6 Dec 2026; progress bar
-  off), on ``max_tokens`` batches of length-sorted pairs;
-- ``torch``: a minimal loop (forward, the same label-smoothed loss, backward, clip, AdamW, schedule)
-  over the identical batches: the floor of what torch alone does;
+  CSV once a round, at its last update, which the clock includes, as ``mt.train`` logs every 50 updates;
+  progress bar off), on ``max_tokens`` batches of length-sorted pairs;
+- ``torch``: a minimal loop (forward, the module's label-smoothed loss read in chunks, backward, clip, AdamW,
+  schedule) over the identical batches: the floor of what torch alone does, so that mt / torch is what
+  Lightning and the module's bookkeeping cost;
 - ``hf``: ``transformers.MarianMTModel`` built from a config of the same shape (random init, SDPA
   attention), either on batches of a fixed number of sentences in shuffled order, padded, as its users
   batch (``--hf-batches sentences``, the CPU default; the count chosen so that a batch holds about as many
@@ -19,7 +20,8 @@ noise hits them alike:
 Reported per variant: median ms per step (min-max over rounds), target tokens/s counting every
 padded position and counting real tokens only, model FLOPs utilisation on CUDA (real target tokens,
 ``mt.training.throughput.flops_per_target_token``, against the card's dense bf16 peak), and the peak
-memory (resident on CPU, allocated on CUDA) seen during its steps; then the ratios the targets are stated
+memory seen during its steps (on CUDA, allocated, the idle variants moved to the CPU; on a CPU, the process's
+resident high-water mark, the idle variants' weights included); then the ratios the targets are stated
 in (mt/torch on identical batches, mt/hf in real tokens/s), each taken within a round and reported as the
 median (min-max) over rounds: the rounds alternate the order (mt first, then last), and a shared machine's
 speed drifts between minutes, so a paired ratio is steadier than a ratio of two medians.
@@ -47,11 +49,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
-from mt.config import DataConfig, TokenizerConfig, from_dict  # noqa: E402
+from mt.config import DataConfig, OptimConfig, TokenizerConfig, from_dict  # noqa: E402
 from mt.data.batching import Batch, TokenBatchSampler, collate  # noqa: E402
 from mt.data.tokenizer import PAD_ID  # noqa: E402
+from mt.errors import USER_ERRORS  # noqa: E402
 from mt.training.datamodule import TranslationDataModule  # noqa: E402
-from mt.training.loss import label_smoothed_nll  # noqa: E402
+from mt.training.loss import projected_label_smoothed_nll  # noqa: E402
 from mt.training.module import TranslationModule  # noqa: E402
 from mt.training.schedules import WarmupDecay  # noqa: E402
 from mt.training.throughput import flops_per_target_token  # noqa: E402
@@ -68,14 +71,24 @@ def model_shape(name: str) -> dict:
     return dict(OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model" / f"{name}.yaml")))
 
 
-def current_rss_gib() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+def reset_peak_rss() -> None:
+    """Start the kernel's high-water mark of this process's resident memory (VmHWM) again from now."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def peak_rss_gib() -> float:
+    """The process's resident memory high-water mark since ``reset_peak_rss`` (VmHWM, in GiB)."""
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 2**20
 
 
 class Meter:
     """Seconds per step and peak memory over the measured steps of one round. On CUDA the clock is read after
-    the device finished (a synchronisation at the first and last measured step only)."""
+    the device finished (a synchronisation at the first and last measured step only), and the peak is of the
+    tensors allocated, the idle variants' moved to the CPU (``place``); on a CPU it is the whole process's resident
+    high-water mark while the variant runs (the idle variants' weights and optimizer state included)."""
 
     def __init__(self, warmup: int, total: int) -> None:
         self.warmup = warmup
@@ -86,6 +99,8 @@ class Meter:
         self.peak_memory = 0.0
         if DEVICE.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_peak_rss()
 
     def step_done(self) -> None:
         self.step += 1
@@ -98,8 +113,7 @@ class Meter:
             if cuda and self.step == self.total:
                 torch.cuda.synchronize()
             self.seconds = time.perf_counter() - self.start
-            memory = torch.cuda.max_memory_allocated() / 2**30 if cuda else current_rss_gib()
-            self.peak_memory = max(self.peak_memory, memory)
+            self.peak_memory = torch.cuda.max_memory_allocated() / 2**30 if cuda else peak_rss_gib()
 
 
 def batch_tokens(batches: list[Batch]) -> tuple[int, int]:
@@ -116,7 +130,15 @@ def run_mt(module: TranslationModule, batches: list[Batch], warmup: int, log_dir
     meter = Meter(warmup, len(batches))
 
     class Timer(L.Callback):
-        def on_train_batch_end(self, *args) -> None:
+        """Ends the clock once the last update's values are logged: that update is the round's logging one (as
+        one in 50 in mt.train), and callbacks' ``on_train_batch_end`` runs before the module reads them and before
+        the loggers write them."""
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if meter.step < len(batches) - 1:
+                meter.step_done()
+
+        def on_train_end(self, *args) -> None:
             meter.step_done()
 
     trainer = L.Trainer(
@@ -139,10 +161,32 @@ def run_mt(module: TranslationModule, batches: list[Batch], warmup: int, log_dir
 
 
 def adamw_with_schedule(model: torch.nn.Module):
-    """The optimizer and schedule the TranslationModule configures (AdamW, fused on CUDA; inverse-sqrt warmup)."""
-    fused = {"fused": True} if DEVICE.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=OPTIM["lr"], betas=(0.9, 0.98), eps=1e-9, **fused)
-    return optimizer, WarmupDecay(optimizer, schedule="inverse_sqrt", warmup_steps=OPTIM["warmup_steps"])
+    """The optimizer and schedule ``TranslationModule.configure_optimizers`` builds for the benchmark's settings:
+    AdamW, fused (one kernel, on CPUs as on GPUs), no weight decay on biases and norms (``optim.weight_decay`` on
+    the rest), the inverse-square-root schedule after a linear warm-up."""
+    cfg = from_dict(OptimConfig, OPTIM)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        fused=True,
+    )
+    return optimizer, WarmupDecay(optimizer, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps)
+
+
+def place(model: torch.nn.Module, optimizer, device: torch.device) -> None:
+    """Move a variant's weights and optimizer state to ``device``: the idle ones wait on the CPU, so that a GPU's
+    peak memory is the running variant's alone."""
+    model.to(device)
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                state[key] = value.to(device)
 
 
 def autocast():
@@ -154,9 +198,11 @@ def run_torch(model: torch.nn.Module, optimizer, scheduler, batches: list[Batch]
     model.train()
     for batch in batches:
         batch = batch.to(DEVICE)
-        with autocast():
-            logits = model(batch.src_ids, batch.src_pad_mask, batch.tgt_in)
-        loss_sum, _ = label_smoothed_nll(logits.float(), batch.tgt_out, OPTIM["label_smoothing"])
+        with autocast():  # the module's loss: the output layer read in chunks, no (tokens x vocabulary) tensors
+            hidden = model.decoder_states(batch.src_ids, batch.src_pad_mask, batch.tgt_in)
+            loss_sum, _ = projected_label_smoothed_nll(
+                hidden, model.output.weight, model.output.bias, batch.tgt_out, OPTIM["label_smoothing"]
+            )
         loss = loss_sum / batch.num_tgt_tokens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -267,7 +313,6 @@ def hf_inputs(batch: Batch) -> dict:
 
 
 def main() -> None:
-    global DEVICE, BF16
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("MT_DATA_DIR"), help="Multi30k (or a synthetic corpus)")
     parser.add_argument("--synthetic", type=int, default=0, help="train on N synthetic pairs instead (no --data)")
@@ -283,6 +328,20 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    for flag in ("steps", "warmup", "rounds", "max_tokens", "vocab"):  # warm-up: the clock starts at its last step
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected 1 or more")
+    if not (ROOT / "conf/model" / f"{args.model}.yaml").is_file():
+        known = sorted(p.stem for p in (ROOT / "conf/model").glob("*.yaml"))
+        parser.error(f"--model {args.model}: no conf/model/{args.model}.yaml (one of {', '.join(known)})")
+    try:
+        benchmark(args)
+    except USER_ERRORS as error:
+        sys.exit(f"error: {error}")
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    global DEVICE, BF16
     if not args.data and not args.synthetic:
         sys.exit("error: pass --data DIR, set MT_DATA_DIR (the Multi30k files) or pass --synthetic N")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -357,6 +416,9 @@ def main() -> None:
         )
         hf_inputs_round = [{k: v for k, v in b.items() if k != "_tgt_out"} for b in theirs_round]
         for name in ("mt", "torch", "hf") if r % 2 == 0 else ("hf", "torch", "mt"):
+            if DEVICE.type == "cuda":  # (Lightning moves mt's module and optimizer to the CPU after each fit)
+                place(plain, plain_opt, DEVICE if name == "torch" else torch.device("cpu"))
+                place(hf, hf_opt, DEVICE if name == "hf" else torch.device("cpu"))
             if name == "mt":
                 meter = run_mt(module, ours_round, args.warmup, str(work / "logs"))
                 tokens = measured_ours
@@ -385,7 +447,7 @@ def main() -> None:
         f"({real_per_batch:.0f} real target tokens each); hf batches: {hf_batching}; parameters: "
         f"mt {params['mt'] / 1e6:.2f}M, hf {params['hf'] / 1e6:.2f}M\n"
     )
-    memory = "peak alloc" if DEVICE.type == "cuda" else "peak RSS"
+    memory = "peak alloc" if DEVICE.type == "cuda" else "proc. peak"  # (see Meter)
     mfu_header = f" {'MFU':>6s}" if peak else ""
     print(f"{'variant':8s} {'ms/step':>18s} {'all tgt tok/s':>15s} {'real tgt tok/s':>15s} {memory:>10s}{mfu_header}")
     for name, rows in results.items():
