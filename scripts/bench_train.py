@@ -259,13 +259,16 @@ def run_hf(model, optimizer, scheduler, batches: list[dict], warmup: int) -> Met
 # -- data ------------------------------------------------------------------------------------------
 
 
-def load_pairs(data_dir: Path, work_dir: Path, vocab_size: int):
+def load_pairs(data_dir: Path, work_dir: Path, vocab_size: int, cache_dir: Path | None = None):
     """The training split of ``data_dir`` (Multi30k's files, or make_synthetic_corpus.py's, whose validation split
-    is ``valid``) encoded with a joint SentencePiece vocabulary (trained once into work_dir)."""
+    is ``valid``: read as ``data=local`` reads them) encoded with a joint SentencePiece vocabulary, trained once
+    into work_dir, or taken from ``cache_dir`` where an ``mt.train`` run of the same data and settings left it
+    (``data.cache_dir``)."""
     synthetic = any(data_dir.glob("valid.*"))
     splits = {"valid": "valid"} if synthetic else {"valid": "val"}
-    name = "synthetic" if synthetic else "multi30k"
-    data = from_dict(DataConfig, {"name": name, "path": str(data_dir), "splits": splits})
+    name = "local" if synthetic else "multi30k"
+    fields = {"name": name, "path": str(data_dir), "splits": splits, "src_lang": "de", "tgt_lang": "en"}
+    data = from_dict(DataConfig, {**fields, "cache_dir": str(cache_dir) if cache_dir else None})
     tokenizer_cfg = from_dict(TokenizerConfig, {"vocab_size": vocab_size})
     datamodule = TranslationDataModule(data, tokenizer_cfg, run_dir=work_dir, seed=1)
     datamodule.setup("fit")
@@ -327,6 +330,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="data.cache_dir of mt.train runs to reuse")
     args = parser.parse_args()
     for flag in ("steps", "warmup", "rounds", "max_tokens", "vocab"):  # warm-up: the clock starts at its last step
         if getattr(args, flag) < 1:
@@ -365,7 +369,7 @@ def benchmark(args: argparse.Namespace) -> None:
         maker = ROOT / "scripts/make_synthetic_corpus.py"
         command = [sys.executable, str(maker), "--pairs", str(args.synthetic), "--out", str(data_dir), "--quiet"]
         subprocess.run(command, check=True)
-    corpus, tokenizer = load_pairs(data_dir, work, args.vocab)
+    corpus, tokenizer = load_pairs(data_dir, work, args.vocab, args.cache_dir)
     per_round = args.warmup + args.steps
     ours = mt_batches(corpus, args.max_tokens, per_round * args.rounds, seed=1)
     real_per_batch = batch_tokens(ours)[1] / len(ours)
