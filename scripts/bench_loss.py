@@ -10,6 +10,9 @@ forward+backward passes.
 - ``step``: a whole ``model=base`` training step (forward, loss, backward, AdamW) on a batch of that many target
   tokens (sentences of 32 subwords, source and target), with either loss.
 
+Both build whole sentences of 32 tokens, so a size is rounded down to a multiple of 32 (at least 32), and the
+table shows the tokens measured. Its ratio columns are chunked / textbook.
+
     python scripts/bench_loss.py                       # both kinds, the default sizes
     python scripts/bench_loss.py --kind loss --tokens 4096 --repeats 3
 """
@@ -30,6 +33,33 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+SENTENCE = 32  # tokens a sentence, source and target: a batch is whole sentences
+
+
+def measured_tokens(tokens: int) -> int:
+    """The tokens a batch of whole sentences holds for a requested size: rounded down, at least one sentence."""
+    return max(1, tokens // SENTENCE) * SENTENCE
+
+
+def sizes(text: str) -> list[int]:
+    """``--tokens``: comma-separated counts, each >= 1."""
+    try:
+        values = [int(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated whole numbers, e.g. 4096,32000") from None
+    if any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected counts >= 1")
+    return values
+
+
+def run_child(command: list[str], what: str) -> dict:
+    """The measurement a child process prints as its last line on stdout. Its stderr is ours, so that its error
+    reaches the user; a failed child stops the script, naming ``what`` it measured."""
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"error: {what} failed (exit status {result.returncode}); its error is above")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
 
 def rss_peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
@@ -43,8 +73,8 @@ def measure(kind: str, loss_name: str, tokens: int, vocab: int, repeats: int) ->
     from mt.training.loss import label_smoothed_nll, projected_label_smoothed_nll
 
     torch.manual_seed(0)
-    length = 32
-    rows = max(1, tokens // length)
+    length = SENTENCE
+    rows = measured_tokens(tokens) // length
     target = torch.randint(4, vocab, (rows, length))
 
     def loss_of(hidden, weight, bias):
@@ -88,16 +118,20 @@ def measure(kind: str, loss_name: str, tokens: int, vocab: int, repeats: int) ->
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=["loss", "step", "both"], default="both")
     parser.add_argument(
-        "--tokens", default=None, help="comma-separated target tokens (loss: 4096,32000; step: 4096,12000)"
+        "--tokens", type=sizes, default=None, help="comma-separated target tokens (loss: 4096,32000; step: 4096,12000)"
     )
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", nargs=3, metavar=("KIND", "LOSS", "TOKENS"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: expected >= 1")
+    if args.vocab < 5:
+        parser.error(f"--vocab {args.vocab}: expected >= 5 (ids 0-3 are special tokens)")
     if args.child:
         kind, loss_name, tokens = args.child
         print(json.dumps(measure(kind, loss_name, int(tokens), args.vocab, args.repeats)))
@@ -110,14 +144,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     kinds = ["loss", "step"] if args.kind == "both" else [args.kind]
     for kind in kinds:
-        sizes = args.tokens or ("4096,32000" if kind == "loss" else "4096,12000")
-        for tokens in (int(t) for t in sizes.split(",")):
+        for tokens in map(measured_tokens, args.tokens or ([4096, 32000] if kind == "loss" else [4096, 12000])):
             found = {}
             for loss_name in ("textbook", "chunked"):
                 command = [sys.executable, __file__, "--child", kind, loss_name, str(tokens)]
                 command += ["--vocab", str(args.vocab), "--repeats", str(args.repeats)]
-                result = subprocess.run(command, capture_output=True, text=True, check=True)
-                found[loss_name] = json.loads(result.stdout.strip().splitlines()[-1])
+                found[loss_name] = run_child(command, f"the {loss_name} {kind} measurement at {tokens} tokens")
             a, b = found["textbook"], found["chunked"]
             what = "loss alone (states to gradients)" if kind == "loss" else "model=base step"
             print(

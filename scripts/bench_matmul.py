@@ -41,7 +41,7 @@ def cell(values: list[float], digits: int) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1024, help="rows: the tokens of a batch")
     parser.add_argument("--d-model", type=int, default=256)
@@ -49,7 +49,10 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4000)
     parser.add_argument("--calls", type=int, default=30, help="products timed per shape, dtype and round")
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for flag in ("tokens", "d_model", "d_ff", "vocab", "calls", "rounds"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected >= 1")
     torch.manual_seed(0)
     m, d, f, v = args.tokens, args.d_model, args.d_ff, args.vocab
     shapes = {"attention projection": (m, d, d), "FFN in": (m, d, f), "FFN out": (m, f, d), "output layer": (m, d, v)}

@@ -42,6 +42,7 @@ from mt.config import DataConfig, from_dict  # noqa: E402
 from mt.data.batching import PairDataset, TokenBatchSampler  # noqa: E402
 from mt.data.preprocess import cache_folder, prepare_split_arrow, raw_dataset, sample_sentences  # noqa: E402
 from mt.data.tokenizer import train_tokenizer  # noqa: E402
+from mt.errors import USER_ERRORS  # noqa: E402
 
 GIB = 1 << 30
 TARGET_SECONDS = 600.0
@@ -125,16 +126,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, help="cache directory (default: a temporary one, removed after)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for flag in ("pairs", "num_proc", "vocab", "input_sentence_size", "max_tokens"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected >= 1")
+    if args.cache and args.cache.exists() and (not args.cache.is_dir() or any(args.cache.iterdir())):
+        parser.error(f"--cache {args.cache} is not an empty directory: the first encoding must be cold")
+    try:
+        return bench(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
+
+def bench(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not (args.data / "train.de.gz").is_file():
         generator = Path(__file__).with_name("make_synthetic_corpus.py")
         subprocess.run(
             [sys.executable, str(generator), "--pairs", str(args.pairs), "--out", str(args.data)], check=True
         )
     cache = args.cache or Path(tempfile.mkdtemp(prefix="mt-bench-"))
-    if args.cache and any(cache.iterdir() if cache.exists() else ()):
-        parser.error(f"--cache {cache} is not empty: the first encoding must be cold")
     cfg = from_dict(DataConfig, {"name": "synthetic", "path": str(args.data), "max_tokens": args.max_tokens})
     table = Table()
     try:

@@ -13,11 +13,17 @@ The checkpoint is trained once with ``mt.train`` (``model=tiny``, 20 steps) on a
 script writes, in ``--work`` (default: a temporary directory). Reports the median (min-max) per tree,
 the ratio of each tree to the first within each round, and which modules each tree's process imported
 (Lightning, mt's training code) as a check on what the time buys.
+
+A tree is put first on the child's ``PYTHONPATH``, but ``mt`` is a namespace package, and an installed ``mt``
+(an editable install of another checkout) fills in any module the tree lacks. So a tree must hold
+``mt/translate.py``, and every ``mt`` module a timed process imported must come from its tree: otherwise the
+script stops, naming the module and where it came from.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -55,16 +61,32 @@ def make_checkpoint(work: Path) -> Path:
     return checkpoint
 
 
-PROBE = (
-    "import atexit, sys\n"
-    "atexit.register(lambda: sys.stderr.write('\\nMODULES ' + ' '.join("
-    "m for m in ('lightning', 'mt.module', 'mt.training', 'mt.training.module') if m in sys.modules) + '\\n'))\n"
-    "import runpy; sys.argv = ['mt.translate'] + sys.argv[1:]; runpy.run_module('mt.translate', run_name='__main__')\n"
-)
+PROBE = """\
+import atexit, importlib.util, sys
+
+def report():
+    import json
+    probed = ("lightning", "mt.module", "mt.training", "mt.training.module")
+    sys.stderr.write("\\nMODULES " + " ".join(m for m in probed if m in sys.modules) + "\\n")
+    files = {n: getattr(m, "__file__", None) for n, m in list(sys.modules.items()) if n.split(".")[0] == "mt"}
+    files["mt.translate"] = translate  # run as __main__, so not in sys.modules under its name
+    sys.stderr.write("MT_FILES " + json.dumps({n: f for n, f in files.items() if f}) + "\\n")
+
+translate = importlib.util.find_spec("mt.translate").origin
+atexit.register(report)
+import runpy; sys.argv = ["mt.translate"] + sys.argv[1:]; runpy.run_module("mt.translate", run_name="__main__")
+"""
+
+
+def foreign_modules(tree: Path, files: dict[str, str]) -> list[tuple[str, str]]:
+    """The ``(module, file)`` pairs whose file lies outside ``tree`` (namespace packages have no file)."""
+    tree = tree.resolve()
+    return [(name, path) for name, path in sorted(files.items()) if not Path(path).resolve().is_relative_to(tree)]
 
 
 def cold_start(tree: Path, checkpoint: Path) -> tuple[float, str]:
-    """Seconds from process start to the first output line, and the probed modules."""
+    """Seconds from process start to the first output line, and the probed modules; stops when an ``mt`` module
+    the process imported lies outside ``tree``."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     start = time.perf_counter()
     process = subprocess.Popen(
@@ -85,17 +107,31 @@ def cold_start(tree: Path, checkpoint: Path) -> tuple[float, str]:
     stderr = process.stderr.read()
     if process.wait() != 0:
         raise SystemExit(f"{tree}: mt.translate failed:\n{stderr[-2000:]}")
-    modules = stderr.rsplit("MODULES", 1)[-1].strip() if "MODULES" in stderr else "?"
-    return elapsed, modules or "-"
+    if "\nMT_FILES " not in stderr:
+        raise SystemExit(f"{tree}: the probe did not report which mt modules it imported")
+    modules, files = stderr.rsplit("\nMODULES ", 1)[-1].split("\nMT_FILES ", 1)
+    foreign = foreign_modules(tree, json.loads(files.splitlines()[0]))
+    if foreign:
+        name, path = foreign[0]
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise SystemExit(f"{tree}: {name} was imported from {path}, outside this tree{more}")
+    return elapsed, modules.strip() or "-"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", action="append", type=Path, help="a source tree to time (repeatable); default: this")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--work", type=Path, default=None, help="where the toy corpus and checkpoint go")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: expected >= 1")
     trees = [tree.resolve() for tree in (args.tree or [ROOT])]
+    for tree in trees:
+        if not tree.is_dir():
+            parser.error(f"--tree {tree}: no such directory")
+        if not (tree / "mt" / "translate.py").is_file():
+            parser.error(f"--tree {tree}: no mt/translate.py there (not an mt source tree)")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_startup_"))
     checkpoint = make_checkpoint(work)
     times: dict[Path, list[float]] = {tree: [] for tree in trees}

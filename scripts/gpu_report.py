@@ -13,17 +13,43 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+from mt.errors import USER_ERRORS
+
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, keyed by the words of the name
+# torch.cuda.get_device_name gives: "NVIDIA H100 80GB HBM3" is the SXM5 card, the PCIe and NVL cards are slower.
+PEAK_BF16_TFLOPS = {
+    "H100 80GB HBM3": 989.0,
+    "H100 SXM": 989.0,
+    "H100 SXM5": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H200 NVL": 835.0,
+    "H200": 989.0,
+    "A100": 312.0,  # SXM4 and PCIe alike
+    "L40S": 362.0,
+    "L40": 181.0,
+    "A10": 125.0,
+    "L4": 121.0,
+}
 
 
 def card_peak_tflops(name: str) -> float | None:
-    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+    """The peak of the most specific key whose words occur, whole and in order, among the name's words (split at
+    spaces and hyphens, any case): "L4" is not the L40's, "A10" not the A100's, "H200" not the H200 NVL's."""
+    words = re.split(r"[\s-]+", name.upper())
+    for key in sorted(PEAK_BF16_TFLOPS, key=lambda key: -len(key.split())):
+        wanted = key.upper().split()
+        if any(words[i : i + len(wanted)] == wanted for i in range(len(words))):
+            return PEAK_BF16_TFLOPS[key]
+    return None
 
 
 def train_report(run_dir: Path, peak_tflops: float | None, devices: int = 1) -> None:
@@ -100,7 +126,7 @@ def decode_report(checkpoint: Path, source: Path, reference: Path, sentences: in
                 )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train")
@@ -113,11 +139,25 @@ def main() -> None:
     decode.add_argument("reference", type=Path)
     decode.add_argument("--sentences", type=int, default=1000)
     decode.add_argument("--beams", type=int, nargs="+", default=[1, 5])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.command == "train":
-        train_report(args.run_dir, args.peak_tflops, args.devices)
+        if args.devices < 1:
+            train.error(f"--devices {args.devices}: expected >= 1")
+        if args.peak_tflops is not None and not args.peak_tflops > 0:
+            train.error(f"--peak-tflops {args.peak_tflops}: expected a number > 0")
     else:
-        decode_report(args.checkpoint, args.source, args.reference, args.sentences, args.beams)
+        if args.sentences < 1:
+            decode.error(f"--sentences {args.sentences}: expected >= 1")
+        if min(args.beams) < 1:
+            decode.error(f"--beams {' '.join(map(str, args.beams))}: expected beam sizes >= 1")
+    try:
+        if args.command == "train":
+            train_report(args.run_dir, args.peak_tflops, args.devices)
+        else:
+            decode_report(args.checkpoint, args.source, args.reference, args.sentences, args.beams)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ For each row of the Reliability table (docs/reliability.md, docs/scaling.md) the
 ``mt/`` in the working tree, runs the tests that hold the guarantee, restores the file (also on Ctrl-C), and
 prints whether they failed, as they must. It refuses to start when a file it would change has uncommitted
 edits. Exit status 1 if some sabotage went unnoticed, or if a sabotage no longer applies (the line moved:
-update the table below).
+update the table below); 2 if a name starts no row (the message lists them) or a file has such edits.
 """
 
 from __future__ import annotations
@@ -198,10 +198,13 @@ def check(sabotage: Sabotage) -> tuple[str, float]:
     return verdict, time.monotonic() - start
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="rows to run (prefixes of their names); all by default")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if not any(s.name.startswith(n) for s in SABOTAGES)]
+    if unknown:
+        parser.error(f"no row starts with {', '.join(unknown)}; the rows: {', '.join(s.name for s in SABOTAGES)}")
     chosen = [s for s in SABOTAGES if not args.names or any(s.name.startswith(n) for n in args.names)]
     dirty = uncommitted({s.path for s in chosen})
     if dirty:

@@ -12,6 +12,7 @@ cache (``<run>/report_cache/``), so a rerun, or a later ``mt.report`` with the s
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,32 +21,66 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mt.config import ReportConfig, SearchConfig  # noqa: E402
+from mt.errors import USER_ERRORS  # noqa: E402
 from mt.report import averaged_checkpoint, checkpoint_info, decode_scores, load_test_sets  # noqa: E402
 
 
-def numbers(text: str, kind):
-    return [kind(x) for x in text.split(",") if x]
+def beam_sizes(text: str) -> list[int]:
+    """``--beams``: comma-separated beam sizes, at least one, each >= 1."""
+    try:
+        beams = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated whole numbers, e.g. 1,5,10") from None
+    if not beams or min(beams) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one or more beam sizes >= 1")
+    return beams
 
 
-def main() -> None:
+def alphas(text: str) -> list[float]:
+    """``--alphas``: comma-separated finite numbers (none is allowed here: only beams > 1 need them)."""
+    try:
+        values = [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers, e.g. 0,0.6,1.0") from None
+    if not all(map(math.isfinite, values)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected finite numbers")
+    return values
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, type=Path, help="a training run directory")
     parser.add_argument("--average-last", type=int, default=0, help="also the average of the last N step checkpoints")
     parser.add_argument("--split", default="val", help="a split name of the run's data (default: val)")
-    parser.add_argument("--beams", default="1,5,10")
-    parser.add_argument("--alphas", default="0,0.6,1.0,1.5", help="GNMT length penalty alphas (beam > 1)")
-    args = parser.parse_args()
+    parser.add_argument("--beams", type=beam_sizes, default="1,5,10")
+    parser.add_argument("--alphas", type=alphas, default="0,0.6,1.0,1.5", help="GNMT length penalty alphas (beam > 1)")
+    args = parser.parse_args(argv)
     if args.split.startswith("test"):
         sys.exit(f"--split={args.split}: tune on a validation split, not a test set")
+    if args.average_last < 0:
+        parser.error(f"--average-last {args.average_last}: expected >= 0")
+    if max(args.beams) > 1 and not args.alphas:
+        parser.error("--alphas is empty: beams > 1 need at least one alpha")
+    if not args.run.is_dir():
+        parser.error(f"--run {args.run}: no such directory")
+    if not (args.run / "checkpoints" / "best.ckpt").is_file():
+        parser.error(f"--run {args.run}: no checkpoints/best.ckpt (not a training run, or one not validated yet)")
+    try:
+        tune(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
+
+def tune(args: argparse.Namespace) -> None:
     checkpoints = {"best": args.run / "checkpoints" / "best.ckpt"}
     if args.average_last:
         checkpoints[f"avg_last{args.average_last}"] = averaged_checkpoint(args.run, args.average_last)
     data = checkpoint_info(checkpoints["best"])["data"]
     report_config = ReportConfig(run=str(args.run), test_splits=[args.split])
     (test_set,) = load_test_sets(report_config, data)
-    settings = [(1, 0.0)] if 1 in numbers(args.beams, int) else []
-    settings += [(b, a) for b in numbers(args.beams, int) if b > 1 for a in numbers(args.alphas, float)]
+    settings = [(1, 0.0)] if 1 in args.beams else []
+    settings += [(b, a) for b in args.beams if b > 1 for a in args.alphas]
 
     rows = []
     for label, path in checkpoints.items():

@@ -15,7 +15,7 @@ from mt.errors import RunError
 from mt.report import build_report, curves, write_report
 from mt.training.run import train
 from tests.conftest import tiny_train_config, toy_pairs, write_text_corpus
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load_script
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +253,37 @@ def test_tune_search_scores_each_setting_as_evaluate_does_and_refuses_a_test_spl
     refused = subprocess.run([*script, "--split", "test"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0
     assert refused.stderr.strip() == "--split=test: tune on a validation split, not a test set"
+
+
+def test_tune_search_refuses_bad_settings_and_a_missing_run_in_one_line(tmp_path, capsys):
+    """Bad settings and a run that is not there are refused before anything is loaded; a checkpoint that cannot be
+    read is an ``error:`` line. Each with status 2, without a traceback."""
+    main = load_script("tune_search").main
+
+    def refusal(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--run", str(tmp_path), *argv])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err, err
+        return err.strip().splitlines()[-1]
+
+    assert refusal().endswith(
+        f"error: --run {tmp_path}: no checkpoints/best.ckpt (not a training run, or one not validated yet)"
+    )
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best.ckpt").write_text("not a checkpoint")
+    assert refusal("--beams", "0").endswith("error: argument --beams: '0': expected one or more beam sizes >= 1")
+    assert refusal("--beams", "5", "--alphas", "").endswith(
+        "error: --alphas is empty: beams > 1 need at least one alpha"
+    )
+    assert refusal("--beams", "1,x").endswith(
+        "error: argument --beams: '1,x': expected comma-separated whole numbers, e.g. 1,5,10"
+    )
+    assert refusal("--beams", "1", "--alphas", "").startswith(
+        f"error: checkpoint {tmp_path / 'checkpoints' / 'best.ckpt'}: cannot be loaded"
+    )
+    nosuch = tmp_path / "nosuch"
+    assert refusal("--run", str(nosuch)).endswith(f"error: --run {nosuch}: no such directory")  # the last --run
 
 
 def copied_run(run_dir, checkpoints: dict):
