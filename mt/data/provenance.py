@@ -3,18 +3,22 @@ that a resume, or a run directory's tokenizer, can tell the same data moved else
 and say where two records differ (``files_difference``).
 
 Hashing reads every byte (about 1 s a GB), so a digest is kept in a memo (``digests.json`` in the run's data cache)
-under what the file system says of the file: device, inode, size, modification and change time. Rewriting a file
-changes its change time, which no tool can set back (``cp -p`` and ``rsync -t`` restore the modification time
-only), so a memo entry is reused only for the very same bytes; a file changed less than ``SETTLE_NS`` before it was
-hashed is not memoised, since a coarse file-system clock could give a rewrite in the same tick the same times. The
-ranks of a job take turns on the memo: the first hashes, the others, and every later start, read its digests.
+under what the file system says of the file: inode, size, modification and change time. Rewriting a file changes
+its change time, which the usual tools cannot set back (``cp -p`` and ``rsync -t`` restore the modification time
+only; file systems without a change time of their own, such as vfat or some FUSE mounts, are the exception), so a
+memo entry is reused only for the same bytes; a file changed less than ``SETTLE_NS`` before it was hashed (by this
+host's clock; a file server's may differ) is not memoised, since a coarse file-system clock could give a rewrite in
+the same tick the same times. The first start hashes as before; the ranks of later starts, and requeued jobs, read
+the memo.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -23,6 +27,9 @@ from mt.config import DataConfig
 from mt.data.corpus import dataset_split_files
 from mt.data.mixture import corpora
 from mt.data.readers import local_split
+from mt.errors import RunError
+
+log = logging.getLogger(__name__)
 
 SETTLE_NS = 2_000_000_000  # a file changed this recently is hashed again next time (FAT's clock ticks in 2 s)
 
@@ -30,14 +37,13 @@ SETTLE_NS = 2_000_000_000  # a file changed this recently is hashed again next t
 def train_files(data: DataConfig, memo: Path | None = None) -> list:
     """Each corpus's training data as its files' names, sizes and content digests (a hub dataset: its name and
     config): what a moved copy of the data shares with the original, and a changed file does not, even of the same
-    size (shuffled lines). ``memo``: a directory whose ``digests.json`` keeps the digests of unchanged files."""
+    size (shuffled lines). ``memo``: a directory whose ``digests.json`` keeps the digests of unchanged files (read
+    if it can be, written if it can be: a read-only or another user's cache only costs the hashing)."""
     if memo is None:
         return _train_files(data, _digest)
-    memo.mkdir(parents=True, exist_ok=True)
-    with exclusive(memo / ".digests.lock"):  # ranks started together: one hashes, the others read the memo
-        known = DigestMemo(memo / "digests.json")
-        found = _train_files(data, known.digest)
-        known.save()
+    known = DigestMemo(memo / "digests.json")
+    found = _train_files(data, known.digest)
+    known.save()
     return found
 
 
@@ -60,19 +66,15 @@ def _train_files(data: DataConfig, digest) -> list:
 
 class DigestMemo:
     """Digests by resolved path, each kept with the file's ``_identity`` when it was hashed (see the module's
-    docstring); an unreadable or foreign memo is started afresh, never trusted."""
+    docstring). Files are hashed outside any lock (ranks that start together hash at once, as without a memo); the
+    new entries are merged into the memo under a lock, and entries of files gone are dropped. An entry of another
+    shape is ignored, and a memo that cannot be read or written is only a memo missed."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.started_ns = time.time_ns()
-        self.entries: dict[str, list] = {}
-        self.changed = False
-        try:
-            entries = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        if isinstance(entries, dict):
-            self.entries = {key: value for key, value in entries.items() if isinstance(value, list) and len(value) == 2}
+        self.entries = _read_entries(path)
+        self.found: dict[str, list | None] = {}  # hashed here: the entry to keep, or None (not settled: drop it)
 
     def digest(self, path: Path) -> str:
         key = str(path.resolve())
@@ -81,24 +83,53 @@ class DigestMemo:
         if entry is not None and entry[0] == identity:
             return entry[1]
         value = _digest(path)
-        if _identity(path) == identity and max(identity[3:]) < self.started_ns - SETTLE_NS:  # settled, unchanged
-            self.entries[key] = [identity, value]
-            self.changed = True
-        elif key in self.entries:
-            del self.entries[key]
-            self.changed = True
+        settled = _identity(path) == identity and max(identity[2:]) < self.started_ns - SETTLE_NS
+        self.found[key] = [identity, value] if settled else None
         return value
 
     def save(self) -> None:
-        if self.changed:
-            with atomic_write(self.path) as handle:
-                handle.write(json.dumps(self.entries, sort_keys=True).encode())
+        if not any(entry is not None or key in self.entries for key, entry in self.found.items()):
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with exclusive(self.path.with_name(".digests.lock")):  # jobs sharing a data.cache_dir: merged
+                entries = _read_entries(self.path)
+                for key, entry in self.found.items():
+                    if entry is None:
+                        entries.pop(key, None)
+                    else:
+                        entries[key] = entry
+                entries = {key: entry for key, entry in entries.items() if os.path.exists(key)}
+                with atomic_write(self.path) as handle:
+                    handle.write(json.dumps(entries, sort_keys=True).encode())
+        except (OSError, RunError) as error:
+            log.info("digests of the training files not memoised in %s: %s", self.path, error)
+
+
+def _read_entries(path: Path) -> dict[str, list]:
+    """The memo's entries of the right shape (``[[inode, size, mtime_ns, ctime_ns], hex digest]``)."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(entries, dict):
+        return {}
+
+    def valid(entry) -> bool:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list)):
+            return False
+        identity, value = entry
+        numbers = len(identity) == 4 and all(isinstance(x, int) and not isinstance(x, bool) for x in identity)
+        return numbers and isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) is not None
+
+    return {key: entry for key, entry in entries.items() if valid(entry)}
 
 
 def _identity(path: Path) -> list[int]:
-    """What the file system says of a file's version: device, inode, size, modification and change time (ns)."""
+    """What the file system says of a file's version: inode, size, modification and change time (ns). Not the
+    device, whose number differs between the nodes that mount one network file system."""
     stat = os.stat(path)
-    return [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
 
 
 def _digest(path: Path) -> str:

@@ -3,6 +3,7 @@
 of every rank."""
 
 import hashlib
+import json
 import os
 import time
 
@@ -103,12 +104,31 @@ def test_an_unchanged_file_is_hashed_once_and_a_rewrite_restoring_its_time_is_ha
 def test_a_file_changed_just_now_is_not_memoised_and_a_damaged_memo_is_not_trusted(tmp_path, monkeypatch):
     data = corpus(tmp_path / "data")
     reads = counted_reads(monkeypatch)
+    monkeypatch.setattr(provenance, "SETTLE_NS", 10**15)  # every file changed "just now" (within 11 days)
     first = train_files(data, memo=tmp_path / "cache")
-    train_files(data, memo=tmp_path / "cache")  # written less than SETTLE_NS ago: a rewrite could share its times
+    train_files(data, memo=tmp_path / "cache")  # a rewrite in the same clock tick could share its times
     assert sorted(reads) == ["train.de", "train.de", "train.en", "train.en"]
     assert not (tmp_path / "cache/digests.json").exists()
-    (tmp_path / "cache/digests.json").write_text('{"' + str((tmp_path / "data/train.de").resolve()) + '": 7}')
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    de, en = (str((tmp_path / "data" / name).resolve()) for name in ("train.de", "train.en"))
+    identity = provenance._identity(tmp_path / "data/train.de")
+    damaged = {de: [identity, 7], en: [[1, 2, 3], "0" * 32]}  # a digest that is no digest; a short identity
+    (tmp_path / "cache/digests.json").write_text(json.dumps(damaged))
     monkeypatch.setattr(provenance, "SETTLE_NS", -(10**9))
     reads.clear()
     assert train_files(data, memo=tmp_path / "cache") == first
     assert sorted(reads) == ["train.de", "train.en"]
+
+
+def test_a_memo_that_cannot_be_written_costs_only_the_hashing(tmp_path, monkeypatch):
+    """A read-only cache, or another user's, was a refusal of every start (its lock could not be opened)."""
+    data = corpus(tmp_path / "data")
+    monkeypatch.setattr(provenance, "SETTLE_NS", -(10**9))
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    expected = [
+        [
+            [name, (tmp_path / "data" / name).stat().st_size, blake2b(tmp_path / "data" / name)]
+            for name in ("train.de", "train.en")
+        ]
+    ]
+    assert train_files(data, memo=tmp_path / "cache") == expected
