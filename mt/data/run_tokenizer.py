@@ -39,15 +39,23 @@ def run_tokenizer(
     shared: bool,
     seed: int,
     files: list,
+    from_checkpoint: bool = False,
 ) -> Tokenizer:
     """The run's tokenizer in ``directory``: loaded; else from the shared cache under ``cache_dir`` (``shared``:
     ``data.cache_dir`` is set, so other runs may have left one there); else trained on a sample of the training
     splits (``tokenizer.input_sentence_size`` pairs, read through ``cache_dir``). Saved in the run (and the shared
-    cache). ``files``: the training files as the run started with them (``mt.data.provenance.train_files``)."""
+    cache). ``files``: the training files as the run started with them (``mt.data.provenance.train_files``).
+    ``from_checkpoint``: this launch keeps a checkpoint's tokenizer (``init_from=``, or a resume), so one that came
+    from ``init_from`` is this run's; a launch without either is refused one."""
     tokenizer = Tokenizer.load(directory)
     wanted = asdict(settings)
     record = directory / RECORD  # runs before it was written have none: trusted
     saved = json.loads(record.read_text()) if tokenizer is not None and record.is_file() else None
+    if saved is not None and "init_from" in saved and not from_checkpoint:
+        raise TokenizerError(
+            f"{directory} holds the tokenizer of init_from={saved['init_from']} (a start that failed before its "
+            f"first checkpoint?): pass init_from= again to fine-tune, or train in another hydra.run.dir"
+        )
     if saved is not None and "init_from" not in saved:  # init_from's tokenizer: no tokenizer.* settings apply
         _check_record(saved, wanted, files, directory)
     learnt = tokenizer is None  # from this run's data (trained, or a cached one keyed by the same data)

@@ -100,9 +100,10 @@ class TranslationDataModule(L.LightningDataModule):
     def cache_dir(self) -> Path:
         return Path(self.data_cfg.cache_dir) if self.data_cfg.cache_dir else self.run_dir / "data"
 
-    def prepare_tokenizer(self) -> Tokenizer:
+    def prepare_tokenizer(self, from_checkpoint: bool = False) -> Tokenizer:
         """The run's tokenizer (``mt.data.run_tokenizer.run_tokenizer``): the run directory's, a run's with the
-        same data and settings from ``data.cache_dir``, or one trained now."""
+        same data and settings from ``data.cache_dir``, or one trained now. ``from_checkpoint``: the launch keeps a
+        checkpoint's tokenizer (``init_from=``, or a resume)."""
         self.tokenizer = run_tokenizer(
             self.data_cfg,
             self.tokenizer_cfg,
@@ -111,6 +112,7 @@ class TranslationDataModule(L.LightningDataModule):
             shared=bool(self.data_cfg.cache_dir),
             seed=self.seed,
             files=self.files,
+            from_checkpoint=from_checkpoint,
         )
         return self.tokenizer
 

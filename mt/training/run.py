@@ -136,7 +136,7 @@ def _train_with(
             initial_weights = prepare_init_from(config, run_dir)
         elif config.init_from:
             log.info("resuming from %s: init_from=%s is not applied again", ckpt_path, config.init_from)
-        tokenizer = datamodule.prepare_tokenizer()
+        tokenizer = datamodule.prepare_tokenizer(from_checkpoint=bool(config.init_from) or ckpt_path is not None)
     module = build_module(config, tokenizer)
     if initial_weights is not None:
         try:

@@ -390,8 +390,8 @@ def test_a_signal_during_data_preparation_stops_before_training_and_a_warning_re
     monkeypatch.setattr(mt.training.run, "requeue_slurm_job", lambda: requeued.append(True) or True)
     prepare = mt.training.run.TranslationDataModule.prepare_tokenizer
 
-    def prepare_then_signalled(self):
-        tokenizer = prepare(self)
+    def prepare_then_signalled(self, **kwargs):
+        tokenizer = prepare(self, **kwargs)
         # SLURM's time-limit warning while the corpus is encoded: the handler installed for it is called as the
         # OS would call it, without sending a real signal to the pytest process (with no handler installed, that
         # would end the whole test session; here getsignal gives the default, which cannot be called).
