@@ -11,6 +11,7 @@ table) and printed; an Optuna sweep's own best trial (``optimization_results.yam
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,9 @@ def read_trials(sweep_dir: Path) -> list[dict]:
         trial: dict = {"job": int(job.name), "unreadable": None}
         try:
             # None: no record (a trial refused before it started, e.g. by an impossible value)
-            trial["overrides"] = _record(job / ".hydra" / "overrides.yaml", list)
-            trial["selection"] = _record(job / "selection.json", dict, keys=("metric", "mode", "value"))
-            test = _record(job / "test_scores.json", dict)
+            trial["overrides"] = _record(job / ".hydra" / "overrides.yaml", _overrides)
+            trial["selection"] = _record(job / "selection.json", _selection)
+            test = _record(job / "test_scores.json", _test_scores)
             trial["test_bleu"] = None if test is None else test.get("bleu")
         except ValueError as error:
             trial.update(overrides=trial.get("overrides"), selection=None, test_bleu=None, unreadable=str(error))
@@ -53,8 +54,9 @@ def _trial_path(path: Path) -> str:
     return str(path.relative_to(job.parent))
 
 
-def _record(path: Path, kind: type, keys: tuple[str, ...] = ()) -> Any:
-    """A trial's JSON or YAML record, None where there is none; ValueError naming the file if it is not one."""
+def _record(path: Path, valid: Callable[[Any], str | None]) -> Any:
+    """A trial's JSON or YAML record, None where there is none; ValueError naming the file if it cannot be read or
+    ``valid`` says what it should hold."""
     import yaml
 
     if not path.is_file():
@@ -62,12 +64,36 @@ def _record(path: Path, kind: type, keys: tuple[str, ...] = ()) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
         content = yaml.safe_load(text) if path.suffix == ".yaml" else json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
         raise ValueError(f"{_trial_path(path)}: {type(error).__name__}") from None
-    if not isinstance(content, kind) or (keys and not all(k in content for k in keys)):
-        expected = f"a {kind.__name__}" + (f" with {', '.join(keys)}" if keys else "")
+    expected = valid(content)
+    if expected is not None:
         raise ValueError(f"{_trial_path(path)}: expected {expected}")
     return content
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _overrides(content: Any) -> str | None:
+    return None if isinstance(content, list) and all(isinstance(o, str) for o in content) else "a list of overrides"
+
+
+def _selection(content: Any) -> str | None:
+    fits = (
+        isinstance(content, dict)
+        and isinstance(content.get("metric"), str)
+        and content.get("mode") in ("max", "min")
+        and (content.get("value") is None or _number(content["value"]))
+        and (content.get("step") is None or _number(content["step"]))
+    )
+    return None if fits else "a dict with metric, mode (max or min), value (a number or null)"
+
+
+def _test_scores(content: Any) -> str | None:
+    fits = isinstance(content, dict) and (content.get("bleu") is None or _number(content["bleu"]))
+    return None if fits else "a dict whose bleu is a number"
 
 
 def markdown(sweep_dir: Path, trials: list[dict]) -> str:

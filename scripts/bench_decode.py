@@ -94,9 +94,10 @@ def ct2_decoder(
 ):
     """CTranslate2 on ``threads`` threads: all on each batch, or (``inter``) batches at once, one thread each. The
     batches are ``mt``'s (``batch`` sentences in length order), each capped at the output length ``mt`` gives its
-    longest source (``search.max_len_a`` x source tokens with EOS + ``max_len_b``, EOS included; ``mt`` caps each
-    sentence by its own length, and its batches are length-sorted alike) and free to end at the first token, as
-    ``mt``'s search is, so that both decode the same work (the table's tokens a sentence shows it)."""
+    longest source (``search.max_len_a`` x source tokens with EOS + ``max_len_b``, EOS included) and free to end at
+    the first token, as ``mt``'s search is, so that both decode the same work. ``mt`` caps each sentence by its own
+    length: the two differ only for an output that reaches its cap in a batch of longer sources (the table's
+    tokens a sentence shows it)."""
     import ctranslate2
 
     split = {"inter_threads": threads, "intra_threads": 1} if inter else {"intra_threads": threads}

@@ -30,7 +30,8 @@
 # first: for a machine with torch and no package registry), LOGS (a folder that receives this output as
 # gpu_check.log, and after each phase logs.tgz: every run's log, metrics and profile summary, and the eager
 # run's trace if under 15 MiB, so that a run stopped at a time limit keeps the phases it finished), BUDGET (seconds
-# for the whole script, 0: none), TEST_TIMEOUT (300 s), PHASE_TIMEOUT (a training phase's bound, 300 s).
+# for the whole script, 0: none), TEST_TIMEOUT (300 s), PHASE_TIMEOUT (a training phase's bound, 300 s),
+# M30K_TIMEOUT (the Multi30k recipe's bound, 1800 s).
 # Needs a CUDA build of torch with mt's dependencies (TORCH_SPEC=... bash scripts/setup.sh, or WHEELS).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -93,11 +94,14 @@ run_mt() {  # run_mt RUN_NAME [overrides]: mt.train on the synthetic corpus, bou
 }
 train() {  # train RUN_NAME [overrides]: a short run on the synthetic corpus, then its speed and MFU
   local name=$1
-  run_mt "$@" && $PY scripts/gpu_report.py train "$WORK/$name" $PEAK \
+  run_mt "$@" && bounded 120 $PY scripts/gpu_report.py train "$WORK/$name" $PEAK \
     || { echo "training $name failed or was cut:"; tail -20 "$WORK/$name.log"; return 1; }
 }
 # The tokenizer and encoded arrays every later run reads from $WORK/cache, made while the tests run.
-run_mt prep trainer.max_steps=1 "$@" || { echo "data preparation failed:"; tail -20 "$WORK/prep.log"; exit 1; }
+if ! run_mt prep trainer.max_steps=1 "$@"; then
+  echo "data preparation failed:"; tail -20 "$WORK/prep.log"
+  kill $tests 2>/dev/null; wait $tests; keep; exit 1
+fi
 wait $tests || status=1
 tail -15 "$WORK/pytest.log"
 

@@ -23,19 +23,25 @@ from mt.training.plots import read_run_rows, save_figure  # noqa: E402
 FORMATS = ("png", "pdf", "svg")
 
 
+def refuse(message: str) -> None:
+    """Stop with ``error: message`` and status 2, as the other scripts' refusals."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_run(spec: str) -> tuple[str, Path, float, str]:
     """``LABEL=DIR[@MINUTES][#METRIC]`` as (label, directory, offset in minutes, metric)."""
     label, equals, rest = spec.partition("=")
     if not equals or not label:
-        raise SystemExit(f"--run {spec!r}: expected LABEL=DIR[@MINUTES][#METRIC]")
+        refuse(f"--run {spec!r}: expected LABEL=DIR[@MINUTES][#METRIC]")
     rest, _, metric = rest.partition("#")
     directory, _, offset = rest.partition("@")
     try:
         minutes = float(offset or 0)
     except ValueError:
-        raise SystemExit(f"--run {spec!r}: @{offset} is not a number of minutes") from None
+        refuse(f"--run {spec!r}: @{offset} is not a number of minutes")
     if not (Path(directory) / "csv").is_dir():
-        raise SystemExit(f"--run {spec!r}: {directory}/csv: no such directory (is {directory!r} a run directory?)")
+        refuse(f"--run {spec!r}: {directory}/csv: no such directory (is {directory!r} a run directory?)")
     return label, Path(directory), minutes, metric or "val/bleu"
 
 
@@ -43,10 +49,10 @@ def curve(run_dir: Path, offset: float, metric: str = "val/bleu") -> list[tuple[
     """(minutes, validation loss, ``metric`` or None) of each validation of the run."""
     rows = read_run_rows(run_dir / "csv")
     if not rows:
-        raise SystemExit(f"{run_dir / 'csv'}: no validation rows (val/loss) to plot")
+        refuse(f"{run_dir / 'csv'}: no validation rows (val/loss) to plot")
     if not any(metric in row for row in rows):
         found = sorted({key for row in rows for key in row if key.startswith("val/bleu")})
-        raise SystemExit(f"{run_dir / 'csv'}: no column {metric!r} (it has {', '.join(found) or 'no val/bleu'})")
+        refuse(f"{run_dir / 'csv'}: no column {metric!r} (it has {', '.join(found) or 'no val/bleu'})")
     return [(offset + r.get("time/train_hours", 0.0) * 60, r["val/loss"], r.get(metric)) for r in rows]
 
 
@@ -57,10 +63,12 @@ def main() -> None:
     parser.add_argument("--title", default="validation BLEU and loss against training time")
     args = parser.parse_args()
     output = Path(args.output)
+    if output.is_dir():
+        refuse(f"--output {output}: a folder; expected a file name ending .{', .'.join(FORMATS)}")
     if output.suffix.lstrip(".") not in FORMATS:
-        raise SystemExit(f"--output {output}: expected a name ending .{', .'.join(FORMATS)}")
+        refuse(f"--output {output}: expected a name ending .{', .'.join(FORMATS)}")
     if not output.parent.is_dir():
-        raise SystemExit(f"--output {output}: {output.parent} is not a folder")
+        refuse(f"--output {output}: {output.parent} is not a folder")
     runs = [(label, curve(directory, offset, metric)) for label, directory, offset, metric in map(parse_run, args.run)]
 
     import matplotlib

@@ -137,7 +137,8 @@ class PreemptionCallback(L.Callback):
             for c in trainer.callbacks
             if hasattr(c, "saves_at_validation_end")
         }
-        if self._signum and os.path.realpath(self.checkpoint_path) not in writers:  # else that writer saves it next
+        deferred = os.path.realpath(self.checkpoint_path) in writers and not trainer.fast_dev_run  # (it saves none)
+        if self._signum and not deferred:  # else the last-checkpoint writer saves it next
             trainer.save_checkpoint(self.checkpoint_path)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:

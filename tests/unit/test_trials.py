@@ -89,11 +89,19 @@ def test_an_unreadable_record_is_named_in_its_row_and_the_others_listed(tmp_path
     write_trial(tmp_path, 3, None, None)
     (tmp_path / "3/.hydra").mkdir()
     (tmp_path / "3/.hydra/overrides.yaml").write_bytes(b"- optim.lr=\xff\n")
+    write_trial(tmp_path, 4, ["optim.lr=0.004"], None)  # values of the wrong type
+    (tmp_path / "4/selection.json").write_text(json.dumps({"metric": "val/bleu", "mode": "max", "value": "30.1"}))
+    write_trial(tmp_path, 5, ["optim.lr=0.005"], 28.0)
+    (tmp_path / "5/test_scores.json").write_text(json.dumps({"bleu": "n/a"}))
     assert rows(tmp_path) == [
         "| 0 | `optim.lr=0.001` | 30.50 | 0 |  |",
         "| 1 | `optim.lr=0.002` | unreadable: 1/selection.json: JSONDecodeError |  |  |",
-        "| 2 | `optim.lr=0.003` | unreadable: 2/selection.json: expected a dict with metric, mode, value |  |  |",
+        "| 2 | `optim.lr=0.003` | unreadable: 2/selection.json: expected a dict with metric, mode (max or min), "
+        "value (a number or null) |  |  |",
         "| 3 |  | unreadable: 3/.hydra/overrides.yaml: UnicodeDecodeError |  |  |",
+        "| 4 | `optim.lr=0.004` | unreadable: 4/selection.json: expected a dict with metric, mode (max or min), "
+        "value (a number or null) |  |  |",
+        "| 5 | `optim.lr=0.005` | unreadable: 5/test_scores.json: expected a dict whose bleu is a number |  |  |",
     ]
 
 
