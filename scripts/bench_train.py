@@ -23,7 +23,7 @@ padded position and counting real tokens only, model FLOPs utilisation on CUDA (
 memory seen during its steps (on CUDA, allocated, the idle variants moved to the CPU; on a CPU, the process's
 resident high-water mark, the idle variants' weights included); then the ratios the targets are stated
 in (mt/torch on identical batches, mt/hf in real tokens/s), each taken within a round and reported as the
-median (min-max) over rounds: the rounds alternate the order (mt first, then last), and a shared machine's
+median (min-max) over rounds: the rounds rotate the order (``round_order``), and a shared machine's
 speed drifts between minutes, so a paired ratio is steadier than a ratio of two medians.
 
     python scripts/bench_train.py --data ../shared/data/multi30k            # MT_DATA_DIR by default
@@ -256,6 +256,14 @@ def run_hf(model, optimizer, scheduler, batches: list[dict], warmup: int) -> Met
     return meter
 
 
+def round_order(r: int) -> tuple[str, ...]:
+    """The order of the variants in round ``r``: rotated, so that each runs first once every three rounds. The
+    first to run a round's batches pays for shapes none has met (the CPU's kernels are prepared per shape);
+    alternating mt first and last left the plain loop always second, never paying."""
+    names = ("mt", "torch", "hf")
+    return names[r % 3 :] + names[: r % 3]
+
+
 # -- data ------------------------------------------------------------------------------------------
 
 
@@ -419,7 +427,7 @@ def benchmark(args: argparse.Namespace) -> None:
             sum(int((b["_tgt_out"] != PAD_ID).sum()) for b in hf_measured),
         )
         hf_inputs_round = [{k: v for k, v in b.items() if k != "_tgt_out"} for b in theirs_round]
-        for name in ("mt", "torch", "hf") if r % 2 == 0 else ("hf", "torch", "mt"):
+        for name in round_order(r):
             if DEVICE.type == "cuda":  # (Lightning moves mt's module and optimizer to the CPU after each fit)
                 place(plain, plain_opt, DEVICE if name == "torch" else torch.device("cpu"))
                 place(hf, hf_opt, DEVICE if name == "hf" else torch.device("cpu"))
