@@ -77,6 +77,11 @@ def corpora(cfg: DataConfig) -> list[Corpus]:
             f"data.temperature={cfg.temperature} has no effect with one corpus: each epoch draws its every pair once "
             f"(temperature shares out the draws of several data.corpora)"
         )
+    if len(cfg.corpora) == 1 and cfg.corpora[0].weight is not None:
+        _note_once(
+            f"data.corpora[0].weight={cfg.corpora[0].weight} has no effect with one corpus: each epoch draws its "
+            f"every pair once (weights share out the draws of several data.corpora)"
+        )
     if not cfg.corpora:
         return [Corpus(cfg.name, alone)]
     directions = Counter(_direction(cfg, entry) for entry in cfg.corpora if not entry.name)  # unnamed ones

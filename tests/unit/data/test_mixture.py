@@ -191,6 +191,20 @@ def test_a_temperature_with_one_corpus_is_logged_as_having_no_effect(entries, ca
     assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "mt.data.mixture")
 
 
+def test_a_weight_on_a_single_corpus_is_logged_as_having_no_effect(caplog, monkeypatch):
+    """It was ignored without a word: one corpus's share of the draws is all of them, whatever its weight."""
+    monkeypatch.setattr(mixture, "_noted", set(), raising=False)
+    cfg = DataConfig(name="one", path="/data", corpora=[CorpusConfig(path="/data", weight=3.0)])
+    with caplog.at_level(logging.INFO, logger="mt.data.mixture"):
+        corpora(cfg)
+        corpora(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mt.data.mixture"]
+    assert lines == [
+        "data.corpora[0].weight=3.0 has no effect with one corpus: each epoch draws its every pair once "
+        "(weights share out the draws of several data.corpora)"
+    ]
+
+
 def test_a_temperature_with_several_corpora_is_not_logged(caplog):
     with caplog.at_level(logging.INFO, logger="mt.data.mixture"):
         corpora(data({}, {"path": "/bt", "valid": False}, temperature=0.5))
