@@ -66,6 +66,7 @@ class Checkpoint:
     search: dict | None = None
 
     path: str = "checkpoint"
+    imported_target: str | None = None  # an imported Hugging Face model's target language (its tokenizer_config)
 
     @property
     def target_languages(self) -> list[str]:
@@ -81,8 +82,11 @@ class Checkpoint:
         return languages[0] if len(languages) == 1 else None
 
     def target_language(self, tgt_lang: str | None) -> str | None:
-        """The language ``tgt_lang=`` asks for, or the one the model translates into: for BLEU's tokenizer."""
-        return tgt_lang if tgt_lang is not None else self.tgt_lang
+        """The language ``tgt_lang=`` asks for, or the one the model translates into (an imported model's: the
+        ``target_lang`` of its ``tokenizer_config.json``, e.g. ``zh`` for opus-mt-en-zh): for BLEU's tokenizer."""
+        if tgt_lang is not None:
+            return tgt_lang
+        return self.tgt_lang or (self.imported_target if self.data is None else None)
 
     def source_prefix(self, tgt_lang: str | None) -> list[int]:
         """The ids to put before each source so that the model translates into ``tgt_lang``:
@@ -142,7 +146,9 @@ def load_checkpoint(path: str | Path, *, weights: bool = True) -> Checkpoint:
         tokenizer = Tokenizer.from_state(stored["tokenizer"], origin=str(path))
         model_config = from_dict(ModelConfig, hyper.get("model", {}))
         if not weights:
-            return Checkpoint(None, tokenizer, model_config, hyper.get("data"), hyper.get("search"), str(path))
+            return Checkpoint(
+                None, tokenizer, model_config, hyper.get("data"), hyper.get("search"), str(path), _imported(stored)
+            )
         model = Transformer(
             model_config, src_vocab_size=hyper["src_vocab_size"], tgt_vocab_size=hyper["tgt_vocab_size"]
         )
@@ -167,7 +173,15 @@ def load_checkpoint(path: str | Path, *, weights: bool = True) -> Checkpoint:
         data=hyper.get("data"),
         search=hyper.get("search"),
         path=str(path),
+        imported_target=_imported(stored),
     )
+
+
+def _imported(stored: dict) -> str | None:
+    """The target language an imported model's checkpoint records (``mt.convert``), if any."""
+    imported = stored.get("imported_from")
+    target = imported.get("target_lang") if isinstance(imported, dict) else None
+    return target if isinstance(target, str) and target else None
 
 
 def checkpoint_configs(path: str | Path) -> Checkpoint:

@@ -238,6 +238,22 @@ def test_greedy_and_beam_outputs_equal_generate(hf, imported: Path, beam: int) -
     assert got == expected
 
 
+def test_an_imported_models_bleu_is_tokenized_for_its_target_language(imported: Path, tmp_path: Path) -> None:
+    """An OPUS-MT model's checkpoint has no data config: its BLEU took 13a whatever it translates into (an en-zh
+    model's scores on unsegmented Chinese). Its tokenizer_config's target_lang now picks sacreBLEU's tokenizer."""
+    from mt.decode.scoring import score_checkpoint
+
+    stored = read_checkpoint(imported)
+    assert stored["imported_from"]["target_lang"] == "en"
+    stored["imported_from"]["target_lang"] = "zh"  # as opus-mt-en-zh's tokenizer_config says
+    torch.save(stored, tmp_path / "zh.ckpt")
+    (tmp_path / "src.txt").write_text("Ein Hund läuft.\n")
+    (tmp_path / "ref.txt").write_text("一只狗在跑。\n")
+    common = {"source": str(tmp_path / "src.txt"), "references": [str(tmp_path / "ref.txt")], "progress": False}
+    assert "tok:zh" in score_checkpoint(tmp_path / "zh.ckpt", **common)["bleu_signature"]
+    assert "tok:13a" in score_checkpoint(imported, **common)["bleu_signature"]  # English: sacreBLEU's default
+
+
 def test_imported_search_defaults_come_from_the_generation_config(imported: Path) -> None:
     search = load_checkpoint(imported).search
     assert (search["beam"], search["length_penalty_type"]) == (4, "average")
