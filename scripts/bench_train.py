@@ -55,7 +55,7 @@ from mt.data.tokenizer import PAD_ID  # noqa: E402
 from mt.errors import USER_ERRORS  # noqa: E402
 from mt.training.datamodule import TranslationDataModule  # noqa: E402
 from mt.training.loss import projected_label_smoothed_nll  # noqa: E402
-from mt.training.module import TranslationModule  # noqa: E402
+from mt.training.module import TranslationModule, adamw  # noqa: E402
 from mt.training.schedules import WarmupDecay  # noqa: E402
 from mt.training.throughput import flops_per_target_token  # noqa: E402
 
@@ -161,21 +161,10 @@ def run_mt(module: TranslationModule, batches: list[Batch], warmup: int, log_dir
 
 
 def adamw_with_schedule(model: torch.nn.Module):
-    """The optimizer and schedule ``TranslationModule.configure_optimizers`` builds for the benchmark's settings:
-    AdamW, fused (one kernel, on CPUs as on GPUs), no weight decay on biases and norms (``optim.weight_decay`` on
-    the rest), the inverse-square-root schedule after a linear warm-up."""
+    """The optimizer and schedule ``TranslationModule.configure_optimizers`` builds for the benchmark's settings
+    (``mt.training.module.adamw``, fused on CPUs as on GPUs; the inverse-square-root schedule after a warm-up)."""
     cfg = from_dict(OptimConfig, OPTIM)
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        eps=cfg.eps,
-        fused=True,
-    )
+    optimizer = adamw(model, cfg, fused=True)
     return optimizer, WarmupDecay(optimizer, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps)
 
 

@@ -45,6 +45,22 @@ from mt.training.step_log import StepLog
 from mt.training.throughput import Throughput
 
 
+def adamw(model: torch.nn.Module, cfg: OptimConfig, *, fused: bool) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters: ``optim.weight_decay`` on the matrices, none on biases and
+    norms; ``fused``: one kernel for all of them (the benchmarks' peers get the same, ``scripts/bench_train.py``)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        fused=fused or None,
+    )
+
+
 class TranslationModule(L.LightningModule):
     """Trains and validates a ``Transformer``; hyperparameters are plain dicts of the typed configs.
 
@@ -232,17 +248,8 @@ class TranslationModule(L.LightningModule):
         return "none (no checkpoint was saved yet)"
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
         cfg = self.optim_cfg
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            betas=tuple(cfg.betas),
-            eps=cfg.eps,
-            fused=self._use_fused_adamw() or None,
-        )
+        optimizer = adamw(self.model, cfg, fused=self._use_fused_adamw())
         scheduler = WarmupDecay(
             optimizer,
             schedule=cfg.schedule,
